@@ -1,0 +1,151 @@
+"""Input validation shared by every public function.
+
+Each check names the calling function, the argument, what was expected and
+what was received, and raises ``TypeError`` (wrong kind of object or dtype)
+or ``ValueError`` (wrong shape, size, value or mode).  Never ``assert``:
+assertions vanish under ``python -O``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Outputs larger than this many elements are refused before allocation
+# (a 10^5 x 10^5 grid would otherwise take the machine down).  Change it with
+# ``stnref.set_max_elements``; it is a plain module setting, not an env var.
+_MAX_ELEMENTS = [2**31]
+
+
+def set_max_elements(n):
+    """Set the largest number of elements one output array may have.
+
+    Parameters
+    ----------
+    n : int
+        New budget, at least 1.  The default is ``2**31`` elements (16 GiB
+        of float64), so a mistyped size fails fast instead of exhausting memory.
+
+    Returns
+    -------
+    int
+        The previous budget, so a caller can restore it.
+    """
+    n = check_int(n, "n", "set_max_elements", minimum=1)
+    previous = _MAX_ELEMENTS[0]
+    _MAX_ELEMENTS[0] = n
+    return previous
+
+
+def check_budget(shape, fn, what):
+    """Refuse an output of ``shape`` larger than the element budget."""
+    count = 1
+    for s in shape:
+        count *= int(s)
+    if count > _MAX_ELEMENTS[0]:
+        raise ValueError(
+            f"{fn}(): {what} of shape {tuple(int(s) for s in shape)} would have "
+            f"{count} elements, over the budget of {_MAX_ELEMENTS[0]} "
+            f"(raise it with stnref.set_max_elements)"
+        )
+
+
+def _describe(x):
+    if isinstance(x, np.ndarray):
+        return f"array of dtype {x.dtype}"
+    return f"{type(x).__name__}"
+
+
+def float_array(x, name, fn):
+    """Return ``x`` as a float32/float64 ndarray (never a copy of an ndarray).
+
+    Lists of Python floats are accepted and become float64.  Integer, bool,
+    complex, object and string data are a ``TypeError``.
+    """
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        if isinstance(x, (str, bytes)) or x is None:
+            raise TypeError(f"{fn}(): expected {name} to be a float array, got {_describe(x)}")
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{fn}(): expected {name} to be a float array, got {_describe(x)}") from err
+        if arr.dtype.kind == "f" and arr.dtype not in FLOAT_DTYPES:
+            arr = arr.astype(np.float64)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{fn}(): expected {name} of dtype float32 or float64, got {arr.dtype}"
+        )
+    return arr
+
+
+def check_ndim(arr, name, fn, ndims, layout):
+    """Require ``arr.ndim`` in ``ndims``; ``layout`` describes the expected shape."""
+    if arr.ndim not in ndims:
+        raise ValueError(
+            f"{fn}(): expected {name} of shape {layout}, got shape {arr.shape}"
+        )
+
+
+def check_same_dtype(a, a_name, b, b_name, fn):
+    if a.dtype != b.dtype:
+        raise TypeError(
+            f"{fn}(): expected {a_name} and {b_name} to have the same dtype, "
+            f"got {a.dtype} and {b.dtype}"
+        )
+
+
+def check_finite(arr, name, fn):
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{fn}(): expected finite {name}, got {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}"
+        )
+
+
+def check_choice(value, name, fn, choices):
+    """Require ``value`` to be one of ``choices`` (a mapping or a sequence of str)."""
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{fn}(): expected {name} to be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_bool(value, name, fn):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): expected {name} to be a bool, got {_describe(value)} {value!r}")
+    return bool(value)
+
+
+def check_int(value, name, fn, minimum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{fn}(): expected {name} to be an int, got {_describe(value)} {value!r}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{fn}(): expected {name} >= {minimum}, got {value}")
+    return value
+
+
+def check_size(size, name, fn, lengths):
+    """Validate a PyTorch-style ``size`` tuple such as ``(N, C, H, W)``.
+
+    Returns a tuple of Python ints.  Every entry must be a positive integer.
+    """
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__"):
+        raise TypeError(f"{fn}(): expected {name} to be a tuple of ints, got {_describe(size)}")
+    if len(size) not in lengths:
+        want = " or ".join(str(n) for n in lengths)
+        raise ValueError(f"{fn}(): expected {name} with {want} entries, got {tuple(size)}")
+    out = []
+    for i, s in enumerate(size):
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"{fn}(): expected {name}[{i}] to be an int, got {s!r} in {tuple(size)}")
+        if s < 1:
+            raise ValueError(f"{fn}(): expected {name} entries >= 1, got {tuple(size)}")
+        out.append(int(s))
+    return tuple(out)

@@ -1,0 +1,423 @@
+"""The differentiable sampler (paper §3.3): ``V = grid_sample(U, grid)`` and its backward.
+
+One pipeline serves every kernel, padding and dimension:
+
+1. unnormalise each grid coordinate to a pixel coordinate ``ix`` (``iy``, ``iz``);
+2. bilinear / nearest: apply the padding to the continuous coordinate
+   (``_PADDINGS``), keeping its derivative multiplier;
+3. the kernel (``_KERNELS``) turns the coordinate into integer taps with weights
+   ``w(t)`` and derivatives ``dw/dt``; bicubic pads each integer tap instead;
+4. taps index a copy of ``U`` padded by one zero pixel on every side and laid
+   out channels-last, so every tap is in bounds and an out-of-range tap reads 0;
+5. the per-axis taps combine into a tensor product (4 bilinear taps in 2-D,
+   8 trilinear in 3-D, 16 bicubic) of flat row indices and weights.
+
+Forward gathers rows and sums weighted taps; the backward scatters ``dV`` back
+with a sparse product (``dU = S^T dV``) and contracts the derivative weights
+with the gathered taps for ``dgrid``.  Derivations: ``docs/derivations/sampling.md``.
+Conventions (PyTorch's): ``../shared/CONVENTIONS.md`` §3-6.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse
+
+from . import _checks
+
+__all__ = ["grid_sample", "grid_sample_backward", "CUBIC_A"]
+
+CUBIC_A = -0.75  # Keys cubic convolution parameter; PyTorch's value
+
+
+# --------------------------------------------------------------------------- coordinates
+
+def _unnormalize(coord, size, align_corners):
+    """Normalised coordinate -> pixel coordinate, and its derivative ``s``.
+
+    The expressions are those of PyTorch's CPU kernel (``(x + 1) * s`` and
+    ``(x + 1) * s - 0.5``), so float32 rounding -- and hence ``floor`` near a
+    cell edge -- agrees with it.
+    """
+    dt = coord.dtype.type
+    if align_corners:
+        s = dt(size - 1) / dt(2)
+        return (coord + dt(1)) * s, s
+    s = dt(size) / dt(2)
+    return (coord + dt(1)) * s - dt(0.5), s
+
+
+def _clip(i, size):
+    """Clip to ``[0, size - 1]``; multiplier 0 at and beyond the border (inclusive)."""
+    hi = i.dtype.type(size - 1)
+    res = np.minimum(np.maximum(i, 0), hi)
+    mult = ((i > 0) & (i < hi)).astype(i.dtype)
+    return res, mult
+
+
+def _reflect(i, size, align_corners):
+    """Reflect about pixel centres (align_corners) or edges; returns ``(coord, +-1)``.
+
+    PyTorch's vectorised formula: ``extra = |i - low| mod 2 span`` by
+    truncated division, then one more fold if ``extra`` passes the span.
+    """
+    dt = i.dtype.type
+    if align_corners:
+        if size <= 1:
+            return np.zeros_like(i), np.zeros_like(i)
+        low, twice_span = dt(0), dt(size - 1) * dt(2)
+    else:
+        low, twice_span = dt(-0.5), dt(size) * dt(2)
+    shifted = i - low
+    a = np.abs(shifted)
+    extra = a - np.trunc(a / twice_span) * twice_span
+    reflected = twice_span - extra
+    flip = extra > reflected
+    res = np.where(flip, reflected, extra) + low
+    sign = np.where(flip ^ (shifted < 0), dt(-1), dt(1))
+    return res, sign
+
+
+def _pad_zeros(i, size, align_corners):
+    return i, None
+
+
+def _pad_border(i, size, align_corners):
+    return _clip(i, size)
+
+
+def _pad_reflection(i, size, align_corners):
+    r, sign = _reflect(i, size, align_corners)
+    res, mult = _clip(r, size)
+    return res, mult * sign
+
+
+# padding name -> coordinate map (coordinate, derivative multiplier or None for 1).
+# Bilinear/nearest apply it to the continuous coordinate; bicubic to each integer tap.
+_PADDINGS = {"zeros": _pad_zeros, "border": _pad_border, "reflection": _pad_reflection}
+
+
+# --------------------------------------------------------------------------- kernels
+
+class _Taps(NamedTuple):
+    base: np.ndarray     # float tap origin (floor or rint of the coordinate)
+    offsets: tuple       # integer offsets of the taps from base
+    w: list              # weight of each tap, arrays like the coordinate
+    dw: list             # d w / d coordinate of each tap (None: kernel is flat)
+
+
+def _nearest(i):
+    # np.rint rounds half to even, as PyTorch's nearbyint
+    base = np.rint(i)
+    return _Taps(base, (0,), [np.ones_like(i)], None)
+
+
+def _linear(i):
+    base = np.floor(i)  # at an integer the right-hand cell: right-sided derivative
+    t = i - base
+    one = i.dtype.type(1)
+    return _Taps(base, (0, 1), [one - t, t], [np.full_like(i, -1), np.full_like(i, 1)])
+
+
+def _cubic(i):
+    """Keys cubic convolution weights of taps ``floor(i) - 1 .. floor(i) + 2``.
+
+    With ``t = i - floor(i)`` the tap distances are ``1 + t, t, 1 - t, 2 - t``;
+    ``k1(x) = ((A+2) x - (A+3)) x^2 + 1`` for ``|x| <= 1`` and
+    ``k2(x) = ((A x - 5A) x + 8A) x - 4A`` for ``1 < |x| < 2``.
+    """
+    dt = i.dtype.type
+    A = dt(CUBIC_A)
+    base = np.floor(i)
+    t = i - base
+
+    def k1(x):
+        return ((A + dt(2)) * x - (A + dt(3))) * x * x + dt(1)
+
+    def k2(x):
+        return ((A * x - dt(5) * A) * x + dt(8) * A) * x - dt(4) * A
+
+    def dk1(x):  # d k1 / d x
+        return (dt(3) * (A + dt(2)) * x - dt(2) * (A + dt(3))) * x
+
+    def dk2(x):
+        return (dt(3) * A * x - dt(10) * A) * x + dt(8) * A
+
+    x0, x1, x2, x3 = t + dt(1), t, dt(1) - t, dt(2) - t
+    w = [k2(x0), k1(x1), k1(x2), k2(x3)]
+    # d/dt of the distances is (+1, +1, -1, -1)
+    dw = [dk2(x0), dk1(x1), -dk1(x2), -dk2(x3)]
+    return _Taps(base, (-1, 0, 1, 2), w, dw)
+
+
+class _Kernel(NamedTuple):
+    taps: object          # coordinate -> _Taps
+    pads_coordinate: bool  # padding on the continuous coordinate (else on each tap)
+    dims: tuple           # supported spatial dimensionalities
+
+
+_KERNELS = {
+    "nearest": _Kernel(_nearest, True, (2, 3)),
+    "bilinear": _Kernel(_linear, True, (2, 3)),
+    "bicubic": _Kernel(_cubic, False, (2,)),
+}
+
+
+# --------------------------------------------------------------------------- plan
+
+class _Plan(NamedTuple):
+    """Everything the forward and backward share for one (U shape, grid, options)."""
+
+    rows: np.ndarray      # (M, T) int64 row of each tap in the padded channels-last U
+    weights: np.ndarray   # (M, T) interpolation weight of each tap
+    dweights: list        # per axis (x, y[, z]): (M, T) d weight / d grid coordinate, or None
+    bad: np.ndarray       # (M,) bool, grid point with a non-finite coordinate, or None
+    padded: tuple         # spatial shape of the padded U
+
+
+def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
+    U = _checks.float_array(U, "U", fn)
+    grid = _checks.float_array(grid, "grid", fn)
+    _checks.check_ndim(U, "U", fn, (4, 5), "(N, C, H_in, W_in) or (N, C, D_in, H_in, W_in)")
+    k = U.ndim - 2
+    layout = "(N, H_out, W_out, 2)" if k == 2 else "(N, D_out, H_out, W_out, 3)"
+    if grid.ndim != U.ndim or grid.shape[-1] != k:
+        raise ValueError(
+            f"{fn}(): expected grid of shape {layout} for {U.ndim}-D U, got {grid.shape}"
+        )
+    if grid.shape[0] != U.shape[0]:
+        raise ValueError(
+            f"{fn}(): expected grid with batch N={U.shape[0]} like U, got {grid.shape[0]} "
+            f"(grid {grid.shape}, U {U.shape})"
+        )
+    if min(U.shape[2:]) < 1:
+        raise ValueError(f"{fn}(): expected U with non-empty spatial dimensions, got {U.shape}")
+    _checks.check_same_dtype(U, "U", grid, "grid", fn)
+    _checks.check_choice(mode, "mode", fn, _KERNELS)
+    _checks.check_choice(padding_mode, "padding_mode", fn, _PADDINGS)
+    align_corners = _checks.check_bool(align_corners, "align_corners", fn)
+    if k not in _KERNELS[mode].dims:
+        raise ValueError(f"{fn}(): mode={mode!r} supports 4-D input only, got {U.ndim}-D U {U.shape}")
+    _checks.check_budget((U.shape[0], U.shape[1], *grid.shape[1:-1]), fn, "V")
+    return U, grid, align_corners
+
+
+def _axis_taps(coord, size, kernel, pad, align_corners, need_grad):
+    """Taps along one axis: padded indices (M, T_a), weights, d weight / d coord."""
+    i, s = _unnormalize(coord, size, align_corners)
+    mult = None
+    if kernel.pads_coordinate:
+        i, mult = pad(i, size, align_corners)
+    taps = kernel.taps(i)
+    idx, dws = [], []
+    for o, dw in zip(taps.offsets, taps.dw or [None] * len(taps.offsets)):
+        tap = taps.base + i.dtype.type(o)
+        if not kernel.pads_coordinate:
+            tap = pad(tap, size, align_corners)[0]
+        # shift into the zero-padded copy: -1 and size are its zero ring
+        idx.append(np.clip(tap, -1, size).astype(np.int64) + 1)
+        if need_grad and dw is not None:
+            dws.append(dw * s if mult is None else dw * (s * mult))
+    return idx, taps.w, (dws if dws else None)
+
+
+def _plan(U_shape, grid, mode, padding_mode, align_corners, need_grad):
+    """Taps, weights and (if ``need_grad``) derivative weights for every grid point."""
+    k = grid.shape[-1]
+    N = grid.shape[0]
+    spatial_in = U_shape[2:]
+    padded = tuple(n + 2 for n in spatial_in)
+    coords = grid.reshape(N, -1, k)
+    M = coords.shape[0] * coords.shape[1]
+    coords = coords.reshape(M, k)
+    finite = np.isfinite(coords).all(axis=1)
+    bad = None
+    if not finite.all():
+        bad = ~finite
+        coords = np.where(bad[:, None], 0, coords)  # compute on a harmless point, overwrite later
+
+    kernel, pad = _KERNELS[mode], _PADDINGS[padding_mode]
+    # row = n * prod(padded) + sum_a idx_a * stride_a, strides of the padded (.., H+2, W+2) array
+    strides = np.cumprod((1,) + padded[::-1])  # x, y, z strides, then the image size
+    n_off = np.repeat(np.arange(N, dtype=np.int64) * strides[k], M // N if N else 0)
+    rows = n_off.reshape(M, *(1,) * k)
+    weights = None
+    per_axis = []
+    for a in range(k):
+        idx, w, dw = _axis_taps(coords[:, a], spatial_in[k - 1 - a], kernel, pad,
+                                align_corners, need_grad)
+        # tap axis of this spatial axis in the (M, T_z, T_y, T_x) product
+        shape = [M] + [1] * k
+        shape[k - a] = len(idx)
+        idx = np.stack(idx, axis=1).reshape(shape)
+        w = np.stack(w, axis=1).reshape(shape)
+        rows = rows + idx * strides[a]
+        weights = w if weights is None else weights * w
+        per_axis.append((w, None if dw is None else np.stack(dw, axis=1).reshape(shape)))
+    T = int(np.prod(weights.shape[1:]))
+    rows = rows.reshape(M, T)
+    weights = np.broadcast_to(weights, (M, *weights.shape[1:])).reshape(M, T)
+
+    dweights = None
+    if need_grad and per_axis[0][1] is not None:
+        dweights = []
+        for a in range(k):
+            d = per_axis[a][1]
+            for b in range(k):
+                if b != a:
+                    d = d * per_axis[b][0]
+            dweights.append(d.reshape(M, T))
+    if bad is not None:
+        weights = np.where(bad[:, None], 0, weights)
+    return _Plan(rows, weights, dweights, bad, padded)
+
+
+def _padded_rows(U, padded):
+    """Copy ``U`` (N, C, *spatial) into a zero ring, channels-last: (N * prod(padded), C)."""
+    N, C = U.shape[:2]
+    k = U.ndim - 2
+    out = np.zeros((N, *padded, C), dtype=U.dtype)
+    inner = (slice(None),) + (slice(1, -1),) * k
+    out[inner] = np.moveaxis(U, 1, -1)
+    return out.reshape(-1, C)
+
+
+def _to_channels_first(rows, N, spatial):
+    """(N * P, C) -> (N, C, *spatial), contiguous."""
+    C = rows.shape[1]
+    return np.ascontiguousarray(np.moveaxis(rows.reshape(N, *spatial, C), -1, 1))
+
+
+# --------------------------------------------------------------------------- public API
+
+def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
+    """Sample ``U`` at the points of ``grid``, paper eq. (3): ``V_i = sum_nm U_nm k(x_i - m) k(y_i - n)``.
+
+    Parameters
+    ----------
+    U : ndarray, shape (N, C, H_in, W_in) or (N, C, D_in, H_in, W_in)
+        Input feature map, float32 or float64.
+    grid : ndarray, shape (N, H_out, W_out, 2) or (N, D_out, H_out, W_out, 3)
+        Normalised source coordinates ``(x_s, y_s[, z_s])``; -1 is the left/top
+        and +1 the right/bottom of ``U``.  Same dtype as ``U``.
+    mode : {"bilinear", "nearest", "bicubic"}
+        Kernel: eq. (5) (trilinear in 3-D), eq. (4) with ties to even, or Keys
+        cubic convolution with ``A = -0.75`` (4-D only).
+    padding_mode : {"zeros", "border", "reflection"}
+        Value of out-of-range points: 0, the nearest edge pixel, or the image
+        reflected about its border.
+    align_corners : bool, default False
+        True: -1 and +1 are the centres of the corner pixels; False: their outer edges.
+
+    Returns
+    -------
+    V : ndarray, shape (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out)
+        Same dtype as ``U``; computed in that dtype.  A grid point with a
+        non-finite coordinate gives NaN in every channel.
+
+    Raises
+    ------
+    TypeError
+        Non-float ``U`` or ``grid``, or different dtypes.
+    ValueError
+        Wrong ranks or shapes, batch mismatch, unknown mode or padding,
+        bicubic on 5-D input.
+
+    Notes
+    -----
+    Matches ``torch.nn.functional.grid_sample`` (rules: ``CONVENTIONS.md`` §3-5).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stnref import grid_sample
+    >>> U = np.arange(4.0).reshape(1, 1, 2, 2)
+    >>> grid = np.array([[[[0.0, 0.0]]]])  # the centre of the image
+    >>> grid_sample(U, grid)
+    array([[[[1.5]]]])
+    """
+    fn = "grid_sample"
+    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, need_grad=False)
+    U_rows = _padded_rows(U, plan.padded)
+    taps = np.take(U_rows, plan.rows, axis=0)            # (M, T, C)
+    V_rows = np.einsum("mt,mtc->mc", plan.weights, taps)  # (M, C)
+    if plan.bad is not None:
+        V_rows[plan.bad] = np.nan
+    return _to_channels_first(V_rows, grid.shape[0], grid.shape[1:-1])
+
+
+# Backward of V[m, c] = sum_t W[m, t] U_rows[rows[m, t], c]   (eqs. 6-7; docs/derivations/sampling.md)
+#   dU_rows = S^T dV_rows with S[m, rows[m, t]] = W[m, t]    sparse product: duplicates accumulate
+#   dgrid_a[m] = sum_t dW_a[m, t] sum_c dV[m, c] U_rows[rows[m, t], c]
+#   dW_a = (dw_a/di_a) * s_a * padding multiplier * prod_{b != a} w_b; floor gives the
+#   right-sided derivative at integer coordinates, as PyTorch does.
+def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", align_corners=False,
+                         need_dU=True):
+    """Gradients of :func:`grid_sample` with respect to ``U`` and ``grid``.
+
+    Parameters
+    ----------
+    dV : ndarray, shape (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out)
+        Gradient of the loss with respect to the forward's output.
+    U, grid, mode, padding_mode, align_corners
+        The forward's arguments.
+    need_dU : bool, default True
+        If False, skip the scatter and return ``None`` for ``dU`` (a network's
+        input data needs no gradient).
+
+    Returns
+    -------
+    dU : ndarray, shape of ``U`` (or None)
+        Scatter-add of ``w * dV``: sample points sharing a pixel accumulate.
+    dgrid : ndarray, shape of ``grid``
+        Exactly 0 for ``nearest``; NaN at grid points with a non-finite coordinate.
+
+    Notes
+    -----
+    Matches PyTorch's ``grid_sampler_2d_backward`` / ``grid_sampler_3d_backward``,
+    including one-sided derivatives at integer pixel positions and zero
+    multipliers on clip borders (``CONVENTIONS.md`` §3-4, §6).
+    """
+    fn = "grid_sample_backward"
+    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    dV = _checks.float_array(dV, "dV", fn)
+    expected = (U.shape[0], U.shape[1], *grid.shape[1:-1])
+    if dV.shape != expected:
+        raise ValueError(f"{fn}(): expected dV of shape {expected}, got {dV.shape}")
+    _checks.check_same_dtype(dV, "dV", U, "U", fn)
+    need_dU = _checks.check_bool(need_dU, "need_dU", fn)
+
+    N, C = U.shape[:2]
+    k = U.ndim - 2
+    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, need_grad=True)
+    M, T = plan.rows.shape
+    dV_rows = np.moveaxis(dV, 1, -1).reshape(M, C)
+    if plan.bad is not None:
+        dV_rows = np.where(plan.bad[:, None], 0, dV_rows)
+
+    dU = None
+    if need_dU:
+        n_rows = N * int(np.prod(plan.padded))
+        S = scipy.sparse.csr_matrix(
+            (plan.weights.reshape(-1), plan.rows.reshape(-1), np.arange(0, M * T + 1, T)),
+            shape=(M, n_rows),
+        )
+        dU_rows = np.asarray(S.T @ dV_rows, dtype=U.dtype)  # (N * prod(padded), C)
+        dU_padded = dU_rows.reshape(N, *plan.padded, C)
+        inner = (slice(None),) + (slice(1, -1),) * k
+        dU = np.ascontiguousarray(np.moveaxis(dU_padded[inner], -1, 1))
+
+    dgrid = np.zeros(grid.shape, dtype=grid.dtype)
+    if plan.dweights is not None:
+        U_rows = _padded_rows(U, plan.padded)
+        taps = np.take(U_rows, plan.rows, axis=0)         # (M, T, C)
+        G = np.einsum("mc,mtc->mt", dV_rows, taps)        # (M, T)
+        flat = dgrid.reshape(M, k)
+        for a in range(k):
+            flat[:, a] = np.einsum("mt,mt->m", plan.dweights[a], G)
+    if plan.bad is not None:
+        dgrid.reshape(M, k)[plan.bad] = np.nan
+    return dU, dgrid
