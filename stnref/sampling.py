@@ -106,19 +106,20 @@ class _Taps(NamedTuple):
     offsets: tuple       # integer offsets of the taps from base
     w: list              # weight of each tap, arrays like the coordinate
     dw: list             # d w / d coordinate of each tap (None: kernel is flat)
+    ddw: list            # d^2 w / d coordinate^2 of each tap (None: zero)
 
 
 def _nearest(i):
     # np.rint rounds half to even, as PyTorch's nearbyint
     base = np.rint(i)
-    return _Taps(base, (0,), [np.ones_like(i)], None)
+    return _Taps(base, (0,), [np.ones_like(i)], None, None)
 
 
 def _linear(i):
     base = np.floor(i)  # at an integer the right-hand cell: right-sided derivative
     t = i - base
     one = i.dtype.type(1)
-    return _Taps(base, (0, 1), [one - t, t], [np.full_like(i, -1), np.full_like(i, 1)])
+    return _Taps(base, (0, 1), [one - t, t], [np.full_like(i, -1), np.full_like(i, 1)], None)
 
 
 def _cubic(i):
@@ -145,11 +146,18 @@ def _cubic(i):
     def dk2(x):
         return (dt(3) * A * x - dt(10) * A) * x + dt(8) * A
 
+    def ddk1(x):
+        return dt(6) * (A + dt(2)) * x - dt(2) * (A + dt(3))
+
+    def ddk2(x):
+        return dt(6) * A * x - dt(10) * A
+
     x0, x1, x2, x3 = t + dt(1), t, dt(1) - t, dt(2) - t
     w = [k2(x0), k1(x1), k1(x2), k2(x3)]
     # d/dt of the distances is (+1, +1, -1, -1)
     dw = [dk2(x0), dk1(x1), -dk1(x2), -dk2(x3)]
-    return _Taps(base, (-1, 0, 1, 2), w, dw)
+    ddw = [ddk2(x0), ddk1(x1), ddk1(x2), ddk2(x3)]
+    return _Taps(base, (-1, 0, 1, 2), w, dw, ddw)
 
 
 class _Kernel(NamedTuple):
@@ -173,6 +181,7 @@ class _Plan(NamedTuple):
     rows: np.ndarray      # (M, T) int64 row of each tap in the padded channels-last U
     weights: np.ndarray   # (M, T) interpolation weight of each tap
     dweights: list        # per axis (x, y[, z]): (M, T) d weight / d grid coordinate, or None
+    ddweights: dict       # (a, b), a <= b: (M, T) d^2 weight / d g_a d g_b (absent: 0), or None
     bad: np.ndarray       # (M,) bool, grid point with a non-finite coordinate, or None
     padded: tuple         # spatial shape of the padded U
 
@@ -204,34 +213,48 @@ def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
     return U, grid, align_corners
 
 
-def _axis_taps(coord, size, kernel, pad, align_corners, need_grad):
-    """Taps along one axis: padded indices (M, T_a), weights, d weight / d coord."""
+def _axis_taps(coord, size, kernel, pad, align_corners, order):
+    """Taps along one axis.
+
+    Returns padded indices, weights, and for ``order >= 1`` (``2``) the first
+    (second) derivatives of the weights with respect to the normalised
+    coordinate -- chain rule through the unnormalisation scale ``s`` and the
+    padding multiplier -- each a list with one (M,) array per tap.
+    """
     i, s = _unnormalize(coord, size, align_corners)
     mult = None
     if kernel.pads_coordinate:
         i, mult = pad(i, size, align_corners)
     taps = kernel.taps(i)
-    idx, dws = [], []
-    for o, dw in zip(taps.offsets, taps.dw or [None] * len(taps.offsets)):
+    idx = []
+    for o in taps.offsets:
         tap = taps.base + i.dtype.type(o)
         if not kernel.pads_coordinate:
             tap = pad(tap, size, align_corners)[0]
         # shift into the zero-padded copy: -1 and size are its zero ring
         idx.append(np.clip(tap, -1, size).astype(np.int64) + 1)
-        if need_grad and dw is not None:
-            dws.append(dw * s if mult is None else dw * (s * mult))
-    return idx, taps.w, (dws if dws else None)
+    scale = s if mult is None else s * mult  # d i / d coord
+    dw = [d * scale for d in taps.dw] if order >= 1 and taps.dw is not None else None
+    ddw = [d * (scale * scale) for d in taps.ddw] if order >= 2 and taps.ddw is not None else None
+    return idx, taps.w, dw, ddw
 
 
-def _plan(U_shape, grid, mode, padding_mode, align_corners, need_grad):
-    """Taps, weights and (if ``need_grad``) derivative weights for every grid point."""
+def _product(factors, M, T):
+    """Product of per-axis (M, T_a) factors broadcast over the tap product -> (M, T)."""
+    out = factors[0]
+    for f in factors[1:]:
+        out = out * f
+    return np.broadcast_to(out, (M, *out.shape[1:])).reshape(M, T)
+
+
+def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
+    """Taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
     k = grid.shape[-1]
     N = grid.shape[0]
     spatial_in = U_shape[2:]
     padded = tuple(n + 2 for n in spatial_in)
-    coords = grid.reshape(N, -1, k)
-    M = coords.shape[0] * coords.shape[1]
-    coords = coords.reshape(M, k)
+    M = N * int(np.prod(grid.shape[1:-1]))
+    coords = grid.reshape(M, k)
     finite = np.isfinite(coords).all(axis=1)
     bad = None
     if not finite.all():
@@ -241,37 +264,43 @@ def _plan(U_shape, grid, mode, padding_mode, align_corners, need_grad):
     kernel, pad = _KERNELS[mode], _PADDINGS[padding_mode]
     # row = n * prod(padded) + sum_a idx_a * stride_a, strides of the padded (.., H+2, W+2) array
     strides = np.cumprod((1,) + padded[::-1])  # x, y, z strides, then the image size
-    n_off = np.repeat(np.arange(N, dtype=np.int64) * strides[k], M // N if N else 0)
-    rows = n_off.reshape(M, *(1,) * k)
-    weights = None
-    per_axis = []
+    rows = np.repeat(np.arange(N, dtype=np.int64) * strides[k], M // N if N else 0)
+    rows = rows.reshape(M, *(1,) * k)
+    w, dw, ddw = [], [], []
     for a in range(k):
-        idx, w, dw = _axis_taps(coords[:, a], spatial_in[k - 1 - a], kernel, pad,
-                                align_corners, need_grad)
-        # tap axis of this spatial axis in the (M, T_z, T_y, T_x) product
+        idx, w_a, dw_a, ddw_a = _axis_taps(coords[:, a], spatial_in[k - 1 - a], kernel, pad,
+                                           align_corners, order)
+        # this axis' taps run along axis k - a of the (M, T_z, T_y, T_x) product
         shape = [M] + [1] * k
         shape[k - a] = len(idx)
-        idx = np.stack(idx, axis=1).reshape(shape)
-        w = np.stack(w, axis=1).reshape(shape)
-        rows = rows + idx * strides[a]
-        weights = w if weights is None else weights * w
-        per_axis.append((w, None if dw is None else np.stack(dw, axis=1).reshape(shape)))
-    T = int(np.prod(weights.shape[1:]))
+        rows = rows + np.stack(idx, axis=1).reshape(shape) * strides[a]
+        w.append(np.stack(w_a, axis=1).reshape(shape))
+        dw.append(None if dw_a is None else np.stack(dw_a, axis=1).reshape(shape))
+        ddw.append(None if ddw_a is None else np.stack(ddw_a, axis=1).reshape(shape))
+    T = int(np.prod(np.broadcast_shapes(*(x.shape for x in w))[1:]))
     rows = rows.reshape(M, T)
-    weights = np.broadcast_to(weights, (M, *weights.shape[1:])).reshape(M, T)
+    weights = _product(w, M, T)
 
-    dweights = None
-    if need_grad and per_axis[0][1] is not None:
-        dweights = []
+    dweights = ddweights = None
+    if order >= 1 and dw[0] is not None:
+        # d W / d g_a = dw_a * prod_{b != a} w_b
+        dweights = [_product([dw[b] if b == a else w[b] for b in range(k)], M, T) for a in range(k)]
+    if order >= 2 and dw[0] is not None:
+        # d^2 W / d g_a d g_b: ddw_a prod w (a == b), dw_a dw_b prod w (a != b); bilinear has ddw = 0
+        ddweights = {}
         for a in range(k):
-            d = per_axis[a][1]
-            for b in range(k):
-                if b != a:
-                    d = d * per_axis[b][0]
-            dweights.append(d.reshape(M, T))
+            for b in range(a, k):
+                if a == b and ddw[a] is None:
+                    continue
+                factors = [w[c] for c in range(k)]
+                if a == b:
+                    factors[a] = ddw[a]
+                else:
+                    factors[a], factors[b] = dw[a], dw[b]
+                ddweights[a, b] = _product(factors, M, T)
     if bad is not None:
         weights = np.where(bad[:, None], 0, weights)
-    return _Plan(rows, weights, dweights, bad, padded)
+    return _Plan(rows, weights, dweights, ddweights, bad, padded)
 
 
 def _padded_rows(U, padded):
@@ -340,7 +369,7 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     """
     fn = "grid_sample"
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
-    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, need_grad=False)
+    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=0)
     U_rows = _padded_rows(U, plan.padded)
     taps = np.take(U_rows, plan.rows, axis=0)            # (M, T, C)
     V_rows = np.einsum("mt,mtc->mc", plan.weights, taps)  # (M, C)
@@ -392,7 +421,7 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
 
     N, C = U.shape[:2]
     k = U.ndim - 2
-    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, need_grad=True)
+    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=1)
     M, T = plan.rows.shape
     dV_rows = np.moveaxis(dV, 1, -1).reshape(M, C)
     if plan.bad is not None:
