@@ -1,0 +1,856 @@
+"""Layers with hand-written backwards: the pieces of the paper's classifiers.
+
+Every operation is a pair of stateless functions with PyTorch names
+(``conv2d`` / ``conv2d_backward``, ...); the backward takes the forward's
+inputs, not an opaque cache.  The classes on top (``Linear``, ``Conv2d``,
+...) hold parameters and the last forward's input, call those functions and
+put parameter gradients in ``grads``.  Derivations: docs/derivations/layers.md.
+
+Layer protocol (shared with :mod:`stnref.transformer`)
+------------------------------------------------------
+* ``Module.params`` / ``Module.grads``: dicts from dotted names (``"0.weight"``,
+  ``"loc.0.bias"``) to the live arrays.  Optimisers update ``params`` in place.
+* ``forward(x)`` stores what ``backward`` needs (the last call only);
+  ``backward(dy)`` overwrites the gradients and returns ``dx``.
+* Parameters are registered with :meth:`Module.register_parameter`; child
+  modules with :meth:`Module.add_module` or plain attribute assignment
+  (``self.loc = Sequential(...)``).  A registered parameter is readable as
+  an attribute (``layer.weight``).  Subclasses store gradients with
+  :meth:`Module.set_grad`.
+* dtype: outputs follow the input's dtype (float32 in, float32 out);
+  parameters keep the dtype they were created with, and so do their grads.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .._checks import check_bool, check_int, check_ndim, float_array
+
+# PyTorch's default init: kaiming_uniform_(a=sqrt(5)) gives the bound
+# gain * sqrt(3 / fan_in) with gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), i.e.
+# 1 / sqrt(fan_in); the bias uses the same bound.
+_KAIMING_A = math.sqrt(5.0)
+
+
+def _init_bound(fan_in):
+    gain = math.sqrt(2.0 / (1.0 + _KAIMING_A**2))
+    return gain * math.sqrt(3.0 / fan_in)
+
+
+def _check_rng(rng, fn):
+    if rng is None:
+        return np.random.default_rng(0)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{fn}(): expected rng to be a numpy.random.Generator or None, "
+            f"got {type(rng).__name__}"
+        )
+    return rng
+
+
+def _check_dtype(dtype, fn):
+    dt = np.dtype(dtype)
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"{fn}(): expected dtype float32 or float64, got {dt}")
+    return dt
+
+
+def _pair(value, name, fn, minimum):
+    """An int or a pair of ints -> a tuple of two Python ints >= minimum."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        v = check_int(value, name, fn, minimum=minimum)
+        return (v, v)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return tuple(check_int(v, name, fn, minimum=minimum) for v in value)
+    raise TypeError(f"{fn}(): expected {name} to be an int or a pair of ints, got {value!r}")
+
+
+def _uniform(rng, bound, shape, dtype):
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _check_grad_shape(dy, expected, fn):
+    if dy.shape != tuple(expected):
+        raise ValueError(
+            f"{fn}(): expected dy of shape {tuple(expected)} (the forward's output), got {dy.shape}"
+        )
+
+
+# --------------------------------------------------------------------------
+# Module protocol
+# --------------------------------------------------------------------------
+
+
+class Module:
+    """Base of every layer and container.
+
+    Attributes
+    ----------
+    training : bool
+        Set recursively by :meth:`train` / :meth:`eval`.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_grads", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    # -- registration -------------------------------------------------------
+    def register_parameter(self, name, array):
+        """Register ``array`` (float32/float64 ndarray) as parameter ``name``.
+
+        Its gradient starts at zeros of the same shape and dtype.
+        """
+        arr = float_array(array, name, f"{type(self).__name__}.register_parameter")
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(
+                f"{type(self).__name__}.register_parameter(): expected a non-empty name "
+                f"without '.', got {name!r}"
+            )
+        self._parameters[name] = arr
+        self._grads[name] = np.zeros_like(arr)
+
+    def add_module(self, name, module):
+        """Register ``module`` as child ``name`` (names of its params get ``name.``)."""
+        if not isinstance(module, Module):
+            raise TypeError(
+                f"{type(self).__name__}.add_module(): expected a Module, got {type(module).__name__}"
+            )
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(
+                f"{type(self).__name__}.add_module(): expected a non-empty name without '.', got {name!r}"
+            )
+        self._modules[name] = module
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Module):
+            self.add_module(name, value)
+        elif name in self.__dict__.get("_parameters", {}):
+            self._parameters[name] = float_array(value, name, f"{type(self).__name__}.__setattr__")
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: parameters and children.
+        d = self.__dict__
+        if name in d.get("_parameters", {}):
+            return d["_parameters"][name]
+        if name in d.get("_modules", {}):
+            return d["_modules"][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def set_grad(self, name, grad):
+        """Store a copy of the gradient of this module's own parameter ``name``, in its dtype."""
+        p = self._parameters[name]
+        g = np.asarray(grad)
+        if g.shape != p.shape:
+            raise ValueError(
+                f"{type(self).__name__}.set_grad(): expected gradient of {name} with shape "
+                f"{p.shape}, got {g.shape}"
+            )
+        # A copy: clip_grad_norm rescales gradients in place.
+        self._grads[name] = np.array(g, dtype=p.dtype)
+
+    def children(self):
+        """``(name, module)`` pairs of the direct children, in registration order."""
+        return list(self._modules.items())
+
+    # -- views --------------------------------------------------------------
+    def _named(self, attr):
+        out = dict(getattr(self, attr))
+        for cname, child in self._modules.items():
+            for k, v in child._named(attr).items():
+                out[f"{cname}.{k}"] = v
+        return out
+
+    @property
+    def params(self):
+        """dict[str, ndarray]: dotted names -> live parameter arrays (own first, then children)."""
+        return self._named("_parameters")
+
+    @property
+    def grads(self):
+        """dict[str, ndarray]: same keys as :attr:`params`; overwritten by each ``backward``."""
+        return self._named("_grads")
+
+    def zero_grad(self):
+        """Set every gradient to zeros (recursively)."""
+        for name, p in self._parameters.items():
+            self._grads[name] = np.zeros_like(p)
+        for child in self._modules.values():
+            child.zero_grad()
+
+    # -- state --------------------------------------------------------------
+    def state_dict(self):
+        """Copies of every parameter under PyTorch-style dotted names."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state):
+        """Copy ``state`` into the parameters, in place (optimisers keep their references).
+
+        Strict: a missing key, an unexpected key or a shape mismatch is a
+        ``ValueError`` naming the key.  Values are cast to each parameter's dtype.
+        """
+        fn = f"{type(self).__name__}.load_state_dict"
+        params = self.params
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        if missing or unexpected:
+            raise ValueError(
+                f"{fn}(): state dict does not match the module: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
+        values = {}
+        for k, p in params.items():
+            v = float_array(np.asarray(state[k]), k, fn)
+            if v.shape != p.shape:
+                raise ValueError(
+                    f"{fn}(): expected {k} of shape {p.shape}, got {v.shape}"
+                )
+            values[k] = v
+        # Validate everything before writing anything: a failed load changes nothing.
+        for k, p in params.items():
+            np.copyto(p, values[k], casting="same_kind")
+
+    # -- modes --------------------------------------------------------------
+    def train(self, mode=True):
+        """Set training mode recursively; returns self."""
+        mode = check_bool(mode, "mode", f"{type(self).__name__}.train")
+        object.__setattr__(self, "training", mode)
+        for child in self._modules.values():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Set evaluation mode recursively; returns self."""
+        return self.train(False)
+
+    # -- computation --------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _saved(self, fn):
+        x = self.__dict__.get("_x")
+        if x is None:
+            raise RuntimeError(f"{fn}(): backward called before forward")
+        return x
+
+
+# --------------------------------------------------------------------------
+# Linear
+# --------------------------------------------------------------------------
+
+
+def linear(x, weight, bias=None):
+    """Affine map ``y = x W^T + b`` (torch.nn.functional.linear).
+
+    Parameters
+    ----------
+    x : ndarray (N, in_features), float32 or float64
+    weight : ndarray (out_features, in_features)
+    bias : ndarray (out_features,) or None
+
+    Returns
+    -------
+    y : ndarray (N, out_features), dtype of ``x``
+
+    Examples
+    --------
+    >>> linear(np.ones((1, 2)), np.array([[1.0, 2.0]]), np.array([0.5]))
+    array([[3.5]])
+    """
+    fn = "linear"
+    x = float_array(x, "x", fn)
+    check_ndim(x, "x", fn, (2,), "(N, in_features)")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{fn}(): expected x of shape (N, {weight.shape[1]}), got {x.shape}"
+        )
+    y = x @ weight.T.astype(x.dtype, copy=False)                 # (N, out)
+    if bias is not None:
+        y = y + bias.astype(x.dtype, copy=False)
+    return y
+
+
+# Backward of y = x W^T + b   (docs/derivations/layers.md, "Linear")
+#   dx = dy W          (N, in)
+#   dW = dy^T x        (out, in)
+#   db = sum_n dy      (out,)
+def linear_backward(dy, x, weight, bias=True):
+    """Gradients of :func:`linear`: ``(dx, dweight, dbias)`` (``dbias`` None if not ``bias``).
+
+    ``dx`` has the dtype of ``x``; ``dweight``/``dbias`` that of ``weight``.
+    """
+    fn = "linear_backward"
+    x = float_array(x, "x", fn)
+    dy = float_array(dy, "dy", fn)
+    _check_grad_shape(dy, (x.shape[0], weight.shape[0]), fn)
+    dx = (dy @ weight.astype(dy.dtype, copy=False)).astype(x.dtype, copy=False)
+    dW = (dy.T @ x).astype(weight.dtype, copy=False)
+    db = dy.sum(axis=0).astype(weight.dtype, copy=False) if bias else None
+    return dx, dW, db
+
+
+class Linear(Module):
+    """Fully connected layer, ``y = x W^T + b`` (torch.nn.Linear).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    rng : numpy.random.Generator, optional
+        Source of the initial weights; ``None`` means ``default_rng(0)``.
+    dtype : float32 or float64
+        dtype of the parameters.
+
+    Notes
+    -----
+    ``weight (out_features, in_features)`` and ``bias (out_features,)`` are
+    drawn from ``U(-1/sqrt(in_features), 1/sqrt(in_features))`` (PyTorch's
+    default), weight first.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float64):
+        super().__init__()
+        fn = "Linear"
+        self.in_features = check_int(in_features, "in_features", fn, minimum=1)
+        self.out_features = check_int(out_features, "out_features", fn, minimum=1)
+        self.has_bias = check_bool(bias, "bias", fn)
+        rng = _check_rng(rng, fn)
+        dt = _check_dtype(dtype, fn)
+        bound = _init_bound(self.in_features)
+        self.register_parameter("weight", _uniform(rng, bound, (self.out_features, self.in_features), dt))
+        if self.has_bias:
+            self.register_parameter("bias", _uniform(rng, bound, (self.out_features,), dt))
+        self._x = None
+
+    def forward(self, x):
+        """``(N, in_features) -> (N, out_features)``."""
+        y = linear(x, self.weight, self.bias if self.has_bias else None)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        dx, dW, db = linear_backward(dy, self._saved("Linear.backward"), self.weight, self.has_bias)
+        self.set_grad("weight", dW)
+        if self.has_bias:
+            self.set_grad("bias", db)
+        return dx
+
+
+# --------------------------------------------------------------------------
+# Elementwise: ReLU, Tanh
+# --------------------------------------------------------------------------
+
+
+def relu(x):
+    """``max(x, 0)`` elementwise, dtype of ``x``."""
+    x = float_array(x, "x", "relu")
+    return np.where(x > 0, x, x.dtype.type(0))
+
+
+# Backward of y = max(x, 0): dx = dy where x > 0, else 0 (0 at x == 0, as PyTorch).
+def relu_backward(dy, x):
+    """Gradient of :func:`relu` with respect to ``x``."""
+    x = float_array(x, "x", "relu_backward")
+    dy = float_array(dy, "dy", "relu_backward")
+    _check_grad_shape(dy, x.shape, "relu_backward")
+    return np.where(x > 0, dy, 0).astype(x.dtype, copy=False)
+
+
+def tanh(x):
+    """Hyperbolic tangent elementwise, dtype of ``x``."""
+    return np.tanh(float_array(x, "x", "tanh"))
+
+
+# Backward of y = tanh(x): dx = dy (1 - tanh(x)^2).
+def tanh_backward(dy, x):
+    """Gradient of :func:`tanh` with respect to ``x``."""
+    x = float_array(x, "x", "tanh_backward")
+    dy = float_array(dy, "dy", "tanh_backward")
+    _check_grad_shape(dy, x.shape, "tanh_backward")
+    y = np.tanh(x)
+    return (dy * (1 - y * y)).astype(x.dtype, copy=False)
+
+
+class _Elementwise(Module):
+    _fns = None  # (forward, backward), set by subclasses
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x):
+        y = self._fns[0](x)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        return self._fns[1](dy, self._saved(f"{type(self).__name__}.backward"))
+
+
+class ReLU(_Elementwise):
+    """Rectified linear unit (torch.nn.ReLU); any shape; gradient 0 at 0."""
+
+    _fns = (staticmethod(relu), staticmethod(relu_backward))
+
+
+class Tanh(_Elementwise):
+    """Hyperbolic tangent (torch.nn.Tanh); any shape."""
+
+    _fns = (staticmethod(tanh), staticmethod(tanh_backward))
+
+
+# --------------------------------------------------------------------------
+# Flatten, Dropout, Sequential
+# --------------------------------------------------------------------------
+
+
+class Flatten(Module):
+    """``(N, d1, d2, ...) -> (N, d1*d2*...)`` (torch.nn.Flatten with start_dim=1)."""
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x):
+        x = float_array(x, "x", "Flatten.forward")
+        check_ndim(x, "x", "Flatten.forward", tuple(range(2, 33)), "(N, ...) with at least 2 axes")
+        self._x = x
+        return x.reshape(x.shape[0], -1)
+
+    # Backward of a reshape is the inverse reshape.
+    def backward(self, dy):
+        x = self._saved("Flatten.backward")
+        dy = float_array(dy, "dy", "Flatten.backward")
+        _check_grad_shape(dy, (x.shape[0], int(np.prod(x.shape[1:]))), "Flatten.backward")
+        return dy.reshape(x.shape)
+
+
+class Dropout(Module):
+    """Inverted dropout (torch.nn.Dropout): zero each entry with probability ``p``.
+
+    In training, ``y = x * mask / (1 - p)`` with ``mask ~ Bernoulli(1 - p)``
+    drawn from ``rng``; in evaluation the identity.  ``p = 1`` gives zeros.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+    rng : numpy.random.Generator, optional
+        ``None`` means ``default_rng(0)``; the same seed gives the same masks.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+            raise TypeError(f"Dropout(): expected p to be a float, got {type(p).__name__} {p!r}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout(): expected 0 <= p <= 1, got {p}")
+        self.p = float(p)
+        self.rng = _check_rng(rng, "Dropout")
+        self._scale_mask = None
+        self._x = None
+
+    def forward(self, x):
+        x = float_array(x, "x", "Dropout.forward")
+        self._x = x
+        if not self.training or self.p == 0.0:
+            self._scale_mask = None
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        self._scale_mask = np.where(keep, scale, 0.0).astype(x.dtype)
+        return x * self._scale_mask
+
+    # Backward of y = x * m / (1 - p): dx = dy * m / (1 - p) (same mask).
+    def backward(self, dy):
+        x = self._saved("Dropout.backward")
+        dy = float_array(dy, "dy", "Dropout.backward")
+        _check_grad_shape(dy, x.shape, "Dropout.backward")
+        if self._scale_mask is None:
+            return dy
+        return dy * self._scale_mask
+
+
+class Sequential(Module):
+    """Chain of modules named ``"0", "1", ...`` (torch.nn.Sequential).
+
+    Indexable (``seq[0]``, ``seq[-1]``), ``len(seq)``, iterable.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            self.add_module(str(i), m)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, index):
+        mods = list(self._modules.values())
+        index = check_int(index, "index", "Sequential.__getitem__")
+        if not -len(mods) <= index < len(mods):
+            raise IndexError(f"Sequential.__getitem__(): index {index} out of range for length {len(mods)}")
+        return mods[index]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m.forward(x)
+        return x
+
+    # Chain rule: back through the children in reverse order.
+    def backward(self, dy):
+        for m in reversed(list(self._modules.values())):
+            dy = m.backward(dy)
+        return dy
+
+
+# --------------------------------------------------------------------------
+# Convolution and pooling: shared window helpers
+# --------------------------------------------------------------------------
+
+
+def _out_size(size, k, s, fn, axis):
+    if size < k:
+        raise ValueError(
+            f"{fn}(): kernel size {k} is larger than the (padded) input {axis} {size}"
+        )
+    return (size - k) // s + 1          # floor, as PyTorch (ceil_mode=False)
+
+
+def _windows(xp, kernel, stride):
+    """Read-only view ``(N, C, H_out, W_out, kh, kw)`` of the windows of ``xp``."""
+    return sliding_window_view(xp, kernel, axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
+
+
+def _col2im(cols, out_hw, stride):
+    """Sum window entries back onto the pixels they were read from.
+
+    ``cols (kh, kw, A, B, H_out, W_out) -> (A, B, H, W)``: entry
+    ``[i, j, a, b, p, q]`` lands on pixel ``(p s_h + i, q s_w + j)``.  One
+    strided-slice add per kernel offset (kh*kw of them); within one offset the
+    target pixels are distinct, so the add never drops duplicates.
+    """
+    kh, kw, a, b, h_out, w_out = cols.shape
+    sh, sw = stride
+    out = np.zeros((a, b) + tuple(out_hw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw] += cols[i, j]
+    return out
+
+
+def _check_input4(x, name, fn, channels=None):
+    x = float_array(x, name, fn)
+    check_ndim(x, name, fn, (4,), "(N, C, H, W)")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{fn}(): expected {name} of shape (N, C={channels}, H, W), got {x.shape}"
+        )
+    return x
+
+
+def _pad_hw(x, padding):
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+
+
+def _conv_geometry(x, weight, stride, padding, fn):
+    """Validated ``(x, stride, padding, (H_out, W_out))`` for a convolution."""
+    x = _check_input4(x, "x", fn, channels=weight.shape[1])
+    stride = _pair(stride, "stride", fn, 1)
+    padding = _pair(padding, "padding", fn, 0)
+    kh, kw = weight.shape[2:]
+    h_out = _out_size(x.shape[2] + 2 * padding[0], kh, stride[0], fn, "height")
+    w_out = _out_size(x.shape[3] + 2 * padding[1], kw, stride[1], fn, "width")
+    return x, stride, padding, (h_out, w_out)
+
+
+# --------------------------------------------------------------------------
+# Conv2d
+# --------------------------------------------------------------------------
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """2-D cross-correlation (torch.nn.functional.conv2d, groups=1, dilation=1).
+
+    ``y[n, o, p, q] = b[o] + sum_{c,i,j} W[o, c, i, j] x_pad[n, c, p s_h + i, q s_w + j]``,
+    computed as one matrix product of the im2col view (a ``sliding_window_view``)
+    with the flattened kernel.
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W), float32 or float64
+    weight : ndarray (C_out, C_in, kh, kw)
+    bias : ndarray (C_out,) or None
+    stride, padding : int or (int, int)
+        Zero padding on both sides of each spatial axis.
+
+    Returns
+    -------
+    y : ndarray (N, C_out, H_out, W_out), dtype of ``x``, with
+        ``H_out = floor((H + 2 p_h - kh) / s_h) + 1`` (likewise ``W_out``).
+
+    Examples
+    --------
+    >>> conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))).shape
+    (1, 1, 2, 2)
+    """
+    x, stride, padding, _ = _conv_geometry(x, weight, stride, padding, "conv2d")
+    kernel = weight.shape[2:]
+    win = _windows(_pad_hw(x, padding), kernel, stride)             # (N, C, Ho, Wo, kh, kw)
+    w = weight.astype(x.dtype, copy=False)
+    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))           # (N, Ho, Wo, C_out)
+    if bias is not None:
+        y += bias.astype(x.dtype, copy=False)
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+
+# Backward of y = b + sum_{c,i,j} W[o,c,i,j] x_pad[n, c, p s + i, q s + j]
+#   (docs/derivations/layers.md, "Convolution")
+#   dW[o,c,i,j] = sum_{n,p,q} dy[n,o,p,q] x_pad[n,c,p s+i,q s+j]   one tensordot with the im2col view
+#   db[o]       = sum_{n,p,q} dy[n,o,p,q]
+#   dx_pad      = col2im(cols), cols[i,j,c,n,p,q] = sum_o W[o,c,i,j] dy[n,o,p,q]
+#                 (one strided-slice add per kernel offset), then crop the padding.
+def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
+    """Gradients of :func:`conv2d`: ``(dx, dweight, dbias)`` (``dbias`` None if not ``bias``).
+
+    Takes the forward's inputs.  ``dx`` has the dtype of ``x``;
+    ``dweight``/``dbias`` that of ``weight``.
+    """
+    fn = "conv2d_backward"
+    x, stride, padding, out_hw = _conv_geometry(x, weight, stride, padding, fn)
+    dy = float_array(dy, "dy", fn)
+    _check_grad_shape(dy, (x.shape[0], weight.shape[0]) + out_hw, fn)
+    dy = dy.astype(x.dtype, copy=False)
+    kernel = weight.shape[2:]
+    xp = _pad_hw(x, padding)
+    win = _windows(xp, kernel, stride)                                # (N, C, Ho, Wo, kh, kw)
+    dW = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))           # (C_out, C_in, kh, kw)
+    db = dy.sum(axis=(0, 2, 3)).astype(weight.dtype, copy=False) if bias else None
+    w_t = weight.astype(x.dtype, copy=False).transpose(2, 3, 1, 0)    # (kh, kw, C_in, C_out)
+    cols = np.tensordot(w_t, dy, axes=([3], [1]))                     # (kh, kw, C_in, N, Ho, Wo)
+    dxp = _col2im(cols, xp.shape[2:], stride)                         # (C_in, N, Hp, Wp)
+    ph, pw = padding
+    dx = dxp[:, :, ph:dxp.shape[2] - ph, pw:dxp.shape[3] - pw].transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(dx), dW.astype(weight.dtype, copy=False), db
+
+
+class Conv2d(Module):
+    """2-D convolution layer (torch.nn.Conv2d, cross-correlation, groups=1).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride : int or (int, int)
+    padding : int or (int, int)
+        Zero padding on both sides.
+    bias : bool
+    rng : numpy.random.Generator, optional
+        ``None`` means ``default_rng(0)``.
+    dtype : float32 or float64
+        dtype of the parameters.
+
+    Notes
+    -----
+    ``weight (out_channels, in_channels, kh, kw)`` and ``bias (out_channels,)``
+    are drawn from ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``,
+    ``fan_in = in_channels kh kw`` (PyTorch's default), weight first.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 rng=None, dtype=np.float64):
+        super().__init__()
+        fn = "Conv2d"
+        self.in_channels = check_int(in_channels, "in_channels", fn, minimum=1)
+        self.out_channels = check_int(out_channels, "out_channels", fn, minimum=1)
+        self.kernel_size = _pair(kernel_size, "kernel_size", fn, 1)
+        self.stride = _pair(stride, "stride", fn, 1)
+        self.padding = _pair(padding, "padding", fn, 0)
+        self.has_bias = check_bool(bias, "bias", fn)
+        rng = _check_rng(rng, fn)
+        dt = _check_dtype(dtype, fn)
+        bound = _init_bound(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+        shape = (self.out_channels, self.in_channels) + self.kernel_size
+        self.register_parameter("weight", _uniform(rng, bound, shape, dt))
+        if self.has_bias:
+            self.register_parameter("bias", _uniform(rng, bound, (self.out_channels,), dt))
+        self._x = None
+
+    def forward(self, x):
+        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
+        y = conv2d(x, self.weight, self.bias if self.has_bias else None, self.stride, self.padding)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        dx, dW, db = conv2d_backward(dy, self._saved("Conv2d.backward"), self.weight,
+                                     self.stride, self.padding, self.has_bias)
+        self.set_grad("weight", dW)
+        if self.has_bias:
+            self.set_grad("bias", db)
+        return dx
+
+
+# --------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------
+
+
+def _pool_geometry(x, kernel_size, stride, fn):
+    x = _check_input4(x, "x", fn)
+    kernel = _pair(kernel_size, "kernel_size", fn, 1)
+    stride = kernel if stride is None else _pair(stride, "stride", fn, 1)
+    out_hw = (_out_size(x.shape[2], kernel[0], stride[0], fn, "height"),
+              _out_size(x.shape[3], kernel[1], stride[1], fn, "width"))
+    return x, kernel, stride, out_hw
+
+
+def _max_index(x, kernel, stride):
+    """Row-major index in ``[0, kh kw)`` of each window's first maximum (NaN counts as max)."""
+    win = _windows(x, kernel, stride)                                  # (N, C, Ho, Wo, kh, kw)
+    flat = win.reshape(win.shape[:4] + (-1,))                          # (N, C, Ho, Wo, kh*kw)
+    return flat, np.argmax(flat, axis=-1)
+
+
+def max_pool2d(x, kernel_size, stride=None):
+    """Max over each window (torch.nn.functional.max_pool2d, no padding, floor mode).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+
+    Returns
+    -------
+    y : ndarray (N, C, H_out, W_out), dtype of ``x``;
+        ``H_out = floor((H - kh) / s_h) + 1``.  Trailing rows/columns that do
+        not fill a window are dropped, as PyTorch.
+
+    Examples
+    --------
+    >>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    """
+    x, kernel, stride, _ = _pool_geometry(x, kernel_size, stride, "max_pool2d")
+    flat, arg = _max_index(x, kernel, stride)
+    return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+
+
+# Backward of y = x[argmax of window]   (docs/derivations/layers.md, "Max pooling")
+#   dx[pixel of the window's first maximum] += dy; overlapping windows (stride < kernel)
+#   may pick the same pixel, so the routing is a scatter-add by np.bincount.
+def max_pool2d_backward(dy, x, kernel_size, stride=None):
+    """Gradient of :func:`max_pool2d` with respect to ``x`` (ties go to the first maximum)."""
+    fn = "max_pool2d_backward"
+    x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, fn)
+    dy = float_array(dy, "dy", fn)
+    _check_grad_shape(dy, x.shape[:2] + out_hw, fn)
+    n, c, h, w = x.shape
+    _, arg = _max_index(x, kernel, stride)                             # (N, C, Ho, Wo)
+    rows = np.arange(out_hw[0])[:, None] * stride[0] + arg // kernel[1]
+    cols = np.arange(out_hw[1]) * stride[1] + arg % kernel[1]
+    plane = np.arange(n * c).reshape(n, c, 1, 1) * (h * w)
+    flat = plane + rows * w + cols                                     # (N, C, Ho, Wo)
+    dx = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=n * c * h * w)
+    return dx.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+def avg_pool2d(x, kernel_size, stride=None):
+    """Mean over each window (torch.nn.functional.avg_pool2d, no padding, floor mode).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+
+    Returns
+    -------
+    y : ndarray (N, C, H_out, W_out), dtype of ``x``.
+    """
+    x, kernel, stride, _ = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
+    return _windows(x, kernel, stride).mean(axis=(-2, -1), dtype=x.dtype)
+
+
+# Backward of y = (1 / (kh kw)) sum_{i,j} x[p s + i, q s + j]
+#   (docs/derivations/layers.md, "Average pooling")
+#   every pixel of a window receives dy / (kh kw): col2im of a broadcast, no copy of the windows.
+def avg_pool2d_backward(dy, x, kernel_size, stride=None):
+    """Gradient of :func:`avg_pool2d` with respect to ``x``."""
+    fn = "avg_pool2d_backward"
+    x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, fn)
+    dy = float_array(dy, "dy", fn)
+    _check_grad_shape(dy, x.shape[:2] + out_hw, fn)
+    share = (dy / (kernel[0] * kernel[1])).astype(x.dtype, copy=False)  # (N, C, Ho, Wo)
+    cols = np.broadcast_to(share, kernel + share.shape)                 # (kh, kw, N, C, Ho, Wo)
+    return _col2im(cols, x.shape[2:], stride)
+
+
+class _Pool(Module):
+    _fns = None  # (forward, backward), set by subclasses
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        fn = type(self).__name__
+        self.kernel_size = _pair(kernel_size, "kernel_size", fn, 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride", fn, 1)
+        self._x = None
+
+    def forward(self, x):
+        """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
+        y = self._fns[0](x, self.kernel_size, self.stride)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        x = self._saved(f"{type(self).__name__}.backward")
+        return self._fns[1](dy, x, self.kernel_size, self.stride)
+
+
+class MaxPool2d(_Pool):
+    """Max pooling (torch.nn.MaxPool2d, padding 0, floor mode); gradient to the first maximum.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+    """
+
+    _fns = (staticmethod(max_pool2d), staticmethod(max_pool2d_backward))
+
+
+class AvgPool2d(_Pool):
+    """Average pooling (torch.nn.AvgPool2d, padding 0, floor mode).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Default ``kernel_size``.
+    """
+
+    _fns = (staticmethod(avg_pool2d), staticmethod(avg_pool2d_backward))
