@@ -1,0 +1,291 @@
+"""grid_sample / grid_sample_backward: finite differences, loop oracle, dtypes, purity, errors.
+
+Every kernel x padding x align_corners x dimension combination is a separate
+parametrised test whose shapes and arrays come from ``tests/strategies.py``;
+grids lie in [-3, 3] (well outside the image) with every point kept
+``KINK_MARGIN`` pixels from the sampler's kinks, so central differences see
+smooth pieces only (kinks have their own tests in ``test_conventions.py``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stnref import affine_grid, affine_grid_backward, gradcheck, grid_sample, grid_sample_backward
+
+import loops
+from strategies import (
+    KINK_MARGIN,
+    combo_id,
+    combos,
+    grid_kink_distance,
+    sampler_cases,
+)
+
+FD_EPS = 1e-6          # central-difference step (float64)
+LOOP_TOL = 1e-12       # vectorised vs per-point loops: the same sums in another order
+F32_TOL = 2e-5         # float32 vs float64 result, relative to the data scale (~1e-7 * few taps)
+THETA_NOISE = 0.6      # spread of random affine matrices around the identity
+FD_EXAMPLES = 15       # hypothesis examples per combination for the finite-difference checks
+ALL = combos()
+ALL_IDS = [combo_id(c) for c in ALL]
+
+
+def _case(combo, **kw):
+    k, mode, padding, ac = combo
+    return sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,), align=(ac,), **kw)
+
+
+def _fd(case, full_max=200):
+    kw = case.kwargs
+    return gradcheck(
+        lambda U, grid: grid_sample(U, grid, **kw),
+        lambda dV, U, grid: grid_sample_backward(dV, U, grid, **kw),
+        [case.U, case.grid], names=["U", "grid"], eps=FD_EPS, full_max=full_max,
+    )
+
+
+# --------------------------------------------------------------------------- finite differences
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@settings(max_examples=FD_EXAMPLES)
+@given(data=st.data())
+def test_fd_dU_and_dgrid(combo, data):
+    case = data.draw(_case(combo, max_spatial=5, max_nc=2))
+    _fd(case).raise_if_failed()
+
+
+def _smooth_theta(rng, size, in_spatial, mode, padding, ac):
+    """Random affine theta whose grid (of ``size``) keeps KINK_MARGIN away from U's kinks."""
+    k = len(in_spatial)
+    eye = np.concatenate([np.eye(k), np.zeros((k, 1))], axis=1)
+    while True:
+        theta = eye + THETA_NOISE * rng.standard_normal((size[0], k, k + 1))
+        grid = affine_grid(theta, size, ac)
+        if (grid_kink_distance(grid, in_spatial, mode, padding, ac) >= KINK_MARGIN).all():
+            return theta
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@settings(max_examples=6)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 2), out=st.integers(2, 4))
+def test_fd_dtheta_through_affine_grid(combo, seed, n, out):
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(seed)
+    in_spatial = tuple(int(s) for s in rng.integers(2, 6, size=k))
+    size = (n, 2, *(out,) * k)
+    U = rng.standard_normal((n, 2, *in_spatial))
+    theta = _smooth_theta(rng, size, in_spatial, mode, padding, ac)
+    kw = {"mode": mode, "padding_mode": padding, "align_corners": ac}
+
+    def fn(theta):
+        return grid_sample(U, affine_grid(theta, size, ac), **kw)
+
+    def vjp(dV, theta):
+        _, dgrid = grid_sample_backward(dV, U, affine_grid(theta, size, ac), need_dU=False, **kw)
+        return (affine_grid_backward(dgrid, size, ac),)
+
+    gradcheck(fn, vjp, [theta], names=["theta"], eps=FD_EPS).raise_if_failed()
+
+
+# --------------------------------------------------------------------------- loop oracle
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@settings(max_examples=8)
+@given(data=st.data())
+def test_forward_and_dU_match_loops(combo, data):
+    for grids in ("smooth", "kinky"):
+        case = data.draw(_case(combo, grids=grids, max_spatial=4, max_nc=2))
+        V = grid_sample(case.U, case.grid, **case.kwargs)
+        np.testing.assert_allclose(V, loops.grid_sample_loop(case.U, case.grid, **case.kwargs),
+                                   rtol=0, atol=LOOP_TOL)
+        dU, _ = grid_sample_backward(case.dV, case.U, case.grid, **case.kwargs)
+        expect = loops.grid_sample_dU_loop(case.dV, case.U.shape, case.grid, **case.kwargs)
+        np.testing.assert_allclose(dU, expect, rtol=0, atol=LOOP_TOL)
+
+
+# --------------------------------------------------------------------------- dtypes
+
+@settings(max_examples=40)
+@given(case=sampler_cases())
+def test_float32_in_float32_out_and_close_to_float64(case):
+    U32, g32, dV32 = (a.astype(np.float32) for a in (case.U, case.grid, case.dV))
+    V32 = grid_sample(U32, g32, **case.kwargs)
+    dU32, dg32 = grid_sample_backward(dV32, U32, g32, **case.kwargs)
+    assert V32.dtype == dU32.dtype == dg32.dtype == np.float32
+    # reference: the float32 values promoted, so only the arithmetic differs
+    V64 = grid_sample(U32.astype(np.float64), g32.astype(np.float64), **case.kwargs)
+    dU64, dg64 = grid_sample_backward(dV32.astype(np.float64), U32.astype(np.float64),
+                                      g32.astype(np.float64), **case.kwargs)
+    np.testing.assert_allclose(V32, V64, rtol=0, atol=F32_TOL * np.abs(case.U).max())
+    np.testing.assert_allclose(dU32, dU64, rtol=0, atol=F32_TOL * np.abs(case.dV).max())
+    scale = max(1.0, np.abs(dg64).max())
+    np.testing.assert_allclose(dg32, dg64, rtol=0, atol=F32_TOL * scale * 10)
+
+
+def test_python_lists_are_float64():
+    V = grid_sample([[[[0.0, 1.0], [2.0, 3.0]]]], [[[[0.0, 0.0]]]])
+    assert V.dtype == np.float64
+    assert V[0, 0, 0, 0] == 1.5
+
+
+# --------------------------------------------------------------------------- purity
+
+@settings(max_examples=30)
+@given(case=sampler_cases())
+def test_inputs_never_modified_and_deterministic(case):
+    U, grid, dV = case.U.copy(), case.grid.copy(), case.dV.copy()
+    V1 = grid_sample(case.U, case.grid, **case.kwargs)
+    dU1, dg1 = grid_sample_backward(case.dV, case.U, case.grid, **case.kwargs)
+    V2 = grid_sample(case.U, case.grid, **case.kwargs)
+    dU2, dg2 = grid_sample_backward(case.dV, case.U, case.grid, **case.kwargs)
+    for before, after in ((U, case.U), (grid, case.grid), (dV, case.dV)):
+        np.testing.assert_array_equal(before, after)
+    # bit-identical: compare the bytes, so NaN and -0.0 count too
+    for a, b in ((V1, V2), (dU1, dU2), (dg1, dg2)):
+        assert a.tobytes() == b.tobytes()
+
+
+@settings(max_examples=20)
+@given(case=sampler_cases())
+def test_read_only_and_non_contiguous_inputs(case):
+    expect_V = grid_sample(case.U, case.grid, **case.kwargs)
+    expect_dU, expect_dg = grid_sample_backward(case.dV, case.U, case.grid, **case.kwargs)
+
+    def strided(a):
+        """Same values, non-contiguous (every other element of a doubled array), read-only."""
+        big = np.repeat(a, 2, axis=-1)[..., ::2]
+        assert not big.flags.c_contiguous or a.shape[-1] == 1
+        big.flags.writeable = False
+        return big
+
+    def fortran(a):
+        f = np.asfortranarray(a)
+        f.flags.writeable = False
+        return f
+
+    for wrap in (strided, fortran):
+        U, grid, dV = wrap(case.U), wrap(case.grid), wrap(case.dV)
+        np.testing.assert_array_equal(grid_sample(U, grid, **case.kwargs), expect_V)
+        dU, dg = grid_sample_backward(dV, U, grid, **case.kwargs)
+        np.testing.assert_array_equal(dU, expect_dU)
+        np.testing.assert_array_equal(dg, expect_dg)
+
+
+def test_need_dU_false_skips_dU_only():
+    rng = np.random.default_rng(3)
+    U, grid, dV = rng.standard_normal((2, 3, 4, 5)), rng.uniform(-1, 1, (2, 3, 2, 2)), None
+    dV = rng.standard_normal((2, 3, 3, 2))
+    dU, dg = grid_sample_backward(dV, U, grid, need_dU=False)
+    assert dU is None
+    np.testing.assert_array_equal(dg, grid_sample_backward(dV, U, grid)[1])
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _ok(k=2):
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((2, 3, *(4,) * k))
+    grid = rng.uniform(-1, 1, (2, *(3,) * k, k))
+    dV = rng.standard_normal((2, 3, *(3,) * k))
+    return U, grid, dV
+
+
+@pytest.mark.parametrize("fn", ["forward", "backward"])
+@pytest.mark.parametrize("bad, exc, match", [
+    ("U_rank3", ValueError, r"expected U of shape"),
+    ("U_rank6", ValueError, r"expected U of shape"),
+    ("grid_rank", ValueError, r"expected grid of shape \(N, H_out, W_out, 2\)"),
+    ("grid_last_dim", ValueError, r"expected grid of shape \(N, H_out, W_out, 2\).*got \(2, 3, 3, 3\)"),
+    ("grid_last_dim_3d", ValueError, r"expected grid of shape \(N, D_out, H_out, W_out, 3\)"),
+    ("batch", ValueError, r"expected grid with batch N=2 like U, got 1"),
+    ("mode", ValueError, r"expected mode to be one of 'nearest', 'bilinear', 'bicubic', got 'linear'"),
+    ("padding", ValueError,
+     r"expected padding_mode to be one of 'zeros', 'border', 'reflection', got 'wrap'"),
+    ("bicubic_5d", ValueError, r"mode='bicubic' supports 4-D input only"),
+    ("int_U", TypeError, r"expected U of dtype float32 or float64, got int64"),
+    ("complex_grid", TypeError, r"expected grid of dtype float32 or float64, got complex128"),
+    ("bool_U", TypeError, r"expected U of dtype float32 or float64, got bool"),
+    ("none_U", TypeError, r"expected U to be a float array"),
+    ("mixed", TypeError, r"expected U and grid to have the same dtype, got float32 and float64"),
+    ("align_int", TypeError, r"expected align_corners to be a bool"),
+])
+def test_bad_input_raises_naming_the_argument(fn, bad, exc, match):
+    U, grid, dV = _ok()
+    kw = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
+    if bad == "U_rank3":
+        U = U[0]
+    elif bad == "U_rank6":
+        U = U[..., None, None]
+    elif bad == "grid_rank":
+        grid = grid[0]
+    elif bad == "grid_last_dim":
+        grid = np.concatenate([grid, grid[..., :1]], axis=-1)
+    elif bad == "grid_last_dim_3d":
+        U, grid, dV = _ok(3)
+        grid = grid[..., :2]
+    elif bad == "batch":
+        grid = grid[:1]
+    elif bad == "mode":
+        kw["mode"] = "linear"
+    elif bad == "padding":
+        kw["padding_mode"] = "wrap"
+    elif bad == "bicubic_5d":
+        U, grid, dV = _ok(3)
+        kw["mode"] = "bicubic"
+    elif bad == "int_U":
+        U = np.ones(U.shape, dtype=np.int64)
+    elif bad == "complex_grid":
+        grid = grid.astype(np.complex128)
+    elif bad == "bool_U":
+        U = U > 0
+    elif bad == "none_U":
+        U = None
+    elif bad == "mixed":
+        U = U.astype(np.float32)
+    elif bad == "align_int":
+        kw["align_corners"] = 1
+    name = "grid_sample" if fn == "forward" else "grid_sample_backward"
+    with pytest.raises(exc, match=rf"{name}\(\): " + match):
+        if fn == "forward":
+            grid_sample(U, grid, **kw)
+        else:
+            grid_sample_backward(dV, U, grid, **kw)
+
+
+@pytest.mark.parametrize("bad, exc, match", [
+    ("shape", ValueError, r"expected dV of shape \(2, 3, 3, 3\), got \(2, 3, 3, 4\)"),
+    ("channels", ValueError, r"expected dV of shape \(2, 3, 3, 3\), got \(2, 2, 3, 3\)"),
+    ("dtype", TypeError, r"expected dV and U to have the same dtype, got float32 and float64"),
+    ("int", TypeError, r"expected dV of dtype float32 or float64, got int64"),
+    ("need_dU", TypeError, r"expected need_dU to be a bool"),
+])
+def test_bad_dV_raises(bad, exc, match):
+    U, grid, dV = _ok()
+    kw = {}
+    if bad == "shape":
+        dV = np.zeros((2, 3, 3, 4))
+    elif bad == "channels":
+        dV = dV[:, :2]
+    elif bad == "dtype":
+        dV = dV.astype(np.float32)
+    elif bad == "int":
+        dV = np.zeros(dV.shape, dtype=np.int64)
+    elif bad == "need_dU":
+        kw["need_dU"] = "yes"
+    with pytest.raises(exc, match=r"grid_sample_backward\(\): " + match):
+        grid_sample_backward(dV, U, grid, **kw)
+
+
+@pytest.mark.parametrize("theta_shape, size, match", [
+    ((2, 2, 3), (3, 1, 4, 4), r"affine_grid\(\): size \(3, 1, 4, 4\) has batch 3 but theta has batch 2"),
+    ((2, 2, 3), (2, 1, 4, 4, 4), r"affine_grid\(\): expected size with 4 entries"),
+    ((2, 3, 4), (2, 1, 4, 4), r"affine_grid\(\): expected size with 5 entries"),
+    ((2, 2, 4), (2, 1, 4, 4), r"affine_grid\(\): expected theta of shape \(N, 2, 3\) or \(N, 3, 4\)"),
+])
+def test_affine_grid_size_disagreeing_with_theta(theta_shape, size, match):
+    with pytest.raises(ValueError, match=match):
+        affine_grid(np.zeros(theta_shape), size)
