@@ -20,6 +20,8 @@ Conventions (PyTorch's): ``../shared/CONVENTIONS.md`` §3-6.
 
 from __future__ import annotations
 
+import functools
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +32,7 @@ from . import _checks
 __all__ = ["grid_sample", "grid_sample_backward", "CUBIC_A"]
 
 CUBIC_A = -0.75  # Keys cubic convolution parameter; PyTorch's value
+CHUNK = 1 << 14  # grid points per chunk: temporaries stay cache-sized, memory bounded
 
 
 # --------------------------------------------------------------------------- coordinates
@@ -80,7 +83,7 @@ def _reflect(i, size, align_corners):
     return res, sign
 
 
-def _pad_zeros(i, size, align_corners):
+def _pad_identity(i, size, align_corners):
     return i, None
 
 
@@ -94,9 +97,17 @@ def _pad_reflection(i, size, align_corners):
     return res, mult * sign
 
 
-# padding name -> coordinate map (coordinate, derivative multiplier or None for 1).
-# Bilinear/nearest apply it to the continuous coordinate; bicubic to each integer tap.
-_PADDINGS = {"zeros": _pad_zeros, "border": _pad_border, "reflection": _pad_reflection}
+class _Padding(NamedTuple):
+    coord: object         # (i, size, align_corners) -> (coordinate, multiplier or None for 1)
+    zero_outside: bool    # out-of-range taps read 0, so far-away coordinates may be clamped
+
+
+# Bilinear/nearest apply the coordinate map to the continuous coordinate; bicubic to each tap.
+_PADDINGS = {
+    "zeros": _Padding(_pad_identity, True),
+    "border": _Padding(_pad_border, False),
+    "reflection": _Padding(_pad_reflection, False),
+}
 
 
 # --------------------------------------------------------------------------- kernels
@@ -105,7 +116,7 @@ class _Taps(NamedTuple):
     base: np.ndarray     # float tap origin (floor or rint of the coordinate)
     offsets: tuple       # integer offsets of the taps from base
     w: list              # weight of each tap, arrays like the coordinate
-    dw: list             # d w / d coordinate of each tap (None: kernel is flat)
+    dw: list             # d w / d coordinate of each tap, array or scalar (None: flat kernel)
     ddw: list            # d^2 w / d coordinate^2 of each tap (None: zero)
 
 
@@ -119,7 +130,7 @@ def _linear(i):
     base = np.floor(i)  # at an integer the right-hand cell: right-sided derivative
     t = i - base
     one = i.dtype.type(1)
-    return _Taps(base, (0, 1), [one - t, t], [np.full_like(i, -1), np.full_like(i, 1)], None)
+    return _Taps(base, (0, 1), [one - t, t], [-one, one], None)
 
 
 def _cubic(i):
@@ -161,29 +172,22 @@ def _cubic(i):
 
 
 class _Kernel(NamedTuple):
-    taps: object          # coordinate -> _Taps
+    taps: object           # coordinate -> _Taps
+    offsets: tuple         # tap offsets from the base, lo .. hi
     pads_coordinate: bool  # padding on the continuous coordinate (else on each tap)
-    dims: tuple           # supported spatial dimensionalities
+    dims: tuple            # supported spatial dimensionalities
+
+    @property
+    def ring(self):
+        """Zero ring around U wide enough for every tap of a clamped coordinate."""
+        return self.offsets[-1] - self.offsets[0] + 1
 
 
 _KERNELS = {
-    "nearest": _Kernel(_nearest, True, (2, 3)),
-    "bilinear": _Kernel(_linear, True, (2, 3)),
-    "bicubic": _Kernel(_cubic, False, (2,)),
+    "nearest": _Kernel(_nearest, (0,), True, (2, 3)),
+    "bilinear": _Kernel(_linear, (0, 1), True, (2, 3)),
+    "bicubic": _Kernel(_cubic, (-1, 0, 1, 2), False, (2,)),
 }
-
-
-# --------------------------------------------------------------------------- plan
-
-class _Plan(NamedTuple):
-    """Everything the forward and backward share for one (U shape, grid, options)."""
-
-    rows: np.ndarray      # (M, T) int64 row of each tap in the padded channels-last U
-    weights: np.ndarray   # (M, T) interpolation weight of each tap
-    dweights: list        # per axis (x, y[, z]): (M, T) d weight / d grid coordinate, or None
-    ddweights: dict       # (a, b), a <= b: (M, T) d^2 weight / d g_a d g_b (absent: 0), or None
-    bad: np.ndarray       # (M,) bool, grid point with a non-finite coordinate, or None
-    padded: tuple         # spatial shape of the padded U
 
 
 def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
@@ -213,110 +217,159 @@ def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
     return U, grid, align_corners
 
 
-def _axis_taps(coord, size, kernel, pad, align_corners, order):
-    """Taps along one axis.
+# --------------------------------------------------------------------------- taps
 
-    Returns padded indices, weights, and for ``order >= 1`` (``2``) the first
-    (second) derivatives of the weights with respect to the normalised
-    coordinate -- chain rule through the unnormalisation scale ``s`` and the
-    padding multiplier -- each a list with one (M,) array per tap.
+class _Axis(NamedTuple):
+    """Taps of one spatial axis for a set of points; each list holds one (M,) array per tap."""
+
+    idx: list    # int64 index into the zero-ringed axis
+    w: list      # weights
+    dw: list     # d w / d g (normalised coordinate), or None
+    ddw: list    # d^2 w / d g^2, or None (zero)
+
+
+def _axis(coord, size, kernel, padding, align_corners, order):
+    """Unnormalise, pad and expand one coordinate into kernel taps (steps 1-3 above).
+
+    Derivatives with respect to the normalised coordinate ``g`` follow the
+    chain rule ``d/dg = s * multiplier * d/di`` through the unnormalisation
+    scale ``s`` and the padding multiplier (0 on clip borders, -1 per fold).
     """
     i, s = _unnormalize(coord, size, align_corners)
     mult = None
     if kernel.pads_coordinate:
-        i, mult = pad(i, size, align_corners)
+        i, mult = padding.coord(i, size, align_corners)
+    if padding.zero_outside:
+        # Beyond this window every tap is out of range: clamping changes nothing
+        # but keeps indices in the ring (and 1e30 from overflowing int64).
+        i = np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0])
     taps = kernel.taps(i)
-    idx = []
-    for o in taps.offsets:
-        tap = taps.base + i.dtype.type(o)
-        if not kernel.pads_coordinate:
-            tap = pad(tap, size, align_corners)[0]
-        # shift into the zero-padded copy: -1 and size are its zero ring
-        idx.append(np.clip(tap, -1, size).astype(np.int64) + 1)
-    scale = s if mult is None else s * mult  # d i / d coord
+    if kernel.pads_coordinate or padding.zero_outside:
+        first = taps.base.astype(np.int64) + kernel.ring
+        idx = [first + o if o else first for o in taps.offsets]
+    else:  # border / reflection bicubic: each integer tap is padded on its own
+        idx = [padding.coord(taps.base + i.dtype.type(o), size, align_corners)[0].astype(np.int64)
+               + kernel.ring for o in taps.offsets]
+    scale = s if mult is None else s * mult
     dw = [d * scale for d in taps.dw] if order >= 1 and taps.dw is not None else None
     ddw = [d * (scale * scale) for d in taps.ddw] if order >= 2 and taps.ddw is not None else None
-    return idx, taps.w, dw, ddw
+    return _Axis(idx, taps.w, dw, ddw)
 
 
-def _product(factors, M, T):
-    """Product of per-axis (M, T_a) factors broadcast over the tap product -> (M, T)."""
-    out = factors[0]
-    for f in factors[1:]:
-        out = out * f
-    return np.broadcast_to(out, (M, *out.shape[1:])).reshape(M, T)
-
-
-def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
-    """Taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
+def _flat_coords(grid):
+    """(N, *out, k) -> (M, k) coordinates with non-finite points moved to 0, and their mask."""
     k = grid.shape[-1]
-    N = grid.shape[0]
-    spatial_in = U_shape[2:]
-    padded = tuple(n + 2 for n in spatial_in)
-    M = N * int(np.prod(grid.shape[1:-1]))
-    coords = grid.reshape(M, k)
-    finite = np.isfinite(coords).all(axis=1)
-    bad = None
-    if not finite.all():
-        bad = ~finite
-        coords = np.where(bad[:, None], 0, coords)  # compute on a harmless point, overwrite later
+    coords = grid.reshape(-1, k)
+    if np.isfinite(coords).all():
+        return coords, None
+    bad = ~functools.reduce(np.logical_and, (np.isfinite(coords[:, a]) for a in range(k)))
+    return np.where(bad[:, None], 0, coords), bad
 
-    kernel, pad = _KERNELS[mode], _PADDINGS[padding_mode]
-    # row = n * prod(padded) + sum_a idx_a * stride_a, strides of the padded (.., H+2, W+2) array
+
+def _padded_shape(U_shape, mode):
+    ring = _KERNELS[mode].ring
+    return tuple(n + 2 * ring for n in U_shape[2:])
+
+
+def _axes(coords, start, stop, U_shape, grid_shape, padded, mode, padding_mode, align_corners,
+          order):
+    """Per-axis taps of points ``start:stop`` and the padded row of their image's origin."""
+    k = coords.shape[1]
+    kernel, padding = _KERNELS[mode], _PADDINGS[padding_mode]
     strides = np.cumprod((1,) + padded[::-1])  # x, y, z strides, then the image size
-    rows = np.repeat(np.arange(N, dtype=np.int64) * strides[k], M // N if N else 0)
-    rows = rows.reshape(M, *(1,) * k)
-    w, dw, ddw = [], [], []
+    P = int(np.prod(grid_shape[1:-1]))
+    origin = (np.arange(start, stop, dtype=np.int64) // P) * strides[k]
+    axes = []
     for a in range(k):
-        idx, w_a, dw_a, ddw_a = _axis_taps(coords[:, a], spatial_in[k - 1 - a], kernel, pad,
-                                           align_corners, order)
-        # this axis' taps run along axis k - a of the (M, T_z, T_y, T_x) product
-        shape = [M] + [1] * k
-        shape[k - a] = len(idx)
-        rows = rows + np.stack(idx, axis=1).reshape(shape) * strides[a]
-        w.append(np.stack(w_a, axis=1).reshape(shape))
-        dw.append(None if dw_a is None else np.stack(dw_a, axis=1).reshape(shape))
-        ddw.append(None if ddw_a is None else np.stack(ddw_a, axis=1).reshape(shape))
-    T = int(np.prod(np.broadcast_shapes(*(x.shape for x in w))[1:]))
-    rows = rows.reshape(M, T)
-    weights = _product(w, M, T)
+        ax = _axis(coords[start:stop, a], U_shape[-1 - a], kernel, padding, align_corners, order)
+        axes.append(ax._replace(idx=[i * strides[a] for i in ax.idx]))
+    return axes, origin
 
-    dweights = ddweights = None
-    if order >= 1 and dw[0] is not None:
-        # d W / d g_a = dw_a * prod_{b != a} w_b
-        dweights = [_product([dw[b] if b == a else w[b] for b in range(k)], M, T) for a in range(k)]
-    if order >= 2 and dw[0] is not None:
-        # d^2 W / d g_a d g_b: ddw_a prod w (a == b), dw_a dw_b prod w (a != b); bilinear has ddw = 0
-        ddweights = {}
+
+def _taps(axes, origin, order):
+    """Yield ``(rows, W, [dW/dg_a])`` for every tap of the tensor product of the axes."""
+    k = len(axes)
+    for combo in itertools.product(*(range(len(ax.w)) for ax in axes)):
+        rows = origin
         for a in range(k):
-            for b in range(a, k):
-                if a == b and ddw[a] is None:
-                    continue
-                factors = [w[c] for c in range(k)]
-                if a == b:
-                    factors[a] = ddw[a]
-                else:
-                    factors[a], factors[b] = dw[a], dw[b]
-                ddweights[a, b] = _product(factors, M, T)
-    if bad is not None:
-        weights = np.where(bad[:, None], 0, weights)
-    return _Plan(rows, weights, dweights, ddweights, bad, padded)
+            rows = rows + axes[a].idx[combo[a]]
+        w = [axes[a].w[combo[a]] for a in range(k)]
+        W = functools.reduce(np.multiply, w)
+        dW = None
+        if order >= 1 and axes[0].dw is not None:
+            dW = [functools.reduce(np.multiply, w[:a] + [axes[a].dw[combo[a]]] + w[a + 1:])
+                  for a in range(k)]
+        yield rows, W, dW
 
 
 def _padded_rows(U, padded):
     """Copy ``U`` (N, C, *spatial) into a zero ring, channels-last: (N * prod(padded), C)."""
     N, C = U.shape[:2]
     k = U.ndim - 2
+    ring = (padded[0] - U.shape[2]) // 2
     out = np.zeros((N, *padded, C), dtype=U.dtype)
-    inner = (slice(None),) + (slice(1, -1),) * k
+    inner = (slice(None),) + (slice(ring, -ring),) * k
     out[inner] = np.moveaxis(U, 1, -1)
     return out.reshape(-1, C)
+
+
+def _chunks(M):
+    return ((start, min(start + CHUNK, M)) for start in range(0, M, CHUNK))
 
 
 def _to_channels_first(rows, N, spatial):
     """(N * P, C) -> (N, C, *spatial), contiguous."""
     C = rows.shape[1]
     return np.ascontiguousarray(np.moveaxis(rows.reshape(N, *spatial, C), -1, 1))
+
+
+# --------------------------------------------------------------------------- plan (dense)
+
+class _Plan(NamedTuple):
+    """All taps of all points at once, for second-order work (``stnref.second_order``)."""
+
+    rows: np.ndarray      # (M, T) int64 row of each tap in the padded channels-last U
+    weights: np.ndarray   # (M, T) interpolation weight of each tap (0 at bad points)
+    dweights: list        # per axis (x, y[, z]): (M, T) d weight / d grid coordinate, or None
+    ddweights: dict       # (a, b), a <= b: (M, T) d^2 weight / d g_a d g_b (absent: 0), or None
+    bad: np.ndarray       # (M,) bool, grid point with a non-finite coordinate, or None
+    padded: tuple         # spatial shape of the padded U (see _padded_rows)
+
+
+def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
+    """Dense taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
+    k = grid.shape[-1]
+    coords, bad = _flat_coords(grid)
+    M = coords.shape[0]
+    padded = _padded_shape(U_shape, mode)
+    axes, origin = _axes(coords, 0, M, U_shape, grid.shape, padded, mode, padding_mode,
+                         align_corners, order)
+    taps = list(_taps(axes, origin, order))
+    rows = np.stack([t[0] for t in taps], axis=1)
+    weights = np.stack([t[1] for t in taps], axis=1)
+    dweights = ddweights = None
+    if order >= 1 and taps[0][2] is not None:
+        dweights = [np.stack([t[2][a] for t in taps], axis=1) for a in range(k)]
+    if order >= 2 and axes[0].dw is not None:
+        # d^2 W / d g_a d g_b: ddw_a prod w (a == b), dw_a dw_b prod w (a != b); bilinear has ddw = 0
+        ddweights = {}
+        combos = list(itertools.product(*(range(len(ax.w)) for ax in axes)))
+        for a in range(k):
+            for b in range(a, k):
+                if a == b and axes[a].ddw is None:
+                    continue
+                cols = []
+                for combo in combos:
+                    f = [axes[c].w[combo[c]] for c in range(k)]
+                    if a == b:
+                        f[a] = axes[a].ddw[combo[a]]
+                    else:
+                        f[a], f[b] = axes[a].dw[combo[a]], axes[b].dw[combo[b]]
+                    cols.append(functools.reduce(np.multiply, f))
+                ddweights[a, b] = np.stack(cols, axis=1)
+    if bad is not None:
+        weights = np.where(bad[:, None], 0, weights)
+    return _Plan(rows, weights, dweights, ddweights, bad, padded)
 
 
 # --------------------------------------------------------------------------- public API
@@ -369,13 +422,24 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     """
     fn = "grid_sample"
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
-    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=0)
-    U_rows = _padded_rows(U, plan.padded)
-    taps = np.take(U_rows, plan.rows, axis=0)            # (M, T, C)
-    V_rows = np.einsum("mt,mtc->mc", plan.weights, taps)  # (M, C)
-    if plan.bad is not None:
-        V_rows[plan.bad] = np.nan
-    return _to_channels_first(V_rows, grid.shape[0], grid.shape[1:-1])
+    N, C = U.shape[:2]
+    padded = _padded_shape(U.shape, mode)
+    U_rows = _padded_rows(U, padded)
+    if C == 1:
+        U_rows = U_rows.reshape(-1)
+    coords, bad = _flat_coords(grid)
+    M = coords.shape[0]
+    V_rows = np.zeros((M, C) if C > 1 else M, dtype=U.dtype)
+    for start, stop in _chunks(M):
+        axes, origin = _axes(coords, start, stop, U.shape, grid.shape, padded, mode,
+                             padding_mode, align_corners, order=0)
+        out = V_rows[start:stop]
+        for rows, W, _ in _taps(axes, origin, order=0):
+            vals = np.take(U_rows, rows, axis=0)                  # (m[, C])
+            out += vals * (W if C == 1 else W[:, None])
+    if bad is not None:
+        V_rows[bad] = np.nan
+    return _to_channels_first(V_rows.reshape(M, C), N, grid.shape[1:-1])
 
 
 # Backward of V[m, c] = sum_t W[m, t] U_rows[rows[m, t], c]   (eqs. 6-7; docs/derivations/sampling.md)
@@ -421,32 +485,45 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
 
     N, C = U.shape[:2]
     k = U.ndim - 2
-    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=1)
-    M, T = plan.rows.shape
+    padded = _padded_shape(U.shape, mode)
+    U_rows = _padded_rows(U, padded)
+    coords, bad = _flat_coords(grid)
+    M = coords.shape[0]
     dV_rows = np.moveaxis(dV, 1, -1).reshape(M, C)
-    if plan.bad is not None:
-        dV_rows = np.where(plan.bad[:, None], 0, dV_rows)
+    if bad is not None:
+        dV_rows = np.where(bad[:, None], 0, dV_rows)
+    if C == 1:
+        U_rows, dV_rows = U_rows.reshape(-1), dV_rows.reshape(-1)
+    smooth = _KERNELS[mode].taps is not _nearest
+    T = len(_KERNELS[mode].offsets) ** k
+    dgrid = np.zeros((M, k), dtype=grid.dtype)
+    if need_dU:
+        S_rows = np.empty((M, T), dtype=np.int64)
+        S_data = np.empty((M, T), dtype=U.dtype)
+    for start, stop in _chunks(M):
+        axes, origin = _axes(coords, start, stop, U.shape, grid.shape, padded, mode,
+                             padding_mode, align_corners, order=1)
+        g = dV_rows[start:stop]
+        for t, (rows, W, dW) in enumerate(_taps(axes, origin, order=1)):
+            if need_dU:
+                S_rows[start:stop, t] = rows
+                S_data[start:stop, t] = W
+            if smooth:
+                vals = np.take(U_rows, rows, axis=0)
+                G = vals * g if C == 1 else np.einsum("mc,mc->m", vals, g)
+                for a in range(k):
+                    dgrid[start:stop, a] += dW[a] * G
 
     dU = None
     if need_dU:
-        n_rows = N * int(np.prod(plan.padded))
         S = scipy.sparse.csr_matrix(
-            (plan.weights.reshape(-1), plan.rows.reshape(-1), np.arange(0, M * T + 1, T)),
-            shape=(M, n_rows),
+            (S_data.reshape(-1), S_rows.reshape(-1), np.arange(0, M * T + 1, T)),
+            shape=(M, U_rows.shape[0]),
         )
-        dU_rows = np.asarray(S.T @ dV_rows, dtype=U.dtype)  # (N * prod(padded), C)
-        dU_padded = dU_rows.reshape(N, *plan.padded, C)
-        inner = (slice(None),) + (slice(1, -1),) * k
-        dU = np.ascontiguousarray(np.moveaxis(dU_padded[inner], -1, 1))
-
-    dgrid = np.zeros(grid.shape, dtype=grid.dtype)
-    if plan.dweights is not None:
-        U_rows = _padded_rows(U, plan.padded)
-        taps = np.take(U_rows, plan.rows, axis=0)         # (M, T, C)
-        G = np.einsum("mc,mtc->mt", dV_rows, taps)        # (M, T)
-        flat = dgrid.reshape(M, k)
-        for a in range(k):
-            flat[:, a] = np.einsum("mt,mt->m", plan.dweights[a], G)
-    if plan.bad is not None:
-        dgrid.reshape(M, k)[plan.bad] = np.nan
-    return dU, dgrid
+        dU_rows = np.asarray(S.T @ dV_rows, dtype=U.dtype).reshape(N, *padded, C)
+        ring = _KERNELS[mode].ring
+        inner = (slice(None),) + (slice(ring, -ring),) * k
+        dU = np.ascontiguousarray(np.moveaxis(dU_rows[inner], -1, 1))
+    if bad is not None:
+        dgrid[bad] = np.nan
+    return dU, dgrid.reshape(grid.shape)
