@@ -1,0 +1,221 @@
+"""Checkpoints: ``.npz`` files of named arrays plus JSON metadata, written atomically.
+
+Format (``CONVENTIONS.md`` §8): a zip archive whose members are ``<name>.npy``
+arrays (names as in a PyTorch ``state_dict``: ``0.loc.1.weight``), readable by
+``numpy.load``, plus the metadata as JSON in a 0-d unicode array under
+:data:`METADATA_KEY`.  The members are written with a fixed timestamp, in sorted
+order, uncompressed, and the JSON with sorted keys, so the same state always gives
+a byte-identical file.
+
+Writing goes to a temporary file in the destination directory, which is flushed and
+``fsync``-ed, then renamed over the destination with ``os.replace`` (atomic on
+POSIX and Windows), and the directory is ``fsync``-ed so the rename itself survives a
+crash.  A crash at any point leaves either the old file or the new one, never a
+half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .nn.layers import Module
+
+__all__ = ["METADATA_KEY", "load_checkpoint", "load_into", "save_checkpoint"]
+
+METADATA_KEY = "__metadata__"
+# Zip members carry a timestamp; a fixed one (the zip epoch) keeps files reproducible.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# Permissions of a new checkpoint (mkstemp creates 0600 files).
+FILE_MODE = 0o644
+# Array dtype kinds a checkpoint may hold: bool, signed, unsigned, float, complex, unicode.
+ALLOWED_KINDS = "biufcU"
+
+
+def _check_arrays(arrays, fn):
+    if not isinstance(arrays, dict):
+        raise TypeError(f"{fn}(): expected arrays to be a dict of name -> ndarray, got {type(arrays).__name__}")
+    out = {}
+    for name, value in arrays.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{fn}(): expected array names to be non-empty str, got {name!r}")
+        if name == METADATA_KEY:
+            raise ValueError(f"{fn}(): the name {METADATA_KEY!r} is reserved for the metadata")
+        if "/" in name or "\\" in name:
+            raise ValueError(f"{fn}(): expected array names without path separators, got {name!r}")
+        arr = np.asarray(value)
+        if arr.dtype.kind not in ALLOWED_KINDS:
+            raise TypeError(
+                f"{fn}(): array {name!r} has dtype {arr.dtype}; checkpoints hold numeric and "
+                f"unicode arrays only (no objects, so no pickles)"
+            )
+        out[name] = arr
+    return out
+
+
+def _metadata_json(metadata, fn):
+    if not isinstance(metadata, dict):
+        raise TypeError(f"{fn}(): expected metadata to be a dict, got {type(metadata).__name__}")
+    try:
+        return json.dumps(metadata, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{fn}(): metadata is not JSON-serialisable: {err}") from err
+
+
+def _write_member(zf, name, arr):
+    info = zipfile.ZipInfo(f"{name}.npy", date_time=ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = FILE_MODE << 16
+    with zf.open(info, "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asarray(arr, order="C"), allow_pickle=False)
+
+
+def _fsync_directory(directory):
+    """Make a rename in ``directory`` durable (POSIX; Windows cannot open directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path, arrays, metadata):
+    """Write ``arrays`` and ``metadata`` to the ``.npz`` file ``path``, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination, used as given (no suffix is appended).  Its directory must exist.
+    arrays : dict[str, ndarray]
+        Name -> array (numeric or unicode dtypes; e.g. ``module.state_dict()``).
+        The name ``"__metadata__"`` is reserved.
+    metadata : dict
+        JSON-serialisable (no NaN / inf); stored with sorted keys.
+
+    Raises
+    ------
+    TypeError
+        Non-dict arguments, non-str names, object arrays.
+    ValueError
+        Reserved or path-like names, metadata that is not JSON.
+
+    Notes
+    -----
+    The same ``arrays`` and ``metadata`` always give a byte-identical file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> save_checkpoint(path, {"w": np.eye(2)}, {"step": 3})
+    >>> load_checkpoint(path)[1]
+    {'step': 3}
+    """
+    fn = "save_checkpoint"
+    arrays = _check_arrays(arrays, fn)
+    text = _metadata_json(metadata, fn)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w") as zf:
+                for name in sorted(arrays):
+                    _write_member(zf, name, arrays[name])
+                _write_member(zf, METADATA_KEY, np.array(text))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    arrays : dict[str, ndarray]
+        In the file's (sorted) order.
+    metadata : dict
+
+    Raises
+    ------
+    ValueError
+        Naming the file: missing, not a zip of ``.npy`` arrays, truncated or corrupt
+        (CRC mismatch), holding pickled objects (never unpickled: ``allow_pickle=False``),
+        or without valid metadata.
+    """
+    fn = "load_checkpoint"
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"{fn}(): checkpoint file {path!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("not an .npz archive")
+        with loaded as npz:
+            # Reading every member here surfaces truncation, CRC errors and pickles now.
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{fn}(): cannot read checkpoint {path!r}: {err}") from err
+    text = arrays.pop(METADATA_KEY, None)
+    if text is None or text.shape != () or text.dtype.kind != "U":
+        raise ValueError(
+            f"{fn}(): checkpoint {path!r} has no metadata (a 0-d string array {METADATA_KEY!r})"
+        )
+    try:
+        metadata = json.loads(str(text))
+    except ValueError as err:
+        raise ValueError(f"{fn}(): checkpoint {path!r} has invalid metadata JSON: {err}") from err
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{fn}(): checkpoint {path!r} metadata is not a JSON object")
+    return arrays, metadata
+
+
+def load_into(module, arrays):
+    """Load ``arrays`` into ``module``'s parameters (``module.load_state_dict``), strictly.
+
+    Parameters
+    ----------
+    module : stnref.nn.Module
+    arrays : dict[str, ndarray]
+        Typically the first result of :func:`load_checkpoint`.
+
+    Raises
+    ------
+    ValueError
+        Listing every missing key, unexpected key and shape mismatch at once; the
+        module is left unchanged.
+    """
+    fn = "load_into"
+    if not isinstance(module, Module):
+        raise TypeError(f"{fn}(): expected a stnref.nn.Module, got {type(module).__name__}")
+    if not isinstance(arrays, dict):
+        raise TypeError(f"{fn}(): expected arrays to be a dict, got {type(arrays).__name__}")
+    params = module.params
+    missing = sorted(k for k in params if k not in arrays)
+    unexpected = sorted(k for k in arrays if k not in params)
+    mis_shaped = [f"{k}: expected {params[k].shape}, got {np.shape(arrays[k])}"
+                  for k in params if k in arrays and np.shape(arrays[k]) != params[k].shape]
+    if missing or unexpected or mis_shaped:
+        raise ValueError(
+            f"{fn}(): arrays do not match {type(module).__name__}: missing keys {missing}, "
+            f"unexpected keys {unexpected}, shape mismatches {mis_shaped}"
+        )
+    module.load_state_dict(arrays)
