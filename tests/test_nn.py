@@ -1,26 +1,54 @@
-"""Tests of stnref.nn.layers and stnref.nn.losses: gradchecks, PyTorch parity, protocol."""
+"""Tests of stnref.nn.layers and stnref.nn.losses.
+
+Oracles: central differences (``stnref.gradcheck``, float64) for every layer
+with respect to its input and every parameter; PyTorch (optional) for
+forward and backward values with the same weights; exact known values.
+"""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stnref import gradcheck
-from stnref.nn import Linear, ReLU, Sequential, Flatten, cross_entropy
+from stnref.nn import (
+    AvgPool2d,
+    Conv2d,
+    Dropout,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    Module,
+    ReLU,
+    Sequential,
+    Tanh,
+    cross_entropy,
+    log_softmax,
+    softmax,
+)
+
+PARITY_TOL = 1e-12      # float64 agreement with PyTorch (same algorithm up to summation order)
+F32_TOL = 1e-4          # float32 vs float64 result of the same layer
 
 
-def _module_check(module, x):
-    """Gradcheck ``module`` w.r.t. its input and every parameter (float64)."""
+def _module_check(module, x, reset=None):
+    """Gradcheck ``module`` w.r.t. its input and every parameter (float64).
+
+    ``reset`` is called before every forward (e.g. to re-seed a dropout mask).
+    """
     names = list(module.params)
 
-    def load(params):
+    def run(x, params):
         module.load_state_dict(dict(zip(names, params)))
-
-    def fn(x, *params):
-        load(params)
+        if reset is not None:
+            reset()
         return module.forward(x)
 
+    def fn(x, *params):
+        return run(x, params)
+
     def vjp(u, x, *params):
-        load(params)
-        module.forward(x)
+        run(x, params)
         dx = module.backward(u)
         grads = module.grads
         return (dx,) + tuple(grads[k] for k in names)
@@ -29,12 +57,408 @@ def _module_check(module, x):
     return gradcheck(fn, vjp, inputs, names=["x"] + names)
 
 
-def test_mlp_gradcheck():
+def _distinct(rng, shape, gap=0.1):
+    """Values with pairwise gaps ``gap``, none within ``gap / 2`` of 0 (no ties, no kinks)."""
+    size = int(np.prod(shape))
+    return ((rng.permutation(size) - size // 2 + 0.5) * gap).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- gradchecks
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_gradcheck(bias):
     rng = np.random.default_rng(0)
-    net = Sequential(Flatten(), Linear(6, 5, rng=rng), ReLU(), Linear(5, 3, rng=rng))
-    _module_check(net, rng.standard_normal((4, 2, 3))).raise_if_failed()
+    layer = Linear(4, 3, bias=bias, rng=rng)
+    _module_check(layer, rng.standard_normal((5, 4))).raise_if_failed()
 
 
-def test_cross_entropy_value():
-    loss, d = cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
-    assert loss == pytest.approx(np.log(4), abs=1e-15)
+@settings(max_examples=25)
+@given(
+    n=st.integers(1, 2), c_in=st.integers(1, 2), c_out=st.integers(1, 2),
+    kh=st.integers(1, 3), kw=st.integers(1, 3), stride=st.integers(1, 3),
+    padding=st.integers(0, 2), extra_h=st.integers(0, 3), extra_w=st.integers(0, 3),
+    bias=st.booleans(),
+)
+def test_conv2d_gradcheck(n, c_in, c_out, kh, kw, stride, padding, extra_h, extra_w, bias):
+    rng = np.random.default_rng(1)
+    layer = Conv2d(c_in, c_out, (kh, kw), stride=stride, padding=padding, bias=bias, rng=rng)
+    x = rng.standard_normal((n, c_in, kh + extra_h, kw + extra_w))
+    _module_check(layer, x).raise_if_failed()
+
+
+@settings(max_examples=12)
+@given(kh=st.integers(1, 3), kw=st.integers(1, 3), stride=st.one_of(st.none(), st.integers(1, 3)),
+       h=st.integers(3, 7), w=st.integers(3, 7), pool=st.sampled_from([MaxPool2d, AvgPool2d]))
+def test_pool_gradcheck(kh, kw, stride, h, w, pool):
+    rng = np.random.default_rng(2)
+    x = _distinct(rng, (2, 2, h, w))
+    _module_check(pool((kh, kw), stride), x).raise_if_failed()
+
+
+@pytest.mark.parametrize("layer", [ReLU(), Tanh(), Flatten()], ids=["relu", "tanh", "flatten"])
+def test_elementwise_gradcheck(layer):
+    x = _distinct(np.random.default_rng(3), (2, 3, 4), gap=0.05)   # no entry within FD eps of 0
+    _module_check(layer, x).raise_if_failed()
+
+
+def test_dropout_gradcheck_fixed_mask():
+    layer = Dropout(0.4)
+
+    def reseed():
+        layer.rng = np.random.default_rng(7)
+
+    x = np.random.default_rng(4).standard_normal((3, 5))
+    _module_check(layer, x, reset=reseed).raise_if_failed()
+
+
+def test_sequential_gradcheck_nested():
+    rng = np.random.default_rng(5)
+    net = Sequential(
+        Conv2d(1, 2, 3, padding=1, rng=rng), Tanh(), MaxPool2d(2), Flatten(),
+        Linear(8, 3, rng=rng),
+    )
+    x = _distinct(rng, (2, 1, 4, 4))
+    _module_check(net, x).raise_if_failed()
+
+
+def test_cross_entropy_gradcheck():
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal((4, 5))
+    labels = np.array([0, 4, 2, 2])
+    gradcheck(lambda z: np.array(cross_entropy(z, labels)[0]),
+              lambda u, z: (u * cross_entropy(z, labels)[1],), [z]).raise_if_failed()
+
+
+# ----------------------------------------------------------------------------- exact values
+
+
+def test_maxpool_ties_go_to_first_maximum_and_floor():
+    x = np.array([[1.0, 3.0, 3.0, 0.0, 9.0],
+                  [3.0, 2.0, 1.0, 3.0, 9.0],
+                  [9.0, 9.0, 9.0, 9.0, 9.0]])[None, None]
+    layer = MaxPool2d(2)
+    np.testing.assert_array_equal(layer(x)[0, 0], [[3.0, 3.0]])
+    dx = layer.backward(np.array([[[[10.0, 20.0]]]]))
+    expected = np.zeros((3, 5))
+    expected[0, 1] = 10.0           # first 3 in row-major order of the window
+    expected[0, 2] = 20.0
+    np.testing.assert_array_equal(dx[0, 0], expected)
+
+
+def test_maxpool_overlapping_windows_accumulate():
+    x = np.array([[0.0, 5.0, 0.0, 0.0]])[None, None]
+    dx = MaxPool2d((1, 2), stride=1)
+    dx(x)
+    np.testing.assert_array_equal(dx.backward(np.array([[[[1.0, 2.0, 4.0]]]]))[0, 0], [[0.0, 3.0, 4.0, 0.0]])
+
+
+def test_relu_gradient_zero_at_zero():
+    layer = ReLU()
+    layer(np.array([-1.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(layer.backward(np.ones(3)), [0.0, 0.0, 1.0])
+
+
+def test_conv2d_known_value():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    layer = Conv2d(1, 1, 2, stride=2, bias=False)
+    layer.load_state_dict({"weight": np.array([[[[1.0, 0.0], [0.0, -1.0]]]])})
+    np.testing.assert_array_equal(layer(x)[0, 0], np.full((2, 2), -5.0))
+
+
+def test_cross_entropy_stable_and_softmax():
+    z = np.array([[1e4, 0.0, -1e4], [0.0, 0.0, 0.0]])
+    loss, d = cross_entropy(z, np.array([0, 1]))
+    assert loss == pytest.approx(np.log(3) / 2, rel=1e-14)
+    np.testing.assert_allclose(d[0], [0.0, 0.0, 0.0], atol=1e-300)
+    np.testing.assert_allclose(d[1], [1 / 6, -1 / 3, 1 / 6], rtol=1e-14)
+    np.testing.assert_allclose(softmax(z).sum(axis=1), 1.0, rtol=1e-15)
+    assert log_softmax(z)[0, 2] == -2e4
+
+
+# ----------------------------------------------------------------------------- PyTorch parity
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+def _load_from_torch(module, tmodule):
+    module.load_state_dict({k: v.detach().numpy() for k, v in tmodule.state_dict().items()})
+
+
+@pytest.mark.parametrize("stride,padding,kernel", [(1, 0, 3), (2, 1, 3), ((1, 2), (2, 0), (3, 2)), (3, 2, 4)])
+def test_conv2d_matches_torch(stride, padding, kernel):
+    torch = _torch()
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 9, 8))
+    layer = Conv2d(3, 4, kernel, stride=stride, padding=padding, rng=rng)
+    tlayer = torch.nn.Conv2d(3, 4, kernel, stride=stride, padding=padding).double()
+    _load_from_torch(layer, tlayer)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = tlayer(xt)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    y = layer(x)
+    dx = layer.backward(dy)
+    np.testing.assert_allclose(y, yt.detach().numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(layer.grads["weight"], tlayer.weight.grad.numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(layer.grads["bias"], tlayer.bias.grad.numpy(), atol=PARITY_TOL)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((2, 3), 1), (3, None)])
+def test_pool_matches_torch_with_ties(pool, kernel, stride):
+    torch = _torch()
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 3, size=(2, 3, 7, 8)).astype(np.float64)   # many ties
+    layer = (MaxPool2d if pool == "max" else AvgPool2d)(kernel, stride)
+    tfn = torch.nn.functional.max_pool2d if pool == "max" else torch.nn.functional.avg_pool2d
+    xt = torch.tensor(x, requires_grad=True)
+    yt = tfn(xt, kernel, stride)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(layer(x), yt.detach().numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), atol=PARITY_TOL)
+
+
+def test_linear_and_cross_entropy_match_torch():
+    torch = _torch()
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((6, 5))
+    labels = rng.integers(0, 4, size=6)
+    layer = Linear(5, 4, rng=rng)
+    tlayer = torch.nn.Linear(5, 4).double()
+    _load_from_torch(layer, tlayer)
+    xt = torch.tensor(x, requires_grad=True)
+    tloss = torch.nn.functional.cross_entropy(tlayer(xt), torch.tensor(labels))
+    tloss.backward()
+    loss, dz = cross_entropy(layer(x), labels)
+    dx = layer.backward(dz)
+    assert loss == pytest.approx(tloss.item(), abs=PARITY_TOL)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(layer.grads["weight"], tlayer.weight.grad.numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(layer.grads["bias"], tlayer.bias.grad.numpy(), atol=PARITY_TOL)
+
+
+def test_state_dict_names_match_torch():
+    torch = _torch()
+    net = Sequential(Conv2d(1, 2, 3), ReLU(), MaxPool2d(2), Flatten(), Linear(2, 3, bias=False))
+    tnet = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(2, 3, bias=False))
+    sd, tsd = net.state_dict(), tnet.state_dict()
+    assert list(sd) == list(tsd)
+    assert all(sd[k].shape == tuple(tsd[k].shape) for k in sd)
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+class _Net(Module):
+    def __init__(self):
+        super().__init__()
+        self.loc = Sequential(Linear(3, 2), ReLU())
+        self.register_parameter("scale", np.ones(2))
+        self.head = Linear(2, 1)
+
+    def forward(self, x):
+        self._h = self.loc(x)                       # (N, 2)
+        return self.head(self._h * self.scale)
+
+    # y = head(h * scale): dscale = sum_n dh_n * h_n, dh = d(h * scale) * scale
+    def backward(self, dy):
+        dhs = self.head.backward(dy)
+        self.set_grad("scale", (dhs * self._h).sum(axis=0))
+        return self.loc.backward(dhs * self.scale)
+
+
+def test_nested_names_and_attribute_registration():
+    net = _Net()
+    assert list(net.params) == ["scale", "loc.0.weight", "loc.0.bias", "head.weight", "head.bias"]
+    assert list(net.grads) == list(net.params)
+    assert net.params["loc.0.weight"] is net.loc[0].weight
+    assert len(net.loc) == 2 and isinstance(net.loc[1], ReLU)
+    assert [name for name, _ in net.children()] == ["loc", "head"]
+    _module_check(net, np.random.default_rng(11).standard_normal((4, 3)) + 0.05).raise_if_failed()
+
+
+def test_state_dict_round_trip_and_copies():
+    a, b = _Net(), _Net()
+    b.load_state_dict({k: v + 1.0 for k, v in a.state_dict().items()})
+    live = b.params["head.weight"]
+    sd = a.state_dict()
+    sd["head.weight"][...] = 42.0                  # a copy: the module is unaffected
+    assert not np.any(a.head.weight == 42.0)
+    b.load_state_dict(a.state_dict())
+    assert b.params["head.weight"] is live         # loaded in place, references stay valid
+    x = np.random.default_rng(12).standard_normal((2, 3))
+    np.testing.assert_array_equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("change,key", [
+    (lambda d: d.pop("head.bias"), "head.bias"),
+    (lambda d: d.update({"head.extra": np.zeros(1)}), "head.extra"),
+    (lambda d: d.update({"loc.0.weight": np.zeros((3, 2))}), "loc.0.weight"),
+])
+def test_load_state_dict_strict(change, key):
+    net = _Net()
+    before = net.state_dict()
+    sd = net.state_dict()
+    sd["scale"] = sd["scale"] + 5.0
+    change(sd)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        net.load_state_dict(sd)
+    for k, v in before.items():                    # a failed load changes nothing
+        np.testing.assert_array_equal(net.params[k], v)
+
+
+def test_train_eval_recursive_and_dropout():
+    drop = Dropout(0.25, rng=np.random.default_rng(13))
+    net = Sequential(Linear(4, 4), Sequential(drop))
+    assert net.eval() is net and not drop.training
+    x = np.ones((200, 50))
+    assert drop(x) is x and drop.backward(x) is x
+    assert net.train() is net and drop.training
+    y = drop(x)
+    kept = y != 0
+    np.testing.assert_array_equal(y[kept], 1 / 0.75)
+    assert abs(kept.mean() - 0.75) < 0.01
+    np.testing.assert_array_equal(drop.backward(np.full(x.shape, 2.0)), np.where(kept, 2 / 0.75, 0.0))
+    np.testing.assert_array_equal(Dropout(1.0)(x), 0.0)
+
+
+def test_dropout_same_seed_same_masks():
+    x = np.ones((8, 8))
+    a, b = Dropout(0.5, rng=np.random.default_rng(3)), Dropout(0.5, rng=np.random.default_rng(3))
+    for _ in range(3):
+        np.testing.assert_array_equal(a(x), b(x))
+
+
+def test_init_seeded_and_pytorch_bounds():
+    a = Conv2d(3, 16, 5, rng=np.random.default_rng(1))
+    b = Conv2d(3, 16, 5, rng=np.random.default_rng(1))
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    np.testing.assert_array_equal(Linear(7, 2).weight, Linear(7, 2, rng=np.random.default_rng(0)).weight)
+    for layer, fan_in in [(a, 75), (Linear(300, 400), 300)]:
+        bound = 1 / np.sqrt(fan_in)
+        for p in layer.params.values():
+            assert np.abs(p).max() <= bound
+        assert np.abs(layer.weight).max() > 0.95 * bound
+        assert abs(layer.weight.mean()) < 0.05 * bound
+
+
+def _all_layers(dtype):
+    rng = np.random.default_rng(14)
+    return [
+        (Linear(6, 3, rng=rng, dtype=dtype), (4, 6)),
+        (Conv2d(2, 3, 3, stride=2, padding=1, rng=rng, dtype=dtype), (2, 2, 6, 5)),
+        (MaxPool2d(2), (2, 2, 5, 5)), (AvgPool2d(3, 1), (2, 2, 5, 5)),
+        (ReLU(), (3, 4)), (Tanh(), (3, 4)), (Flatten(), (2, 3, 4)),
+        (Dropout(0.5, rng=rng), (3, 4)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_float32_preserved_and_close_to_float64(index):
+    layer32, shape = _all_layers(np.float32)[index]
+    layer64, _ = _all_layers(np.float64)[index]
+    x = np.random.default_rng(15).standard_normal(shape)
+    y32 = layer32(x.astype(np.float32))
+    y64 = layer64(x)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, atol=F32_TOL)
+    dy = np.random.default_rng(16).standard_normal(y64.shape)
+    dx32 = layer32.backward(dy.astype(np.float32))
+    assert dx32.dtype == np.float32
+    np.testing.assert_allclose(dx32, layer64.backward(dy), atol=F32_TOL)
+    for k, g in layer32.grads.items():
+        assert g.dtype == np.float32 and layer32.params[k].dtype == np.float32
+        np.testing.assert_allclose(g, layer64.grads[k], atol=F32_TOL)
+
+
+def test_float32_input_through_float64_layer_stays_float32():
+    layer = Conv2d(1, 2, 3)
+    y = layer(np.ones((1, 1, 4, 4), dtype=np.float32))
+    assert y.dtype == np.float32
+    assert layer.backward(np.ones_like(y)).dtype == np.float32
+    assert layer.grads["weight"].dtype == np.float64
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_inputs_never_modified(index):
+    layer, shape = _all_layers(np.float64)[index]
+    x = np.random.default_rng(17).standard_normal(shape)
+    x0 = x.copy()
+    y = layer(x)
+    dy = np.random.default_rng(18).standard_normal(y.shape)
+    dy0 = dy.copy()
+    layer.backward(dy)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(dy, dy0)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("make,x,exc,match", [
+    (lambda: Linear(3, 2), np.ones((2, 4)), ValueError, r"linear\(\): expected x of shape \(N, 3\)"),
+    (lambda: Linear(3, 2), np.ones((2, 3, 1)), ValueError, r"linear\(\).*\(N, in_features\)"),
+    (lambda: Linear(3, 2), np.ones((2, 3), dtype=int), TypeError, "float32 or float64"),
+    (lambda: Conv2d(3, 2, 3), np.ones((1, 2, 5, 5)), ValueError, r"conv2d\(\).*C=3"),
+    (lambda: Conv2d(3, 2, 3), np.ones((3, 5, 5)), ValueError, r"conv2d\(\).*\(N, C, H, W\)"),
+    (lambda: Conv2d(1, 2, 5), np.ones((1, 1, 4, 9)), ValueError, "larger than the"),
+    (lambda: MaxPool2d(3), np.ones((1, 1, 2, 5)), ValueError, "larger than the"),
+    (lambda: AvgPool2d(2), np.ones((4, 4)), ValueError, r"avg_pool2d\(\)"),
+    (lambda: Flatten(), np.ones(4), ValueError, r"Flatten\.forward\(\)"),
+])
+def test_bad_inputs(make, x, exc, match):
+    with pytest.raises(exc, match=match):
+        make()(x)
+
+
+def test_bad_backward_calls():
+    layer = Conv2d(1, 1, 2)
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones((1, 1, 2, 2)))
+    layer(np.ones((1, 1, 3, 3)))
+    with pytest.raises(ValueError, match=r"conv2d_backward\(\): expected dy of shape \(1, 1, 2, 2\)"):
+        layer.backward(np.ones((1, 1, 3, 3)))
+
+
+@pytest.mark.parametrize("make,exc", [
+    (lambda: Conv2d(1, 1, 0), ValueError), (lambda: Conv2d(1, 1, 2, stride=0), ValueError),
+    (lambda: Conv2d(1, 1, 2, padding=-1), ValueError), (lambda: Linear(2.0, 3), TypeError),
+    (lambda: Linear(2, 3, rng=0), TypeError), (lambda: Linear(2, 3, dtype=np.int32), TypeError),
+    (lambda: Dropout(1.5), ValueError), (lambda: MaxPool2d((2, 2, 2)), TypeError),
+])
+def test_bad_constructor_arguments(make, exc):
+    with pytest.raises(exc):
+        make()
+
+
+@pytest.mark.parametrize("labels,exc,match", [
+    (np.array([0.0, 1.0]), TypeError, "integer array"),
+    ([0, 1], TypeError, "integer array"),
+    (np.array([0, 3]), ValueError, r"in \[0, 3\), got 3"),
+    (np.array([-1, 0]), ValueError, "got -1"),
+    (np.array([[0, 1]]), ValueError, r"shape \(2,\)"),
+])
+def test_cross_entropy_bad_labels(labels, exc, match):
+    with pytest.raises(exc, match=match):
+        cross_entropy(np.zeros((2, 3)), labels)
+
+
+def test_cross_entropy_float32():
+    loss, d = cross_entropy(np.zeros((2, 3), dtype=np.float32), np.array([0, 2], dtype=np.uint8))
+    assert d.dtype == np.float32 and isinstance(loss, float)
+
+
+def test_conv2d_functions_without_bias():
+    from stnref.nn.layers import conv2d, conv2d_backward
+    x = np.random.default_rng(19).standard_normal((1, 2, 5, 5))
+    w = np.random.default_rng(20).standard_normal((3, 2, 3, 3))
+    y = conv2d(x, w, stride=2, padding=1)
+    dx, dw, db = conv2d_backward(np.ones_like(y), x, w, stride=2, padding=1, bias=False)
+    assert db is None and dx.shape == x.shape and dw.shape == w.shape

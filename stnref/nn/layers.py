@@ -538,6 +538,12 @@ def _windows(xp, kernel, stride):
     return sliding_window_view(xp, kernel, axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
 
 
+def _im2col(xp, kernel, stride):
+    """The im2col matrix ``(N*H_out*W_out, C*kh*kw)`` of ``xp``: one window per row."""
+    win = _windows(xp, kernel, stride).transpose(0, 2, 3, 1, 4, 5)   # (N, Ho, Wo, C, kh, kw)
+    return win.reshape(-1, xp.shape[1] * kernel[0] * kernel[1])      # a copy
+
+
 def _col2im(cols, out_hw, stride):
     """Sum window entries back onto the pixels they were read from.
 
@@ -613,13 +619,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     >>> conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))).shape
     (1, 1, 2, 2)
     """
-    x, stride, padding, _ = _conv_geometry(x, weight, stride, padding, "conv2d")
-    kernel = weight.shape[2:]
-    win = _windows(_pad_hw(x, padding), kernel, stride)             # (N, C, Ho, Wo, kh, kw)
-    w = weight.astype(x.dtype, copy=False)
-    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))           # (N, Ho, Wo, C_out)
+    x, stride, padding, out_hw = _conv_geometry(x, weight, stride, padding, "conv2d")
+    n, c_out = x.shape[0], weight.shape[0]
+    cols = _im2col(_pad_hw(x, padding), weight.shape[2:], stride)  # (N*Ho*Wo, C_in*kh*kw)
+    y = cols @ weight.reshape(c_out, -1).T.astype(x.dtype, copy=False)  # (N*Ho*Wo, C_out)
     if bias is not None:
         y += bias.astype(x.dtype, copy=False)
+    y = y.reshape((n,) + out_hw + (c_out,))
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
 
 
@@ -627,7 +633,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 #   (docs/derivations/layers.md, "Convolution")
 #   dW[o,c,i,j] = sum_{n,p,q} dy[n,o,p,q] x_pad[n,c,p s+i,q s+j]   one tensordot with the im2col view
 #   db[o]       = sum_{n,p,q} dy[n,o,p,q]
-#   dx_pad      = col2im(cols), cols[i,j,c,n,p,q] = sum_o W[o,c,i,j] dy[n,o,p,q]
+#   dx_pad      = col2im(dcols), dcols[i,j,c,n,p,q] = sum_o W[o,c,i,j] dy[n,o,p,q]
 #                 (one strided-slice add per kernel offset), then crop the padding.
 def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     """Gradients of :func:`conv2d`: ``(dx, dweight, dbias)`` (``dbias`` None if not ``bias``).
@@ -640,14 +646,14 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     dy = float_array(dy, "dy", fn)
     _check_grad_shape(dy, (x.shape[0], weight.shape[0]) + out_hw, fn)
     dy = dy.astype(x.dtype, copy=False)
-    kernel = weight.shape[2:]
     xp = _pad_hw(x, padding)
-    win = _windows(xp, kernel, stride)                                # (N, C, Ho, Wo, kh, kw)
-    dW = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))           # (C_out, C_in, kh, kw)
+    cols = _im2col(xp, weight.shape[2:], stride)                      # (N*Ho*Wo, C_in*kh*kw)
+    dy_rows = dy.transpose(0, 2, 3, 1).reshape(-1, weight.shape[0])   # (N*Ho*Wo, C_out)
+    dW = (dy_rows.T @ cols).reshape(weight.shape)                     # (C_out, C_in, kh, kw)
     db = dy.sum(axis=(0, 2, 3)).astype(weight.dtype, copy=False) if bias else None
     w_t = weight.astype(x.dtype, copy=False).transpose(2, 3, 1, 0)    # (kh, kw, C_in, C_out)
-    cols = np.tensordot(w_t, dy, axes=([3], [1]))                     # (kh, kw, C_in, N, Ho, Wo)
-    dxp = _col2im(cols, xp.shape[2:], stride)                         # (C_in, N, Hp, Wp)
+    dcols = np.tensordot(w_t, dy, axes=([3], [1]))                    # (kh, kw, C_in, N, Ho, Wo)
+    dxp = _col2im(dcols, xp.shape[2:], stride)                        # (C_in, N, Hp, Wp)
     ph, pw = padding
     dx = dxp[:, :, ph:dxp.shape[2] - ph, pw:dxp.shape[3] - pw].transpose(1, 0, 2, 3)
     return np.ascontiguousarray(dx), dW.astype(weight.dtype, copy=False), db
