@@ -81,6 +81,16 @@ def _spatial_bases(spatial, align_corners, dtype):
     return bases
 
 
+def _homogeneous_targets(spatial, align_corners, dtype):
+    """Rows ``(x_t, y_t[, z_t], 1)`` over every output point, row-major (x fastest): (k + 1, P).
+
+    ``P = prod(spatial)``; column ``p`` is output point ``p`` of the flattened grid.
+    """
+    count = int(np.prod(spatial))
+    rows = [np.broadcast_to(b, spatial).reshape(count) for b in _spatial_bases(spatial, align_corners, dtype)]
+    return np.stack(rows + [np.ones(count, dtype=dtype)])
+
+
 def _check_theta(theta, size, fn, name="theta"):
     theta = _checks.float_array(theta, name, fn)
     _checks.check_ndim(theta, name, fn, (3,), "(N, 2, 3) or (N, 3, 4)")
@@ -165,10 +175,9 @@ def _check_dgrid(dgrid, size, fn, k_options=(2, 3)):
     return dgrid, size
 
 
-# Backward of grid[n, p, r] = sum_a theta[n, r, a] b_a[p] + theta[n, r, k]
-#   dtheta[n, r, a] = sum_p dgrid[n, p, r] b_a[p]     (b_a: base coordinate of axis a)
-#   dtheta[n, r, k] = sum_p dgrid[n, p, r]
-# b_a varies along one spatial axis only, so sum dgrid over the other axes first.
+# Backward of grid[n, p, r] = sum_a theta[n, r, a] b[a, p]  with b[:, p] = (x_t, y_t[, z_t], 1)
+#   dtheta[n, r, a] = sum_p dgrid[n, p, r] b[a, p]      one (k + 1, P) @ (P, k) product per sample
+# (docs/derivations/grids.md).
 def affine_grid_backward(dgrid, size, align_corners=False):
     """Gradient of :func:`affine_grid` with respect to ``theta``.
 
@@ -198,16 +207,8 @@ def affine_grid_backward(dgrid, size, align_corners=False):
     dgrid, size = _check_dgrid(dgrid, size, fn)
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     k = dgrid.ndim - 2
-    spatial = size[2:]
-    dtheta = np.empty((size[0], k, k + 1), dtype=dgrid.dtype)
-    for a in range(k):
-        axis = 1 + (k - 1 - a)  # array axis of dgrid along which b_a varies
-        other = tuple(ax for ax in range(1, k + 1) if ax != axis)
-        profile = dgrid.sum(axis=other)  # (N, n_a, k)
-        b = base_coordinates(spatial[k - 1 - a], align_corners, dgrid.dtype)
-        dtheta[:, :, a] = np.einsum("npr,p->nr", profile, b)
-    dtheta[:, :, k] = dgrid.sum(axis=tuple(range(1, k + 1)))
-    return dtheta
+    b = _homogeneous_targets(size[2:], align_corners, dgrid.dtype)      # (k + 1, P)
+    return (b @ dgrid.reshape(size[0], -1, k)).transpose(0, 2, 1)       # (N, k, k + 1)
 
 
 def _check_theta_2d(theta, size, fn, shape, layout):
@@ -306,35 +307,28 @@ def attention_grid_backward(dgrid, size, align_corners=False):
 
 # --------------------------------------------------------------------------- projective
 
-def _flat_targets(height, width, align_corners, dtype):
-    """Target coordinates of every output pixel, row-major (x fastest): (H*W, 2) = (x_t, y_t)."""
-    x_t = base_coordinates(width, align_corners, dtype)
-    y_t = base_coordinates(height, align_corners, dtype)
-    return np.stack([np.tile(x_t, height), np.repeat(y_t, width)], axis=1)
-
-
 def _projective_parts(theta, size, align_corners):
     """Source points of a homography, shared by the forward and the backward.
 
     Returns ``src (N, H*W, 2)`` (``(x_s, y_s)``, or ``PROJECTIVE_FAR`` at far points),
     ``w (N, H*W)`` (``w'``, replaced by 1 at far points), ``near (N, H*W)`` (bool,
-    False at far points) and the homogeneous targets ``b (H*W, 3) = (x_t, y_t, 1)``.
+    False at far points) and the homogeneous targets ``b (3, H*W) = (x_t, y_t, 1)``.
     """
-    height, width = size[2:]
     dt = theta.dtype.type
-    targets = _flat_targets(height, width, align_corners, theta.dtype)
-    b = np.concatenate([targets, np.ones((height * width, 1), dtype=theta.dtype)], axis=1)
-    # Far points divide by w' <= 0 or overflow; their values are discarded by the masks
-    # below, so the floating-point flags they raise are not the caller's concern.
+    b = _homogeneous_targets(size[2:], align_corners, theta.dtype)     # (3, HW)
+    src = np.empty((size[0], b.shape[1], 2), dtype=theta.dtype)
+    # Far points divide by w' <= 0 or overflow; their values are replaced below, so the
+    # floating-point flags they raise are not the caller's concern.
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-        h = b @ theta.transpose(0, 2, 1)                      # (N, HW, 3): (x', y', w')
-        w = h[..., 2]
-        ahead = w > 0
-        w = np.where(ahead, w, dt(1))
-        src = h[..., :2] / w[..., None]                       # (N, HW, 2)
-        near = ahead & (np.abs(src) < PROJECTIVE_FAR).all(axis=-1)
-    src = np.where(near[..., None], src, dt(PROJECTIVE_FAR))
-    w = np.where(near, w, dt(1))
+        h = theta @ b                                                  # (N, 3, HW): x', y', w'
+        ahead = h[:, 2] > 0
+        w = np.where(ahead, h[:, 2], dt(1))
+        np.divide(h[:, 0], w, out=src[..., 0])
+        np.divide(h[:, 1], w, out=src[..., 1])
+        near = ahead & (np.abs(src[..., 0]) < PROJECTIVE_FAR) & (np.abs(src[..., 1]) < PROJECTIVE_FAR)
+    far = ~near
+    np.copyto(src, dt(PROJECTIVE_FAR), where=far[..., None])
+    np.copyto(w, dt(1), where=far)
     return src, w, near, b
 
 
@@ -399,7 +393,8 @@ def projective_grid(theta, size, align_corners=False):
 #   d x_s / d theta[0] = b / w',   d y_s / d theta[1] = b / w',
 #   d x_s / d theta[2] = -x_s b / w',   d y_s / d theta[2] = -y_s b / w'
 # so with g = dgrid / w' per pixel, dtheta = [g_x; g_y; -(g_x x_s + g_y y_s)] @ b, one
-# (3, H*W) @ (H*W, 3) product per sample.  Far points are constants: g = 0 there.
+# (3, H*W) @ (H*W, 3) product per sample.  Far points are constants: dividing their
+# dgrid by w' = inf makes g exactly 0 there.
 def projective_grid_backward(dgrid, theta, size, align_corners=False):
     """Gradient of :func:`projective_grid` with respect to ``theta``.
 
@@ -441,13 +436,15 @@ def projective_grid_backward(dgrid, theta, size, align_corners=False):
     dgrid, size = _check_dgrid(dgrid, size, fn, k_options=(2,))
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     src, w, near, b = _projective_parts(theta, size, align_corners)
-    n = size[0]
-    g = dgrid.reshape(n, -1, 2).astype(theta.dtype, copy=False) / w[..., None]
-    g = np.where(near[..., None], g, theta.dtype.type(0))        # (N, HW, 2)
-    rows = np.concatenate(
-        [g.transpose(0, 2, 1), -np.einsum("npc,npc->np", g, src)[:, None, :]], axis=1
-    )                                                             # (N, 3, HW)
-    return rows @ b                                               # (N, 3, 3)
+    flat = dgrid.reshape(size[0], -1, 2).astype(theta.dtype, copy=False)
+    w = np.where(near, w, np.inf)                      # 1 / inf = 0: far points drop out
+    rows = np.empty((size[0], 3, b.shape[1]), dtype=theta.dtype)   # (N, 3, HW)
+    np.divide(flat[..., 0], w, out=rows[:, 0])
+    np.divide(flat[..., 1], w, out=rows[:, 1])
+    rows[:, 2] = rows[:, 0] * src[..., 0]
+    rows[:, 2] += rows[:, 1] * src[..., 1]
+    np.negative(rows[:, 2], out=rows[:, 2])
+    return rows @ b.T                                  # (N, 3, 3)
 
 
 # --------------------------------------------------------------------------- thin-plate spline
@@ -536,7 +533,7 @@ def _tps_matrix(height, width, align_corners, points_key, k, dtype_name):
         A = _tps_matrix(height, width, align_corners, points_key, k, "float64").astype(dtype_name)
     else:
         points = _points_from_key(points_key, k)
-        targets = _flat_targets(height, width, align_corners, np.float64)  # (HW, 2)
+        targets = _homogeneous_targets((height, width), align_corners, np.float64)[:2].T  # (HW, 2)
         B = np.concatenate(
             [_tps_radial(_squared_distances(targets, points)), np.ones((height * width, 1)), targets],
             axis=1,
@@ -662,7 +659,8 @@ def tps_grid(theta, size, control_points=None, align_corners=False):
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     _checks.check_budget((size[0], *size[2:], 2), fn, "grid")
     A = _tps_matrix(*size[2:], align_corners, key, k, theta.dtype.name)  # (HW, K)
-    return (A @ theta).reshape(size[0], *size[2:], 2)
+    grid = np.einsum("pk,nkc->npc", A, theta, optimize=True)            # (N, HW, 2)
+    return grid.reshape(size[0], *size[2:], 2)
 
 
 # Backward of grid[n] = A @ theta[n] with A (H*W, K) fixed by the control points and the
@@ -703,4 +701,4 @@ def tps_grid_backward(dgrid, size, control_points=None, align_corners=False):
     dgrid, size = _check_dgrid(dgrid, size, fn, k_options=(2,))
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     A = _tps_matrix(*size[2:], align_corners, key, len(points), dgrid.dtype.name)
-    return A.T @ dgrid.reshape(size[0], -1, 2)                           # (N, K, 2)
+    return np.einsum("pk,npc->nkc", A, dgrid.reshape(size[0], -1, 2), optimize=True)  # (N, K, 2)
