@@ -1,0 +1,243 @@
+"""Tests of stnref.nn.optim: SGD/Adam against PyTorch, lr scales, state dicts, clipping."""
+
+import functools
+import io
+
+import numpy as np
+import pytest
+
+from stnref.nn import SGD, Adam, Conv2d, Linear, ReLU, Sequential, clip_grad_norm
+from stnref.nn.layers import Module
+
+PARITY_TOL = 1e-12      # float64 agreement with torch.optim after several steps
+N_STEPS = 5
+
+
+class _Net(Module):
+    """A ``loc`` child (lr-scaled in the tests) and a ``head``."""
+
+    def __init__(self, rng=None):
+        super().__init__()
+        rng = np.random.default_rng(0) if rng is None else rng
+        self.loc = Sequential(Conv2d(1, 2, 2, rng=rng), ReLU())
+        self.head = Linear(3, 2, rng=rng)
+
+
+def _torch_net(torch, net):
+    tnet = torch.nn.Module()
+    tnet.loc = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 2), torch.nn.ReLU())
+    tnet.head = torch.nn.Linear(3, 2)
+    tnet.double()
+    tnet.load_state_dict({k: torch.tensor(v) for k, v in net.state_dict().items()})
+    return tnet
+
+
+def _submodule(net, dotted):
+    return functools.reduce(getattr, dotted.split(".")[:-1], net)
+
+
+def _set_grads(net, grads):
+    for k, g in grads.items():
+        _submodule(net, k).set_grad(k.rsplit(".", 1)[1], g)
+
+
+def _random_grads(net, step):
+    rng = np.random.default_rng(100 + step)
+    return {k: rng.standard_normal(p.shape) for k, p in net.params.items()}
+
+
+def _run_both(torch, make, tmake, lr_changes=None, n_steps=N_STEPS):
+    """Apply the same gradients to stnref and torch; return both parameter sets."""
+    net = _Net()
+    tnet = _torch_net(torch, net)
+    opt, topt = make(net), tmake(tnet)
+    tparams = dict(tnet.named_parameters())
+    for step in range(n_steps):
+        if lr_changes and step in lr_changes:
+            opt.lr = lr_changes[step]
+            for group in topt.param_groups:
+                group["lr"] = lr_changes[step] * group.get("scale", 1.0)
+        grads = _random_grads(net, step)
+        _set_grads(net, grads)
+        for k, g in grads.items():
+            tparams[k].grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    return net.params, {k: v.detach().numpy() for k, v in tparams.items()}
+
+
+def _groups(tnet, lr, loc_scale):
+    loc = [p for k, p in tnet.named_parameters() if k.startswith("loc.")]
+    rest = [p for k, p in tnet.named_parameters() if not k.startswith("loc.")]
+    return [{"params": loc, "lr": lr * loc_scale, "scale": loc_scale},
+            {"params": rest, "lr": lr, "scale": 1.0}]
+
+
+def _assert_params_close(ours, theirs):
+    assert list(ours) == list(theirs)
+    for k in ours:
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=0, atol=PARITY_TOL, err_msg=k)
+
+
+@pytest.mark.parametrize("momentum,wd", [(0.0, 0.0), (0.9, 0.0), (0.9, 1e-2), (0.0, 0.1)])
+def test_sgd_matches_torch(momentum, wd):
+    torch = pytest.importorskip("torch")
+    ours, theirs = _run_both(
+        torch,
+        lambda n: SGD(n, lr=0.1, momentum=momentum, weight_decay=wd, lr_scale={"loc.": 0.1}),
+        lambda t: torch.optim.SGD(_groups(t, 0.1, 0.1), lr=0.1, momentum=momentum, weight_decay=wd),
+        lr_changes={3: 0.05},
+    )
+    _assert_params_close(ours, theirs)
+
+
+@pytest.mark.parametrize("wd", [0.0, 1e-2])
+def test_adam_matches_torch(wd):
+    torch = pytest.importorskip("torch")
+    ours, theirs = _run_both(
+        torch,
+        lambda n: Adam(n, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=wd, lr_scale={"loc.": 0.5}),
+        lambda t: torch.optim.Adam(_groups(t, 1e-2, 0.5), lr=1e-2, betas=(0.8, 0.99), eps=1e-6,
+                                   weight_decay=wd, foreach=False),
+        lr_changes={2: 3e-3},
+    )
+    _assert_params_close(ours, theirs)
+
+
+def test_sgd_exact_first_steps():
+    net = Sequential(Linear(1, 1, bias=False))
+    net.load_state_dict({"0.weight": np.array([[1.0]])})
+    opt = SGD(net, lr=0.5, momentum=0.5, weight_decay=1.0)
+    net[0].set_grad("weight", np.array([[1.0]]))
+    opt.step()                       # d = 1 + 1 = 2, buf = 2, w = 1 - 1 = 0
+    assert net[0].weight[0, 0] == 0.0
+    opt.step()                       # d = 1 + 0 = 1, buf = 1 + 1 = 2, w = 0 - 1 = -1
+    assert net[0].weight[0, 0] == -1.0
+
+
+def test_lr_scale_longest_prefix():
+    opt = SGD(_Net(), lr=1.0, lr_scale={"loc.": 0.1, "loc.0.bias": 0.01})
+    assert opt.scale_for("loc.0.weight") == 0.1
+    assert opt.scale_for("loc.0.bias") == 0.01
+    assert opt.scale_for("head.weight") == 1.0
+
+
+def _train(net, opt, steps):
+    for step in steps:
+        _set_grads(net, _random_grads(net, step))
+        opt.step()
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: SGD(n, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    lambda n: Adam(n, lr=1e-2, weight_decay=1e-3),
+], ids=["sgd", "adam"])
+def test_state_dict_exact_resume_through_npz(make):
+    net = _Net()
+    opt = make(net)
+    _train(net, opt, range(3))
+    buf = io.BytesIO()
+    np.savez(buf, **{f"model/{k}": v for k, v in net.state_dict().items()},
+             **{f"optim/{k}": v for k, v in opt.state_dict().items()})
+    _train(net, opt, range(3, 6))
+
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as f:
+        saved = {k: f[k] for k in f.files}
+    net2 = _Net(rng=np.random.default_rng(99))
+    opt2 = make(net2)
+    opt2.lr = 123.0                                   # restored from the state dict
+    net2.load_state_dict({k[6:]: v for k, v in saved.items() if k.startswith("model/")})
+    opt2.load_state_dict({k[6:]: v for k, v in saved.items() if k.startswith("optim/")})
+    assert opt2.step_count == 3 and opt2.lr == opt.lr
+    _train(net2, opt2, range(3, 6))
+    for k in net.params:
+        np.testing.assert_array_equal(net.params[k], net2.params[k])
+
+
+def test_state_dict_names():
+    net = _Net()
+    assert set(SGD(net, lr=0.1).state_dict()) == {"step", "lr"}
+    names = set(Adam(net).state_dict())
+    assert "exp_avg.loc.0.weight" in names and "exp_avg_sq.head.bias" in names
+    assert "momentum_buffer.head.weight" in SGD(net, lr=0.1, momentum=0.5).state_dict()
+
+
+@pytest.mark.parametrize("change,key", [
+    (lambda d: d.pop("exp_avg.head.bias"), "exp_avg.head.bias"),
+    (lambda d: d.pop("step"), "step"),
+    (lambda d: d.update({"exp_avg.head.gamma": np.zeros(2)}), "exp_avg.head.gamma"),
+    (lambda d: d.update({"exp_avg_sq.loc.0.bias": np.zeros(3)}), "exp_avg_sq.loc.0.bias"),
+    (lambda d: d.update({"step": np.array(1.5)}), "step"),
+])
+def test_optimizer_load_state_dict_strict(change, key):
+    opt = Adam(_Net())
+    sd = opt.state_dict()
+    change(sd)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        opt.load_state_dict(sd)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])
+def test_clip_grad_norm_matches_torch(max_norm):
+    torch = pytest.importorskip("torch")
+    net = _Net()
+    tnet = _torch_net(torch, net)
+    grads = _random_grads(net, 0)
+    _set_grads(net, grads)
+    tparams = dict(tnet.named_parameters())
+    for k, g in grads.items():
+        tparams[k].grad = torch.tensor(g)
+    total = clip_grad_norm(net, max_norm)
+    ttotal = torch.nn.utils.clip_grad_norm_(tnet.parameters(), max_norm)
+    assert total == pytest.approx(float(ttotal), rel=1e-14)
+    assert total == pytest.approx(np.sqrt(sum((g * g).sum() for g in grads.values())), rel=1e-14)
+    for k in grads:
+        np.testing.assert_allclose(net.grads[k], tparams[k].grad.numpy(), rtol=1e-14, atol=0)
+    if max_norm > total:
+        for k in grads:
+            np.testing.assert_array_equal(net.grads[k], grads[k])
+
+
+def test_clip_grad_norm_does_not_touch_caller_arrays():
+    net = _Net()
+    g = np.ones(net.head.weight.shape)
+    net.head.set_grad("weight", g)
+    clip_grad_norm(net, 1e-3)
+    np.testing.assert_array_equal(g, 1.0)
+
+
+def test_float32_parameters_stay_float32():
+    net = Sequential(Linear(3, 2, dtype=np.float32))
+    for opt in (SGD(net, lr=0.1, momentum=0.9, weight_decay=0.1), Adam(net, weight_decay=0.1)):
+        net[0].set_grad("weight", np.ones((2, 3)))
+        opt.step()
+        assert all(p.dtype == np.float32 for p in net.params.values())
+        assert all(v.dtype == np.float32 for k, v in opt.state_dict().items() if "." in k)
+
+
+def test_step_updates_live_arrays_in_place():
+    net = _Net()
+    live = net.head.weight
+    before = live.copy()
+    net.head.set_grad("weight", np.ones(live.shape))
+    SGD(net, lr=0.1).step()
+    assert net.head.weight is live
+    np.testing.assert_allclose(live, before - 0.1)
+
+
+@pytest.mark.parametrize("make,exc", [
+    (lambda n: SGD(n, lr=-1.0), ValueError),
+    (lambda n: SGD(n, lr=0.1, momentum=1.0), ValueError),
+    (lambda n: SGD(n, lr=0.1, weight_decay=-1e-3), ValueError),
+    (lambda n: SGD(n, lr="fast"), TypeError),
+    (lambda n: SGD(n.params, lr=0.1), TypeError),
+    (lambda n: SGD(n, lr=0.1, lr_scale={1: 0.1}), TypeError),
+    (lambda n: Adam(n, betas=(0.9, 1.0)), ValueError),
+    (lambda n: Adam(n, betas=0.9), TypeError),
+    (lambda n: Adam(n, eps=float("nan")), ValueError),
+    (lambda n: clip_grad_norm(n, -1.0), ValueError),
+])
+def test_bad_arguments(make, exc):
+    with pytest.raises(exc):
+        make(_Net())
