@@ -208,7 +208,8 @@ def affine_grid_backward(dgrid, size, align_corners=False):
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     k = dgrid.ndim - 2
     b = _homogeneous_targets(size[2:], align_corners, dgrid.dtype)      # (k + 1, P)
-    return (b @ dgrid.reshape(size[0], -1, k)).transpose(0, 2, 1)       # (N, k, k + 1)
+    dtheta_t = b @ dgrid.reshape(size[0], -1, k)                          # (N, k + 1, k)
+    return np.ascontiguousarray(dtheta_t.transpose(0, 2, 1))            # (N, k, k + 1)
 
 
 def _check_theta_2d(theta, size, fn, shape, layout):
