@@ -1,0 +1,521 @@
+"""One test per rule of ``CONVENTIONS.md`` §1-6, named after the rule.
+
+The rules about kinks (integer knots, clip borders, folds, half-pixel bands,
+rounding ties) are checked here at the kink itself with exact known values;
+the smooth pieces are checked by finite differences in ``test_sampling.py``.
+Exact pixel positions are built with sizes whose scale ``s`` is a power of two
+(``size - 1`` with ``align_corners``, ``size`` without), so the normalised
+coordinate and its unnormalised image are both exact in binary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import loops
+from stnref import (
+    affine_grid,
+    affine_grid_backward,
+    attention_grid,
+    grid_sample,
+    grid_sample_backward,
+)
+from stnref.grids import base_coordinates, projective_grid, tps_control_points, tps_grid
+from stnref.transforms import get_transform
+from strategies import MODES, PADDINGS, combo_id, combos, normalize, unnormalize
+
+IDENTITY_TOL = 1e-12  # identity warp: one multiply-add per coordinate, then weights 1 and 0
+EXACT_SIZE = {True: 5, False: 4}  # s = 2 either way: pixel <-> normalised is exact in binary
+ALL = combos()
+ALL_IDS = [combo_id(c) for c in ALL]
+BILINEAR_NEAREST = [c for c in ALL if c[1] != "bicubic"]
+
+
+def _kw(mode="bilinear", padding_mode="zeros", align_corners=False):
+    return {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+
+
+def points_grid(pixels, spatial, align_corners, exact=True):
+    """Grid (1, 1, P, k) or (1, 1, 1, P, k) at pixel coordinates ``pixels`` (P, k) = (ix, iy[, iz]).
+
+    With ``exact``, checks that each coordinate is exact: the normalised value
+    unnormalises back to the requested pixel coordinate.
+    """
+    pixels = np.asarray(pixels, dtype=np.float64)
+    k = pixels.shape[1]
+    grid = np.empty_like(pixels)
+    for a in range(k):
+        size = spatial[k - 1 - a]
+        grid[:, a] = normalize(pixels[:, a], size, align_corners)
+        finite = np.isfinite(pixels[:, a])
+        back = unnormalize(grid[finite, a], size, align_corners)
+        if exact and not (size == 1 and align_corners):
+            np.testing.assert_array_equal(back, pixels[finite, a])
+    return grid.reshape((1,) * k + grid.shape)
+
+
+def ramp_image(spatial, axis_weights, square=False):
+    """U (1, 1, *spatial) = sum_a w_a * index_a (+ x^2 if ``square``): exact slopes per axis."""
+    idx = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in spatial), indexing="ij")
+    U = sum(w * idx[len(spatial) - 1 - a] for a, w in enumerate(axis_weights))
+    if square:
+        U = U + idx[-1] ** 2
+    return U[None, None]
+
+
+# =========================================================================== §1 layout
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_1_layout_nchw_and_grid_last_axis_is_x_y_z(k):
+    spatial = (3, 4, 5)[-k:]
+    U = np.arange(np.prod(spatial), dtype=np.float64).reshape(1, 1, *spatial)
+    # a point at pixel (ix, iy, iz) reads U[..., iz, iy, ix]
+    pix = np.array([[4, 1, 2][:k], [0, 3, 1][:k], [2, 0, 0][:k]], dtype=np.float64)
+    pix = np.minimum(pix, np.array(spatial[::-1]) - 1)
+    V = grid_sample(U, points_grid(pix, spatial, True), align_corners=True)
+    expect = [U[(0, 0, *p[::-1].astype(int))] for p in pix]
+    np.testing.assert_array_equal(V.reshape(-1), expect)
+    assert V.shape == (1, 1, *(1,) * (k - 1), len(pix))
+
+
+def test_1_channels_share_one_grid():
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((2, 3, 4, 5))
+    grid = rng.uniform(-1.5, 1.5, (2, 3, 2, 2))
+    V = grid_sample(U, grid)
+    for c in range(3):
+        np.testing.assert_array_equal(V[:, c:c + 1], grid_sample(U[:, c:c + 1].copy(), grid))
+
+
+def test_1_batch_sizes_must_match_no_broadcasting():
+    U = np.zeros((2, 1, 3, 3))
+    with pytest.raises(ValueError, match=r"grid_sample\(\): expected grid with batch N=2"):
+        grid_sample(U, np.zeros((1, 2, 2, 2)))
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_1_theta_maps_output_to_input_inverse_warp(k):
+    # x_s = x_t + 0.5 is a shift of +1 pixel (s = W/2 = 2): V[j] = U[j + 1]
+    spatial = (4,) * k
+    U = np.random.default_rng(1).standard_normal((1, 1, *spatial))
+    theta = np.concatenate([np.eye(k), np.zeros((k, 1))], axis=1)[None]
+    theta[0, 0, k] = 0.5
+    V = grid_sample(U, affine_grid(theta, U.shape))
+    np.testing.assert_allclose(V[..., :-1], U[..., 1:], rtol=0, atol=IDENTITY_TOL)
+    np.testing.assert_array_equal(V[..., -1], 0.0)  # the source column 4 is outside: zeros
+
+
+def test_1_dtype_float32_in_float32_out_integer_or_complex_rejected():
+    U = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    grid = np.full((1, 2, 2, 2), 0.1, dtype=np.float32)
+    assert grid_sample(U, grid).dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grid_sample_backward(np.ones((1, 1, 2, 2), np.float32),
+                                                                    U, grid))
+    for bad in (U.astype(np.int32), U.astype(np.complex64)):
+        with pytest.raises(TypeError, match=r"expected U of dtype float32 or float64"):
+            grid_sample(bad, grid)
+
+
+def test_1_align_corners_defaults_to_false():
+    rng = np.random.default_rng(2)
+    U, grid = rng.standard_normal((1, 2, 3, 4)), rng.uniform(-1, 1, (1, 3, 3, 2))
+    np.testing.assert_array_equal(grid_sample(U, grid), grid_sample(U, grid, align_corners=False))
+    theta = rng.standard_normal((1, 2, 3))
+    np.testing.assert_array_equal(affine_grid(theta, (1, 1, 3, 3)),
+                                  affine_grid(theta, (1, 1, 3, 3), align_corners=False))
+
+
+# =========================================================================== §2 generators
+
+@pytest.mark.parametrize("n", [1, 2, 5, 6])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_2_affine_base_coordinates_linspace_or_pixel_centres(n, align_corners):
+    b = base_coordinates(n, align_corners)
+    if n == 1:
+        expect = np.zeros(1)
+    elif align_corners:
+        expect = np.linspace(-1, 1, n)
+    else:
+        expect = (2 * np.arange(n) + 1) / n - 1
+    np.testing.assert_allclose(b, expect, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@pytest.mark.parametrize("spatial", [5, 6], ids=["odd", "even"])
+def test_2_affine_identity_theta_reproduces_the_input(combo, spatial):
+    k, mode, padding, ac = combo
+    shape = (2, 2, *(spatial - a for a in range(k)))  # non-square: e.g. (5, 4, 3)
+    U = np.random.default_rng(3).standard_normal(shape)
+    theta = np.broadcast_to(np.concatenate([np.eye(k), np.zeros((k, 1))], axis=1), (2, k, k + 1))
+    V = grid_sample(U, affine_grid(theta, shape, ac), **_kw(mode, padding, ac))
+    np.testing.assert_allclose(V, U, rtol=0, atol=IDENTITY_TOL)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_2_affine_backward_is_sum_of_dgrid_outer_base(k):
+    rng = np.random.default_rng(4)
+    size = (2, 1, *(3, 4, 5)[:k])
+    dgrid = rng.standard_normal((2, *size[2:], k))
+    for ac in (False, True):
+        axes = [base_coordinates(size[2 + k - 1 - a], ac) for a in range(k)]  # x, y, z
+        mesh = np.meshgrid(*axes[::-1], indexing="ij")[::-1]                # x_t, y_t, z_t on the grid
+        base = np.stack([*mesh, np.ones_like(mesh[0])], axis=-1)              # (*spatial, k + 1)
+        expect = np.einsum("npr,pa->nra", dgrid.reshape(2, -1, k), base.reshape(-1, k + 1))
+        np.testing.assert_allclose(affine_grid_backward(dgrid, size, ac), expect, rtol=0, atol=1e-13)
+
+
+def test_2_attention_is_affine_scale_and_translation():
+    theta = np.array([[0.7, 0.2, -0.3], [1.0, 0.0, 0.0]])
+    A = np.array([[[0.7, 0, 0.2], [0, 0.7, -0.3]], [[1.0, 0, 0], [0, 1.0, 0]]])
+    for ac in (False, True):
+        np.testing.assert_array_equal(attention_grid(theta, (2, 1, 3, 4), ac),
+                                      affine_grid(A, (2, 1, 3, 4), ac))
+
+
+def test_2_projective_is_a_homography_with_perspective_divide():
+    size = (1, 1, 3, 4)
+    H = np.array([[[1.1, 0.2, 0.1], [-0.1, 0.9, 0.0], [0.2, -0.1, 1.0]]])
+    grid = projective_grid(H, size)
+    base = affine_grid(np.array([[[1.0, 0, 0], [0, 1, 0]]]), size)  # (x_t, y_t)
+    hom = np.concatenate([base, np.ones(base.shape[:-1] + (1,))], axis=-1) @ H[0].T
+    np.testing.assert_allclose(grid, hom[..., :2] / hom[..., 2:], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(projective_grid(np.eye(3)[None] * 2.5, size), base, rtol=0, atol=1e-15)
+
+
+def test_2_tps_identity_is_the_control_points_and_grid_is_linear_in_theta():
+    P = tps_control_points()
+    size = (1, 1, 5, 6)
+    base = affine_grid(np.array([[[1.0, 0, 0], [0, 1, 0]]]), size)
+    np.testing.assert_allclose(tps_grid(P[None], size), base, rtol=0, atol=1e-12)
+    rng = np.random.default_rng(5)
+    t1, t2 = rng.standard_normal((2, 1, len(P), 2))
+    np.testing.assert_allclose(tps_grid(2 * t1 - t2, size),
+                               2 * tps_grid(t1, size) - tps_grid(t2, size),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["affine", "attention", "projective", "tps"])
+def test_2_every_generator_has_backward_and_identity(name):
+    t = get_transform(name)
+    size = (1, 1, 4, 5)
+    theta = t.identity()[None]
+    base = affine_grid(np.array([[[1.0, 0, 0], [0, 1, 0]]]), size)
+    np.testing.assert_allclose(t.grid(theta, size, False), base, rtol=0, atol=1e-12)
+    assert t.backward(np.ones_like(base), theta, size, False).shape == theta.shape
+
+
+# =========================================================================== §3 coordinates
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_3_unnormalise_and_scale_s(k, align_corners):
+    # U = index along x (a ramp), interior points: V is the pixel coordinate, dgrid_x the scale s
+    spatial = (4, 5, 6)[:k]
+    W = spatial[-1]
+    U = ramp_image(spatial, [1.0] + [0.0] * (k - 1))
+    x = np.array([-0.3, 0.05, 0.4])
+    grid = np.zeros((1, *(1,) * (k - 1), 3, k))
+    grid[..., 0] = x
+    V, (_, dgrid) = grid_sample(U, grid, align_corners=align_corners), grid_sample_backward(
+        np.ones((1, 1, *(1,) * (k - 1), 3)), U, grid, align_corners=align_corners)
+    i = (x + 1) / 2 * (W - 1) if align_corners else ((x + 1) * W - 1) / 2
+    s = (W - 1) / 2 if align_corners else W / 2
+    np.testing.assert_allclose(V.reshape(-1), i, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(dgrid[..., 0].reshape(-1), s, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_3_zeros_padding_outside_taps_read_zero_and_get_no_gradient(k):
+    spatial = (4,) * k
+    U = np.random.default_rng(6).standard_normal((1, 1, *spatial)) + 3
+    pix = np.zeros((1, k))
+    pix[0, 0] = -0.25  # x tap -1 (weight 0.25) outside, tap 0 (0.75) inside
+    grid = points_grid(pix, spatial, False)
+    V = grid_sample(U, grid)
+    np.testing.assert_allclose(V.reshape(()), 0.75 * U[(0, 0, *(0,) * k)], rtol=1e-15)
+    dU, _ = grid_sample_backward(np.ones_like(V), U, grid)
+    expect = np.zeros_like(U)
+    expect[(0, 0, *(0,) * k)] = 0.75
+    np.testing.assert_array_equal(dU, expect)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_3_border_clip_gradient_is_zero_inclusive_at_the_border(k, align_corners):
+    spatial = (EXACT_SIZE[align_corners],) * k
+    n = spatial[0]
+    U = ramp_image(spatial, [2.0] + [0.0] * (k - 1))
+    pix = np.zeros((5, k)) + 1.5
+    pix[:, 0] = [0.0, n - 1.0, -0.75, n + 0.25, 0.5]
+    grid = points_grid(pix, spatial, align_corners)
+    kw = _kw("bilinear", "border", align_corners)
+    V = grid_sample(U, grid, **kw)
+    _, dgrid = grid_sample_backward(np.ones_like(V), U, grid, **kw)
+    dx = dgrid[..., 0].reshape(-1)
+    np.testing.assert_array_equal(dx[:4], 0.0)       # at i = 0, i = size-1 exactly, and beyond
+    assert dx[4] == 2.0 * 2.0                        # inside: slope 2 times s = 2
+    np.testing.assert_array_equal(V.reshape(-1), [0.0, 2 * (n - 1), 0.0, 2 * (n - 1), 1.0])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_3_reflection_folds_with_sign_flip(k, align_corners):
+    # reflected about pixel centres (0, size-1) or edges (-0.5, size-0.5), repeating every span
+    spatial = (EXACT_SIZE[align_corners],) * k
+    n = spatial[0]
+    low, span = (0.0, n - 1.0) if align_corners else (-0.5, float(n))
+    U = ramp_image(spatial, [1.0] + [0.0] * (k - 1), square=True)  # U = x + x^2: slope 2x + 1
+    inside = np.array([0.25, 1.75, 2.5])
+    mirrored = 2 * low - inside              # fold once at the low end: sign -1
+    twice = inside + 2 * span                # one full period: sign +1
+    thrice = 2 * (low + span) - inside + 2 * span  # high fold one period on: sign -1
+    pix = np.zeros((12, k)) + 1.25
+    pix[:, 0] = np.concatenate([inside, mirrored, twice, thrice])
+    grid = points_grid(pix, spatial, align_corners)
+    kw = _kw("bilinear", "reflection", align_corners)
+    V = grid_sample(U, grid, **kw).reshape(4, 3)
+    _, dgrid = grid_sample_backward(np.ones((1, 1, *(1,) * (k - 1), 12)), U, grid, **kw)
+    dx = dgrid[..., 0].reshape(4, 3)
+    for row in range(1, 4):
+        np.testing.assert_allclose(V[row], V[0], rtol=0, atol=1e-13)
+    np.testing.assert_allclose(dx, dx[0] * np.array([[1], [-1], [1], [-1]]), rtol=0, atol=1e-13)
+    assert (dx[0] != 0).all()
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_3_reflection_half_pixel_band_gives_edge_value_and_zero_gradient(k):
+    spatial = (4,) * k
+    U = np.random.default_rng(7).standard_normal((1, 2, *spatial))
+    pix = np.zeros((4, k)) + 1.5
+    pix[:, 0] = [-0.5, -0.25, 3.25, 3.5]  # both bands, ends included (the folds)
+    grid = points_grid(pix, spatial, False)
+    kw = _kw("bilinear", "reflection", False)
+    V = grid_sample(U, grid, **kw)
+    _, dgrid = grid_sample_backward(np.ones_like(V), U, grid, **kw)
+    at_y = grid_sample(U, points_grid(np.array([[0.0] + [1.5] * (k - 1), [3.0] + [1.5] * (k - 1)]),
+                                       spatial, False), **kw).reshape(2, 2)
+    np.testing.assert_array_equal(V.reshape(2, 4)[:, :2], at_y[:, :1].repeat(2, axis=1))
+    np.testing.assert_array_equal(V.reshape(2, 4)[:, 2:], at_y[:, 1:].repeat(2, axis=1))
+    np.testing.assert_array_equal(dgrid[..., 0], 0.0)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_3_size_one_with_align_corners_is_coordinate_zero_gradient_zero(k, mode, padding):
+    if mode == "bicubic" and k == 3:
+        pytest.skip("bicubic is 4-D only")
+    U = np.random.default_rng(8).standard_normal((1, 2, *(1,) * k))
+    grid = np.random.default_rng(9).uniform(-3, 3, (1, *(2,) * k, k))
+    kw = _kw(mode, padding, True)
+    V = grid_sample(U, grid, **kw)
+    np.testing.assert_allclose(V, np.broadcast_to(U.reshape(1, 2, *(1,) * k), V.shape),
+                               rtol=0, atol=1e-15)
+    _, dgrid = grid_sample_backward(np.ones_like(V), U, grid, **kw)
+    np.testing.assert_array_equal(dgrid, 0.0)
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+def test_3_no_dropped_last_row_or_column(combo):
+    # sample exactly the centres of the last row / column (and the last slice)
+    k, mode, padding, ac = combo
+    spatial = (EXACT_SIZE[ac],) * k
+    U = np.arange(np.prod(spatial), dtype=np.float64).reshape(1, 1, *spatial)
+    last = spatial[0] - 1.0
+    pix = np.array([[last] * k] + [[last if b == a else 1.0 for b in range(k)] for a in range(k)])
+    V = grid_sample(U, points_grid(pix, spatial, ac), **_kw(mode, padding, ac)).reshape(-1)
+    expect = [U[(0, 0, *p[::-1].astype(int))] for p in pix]
+    np.testing.assert_allclose(V, expect, rtol=0, atol=1e-13)
+
+
+# =========================================================================== §4 kernels
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_4_bilinear_right_sided_derivative_at_integer_knots(k, align_corners, padding):
+    spatial = (EXACT_SIZE[align_corners],) * k
+    U = ramp_image(spatial, [0.0] * k, square=True)  # U = x^2: left and right slopes differ
+    U = U + ramp_image(spatial, [0.0] + [0.5] * (k - 1))  # and a y (z) slope
+    knots = np.array([1.0, 2.0])                      # interior integers
+    pix = np.zeros((2, k)) + 1.5
+    pix[:, 0] = knots
+    grid = points_grid(pix, spatial, align_corners)
+    kw = _kw("bilinear", padding, align_corners)
+    _, dgrid = grid_sample_backward(np.ones((1, 1, *(1,) * (k - 1), 2)), U, grid, **kw)
+    s = 2.0
+    right_slope = (knots + 1) ** 2 - knots ** 2       # cell [i, i+1] of x^2
+    np.testing.assert_allclose(dgrid[..., 0].reshape(-1), s * right_slope, rtol=0, atol=1e-13)
+    # the other axes, at the half-integer 1.5, are smooth: slope 0.5 times s
+    for a in range(1, k):
+        np.testing.assert_allclose(dgrid[..., a].reshape(-1), s * 0.5, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_4_nearest_rounds_half_to_even(k, padding):
+    spatial = (5,) * k  # align_corners=True, s = 2: ties are exact
+    U = ramp_image(spatial, [1.0] + [10.0] * (k - 1))
+    pix = np.zeros((4, k)) + 1.5
+    pix[:, 0] = [0.5, 1.5, 2.5, 3.5]
+    V = grid_sample(U, points_grid(pix, spatial, True), **_kw("nearest", padding, True))
+    # ties 0.5, 1.5, 2.5, 3.5 -> 0, 2, 2, 4; the other axes at 1.5 -> 2, i.e. +20 each
+    np.testing.assert_array_equal(V.reshape(-1), np.array([0.0, 2, 2, 4]) + 20 * (k - 1))
+
+
+@pytest.mark.parametrize("combo", [c for c in ALL if c[1] == "nearest"], ids=combo_id)
+def test_4_nearest_gradient_of_grid_is_exactly_zero_and_dU_goes_to_the_rounded_pixel(combo):
+    k, _, padding, ac = combo
+    rng = np.random.default_rng(10)
+    U = rng.standard_normal((2, 2, *(4,) * k))
+    grid = rng.uniform(-3, 3, (2, *(3,) * k, k))
+    dV = rng.standard_normal((2, 2, *(3,) * k))
+    kw = _kw("nearest", padding, ac)
+    dU, dgrid = grid_sample_backward(dV, U, grid, **kw)
+    assert not dgrid.any()
+    np.testing.assert_allclose(dU, loops.grid_sample_dU_loop(dV, U.shape, grid, **kw), rtol=0,
+                               atol=1e-14)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_4_bicubic_pads_taps_not_coordinates(padding, align_corners):
+    # i = -0.5: taps -2, -1, 0, 1 at distances 1.5, 0.5, 0.5, 1.5.  Border pads taps to 0, 0, 0, 1:
+    # V = (1 - k(1.5)) U0 + k(1.5) U1 = 1.09375 U0 - 0.09375 U1, whereas clipping the
+    # coordinate first would give U0.
+    spatial = (EXACT_SIZE[align_corners],) * 2
+    U = np.zeros((1, 1, *spatial))
+    U[..., :] = np.arange(spatial[1], dtype=np.float64) ** 2 + 1.0  # varies along x only
+    pix = np.array([[-0.5, 1.0], [-1.25, 2.0], [spatial[1] - 0.25, 1.0]])
+    grid = points_grid(pix, spatial, align_corners)
+    kw = _kw("bicubic", padding, align_corners)
+    V = grid_sample(U, grid, **kw).reshape(-1)
+    np.testing.assert_allclose(V, loops.grid_sample_loop(U, grid, **kw).reshape(-1), rtol=0,
+                               atol=1e-13)
+    if padding == "border":
+        # clipping the coordinate first would give U0 = 1 exactly
+        assert V[0] == 1.09375 * U[0, 0, 0, 0] - 0.09375 * U[0, 0, 0, 1] == 1.09375 - 0.1875
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_4_bicubic_grad_grid_multiplier_is_s_only(padding):
+    # outside the image, border/reflection bilinear would have a zero multiplier; bicubic does not
+    spatial = (4, 4)
+    U = np.zeros((1, 1, *spatial))
+    U[..., :] = np.array([0.0, 1.0, 3.0, 2.0])
+    pix = np.array([[-0.7, 1.5], [3.3, 1.5]])
+    grid = points_grid(pix, spatial, False, exact=False)
+    kw = _kw("bicubic", padding, False)
+    _, dgrid = grid_sample_backward(np.ones((1, 1, 1, 2)), U, grid, **kw)
+    h = 1e-6
+    fd = (grid_sample(U, grid + [h, 0], **kw) - grid_sample(U, grid - [h, 0], **kw)) / (2 * h)
+    np.testing.assert_allclose(dgrid[..., 0], fd[:, 0], rtol=1e-6, atol=1e-8)
+    assert (np.abs(dgrid[..., 0]) > 1e-3).all()
+
+
+def test_4_bicubic_overshoots_the_data_range_not_clamped():
+    # taps 2..5 read 0, 1, 1, 1 at distances 1.5, 0.5, 0.5, 1.5: V = 1 - k(1.5) = 1.09375 > max(U)
+    U = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]).reshape(1, 1, 1, 6) * np.ones((1, 1, 3, 1))
+    grid = points_grid(np.array([[3.5, 1.0], [1.5, 1.0]]), (3, 6), False)
+    V = grid_sample(U, grid, mode="bicubic").reshape(-1)
+    assert V[0] == 1.09375 and V[1] == -0.09375
+
+
+def test_4_bicubic_on_5d_is_a_value_error():
+    with pytest.raises(ValueError, match=r"mode='bicubic' supports 4-D input only"):
+        grid_sample(np.zeros((1, 1, 2, 2, 2)), np.zeros((1, 1, 1, 1, 3)), mode="bicubic")
+
+
+# =========================================================================== §5 extremes
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+def test_5_huge_finite_coordinates_are_out_of_range_not_a_crash(combo):
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(11)
+    spatial = (3, 4, 5)[:k]
+    U = rng.standard_normal((1, 2, *spatial))
+    vals = np.array([1e30, -1e30, 0.1])
+    pts = np.array(np.meshgrid(*[vals] * k, indexing="ij")).reshape(k, -1).T[:-1]  # drop all-0.1
+    grid = pts.reshape(1, *(1,) * (k - 1), len(pts), k)
+    kw = _kw(mode, padding, ac)
+    V = grid_sample(U, grid, **kw)
+    dU, dgrid = grid_sample_backward(np.ones_like(V), U, grid, **kw)
+    assert np.isfinite(V).all() and np.isfinite(dU).all() and np.isfinite(dgrid).all()
+    if padding == "zeros":
+        np.testing.assert_array_equal(V, 0.0)
+        np.testing.assert_array_equal(dU, 0.0)
+        np.testing.assert_array_equal(dgrid, 0.0)
+    if padding == "border":
+        # every huge coordinate clips to its edge pixel
+        for j, p in enumerate(pts):
+            if np.all(np.abs(p) == 1e30):
+                corner = tuple(0 if c < 0 else n - 1 for c, n in zip(p[::-1], spatial))
+                np.testing.assert_allclose(V[..., j].reshape(-1), U[(0, slice(None), *corner)],
+                                           rtol=0, atol=1e-12 if mode != "bicubic" else 1e-9)
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_5_non_finite_coordinate_gives_nan_there_and_nothing_elsewhere(combo, bad):
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(12)
+    U = rng.standard_normal((2, 3, *(4,) * k))
+    grid = rng.uniform(-1.2, 1.2, (2, *(3,) * k, k))
+    dV = rng.standard_normal((2, 3, *(3,) * k))
+    kw = _kw(mode, padding, ac)
+    for axis in range(k):
+        where = (1, *(1,) * k)  # batch 1, middle point
+        g = grid.copy()
+        g[(*where, axis)] = bad
+        V = grid_sample(U, g, **kw)
+        dU, dgrid = grid_sample_backward(dV, U, g, **kw)
+        point = (where[0], slice(None), *where[1:])
+        assert np.isnan(V[point]).all()                          # every channel
+        assert np.isnan(dgrid[where]).all()                      # its grid gradient
+        # everything else is as if the point had any finite coordinate and a zero dV
+        V_ref = grid_sample(U, grid, **kw)
+        dV0 = dV.copy()
+        dV0[point] = 0
+        dU_ref, dgrid_ref = grid_sample_backward(dV0, U, grid, **kw)
+        mask = np.ones(V.shape, dtype=bool)
+        mask[point] = False
+        np.testing.assert_array_equal(V[mask], V_ref[mask])
+        np.testing.assert_allclose(dU, dU_ref, rtol=0, atol=1e-13)
+        gmask = np.ones(dgrid.shape, dtype=bool)
+        gmask[where] = False
+        np.testing.assert_array_equal(dgrid[gmask], dgrid_ref[gmask])
+
+
+# =========================================================================== §6 backward
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+def test_6_duplicate_sample_points_accumulate_in_dU(combo):
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(13)
+    U = rng.standard_normal((1, 2, *(4,) * k))
+    point = rng.uniform(-0.9, 0.9, k)
+    grid = np.broadcast_to(point, (1, *(3,) * k, k)).copy()  # every point at the same place
+    dV = rng.standard_normal((1, 2, *(3,) * k))
+    kw = _kw(mode, padding, ac)
+    dU, _ = grid_sample_backward(dV, U, grid, **kw)
+    single = grid[(0,) + (slice(0, 1),) * k]
+    total = dV.sum(axis=tuple(range(2, 2 + k))).reshape(1, 2, *(1,) * k)
+    dU_one, _ = grid_sample_backward(total, U, single[None], **kw)
+    np.testing.assert_allclose(dU, dU_one, rtol=1e-13, atol=1e-13)
+    assert np.abs(dU).sum() > 0
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+def test_6_backward_signature_shapes_and_bit_identical_repeats(combo):
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(14)
+    U = rng.standard_normal((2, 3, *(5, 4, 3)[:k]))
+    grid = rng.uniform(-2, 2, (2, *(4, 2, 3)[:k], k))
+    dV = rng.standard_normal((2, 3, *(4, 2, 3)[:k]))
+    outs = [grid_sample_backward(dV, U, grid, mode=mode, padding_mode=padding, align_corners=ac)
+            for _ in range(2)]
+    dU, dgrid = outs[0]
+    assert dU.shape == U.shape and dgrid.shape == grid.shape
+    assert outs[0][0].tobytes() == outs[1][0].tobytes()
+    assert outs[0][1].tobytes() == outs[1][1].tobytes()
