@@ -22,9 +22,9 @@ __all__ = [
     "tps_control_points", "tps_grid", "tps_grid_backward", "tps_matrix",
 ]
 
-# Source coordinate given to projective grid points at or beyond the horizon (w' <= 0), or
-# whose quotient x'/w' would exceed it in magnitude: far outside [-1, 1] for any image size
-# PyTorch or NumPy can hold, finite, and with zero gradient.
+# Normalised source coordinate given to projective grid points at or beyond the horizon
+# (w' <= 0), or whose quotient x'/w' would reach it in magnitude: finite, far outside
+# [-1, 1], and a constant (zero gradient).  docs/derivations/grids.md, "The horizon rule".
 PROJECTIVE_FAR = 1e6
 
 # Thin-plate splines: default number of control points (the paper's 16-point TPS), the

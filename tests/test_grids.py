@@ -139,6 +139,28 @@ def test_generator_through_sampler_gradcheck(name, align_corners, out_hw, in_hw,
     gradcheck(forward, vjp, [theta], names=["theta"]).raise_if_failed()
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_3d_through_sampler_gradcheck(align_corners):
+    rng = np.random.default_rng(16)   # a draw with no coordinate near an integer
+    size = (2, 1, 3, 2, 4)
+    U = rng.standard_normal((2, 1, 4, 3, 5))
+    theta = np.eye(3, 4)[None] + NOISE * rng.standard_normal((2, 3, 4))
+    pix = affine_grid(theta, size, align_corners)
+    spans = np.array([U.shape[4], U.shape[3], U.shape[2]], dtype=np.float64)
+    pix = (pix + 1) / 2 * (spans - 1) if align_corners else ((pix + 1) * spans - 1) / 2
+    assert np.abs(pix - np.round(pix)).min() > KINK_MARGIN
+
+    def forward(t):
+        return grid_sample(U, affine_grid(t, size, align_corners), align_corners=align_corners)
+
+    def vjp(dV, t):
+        grid = affine_grid(t, size, align_corners)
+        _, dgrid = grid_sample_backward(dV, U, grid, align_corners=align_corners, need_dU=False)
+        return (affine_grid_backward(dgrid, size, align_corners),)
+
+    gradcheck(forward, vjp, [theta], names=["theta"]).raise_if_failed()
+
+
 # --------------------------------------------------------------------------- exact identities
 
 @pytest.mark.parametrize("align_corners", [False, True])
