@@ -1,0 +1,116 @@
+"""Parity with torch.nn.functional.grid_sample (CONVENTIONS §6): forward, dU and dgrid.
+
+Every kernel x padding x align_corners x dimension combination, on
+hypothesis-drawn shapes and *kinky* finite grids: exact integer and
+half-integer pixel positions, reflection folds, clip borders and points far
+outside [-3, 3] (up to 1e3, and 1e30 separately).  Both implementations follow
+the same one-sided rules at kinks, so parity must hold there too.  Non-finite
+grids are excluded: PyTorch's CPU backward crashes on them (CONVENTIONS §5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stnref import affine_grid, affine_grid_backward, grid_sample, grid_sample_backward
+from strategies import Case, combo_id, combos, sampler_cases
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+PARITY_TOL = 1e-10   # float64, relative to the output's scale (CONVENTIONS §6)
+F32_TOL = 1e-5       # float32 forward, relative to the data scale
+ALL = combos()
+ALL_IDS = [combo_id(c) for c in ALL]
+
+
+def torch_grid_sample(U, grid, dV, mode, padding_mode, align_corners):
+    """V, dU, dgrid from torch (float64 unless the arrays are float32)."""
+    Ut = torch.tensor(U, requires_grad=True)
+    gt = torch.tensor(grid, requires_grad=True)
+    V = F.grid_sample(Ut, gt, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+    V.backward(torch.tensor(dV))
+    return V.detach().numpy(), Ut.grad.numpy(), gt.grad.numpy()
+
+
+def assert_close_scaled(actual, expected, tol, what):
+    """``|actual - expected| <= tol * max(1, max|expected|)``."""
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    err = float(np.abs(actual - expected).max(initial=0.0))
+    assert err <= tol * scale, f"{what}: max error {err:.3e} > {tol:.0e} x scale {scale:.3g}"
+
+
+def check_parity(case):
+    V, dU, dgrid = torch_grid_sample(case.U, case.grid, case.dV, **case.kwargs)
+    assert_close_scaled(grid_sample(case.U, case.grid, **case.kwargs), V, PARITY_TOL, "V")
+    mine_dU, mine_dgrid = grid_sample_backward(case.dV, case.U, case.grid, **case.kwargs)
+    assert_close_scaled(mine_dU, dU, PARITY_TOL, "dU")
+    assert_close_scaled(mine_dgrid, dgrid, PARITY_TOL, "dgrid")
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@settings(max_examples=15)
+@given(data=st.data())
+def test_parity_kinky_grids(combo, data):
+    k, mode, padding, ac = combo
+    check_parity(data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,),
+                                         align=(ac,), grids="kinky")))
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@settings(max_examples=5)
+@given(data=st.data())
+def test_parity_smooth_grids(combo, data):
+    k, mode, padding, ac = combo
+    check_parity(data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,),
+                                         align=(ac,))))
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+def test_parity_huge_coordinates(combo):
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((2, 2, *(3, 4, 5)[:k]))
+    vals = np.array([1e30, -1e30, 1e15, -3e7, 0.3])
+    pts = np.array(np.meshgrid(*[vals] * k, indexing="ij")).reshape(k, -1).T
+    grid = np.broadcast_to(pts.reshape(1, *(1,) * (k - 1), len(pts), k), (2, *(1,) * (k - 1),
+                                                                             len(pts), k)).copy()
+    dV = rng.standard_normal((2, 2, *(1,) * (k - 1), len(pts)))
+    check_parity(Case(U, grid, dV, mode, padding, ac))
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@settings(max_examples=5)
+@given(data=st.data())
+def test_parity_float32_forward(combo, data):
+    k, mode, padding, ac = combo
+    case = data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,), align=(ac,)))
+    U, grid = case.U.astype(np.float32), case.grid.astype(np.float32)
+    mine = grid_sample(U, grid, **case.kwargs)
+    assert mine.dtype == np.float32
+    expected = F.grid_sample(torch.tensor(U), torch.tensor(grid), **case.kwargs).numpy()
+    assert_close_scaled(mine, expected, F32_TOL, "V float32")
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_parity_dtheta_through_affine_grid(k, align_corners):
+    rng = np.random.default_rng(1)
+    size = (2, 3, *(4, 5, 3)[:k])
+    U = rng.standard_normal((2, 3, *(5, 3, 4)[:k]))
+    theta = np.concatenate([np.eye(k), np.zeros((k, 1))], axis=1) + 0.5 * rng.standard_normal(
+        (2, k, k + 1))
+    dV = rng.standard_normal(size)
+    th = torch.tensor(theta, requires_grad=True)
+    V = F.grid_sample(torch.tensor(U), F.affine_grid(th, size, align_corners=align_corners),
+                      align_corners=align_corners)
+    V.backward(torch.tensor(dV))
+    grid = affine_grid(theta, size, align_corners)
+    _, dgrid = grid_sample_backward(dV, U, grid, align_corners=align_corners, need_dU=False)
+    assert_close_scaled(grid_sample(U, grid, align_corners=align_corners), V.detach().numpy(),
+                        PARITY_TOL, "V")
+    assert_close_scaled(affine_grid_backward(dgrid, size, align_corners), th.grad.numpy(),
+                        PARITY_TOL, "dtheta")
