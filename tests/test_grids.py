@@ -385,8 +385,9 @@ def test_degenerate_control_points(points, message):
     for call in (lambda: tps_grid(theta, (1, 1, 3, 3), points),
                  lambda: tps_grid_backward(np.zeros((1, 3, 3, 2)), (1, 1, 3, 3), points),
                  lambda: tps_transform(points)):
-        with pytest.raises(ValueError, match=f"control_points.*{message}|{message}.*"):
+        with pytest.raises(ValueError, match=message) as excinfo:
             call()
+        assert "control_points" in str(excinfo.value)
 
 
 def test_degenerate_control_points_name_the_argument():
