@@ -146,6 +146,16 @@ def test_maxpool_ties_go_to_first_maximum_and_floor():
     np.testing.assert_array_equal(dx[0, 0], expected)
 
 
+def test_maxpool_nan_propagates_and_routes_like_torch():
+    x = np.array([[1.0, np.nan, 7.0], [5.0, np.nan, 2.0]])[None, None]
+    layer = MaxPool2d(2, stride=1)
+    y = layer(x)
+    assert np.isnan(y).all()
+    dx = layer.backward(np.array([[[[1.0, 10.0]]]]))
+    # PyTorch's CPU kernel keeps the last NaN of each window: (1, 1) for both windows.
+    np.testing.assert_array_equal(dx[0, 0], [[0.0, 0.0, 0.0], [0.0, 11.0, 0.0]])
+
+
 def test_maxpool_overlapping_windows_accumulate():
     x = np.array([[0.0, 5.0, 0.0, 0.0]])[None, None]
     dx = MaxPool2d((1, 2), stride=1)
@@ -207,19 +217,22 @@ def test_conv2d_matches_torch(stride, padding, kernel):
     np.testing.assert_allclose(layer.grads["bias"], tlayer.bias.grad.numpy(), atol=PARITY_TOL)
 
 
+@pytest.mark.parametrize("nans", [False, True])
 @pytest.mark.parametrize("pool", ["max", "avg"])
 @pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((2, 3), 1), (3, None)])
-def test_pool_matches_torch_with_ties(pool, kernel, stride):
+def test_pool_matches_torch_with_ties(pool, kernel, stride, nans):
     torch = _torch()
     rng = np.random.default_rng(9)
     x = rng.integers(0, 3, size=(2, 3, 7, 8)).astype(np.float64)   # many ties
+    if nans:
+        x[rng.random(x.shape) < 0.2] = np.nan
     layer = (MaxPool2d if pool == "max" else AvgPool2d)(kernel, stride)
     tfn = torch.nn.functional.max_pool2d if pool == "max" else torch.nn.functional.avg_pool2d
     xt = torch.tensor(x, requires_grad=True)
     yt = tfn(xt, kernel, stride)
     dy = rng.standard_normal(tuple(yt.shape))
     yt.backward(torch.tensor(dy))
-    np.testing.assert_allclose(layer(x), yt.detach().numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(layer(x), yt.detach().numpy(), atol=PARITY_TOL)      # NaN == NaN here
     np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), atol=PARITY_TOL)
 
 

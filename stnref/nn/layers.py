@@ -731,10 +731,19 @@ def _pool_geometry(x, kernel_size, stride, fn):
 
 
 def _max_index(x, kernel, stride):
-    """Row-major index in ``[0, kh kw)`` of each window's first maximum (NaN counts as max)."""
+    """Windows ``(N, C, Ho, Wo, kh*kw)`` and the row-major index of each one's maximum.
+
+    PyTorch's CPU kernel scans a window in row-major order and takes a value
+    if ``val > max or isnan(val)``: the first of tied maxima, but the *last* NaN.
+    """
     win = _windows(x, kernel, stride)                                  # (N, C, Ho, Wo, kh, kw)
     flat = win.reshape(win.shape[:4] + (-1,))                          # (N, C, Ho, Wo, kh*kw)
-    return flat, np.argmax(flat, axis=-1)
+    arg = np.argmax(flat, axis=-1)                                     # first max (or first NaN)
+    if np.isnan(x).any():
+        nan = np.isnan(flat)
+        last_nan = flat.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+        arg = np.where(nan.any(axis=-1), last_nan, arg)
+    return flat, arg
 
 
 def max_pool2d(x, kernel_size, stride=None):
@@ -768,7 +777,11 @@ def max_pool2d(x, kernel_size, stride=None):
 #   dx[pixel of the window's first maximum] += dy; overlapping windows (stride < kernel)
 #   may pick the same pixel, so the routing is a scatter-add by np.bincount.
 def max_pool2d_backward(dy, x, kernel_size, stride=None):
-    """Gradient of :func:`max_pool2d` with respect to ``x`` (ties go to the first maximum)."""
+    """Gradient of :func:`max_pool2d` with respect to ``x``.
+
+    Ties go to the first maximum in row-major order; in a window holding NaN,
+    to its last NaN (both as PyTorch's CPU kernel).
+    """
     fn = "max_pool2d_backward"
     x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, fn)
     dy = float_array(dy, "dy", fn)
