@@ -1,0 +1,245 @@
+"""Benchmarks of the sampler, measured in one interleaved run (``stnref bench``).
+
+Every case is timed in rounds that alternate stnref and, when it is
+importable, PyTorch on the same inputs (one thread), and the medians are
+compared.  A memory-bandwidth floor -- the time to stream the bytes of
+``U``, ``grid`` and ``V`` once through ``np.copyto`` -- is always reported, so
+the numbers mean something on a machine without PyTorch too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import platform
+import time
+
+import numpy as np
+import scipy
+
+from .grids import affine_grid, affine_grid_backward
+from .sampling import grid_sample, grid_sample_backward
+
+SHAPES = ((64, 1, 28, 28), (256, 1, 60, 60), (8, 3, 224, 224))
+LARGE_SHAPE = (1, 1, 1024, 1024)
+MODES = tuple((m, p) for m in ("bilinear", "nearest", "bicubic")
+              for p in ("zeros", "border", "reflection"))
+SCALING_SIDES = (28, 60, 128, 256, 512, 1024)
+
+
+def _torch():
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    return torch
+
+
+def _inputs(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    U = rng.standard_normal(shape).astype(dtype)
+    k = len(shape) - 2
+    theta = np.eye(k, k + 1) + 0.1 * rng.standard_normal((shape[0], k, k + 1))
+    return U, theta.astype(dtype)
+
+
+def _stnref_cases(U, theta, mode, padding):
+    size = U.shape
+
+    def forward():
+        return grid_sample(U, affine_grid(theta, size), mode, padding)
+
+    grid = affine_grid(theta, size)
+    dV = np.ones((*U.shape[:2], *size[2:]), dtype=U.dtype)
+
+    def forward_backward():
+        g = affine_grid(theta, size)
+        grid_sample(U, g, mode, padding)
+        _, dgrid = grid_sample_backward(dV, U, g, mode, padding)
+        affine_grid_backward(dgrid, size)
+
+    def sample_only():
+        return grid_sample(U, grid, mode, padding)
+
+    return {"fwd": forward, "fwd+bwd": forward_backward, "sample": sample_only}
+
+
+def _torch_cases(torch, U, theta, mode, padding):
+    F = torch.nn.functional
+    Ut, tht = torch.from_numpy(U), torch.from_numpy(theta)
+    size = list(U.shape)
+    grid = F.affine_grid(tht, size, align_corners=False)
+
+    def forward():
+        with torch.no_grad():
+            g = F.affine_grid(tht, size, align_corners=False)
+            return F.grid_sample(Ut, g, mode=mode, padding_mode=padding, align_corners=False)
+
+    def forward_backward():
+        u = Ut.clone().requires_grad_()
+        t = tht.clone().requires_grad_()
+        g = F.affine_grid(t, size, align_corners=False)
+        V = F.grid_sample(u, g, mode=mode, padding_mode=padding, align_corners=False)
+        V.backward(torch.ones_like(V))
+
+    def sample_only():
+        with torch.no_grad():
+            return F.grid_sample(Ut, grid, mode=mode, padding_mode=padding, align_corners=False)
+
+    return {"fwd": forward, "fwd+bwd": forward_backward, "sample": sample_only}
+
+
+def _floor_seconds(U, rounds):
+    """Time to stream the bytes of U + grid + V once (read and write), by np.copyto."""
+    k = U.ndim - 2
+    n_bytes = 2 * U.nbytes + U.nbytes // U.shape[1] * k  # U, V (same size), k-vector grid
+    src = np.ones(n_bytes // 8)
+    dst = np.empty_like(src)
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _interleaved(cases, rounds):
+    """Median seconds of each callable, timed in alternating rounds after one warm-up."""
+    for f in cases.values():
+        f()
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, f in cases.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def measure(shape, dtype=np.float32, mode="bilinear", padding="zeros", rounds=7, kinds=None):
+    """Time stnref (and PyTorch if importable) on one shape; returns a dict of rows.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Input ``(N, C, H, W)`` (or 5-D); the output has the same spatial size.
+    dtype : dtype
+    mode, padding : str
+    rounds : int
+        Interleaved rounds; the median is reported.
+    kinds : sequence of str, optional
+        Subset of ``("fwd", "fwd+bwd", "sample")``.
+
+    Returns
+    -------
+    dict
+        ``{kind: {"stnref": s, "torch": s or None, "ratio": r or None, "floor": s}}``.
+    """
+    U, theta = _inputs(shape, dtype)
+    ours = _stnref_cases(U, theta, mode, padding)
+    kinds = tuple(kinds or ours)
+    cases = {("stnref", k): ours[k] for k in kinds}
+    torch = _torch()
+    if torch is not None:
+        theirs = _torch_cases(torch, U, theta, mode, padding)
+        cases.update({("torch", k): theirs[k] for k in kinds})
+    medians = _interleaved(cases, rounds)
+    floor = _floor_seconds(U, rounds)
+    rows = {}
+    for k in kinds:
+        t_ours = medians["stnref", k]
+        t_theirs = medians.get(("torch", k))
+        rows[k] = {"stnref": t_ours, "torch": t_theirs,
+                   "ratio": None if t_theirs is None else t_ours / t_theirs,
+                   "floor": floor}
+    return rows
+
+
+def _fmt(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:9.2f}"
+
+
+def _ratio(r):
+    return "-" if r is None else f"{r:5.2f}x"
+
+
+def environment():
+    """One line describing the machine and library versions."""
+    torch = _torch()
+    versions = f"numpy {np.__version__}, scipy {scipy.__version__}"
+    versions += f", torch {torch.__version__} (1 thread)" if torch is not None else ", torch not installed"
+    return (f"{datetime.date.today().isoformat()}; {platform.machine()} {platform.processor() or ''}"
+            f" Python {platform.python_version()}; {versions}")
+
+
+def run(shapes=SHAPES, dtypes=(np.float32, np.float64), rounds=7, modes=True, scaling=False,
+        large=False, print_fn=print):
+    """Run the benchmark suite and return its markdown report (also printed line by line).
+
+    Parameters
+    ----------
+    shapes : sequence of tuple
+        Input shapes for the bilinear/zeros table.
+    dtypes : sequence of dtype
+    rounds : int
+        Interleaved rounds per case.
+    modes : bool
+        Also time forward+backward of every mode x padding on the first shape.
+    scaling : bool
+        Also report time per output pixel from 28^2 to 1024^2.
+    large : bool
+        Include the (1, 1, 1024, 1024) shape in the main table.
+    print_fn : callable
+        Receives each line as it is produced.
+
+    Returns
+    -------
+    str
+        The report as markdown.
+    """
+    lines = []
+
+    def emit(line=""):
+        lines.append(line)
+        print_fn(line)
+
+    emit(f"Environment: {environment()}")
+    emit()
+    emit("θ → affine_grid → grid_sample (bilinear, zeros, align_corners=False); median ms; "
+         "ratio = stnref / PyTorch; floor = stnref / memory-bandwidth floor")
+    emit()
+    emit("| shape | dtype | case | stnref ms | torch ms | ratio | vs floor |")
+    emit("|---|---|---|---:|---:|---:|---:|")
+    all_shapes = tuple(shapes) + ((LARGE_SHAPE,) if large else ())
+    for shape in all_shapes:
+        for dtype in dtypes:
+            rows = measure(shape, dtype, rounds=rounds)
+            for kind, r in rows.items():
+                emit(f"| {shape} | {np.dtype(dtype).name} | {kind} | {_fmt(r['stnref'])} | "
+                     f"{_fmt(r['torch'])} | {_ratio(r['ratio'])} | {r['stnref'] / r['floor']:6.1f}x |")
+    if modes:
+        shape = shapes[0]
+        emit()
+        emit(f"Every mode and padding, forward+backward, {shape}, float32")
+        emit()
+        emit("| mode | padding | stnref ms | torch ms | ratio |")
+        emit("|---|---|---:|---:|---:|")
+        for mode, padding in MODES:
+            r = measure(shape, np.float32, mode, padding, rounds=rounds, kinds=("fwd+bwd",))["fwd+bwd"]
+            emit(f"| {mode} | {padding} | {_fmt(r['stnref'])} | {_fmt(r['torch'])} | {_ratio(r['ratio'])} |")
+        shape3 = (2, 1, 32, 32, 32)
+        r = measure(shape3, np.float32, "bilinear", "zeros", rounds=rounds, kinds=("fwd+bwd",))["fwd+bwd"]
+        emit(f"| trilinear {shape3} | zeros | {_fmt(r['stnref'])} | {_fmt(r['torch'])} | {_ratio(r['ratio'])} |")
+    if scaling:
+        emit()
+        emit("Cost scaling: forward+backward time per output pixel, (1, 1, S, S), float32")
+        emit()
+        emit("| S | stnref ns/pixel | torch ns/pixel |")
+        emit("|---:|---:|---:|")
+        for side in SCALING_SIDES:
+            r = measure((1, 1, side, side), np.float32, rounds=rounds, kinds=("fwd+bwd",))["fwd+bwd"]
+            px = side * side
+            theirs = "-" if r["torch"] is None else f"{r['torch'] / px * 1e9:.1f}"
+            emit(f"| {side} | {r['stnref'] / px * 1e9:.1f} | {theirs} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""Figures (optional: needs matplotlib, the ``plot`` extra).
+
+Functions return False instead of failing when matplotlib is missing, so
+callers can tell the user how to get the figures.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._io import atomic_open
+
+PLOT_HINT = "install matplotlib for figures: pip install 'stnref[plot]'"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def have_matplotlib():
+    """Whether figures can be drawn."""
+    return _pyplot() is not None
+
+
+def save_pairs(path, inputs, outputs, titles=("input", "transformed"), columns=4):
+    """Save an ``input | transformed`` sheet of image pairs as a PNG.
+
+    Parameters
+    ----------
+    path : str
+        Destination PNG (written atomically).
+    inputs : ndarray, shape (n, H, W)
+    outputs : ndarray, shape (n, h, w)
+    titles : pair of str
+    columns : int
+        Pairs per row.
+
+    Returns
+    -------
+    bool
+        False when matplotlib is not installed (nothing is written).
+    """
+    plt = _pyplot()
+    if plt is None:
+        return False
+    n = len(inputs)
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 1.1, rows * 1.2), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, columns)
+        for j, img in enumerate((inputs[i], outputs[i])):
+            ax = axes[r, 2 * c + j]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(titles[j], fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True

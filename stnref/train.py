@@ -1,0 +1,369 @@
+"""Training and evaluation of the paper's networks (§4.1), with exact resume.
+
+:func:`train` runs seeded mini-batch training and writes, in ``RUN_DIR``:
+
+- ``checkpoint.npz`` -- model, optimiser and progress, written atomically every
+  ``checkpoint_every`` steps and at the end of each epoch;
+- ``metrics.json`` -- ``{"config": {...}, "epochs": [{"epoch", "train_loss",
+  "train_error", "test_error", "seconds", "samples_per_s"}, ...]}`` (errors in %).
+
+Every random choice derives from ``config.seed``: the model's initialisation,
+the data, and the order of epoch ``e`` (a generator seeded with ``(seed, e)``),
+so a run resumed from any checkpoint ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import _checks
+from ._io import atomic_write_bytes
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import DISTORTIONS, load_dataset
+from .nn import SGD, Adam, clip_grad_norm, cross_entropy
+from .transformer import MODEL_NAMES, SpatialTransformer, build_model, localisation_prefixes
+from .transforms import TRANSFORMS
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.json"
+RUN_FORMAT = 1           # version of the checkpoint layout
+EVAL_BATCH = 500         # test-set forward passes, samples per batch
+PROGRESS_SECONDS = 10.0  # period of plain progress lines when not on a terminal
+OPTIMIZERS = ("sgd", "adam")
+ON_NONFINITE = ("stop", "skip")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (non-finite loss or theta); the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in its checkpoint and metrics).
+
+    Attributes
+    ----------
+    model : {"fcn", "cnn", "st-fcn", "st-cnn"}
+    transform : str
+        A registry name (``stnref.transforms.TRANSFORMS``); used by ST models.
+    distortion : {"none", "r", "rts", "p", "e", "tc"}
+    data : str or None
+        Directory with MNIST-format IDX files; None uses the built-in digits.
+    epochs : int
+        Total number of epochs (also when resuming).
+    batch_size : int
+    lr : float
+        Base learning rate.
+    loc_lr_scale : float
+        Learning-rate multiplier of the localisation networks.
+    momentum : float
+        SGD momentum (ignored by Adam).
+    optimizer : {"sgd", "adam"}
+    train_size, test_size : int or None
+        Use the first this many samples of each split (None: all).
+    seed : int
+    clip_norm : float or None
+        Gradient-norm clipping threshold.
+    checkpoint_every : int
+        Steps between mid-epoch checkpoints.
+    on_nonfinite : {"stop", "skip"}
+        A non-finite loss or theta stops training, or skips that step.
+    """
+
+    model: str = "st-fcn"
+    transform: str = "affine"
+    distortion: str = "rts"
+    data: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.01
+    loc_lr_scale: float = 0.1
+    momentum: float = 0.9
+    optimizer: str = "sgd"
+    train_size: int | None = 20_000
+    test_size: int | None = 5_000
+    seed: int = 0
+    clip_norm: float | None = 10.0
+    checkpoint_every: int = 500
+    on_nonfinite: str = "stop"
+
+    def validated(self):
+        """Return ``self`` after checking every field (ValueError/TypeError naming it)."""
+        fn = "TrainConfig"
+        _checks.check_choice(self.model, "model", fn, MODEL_NAMES)
+        _checks.check_choice(self.transform, "transform", fn, TRANSFORMS)
+        _checks.check_choice(self.distortion, "distortion", fn, DISTORTIONS)
+        _checks.check_choice(self.optimizer, "optimizer", fn, OPTIMIZERS)
+        _checks.check_choice(self.on_nonfinite, "on_nonfinite", fn, ON_NONFINITE)
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            _checks.check_int(getattr(self, name), name, fn, minimum=1)
+        _checks.check_int(self.seed, "seed", fn, minimum=0)
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                _checks.check_int(getattr(self, name), name, fn, minimum=1)
+        for name in ("lr", "loc_lr_scale", "momentum") + (("clip_norm",) if self.clip_norm is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{fn}: expected {name} to be a finite number >= 0, got {value!r}")
+        if self.lr == 0:
+            raise ValueError(f"{fn}: expected lr > 0, got {self.lr!r}")
+        if self.data is not None and not os.path.isdir(self.data):
+            raise ValueError(f"{fn}: data directory {self.data!r} does not exist")
+        return self
+
+
+def input_size(distortion):
+    """Side of the square images of a distortion (28, 42 for ``rts``, 60 for ``tc``)."""
+    return {"rts": 42, "tc": 60}.get(distortion, 28)
+
+
+def make_model(config):
+    """The network of ``config``, initialised from its seed, in float32."""
+    model = build_model(config.model, config.transform, input_size(config.distortion),
+                        rng=np.random.default_rng([config.seed, 0]), dtype=np.float32)
+    for st in transformers(model):
+        st.input_grad = False  # the transformer sits on data: no gradient to the images
+    return model
+
+
+def transformers(model):
+    """Every SpatialTransformer inside ``model``, depth first."""
+    found = []
+
+    def walk(m):
+        if isinstance(m, SpatialTransformer):
+            found.append(m)
+        for _, child in m.children():
+            walk(child)
+
+    walk(model)
+    return found
+
+
+def make_optimizer(config, model):
+    scales = {p: config.loc_lr_scale for p in localisation_prefixes(model)}
+    if config.optimizer == "adam":
+        return Adam(model, lr=config.lr, lr_scale=scales)
+    return SGD(model, lr=config.lr, momentum=config.momentum, lr_scale=scales)
+
+
+def evaluate(model, x, y, batch_size=EVAL_BATCH):
+    """Test error in % and mean loss of ``model`` (eval mode) on ``(x, y)``."""
+    model.eval()
+    wrong, loss_sum = 0, 0.0
+    for start in range(0, len(x), batch_size):
+        logits = model.forward(x[start:start + batch_size])
+        labels = y[start:start + batch_size]
+        loss, _ = cross_entropy(logits, labels)
+        loss_sum += float(loss) * len(labels)
+        wrong += int((logits.argmax(axis=1) != labels).sum())
+    model.train()
+    return 100.0 * wrong / len(x), loss_sum / len(x)
+
+
+def epoch_order(seed, epoch, n):
+    """The permutation of ``n`` training samples used in ``epoch`` (depends only on both)."""
+    return np.random.default_rng([seed, 1, epoch]).permutation(n)
+
+
+class Progress:
+    """A live status line on a terminal, plain periodic lines otherwise."""
+
+    def __init__(self, stream=None, period=PROGRESS_SECONDS):
+        self.stream = stream if stream is not None else sys.stderr
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.period = period
+        self._last = -math.inf
+        self._width = 0
+
+    def update(self, text, force=False):
+        now = time.monotonic()
+        if self.live:
+            self.stream.write("\r" + text.ljust(self._width))
+            self._width = len(text)
+            self.stream.flush()
+        elif force or now - self._last >= self.period:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self._last = now
+
+    def done(self, text):
+        if self.live:
+            self.stream.write("\r" + text.ljust(self._width) + "\n")
+            self._width = 0
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _save(run_dir, model, optimizer, config, state, metrics):
+    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
+    arrays.update({f"optim.{k}": v for k, v in optimizer.state_dict().items()})
+    metadata = {"format": RUN_FORMAT, "config": dataclasses.asdict(config), "state": state,
+                "metrics": metrics}
+    save_checkpoint(os.path.join(run_dir, CHECKPOINT), arrays, metadata)
+
+
+def _write_metrics(run_dir, config, metrics):
+    text = json.dumps({"config": dataclasses.asdict(config), "epochs": metrics}, indent=2) + "\n"
+    atomic_write_bytes(os.path.join(run_dir, METRICS), text.encode())
+
+
+def load_run(run_dir):
+    """``(config, model, optimizer, state, metrics)`` from ``RUN_DIR/checkpoint.npz``."""
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        raise ValueError(f"load_run(): no checkpoint in {run_dir!r} (expected {path})")
+    arrays, metadata = load_checkpoint(path)
+    if metadata.get("format") != RUN_FORMAT:
+        raise ValueError(f"load_run(): {path} has format {metadata.get('format')!r}, expected {RUN_FORMAT}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = metadata.get("config", {})
+    if set(saved) != fields:
+        raise ValueError(f"load_run(): {path} has config keys {sorted(saved)}, expected {sorted(fields)}")
+    config = TrainConfig(**saved)
+    model = make_model(config)
+    model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
+    optimizer = make_optimizer(config, model)
+    optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
+    return config, model, optimizer, metadata["state"], metadata["metrics"]
+
+
+def _forward(model, x, y, epoch, step):
+    """``(logits, loss, dlogits, problem)``; ``problem`` names the batch if anything is non-finite."""
+    where = f"epoch {epoch}, batch {step}"
+    try:
+        logits = model.forward(x)
+    except ValueError as err:  # e.g. a grid generator refusing a non-finite theta
+        return None, math.nan, None, f"forward failed at {where}: {err}"
+    for st in transformers(model):
+        if not np.isfinite(st.last_theta).all():
+            return logits, math.nan, None, f"non-finite theta at {where}"
+    if not np.isfinite(logits).all():
+        return logits, math.nan, None, f"non-finite logits at {where}"
+    loss, dlogits = cross_entropy(logits, y)
+    loss = float(loss)
+    if not math.isfinite(loss):
+        return logits, loss, None, f"non-finite loss {loss} at {where}"
+    return logits, loss, dlogits, None
+
+
+def _grad_norm(model, clip_norm):
+    """Total gradient norm (clipping to ``clip_norm`` when given)."""
+    if clip_norm is not None:
+        return float(clip_grad_norm(model, clip_norm))
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in model.grads.values()))
+
+
+def train(config, run_dir, resume=False, progress=None, data=None):
+    """Train ``config`` into ``run_dir`` (or continue it with ``resume``).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Ignored when resuming, except ``epochs`` (the new total).
+    run_dir : str
+        Output directory (created if missing).
+    resume : bool
+        Continue from ``run_dir/checkpoint.npz``.
+    progress : Progress, optional
+        Where to report progress (default: stderr).
+    data : tuple, optional
+        ``(x_train, y_train, x_test, y_test)`` to use instead of loading them
+        (callers that train several models on one dataset).
+
+    Returns
+    -------
+    dict
+        The metrics, as written to ``metrics.json``.
+
+    Raises
+    ------
+    TrainingError
+        A non-finite loss or theta with ``on_nonfinite="stop"``.
+    """
+    progress = progress or Progress()
+    os.makedirs(run_dir, exist_ok=True)
+    if resume:
+        epochs = config.epochs
+        config, model, optimizer, state, metrics = load_run(run_dir)
+        config.epochs = epochs
+    else:
+        config.validated()
+        model = make_model(config)
+        optimizer = make_optimizer(config, model)
+        state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "wrong": 0, "seconds": 0.0, "skipped": []}
+        metrics = []
+    config.validated()
+    if data is None:
+        data = load_dataset(config.distortion, config.data, config.train_size, config.test_size,
+                            config.seed)
+    x_train, y_train, x_test, y_test = data
+    n = len(x_train)
+    steps = math.ceil(n / config.batch_size)
+    model.train()
+
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"] + 1
+        order = epoch_order(config.seed, epoch, n)
+        t0 = time.perf_counter() - state["seconds"]
+        seen = state["step"] * config.batch_size
+        for step in range(state["step"], steps):
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x, y = x_train[idx], y_train[idx]
+            logits, loss, dlogits, problem = _forward(model, x, y, epoch, step + 1)
+            if problem is None:
+                model.backward(dlogits)
+                norm = _grad_norm(model, config.clip_norm)
+                if not math.isfinite(norm):
+                    problem = f"non-finite gradient at epoch {epoch}, batch {step + 1}"
+            if problem is None:
+                optimizer.step()
+                state["loss_sum"] += loss * len(idx)
+                state["wrong"] += int((logits.argmax(axis=1) != y).sum())
+            elif config.on_nonfinite == "skip":
+                state["skipped"].append([epoch, step + 1])
+            else:
+                progress.done(f"stopped: {problem}")
+                raise TrainingError(f"{problem}; the last good checkpoint in {run_dir} is kept "
+                                    f"(use on_nonfinite='skip' to skip such steps)")
+            seen += len(idx)
+            state["step"] = step + 1
+            elapsed = time.perf_counter() - t0
+            rate = seen / elapsed if elapsed > 0 else 0.0
+            eta = (n - seen) / rate if rate > 0 else 0.0
+            progress.update(
+                f"epoch {epoch}/{config.epochs} step {step + 1}/{steps} "
+                f"loss {state['loss_sum'] / max(seen, 1):.4f} "
+                f"err {100.0 * state['wrong'] / max(seen, 1):5.2f}% "
+                f"{rate:7.0f} samples/s ETA {eta:5.0f}s")
+            if state["step"] % config.checkpoint_every == 0 and state["step"] < steps:
+                state["seconds"] = time.perf_counter() - t0
+                _save(run_dir, model, optimizer, config, state, metrics)
+        seconds = time.perf_counter() - t0
+        test_error, _ = evaluate(model, x_test, y_test)
+        metrics.append({
+            "epoch": epoch,
+            "train_loss": state["loss_sum"] / n,
+            "train_error": 100.0 * state["wrong"] / n,
+            "test_error": test_error,
+            "seconds": seconds,
+            "samples_per_s": n / seconds if seconds > 0 else 0.0,
+        })
+        progress.done(
+            f"epoch {epoch}/{config.epochs}: train loss {metrics[-1]['train_loss']:.4f}, "
+            f"train error {metrics[-1]['train_error']:.2f}%, test error {test_error:.2f}%, "
+            f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)")
+        state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, seconds=0.0)
+        _save(run_dir, model, optimizer, config, state, metrics)
+        _write_metrics(run_dir, config, metrics)
+    if not metrics:
+        _write_metrics(run_dir, config, metrics)
+    return {"config": dataclasses.asdict(config), "epochs": metrics}
