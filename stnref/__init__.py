@@ -1,28 +1,54 @@
 """stnref: Spatial Transformer Networks (Jaderberg et al., 2015) in vectorised NumPy.
 
 Every forward has a hand-derived backward; semantics follow PyTorch's
-``affine_grid`` / ``grid_sample`` exactly.
+``affine_grid`` / ``grid_sample`` exactly.  Map of the paper:
+
+- §3.1 localisation networks: :mod:`stnref.localisation`
+- §3.2 grid generators: :func:`affine_grid`, :func:`attention_grid`,
+  :func:`projective_grid`, :func:`tps_grid` (registry: :data:`TRANSFORMS`)
+- §3.3 sampler: :func:`grid_sample`, :func:`grid_sample_backward`
+- §3.4 the layer and the paper's networks: :mod:`stnref.transformer`
+- §4.1 data and training: :mod:`stnref.data`, :mod:`stnref.train`, the ``stnref`` CLI
 """
 
 from ._checks import set_max_elements
 from .gradcheck import gradcheck
 from .grids import (
+    PROJECTIVE_FAR,
     affine_grid,
     affine_grid_backward,
     attention_grid,
     attention_grid_backward,
+    projective_grid,
+    projective_grid_backward,
+    tps_control_points,
+    tps_grid,
+    tps_grid_backward,
+    tps_matrix,
 )
 from .sampling import grid_sample, grid_sample_backward
+from .transforms import TRANSFORMS, Transform, get_transform, tps_transform
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PROJECTIVE_FAR",
+    "TRANSFORMS",
+    "Transform",
     "affine_grid",
     "affine_grid_backward",
     "attention_grid",
     "attention_grid_backward",
+    "get_transform",
+    "gradcheck",
     "grid_sample",
     "grid_sample_backward",
-    "gradcheck",
+    "projective_grid",
+    "projective_grid_backward",
     "set_max_elements",
+    "tps_control_points",
+    "tps_grid",
+    "tps_grid_backward",
+    "tps_matrix",
+    "tps_transform",
 ]
