@@ -475,3 +475,17 @@ def test_conv2d_functions_without_bias():
     y = conv2d(x, w, stride=2, padding=1)
     dx, dw, db = conv2d_backward(np.ones_like(y), x, w, stride=2, padding=1, bias=False)
     assert db is None and dx.shape == x.shape and dw.shape == w.shape
+
+
+def test_register_parameter_copies_and_reassignment_registers():
+    source = np.ones(3)
+    m = Module()
+    m.register_parameter("gain", source)
+    m.gain[...] = 2.0
+    np.testing.assert_array_equal(source, 1.0)
+    m.gain = np.zeros(4)
+    assert m.params["gain"].shape == (4,) and m.grads["gain"].shape == (4,)
+    with pytest.raises(ValueError, match="without '.'"):
+        m.register_parameter("a.b", source)
+    with pytest.raises(NotImplementedError):
+        m(source)

@@ -241,3 +241,11 @@ def test_step_updates_live_arrays_in_place():
 def test_bad_arguments(make, exc):
     with pytest.raises(exc):
         make(_Net())
+
+
+def test_lr_setter_validates():
+    opt = Adam(_Net())
+    opt.lr = 0.5
+    assert opt.lr == 0.5
+    with pytest.raises(ValueError, match=r"Adam\.lr\(\)"):
+        opt.lr = -0.1

@@ -7,8 +7,8 @@ map one-to-one.  The layer protocol is described in :mod:`stnref.nn.layers`.
 """
 
 from .layers import (
-    Conv2d,
     AvgPool2d,
+    Conv2d,
     Dropout,
     Flatten,
     Linear,

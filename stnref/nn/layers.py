@@ -103,11 +103,13 @@ class Module:
 
     # -- registration -------------------------------------------------------
     def register_parameter(self, name, array):
-        """Register ``array`` (float32/float64 ndarray) as parameter ``name``.
+        """Register a copy of ``array`` (float32/float64) as parameter ``name``.
 
-        Its gradient starts at zeros of the same shape and dtype.
+        The copy is the live array that optimisers update in place (the
+        caller's array is never touched).  Its gradient starts at zeros.
+        Registering an existing name replaces that parameter.
         """
-        arr = float_array(array, name, f"{type(self).__name__}.register_parameter")
+        arr = np.array(float_array(array, name, f"{type(self).__name__}.register_parameter"))
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(
                 f"{type(self).__name__}.register_parameter(): expected a non-empty name "
@@ -132,7 +134,7 @@ class Module:
         if isinstance(value, Module):
             self.add_module(name, value)
         elif name in self.__dict__.get("_parameters", {}):
-            self._parameters[name] = float_array(value, name, f"{type(self).__name__}.__setattr__")
+            self.register_parameter(name, value)
         else:
             object.__setattr__(self, name, value)
 
@@ -233,10 +235,12 @@ class Module:
 
     # -- computation --------------------------------------------------------
     def forward(self, x):
-        raise NotImplementedError
+        """Compute the output and store what :meth:`backward` needs (last call only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, dy):
-        raise NotImplementedError
+        """Overwrite the parameter gradients and return ``d loss / d x`` for the last forward."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x):
         return self.forward(x)
@@ -386,31 +390,33 @@ def tanh_backward(dy, x):
 
 
 class _Elementwise(Module):
-    _fns = None  # (forward, backward), set by subclasses
+    """A parameter-free layer ``y = f(x)`` applied entry by entry; any shape."""
 
     def __init__(self):
         super().__init__()
         self._x = None
 
     def forward(self, x):
-        y = self._fns[0](x)
+        y = self._forward(x)
         self._x = x
         return y
 
     def backward(self, dy):
-        return self._fns[1](dy, self._saved(f"{type(self).__name__}.backward"))
+        return self._backward(dy, self._saved(f"{type(self).__name__}.backward"))
 
 
 class ReLU(_Elementwise):
     """Rectified linear unit (torch.nn.ReLU); any shape; gradient 0 at 0."""
 
-    _fns = (staticmethod(relu), staticmethod(relu_backward))
+    _forward = staticmethod(relu)
+    _backward = staticmethod(relu_backward)
 
 
 class Tanh(_Elementwise):
     """Hyperbolic tangent (torch.nn.Tanh); any shape."""
 
-    _fns = (staticmethod(tanh), staticmethod(tanh_backward))
+    _forward = staticmethod(tanh)
+    _backward = staticmethod(tanh_backward)
 
 
 # --------------------------------------------------------------------------
@@ -427,7 +433,10 @@ class Flatten(Module):
 
     def forward(self, x):
         x = float_array(x, "x", "Flatten.forward")
-        check_ndim(x, "x", "Flatten.forward", tuple(range(2, 33)), "(N, ...) with at least 2 axes")
+        if x.ndim < 2:
+            raise ValueError(
+                f"Flatten.forward(): expected x of shape (N, ...) with at least 2 axes, got shape {x.shape}"
+            )
         self._x = x
         return x.reshape(x.shape[0], -1)
 
@@ -829,7 +838,7 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None):
 
 
 class _Pool(Module):
-    _fns = None  # (forward, backward), set by subclasses
+    """A parameter-free window reduction; subclasses name the pure functions."""
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
@@ -840,13 +849,13 @@ class _Pool(Module):
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
-        y = self._fns[0](x, self.kernel_size, self.stride)
+        y = self._forward(x, self.kernel_size, self.stride)
         self._x = x
         return y
 
     def backward(self, dy):
         x = self._saved(f"{type(self).__name__}.backward")
-        return self._fns[1](dy, x, self.kernel_size, self.stride)
+        return self._backward(dy, x, self.kernel_size, self.stride)
 
 
 class MaxPool2d(_Pool):
@@ -859,7 +868,8 @@ class MaxPool2d(_Pool):
         Default ``kernel_size``.
     """
 
-    _fns = (staticmethod(max_pool2d), staticmethod(max_pool2d_backward))
+    _forward = staticmethod(max_pool2d)
+    _backward = staticmethod(max_pool2d_backward)
 
 
 class AvgPool2d(_Pool):
@@ -872,4 +882,5 @@ class AvgPool2d(_Pool):
         Default ``kernel_size``.
     """
 
-    _fns = (staticmethod(avg_pool2d), staticmethod(avg_pool2d_backward))
+    _forward = staticmethod(avg_pool2d)
+    _backward = staticmethod(avg_pool2d_backward)

@@ -16,6 +16,7 @@ the live ones.  State dicts are flat ``{str: ndarray}`` (storable in an
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -61,6 +62,15 @@ class _Optimizer:
             buf: {k: np.zeros_like(p) for k, p in params.items()} for buf in self._buffers
         }
 
+    @property
+    def lr(self):
+        """Base learning rate (settable, e.g. by a schedule); validated on assignment."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _check_real(value, "lr", f"{type(self).__name__}.lr")
+
     def scale_for(self, name):
         """Learning-rate multiplier of parameter ``name``: the longest matching prefix, else 1."""
         matches = [p for p in self.lr_scale if name.startswith(p)]
@@ -100,7 +110,7 @@ class _Optimizer:
         if step.dtype.kind not in "iu" or int(step) < 0:
             raise ValueError(f"{fn}(): expected step to be a non-negative integer, got {step!r}")
         buffers = {k: float_array(np.asarray(state[k]), k, fn) for k in expected if k not in ("step", "lr")}
-        self.lr = _check_real(float(np.asarray(state["lr"])), "lr", fn)
+        self.lr = float(np.asarray(state["lr"]))
         self.step_count = int(step)
         for buf, arrays in self._state.items():
             for k in arrays:
@@ -179,7 +189,7 @@ class Adam(_Optimizer):
         m[name] = b1 * m[name] + (1 - b1) * g
         v[name] = b2 * v[name] + (1 - b2) * g * g
         step_size = lr / (1 - b1**t)
-        denom = np.sqrt(v[name]) / np.sqrt(1 - b2**t) + self.eps
+        denom = np.sqrt(v[name]) / math.sqrt(1 - b2**t) + self.eps
         p -= step_size * (m[name] / denom)
 
 
