@@ -489,3 +489,12 @@ def test_register_parameter_copies_and_reassignment_registers():
         m.register_parameter("a.b", source)
     with pytest.raises(NotImplementedError):
         m(source)
+
+
+def test_deepcopy_is_independent():
+    import copy
+    net = Sequential(Linear(2, 2), ReLU())
+    clone = copy.deepcopy(net)
+    clone[0].weight[...] = 0.0
+    assert list(clone.params) == list(net.params)
+    assert np.abs(net[0].weight).max() > 0
