@@ -474,7 +474,8 @@ def _compare(golden, result, tol):
     with np.errstate(invalid="ignore"):
         err = np.where(both, np.abs(r - g), 0.0)
         err = np.where(both & (r == g), 0.0, err)  # equal infinities
-    rel = err / np.maximum(np.abs(g), np.finfo(np.float64).tiny)
+    # relative to |golden|, floored where the absolute tolerance dominates (no 1e300 for golden 0)
+    rel = err / np.maximum(np.abs(np.where(both, g, 0.0)), tol["atol"] / tol["rtol"])
     max_abs = float(err.max()) if err.size else 0.0
     max_rel = float(rel.max()) if rel.size else 0.0
     bad = err > tol["atol"] + tol["rtol"] * np.abs(np.where(both, g, 0.0))
@@ -503,7 +504,8 @@ def check(golden_dir, results_dir, out=sys.stdout):
         implementation under test (see ``docs/examples/reference_adapter.py``).
     out : file-like, default sys.stdout
         Where the per-case table goes: case id, PASS/FAIL, max abs error, max
-        relative error, and for a failure what failed and the rule the case pins.
+        relative error (``err / max(|golden|, atol / rtol)``), and for a failure
+        what failed, where, and the rule the case pins.
 
     Returns
     -------

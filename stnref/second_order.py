@@ -22,14 +22,11 @@ output and in every grid-shaped result at that point, no contribution to any
 
 from __future__ import annotations
 
-import functools
-import itertools
-
 import numpy as np
 import scipy.sparse
 
 from . import _checks, grids
-from .sampling import _axes, _check_inputs, _flat_coords, _padded_rows, _plan, _to_channels_first
+from .sampling import _check_inputs, _padded_rows, _plan, _to_channels_first
 
 __all__ = [
     "affine_grid_jvp",
@@ -72,34 +69,6 @@ def _unpad_rows(rows, U_shape, padded):
     ring = (padded[0] - U_shape[2]) // 2  # as _padded_rows: the ring width depends on the kernel
     inner = (slice(None),) + (slice(ring, -ring),) * len(padded) + (slice(None),)
     return np.ascontiguousarray(np.moveaxis(rows.reshape(N, *padded, C)[inner], -1, 1))
-
-
-def _hessian_weights(U_shape, grid, padded, mode, padding_mode, align_corners):
-    """``{(a, b): (M, T) d^2 W / d g_a d g_b}`` for ``a <= b`` (absent: zero), taps ordered as ``_plan``.
-
-    Product rule on the per-axis taps of ``stnref.sampling._axes``:
-    ``ddw_a prod_{c != a} w_c`` for ``a == b`` and ``dw_a dw_b prod_{c != a, b} w_c``
-    otherwise; per-axis factors may be scalars (bilinear's ``dw = -+s``), so
-    every product is broadcast to (M,).  Bilinear has no ``(a, a)`` entries.
-    """
-    coords, _ = _flat_coords(grid)
-    M = coords.shape[0]
-    axes, _ = _axes(coords, 0, M, U_shape, grid.shape, padded, mode, padding_mode,
-                    align_corners, order=2)
-    k = len(axes)
-    out = {}
-    for a in range(k):
-        for b in range(a, k):
-            if a == b and axes[a].ddw is None:
-                continue
-            factors = [ax.w for ax in axes]
-            factors[a] = axes[a].ddw if a == b else axes[a].dw
-            if a != b:
-                factors[b] = axes[b].dw
-            cols = [np.broadcast_to(functools.reduce(np.multiply, f), (M,))
-                    for f in itertools.product(*factors)]
-            out[a, b] = np.stack(cols, axis=1)
-    return out
 
 
 def _contract(weights, taps):
@@ -259,7 +228,7 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
 
     N, C = U.shape[:2]
     k = U.ndim - 2
-    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=1)
+    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=2)
     M, T = plan.rows.shape
     n_rows = N * int(np.prod(plan.padded))
     dV_rows = np.moveaxis(dV, 1, -1).reshape(M, C)
@@ -283,9 +252,7 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
             g_dV_rows += _contract(Wg, taps_U)
             g_U_rows = _scatter_rows(Wg, plan.rows, dV_rows, n_rows)
             G = np.einsum("mc,mtc->mt", dV_rows, taps_U)                      # (M, T)
-            ddweights = _hessian_weights(U.shape, grid, plan.padded, mode, padding_mode,
-                                         align_corners)
-            for (a, b), ddW in ddweights.items():
+            for (a, b), ddW in plan.ddweights.items():
                 q = np.einsum("mt,mt->m", ddW, G)                             # d^2 <dV, V> / dg_a dg_b
                 g_grid[:, b] += gg[:, a] * q
                 if a != b:

@@ -2,9 +2,9 @@
 
 Usage::
 
-    python -m stnref.cli reference export GOLDEN        # or: stnref.reference.export("GOLDEN")
+    stnref reference export GOLDEN         # or: python -m stnref reference export GOLDEN
     python docs/examples/reference_adapter.py GOLDEN RESULTS [--backend torch|stnref]
-    python -m stnref.cli reference check GOLDEN RESULTS  # or: stnref.reference.check(...)
+    stnref reference check GOLDEN RESULTS  # exit status 0 only if every case passes
 
 For every case in ``GOLDEN/manifest.json`` this reads the golden file's input and
 cotangent arrays (the manifest says which are which), runs *your* implementation,
