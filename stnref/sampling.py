@@ -220,20 +220,22 @@ def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
 # --------------------------------------------------------------------------- taps
 
 class _Axis(NamedTuple):
-    """Taps of one spatial axis for a set of points; each list holds one (M,) array per tap."""
+    """Taps of one spatial axis for a chunk of points, as row offsets into the padded image."""
 
-    idx: list    # int64 index into the zero-ringed axis
-    w: list      # weights
-    dw: list     # d w / d g (normalised coordinate), or None
-    ddw: list    # d^2 w / d g^2, or None (zero)
+    first: np.ndarray   # (m,) int64 offset of the first tap; the others follow at +stride
+    idx: list           # per tap (m,) int64 offsets when taps are padded one by one, else None
+    w: list             # per tap weights (m,)
+    dw: list            # per tap d w / d g (array or scalar), or None
+    ddw: list           # per tap d^2 w / d g^2, or None (zero)
 
 
-def _axis(coord, size, kernel, padding, align_corners, order):
+def _axis(coord, size, stride, kernel, padding, align_corners, order):
     """Unnormalise, pad and expand one coordinate into kernel taps (steps 1-3 above).
 
     Derivatives with respect to the normalised coordinate ``g`` follow the
     chain rule ``d/dg = s * multiplier * d/di`` through the unnormalisation
     scale ``s`` and the padding multiplier (0 on clip borders, -1 per fold).
+    Offsets exclude the zero ring, which the caller adds once per point.
     """
     i, s = _unnormalize(coord, size, align_corners)
     mult = None
@@ -244,16 +246,20 @@ def _axis(coord, size, kernel, padding, align_corners, order):
         # but keeps indices in the ring (and 1e30 from overflowing int64).
         i = np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0])
     taps = kernel.taps(i)
+    first, idx = None, None
     if kernel.pads_coordinate or padding.zero_outside:
-        first = taps.base.astype(np.int64) + kernel.ring
-        idx = [first + o if o else first for o in taps.offsets]
+        first = taps.base.astype(np.int64)
+        if taps.offsets[0]:
+            first += taps.offsets[0]
+        if stride != 1:
+            first *= stride
     else:  # border / reflection bicubic: each integer tap is padded on its own
         idx = [padding.coord(taps.base + i.dtype.type(o), size, align_corners)[0].astype(np.int64)
-               + kernel.ring for o in taps.offsets]
+               * stride for o in taps.offsets]
     scale = s if mult is None else s * mult
     dw = [d * scale for d in taps.dw] if order >= 1 and taps.dw is not None else None
     ddw = [d * (scale * scale) for d in taps.ddw] if order >= 2 and taps.ddw is not None else None
-    return _Axis(idx, taps.w, dw, ddw)
+    return _Axis(first, idx, taps.w, dw, ddw)
 
 
 def _flat_coords(grid):
@@ -271,35 +277,96 @@ def _padded_shape(U_shape, mode):
     return tuple(n + 2 * ring for n in U_shape[2:])
 
 
-def _axes(coords, start, stop, U_shape, grid_shape, padded, mode, padding_mode, align_corners,
-          order):
-    """Per-axis taps of points ``start:stop`` and the padded row of their image's origin."""
+def _strides(padded):
+    """Row strides of the x, y[, z] axes of a padded image, then the image's size."""
+    return tuple(int(v) for v in np.cumprod((1,) + padded[::-1]))
+
+
+def _origins(grid_shape, padded, mode):
+    """(M,) row of each grid point's image origin, shifted by the zero ring."""
+    strides = _strides(padded)
+    k = len(padded)
+    ring = _KERNELS[mode].ring
+    shift = ring * sum(strides[:k])
+    P = int(np.prod(grid_shape[1:-1]))
+    return np.repeat(np.arange(grid_shape[0], dtype=np.int64) * strides[k] + shift, P)
+
+
+class _Chunk(NamedTuple):
+    axes: list          # one _Axis per spatial axis (x, y[, z])
+    base: np.ndarray    # (m,) row of the first tap (contiguous taps), or None
+    origin: np.ndarray  # (m,) ring-shifted image origin (for explicit taps)
+    offsets: list       # per tap combination: row offset from base, or the explicit rows
+
+
+def _chunk(coords, origins, start, stop, U_shape, padded, mode, padding_mode, align_corners,
+           order):
+    """Taps of points ``start:stop`` along every axis, and the rows of their tap product."""
     k = coords.shape[1]
     kernel, padding = _KERNELS[mode], _PADDINGS[padding_mode]
-    strides = np.cumprod((1,) + padded[::-1])  # x, y, z strides, then the image size
-    P = int(np.prod(grid_shape[1:-1]))
-    origin = (np.arange(start, stop, dtype=np.int64) // P) * strides[k]
-    axes = []
-    for a in range(k):
-        ax = _axis(coords[start:stop, a], U_shape[-1 - a], kernel, padding, align_corners, order)
-        axes.append(ax._replace(idx=[i * strides[a] for i in ax.idx]))
-    return axes, origin
+    strides = _strides(padded)
+    origin = origins[start:stop]
+    axes = [_axis(coords[start:stop, a], U_shape[-1 - a], strides[a], kernel, padding,
+                  align_corners, order) for a in range(k)]
+    combos = _combos(axes)
+    if axes[0].idx is None:
+        base = origin + functools.reduce(np.add, (ax.first for ax in axes))
+        offsets = [sum(c[a] * strides[a] for a in range(k)) for c in combos]
+        return _Chunk(axes, base, origin, offsets)
+    rows = [origin + functools.reduce(np.add, (axes[a].idx[c[a]] for a in range(k))) for c in combos]
+    return _Chunk(axes, None, origin, rows)
 
 
-def _taps(axes, origin, order):
-    """Yield ``(rows, W, [dW/dg_a])`` for every tap of the tensor product of the axes."""
+def _combos(axes):
+    """Tap combinations ``(o_x, o_y[, o_z])`` with x fastest, the last axis slowest."""
+    return [c[::-1] for c in itertools.product(*(range(len(ax.w)) for ax in reversed(axes)))]
+
+
+def _gather(U_planes, chunk):
+    """Tap values ``(..., m)`` of every tap combination, in :func:`_combos` order."""
+    if chunk.base is not None:
+        return [np.take(U_planes[..., off:], chunk.base, axis=-1) for off in chunk.offsets]
+    return [np.take(U_planes, rows, axis=-1) for rows in chunk.offsets]
+
+
+def _contract(axes, vals, order):
+    """Sum the tap values over the kernel, one axis at a time (separable).
+
+    Returns ``[V, dV/dg_0, ..., dV/dg_{k-1}]`` (only ``[V]`` for order 0 or a
+    flat kernel), each ``(..., m)``: innermost the x taps, outermost the last axis,
+    ``V = sum_j w_j sum_i w_i v_ij`` and ``dV/dg_a`` with ``dw`` in place of axis a's ``w``.
+    """
     k = len(axes)
-    for combo in itertools.product(*(range(len(ax.w)) for ax in axes)):
-        rows = origin
-        for a in range(k):
-            rows = rows + axes[a].idx[combo[a]]
-        w = [axes[a].w[combo[a]] for a in range(k)]
-        W = functools.reduce(np.multiply, w)
-        dW = None
-        if order >= 1 and axes[0].dw is not None:
-            dW = [functools.reduce(np.multiply, w[:a] + [axes[a].dw[combo[a]]] + w[a + 1:])
-                  for a in range(k)]
-        yield rows, W, dW
+    derive = order >= 1 and axes[0].dw is not None
+    level = [[v] for v in vals]  # per tap combination: [value, derivatives so far]
+    for a in range(k):
+        ax = axes[a]
+        n = len(ax.w)
+        nxt = []
+        for group in range(len(level) // n):
+            acc = None
+            for o in range(n):
+                inner = level[group * n + o]
+                terms = [ax.w[o] * x for x in inner]
+                if derive:
+                    terms.append(ax.dw[o] * inner[0])
+                acc = terms if acc is None else [p + q for p, q in zip(acc, terms)]
+            nxt.append(acc)
+        level = nxt
+    return level[0]
+
+
+def _planes(U, padded):
+    """Copy ``U`` (N, C, *spatial) into a zero ring, channel-major: (C, N * prod(padded)).
+
+    For C = 1 the result is 1-D, so tap values and weights are both (m,).
+    """
+    N, C = U.shape[:2]
+    k = U.ndim - 2
+    ring = (padded[0] - U.shape[2]) // 2
+    out = np.zeros((C, N, *padded), dtype=U.dtype)
+    out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = np.moveaxis(U, 1, 0)
+    return out.reshape(C, -1)[0] if C == 1 else out.reshape(C, -1)
 
 
 def _padded_rows(U, padded):
@@ -342,31 +409,39 @@ def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     padded = _padded_shape(U_shape, mode)
-    axes, origin = _axes(coords, 0, M, U_shape, grid.shape, padded, mode, padding_mode,
-                         align_corners, order)
-    taps = list(_taps(axes, origin, order))
-    rows = np.stack([t[0] for t in taps], axis=1)
-    weights = np.stack([t[1] for t in taps], axis=1)
+    chunk = _chunk(coords, _origins(grid.shape, padded, mode), 0, M, U_shape, padded, mode,
+                   padding_mode, align_corners, order)
+    axes = chunk.axes
+    combos = _combos(axes)
+    if chunk.base is not None:
+        rows = np.stack([chunk.base + off for off in chunk.offsets], axis=1)
+    else:
+        rows = np.stack(chunk.offsets, axis=1)
+
+    def product(factor):  # factor(a, o) -> per-axis factor; stacked over tap combinations
+        return np.stack([np.broadcast_to(functools.reduce(np.multiply, [factor(a, c[a]) for a in range(k)]), (M,))
+                         for c in combos], axis=1)
+
+    weights = product(lambda a, o: axes[a].w[o])
     dweights = ddweights = None
-    if order >= 1 and taps[0][2] is not None:
-        dweights = [np.stack([t[2][a] for t in taps], axis=1) for a in range(k)]
+    if order >= 1 and axes[0].dw is not None:
+        # d W / d g_a = dw_a * prod_{b != a} w_b
+        dweights = [product(lambda b, o, a=a: axes[b].dw[o] if b == a else axes[b].w[o])
+                    for a in range(k)]
     if order >= 2 and axes[0].dw is not None:
         # d^2 W / d g_a d g_b: ddw_a prod w (a == b), dw_a dw_b prod w (a != b); bilinear has ddw = 0
         ddweights = {}
-        combos = list(itertools.product(*(range(len(ax.w)) for ax in axes)))
         for a in range(k):
             for b in range(a, k):
                 if a == b and axes[a].ddw is None:
                     continue
-                cols = []
-                for combo in combos:
-                    f = [axes[c].w[combo[c]] for c in range(k)]
-                    if a == b:
-                        f[a] = axes[a].ddw[combo[a]]
-                    else:
-                        f[a], f[b] = axes[a].dw[combo[a]], axes[b].dw[combo[b]]
-                    cols.append(functools.reduce(np.multiply, f))
-                ddweights[a, b] = np.stack(cols, axis=1)
+
+                def factor(c, o, a=a, b=b):
+                    if c == a == b:
+                        return axes[c].ddw[o]
+                    return axes[c].dw[o] if c in (a, b) else axes[c].w[o]
+
+                ddweights[a, b] = product(factor)
     if bad is not None:
         weights = np.where(bad[:, None], 0, weights)
     return _Plan(rows, weights, dweights, ddweights, bad, padded)
@@ -424,22 +499,19 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
     N, C = U.shape[:2]
     padded = _padded_shape(U.shape, mode)
-    U_rows = _padded_rows(U, padded)
-    if C == 1:
-        U_rows = U_rows.reshape(-1)
+    planes = _planes(U, padded)                           # (C, R) or (R,) for C = 1
     coords, bad = _flat_coords(grid)
+    origins = _origins(grid.shape, padded, mode)
     M = coords.shape[0]
-    V_rows = np.zeros((M, C) if C > 1 else M, dtype=U.dtype)
+    V = np.empty(planes.shape[:-1] + (M,), dtype=U.dtype)  # (C, M) or (M,)
     for start, stop in _chunks(M):
-        axes, origin = _axes(coords, start, stop, U.shape, grid.shape, padded, mode,
-                             padding_mode, align_corners, order=0)
-        out = V_rows[start:stop]
-        for rows, W, _ in _taps(axes, origin, order=0):
-            vals = np.take(U_rows, rows, axis=0)                  # (m[, C])
-            out += vals * (W if C == 1 else W[:, None])
+        chunk = _chunk(coords, origins, start, stop, U.shape, padded, mode, padding_mode,
+                       align_corners, order=0)
+        V[..., start:stop] = _contract(chunk.axes, _gather(planes, chunk), order=0)[0]
     if bad is not None:
-        V_rows[bad] = np.nan
-    return _to_channels_first(V_rows.reshape(M, C), N, grid.shape[1:-1])
+        V[..., bad] = np.nan
+    V = V.reshape(C, N, *grid.shape[1:-1])
+    return np.ascontiguousarray(np.moveaxis(V, 0, 1))
 
 
 # Backward of V[m, c] = sum_t W[m, t] U_rows[rows[m, t], c]   (eqs. 6-7; docs/derivations/sampling.md)
@@ -486,44 +558,57 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     N, C = U.shape[:2]
     k = U.ndim - 2
     padded = _padded_shape(U.shape, mode)
-    U_rows = _padded_rows(U, padded)
+    planes = _planes(U, padded)
     coords, bad = _flat_coords(grid)
+    origins = _origins(grid.shape, padded, mode)
     M = coords.shape[0]
-    dV_rows = np.moveaxis(dV, 1, -1).reshape(M, C)
+    g = np.moveaxis(dV, 1, 0).reshape(C, M)                # (C, M)
     if bad is not None:
-        dV_rows = np.where(bad[:, None], 0, dV_rows)
+        g = np.where(bad, 0, g)
     if C == 1:
-        U_rows, dV_rows = U_rows.reshape(-1), dV_rows.reshape(-1)
+        g = g[0]
     smooth = _KERNELS[mode].taps is not _nearest
     T = len(_KERNELS[mode].offsets) ** k
-    dgrid = np.zeros((M, k), dtype=grid.dtype)
+    dgrid = np.zeros((k, M), dtype=grid.dtype)
     if need_dU:
         S_rows = np.empty((M, T), dtype=np.int64)
         S_data = np.empty((M, T), dtype=U.dtype)
     for start, stop in _chunks(M):
-        axes, origin = _axes(coords, start, stop, U.shape, grid.shape, padded, mode,
-                             padding_mode, align_corners, order=1)
-        g = dV_rows[start:stop]
-        for t, (rows, W, dW) in enumerate(_taps(axes, origin, order=1)):
-            if need_dU:
-                S_rows[start:stop, t] = rows
-                S_data[start:stop, t] = W
-            if smooth:
-                vals = np.take(U_rows, rows, axis=0)
-                G = vals * g if C == 1 else np.einsum("mc,mc->m", vals, g)
-                for a in range(k):
-                    dgrid[start:stop, a] += dW[a] * G
+        chunk = _chunk(coords, origins, start, stop, U.shape, padded, mode, padding_mode,
+                       align_corners, order=1)
+        if need_dU:
+            rows = (chunk.offsets if chunk.base is None
+                    else [chunk.base + off for off in chunk.offsets])
+            S_rows[start:stop] = np.stack(rows, axis=1)
+            S_data[start:stop] = _tap_weights(chunk.axes)
+        if smooth:
+            derivs = _contract(chunk.axes, _gather(planes, chunk), order=1)[1:]
+            gc = g[..., start:stop]
+            for a in range(k):
+                prod = derivs[a] * gc
+                dgrid[a, start:stop] = prod if C == 1 else prod.sum(axis=0)
 
     dU = None
     if need_dU:
         S = scipy.sparse.csr_matrix(
             (S_data.reshape(-1), S_rows.reshape(-1), np.arange(0, M * T + 1, T)),
-            shape=(M, U_rows.shape[0]),
+            shape=(M, planes.shape[-1]),
         )
-        dU_rows = np.asarray(S.T @ dV_rows, dtype=U.dtype).reshape(N, *padded, C)
+        dU_rows = np.asarray(S.T @ (g if C == 1 else g.T), dtype=U.dtype)  # (R,) or (R, C)
+        dU_rows = dU_rows.reshape(N, *padded, C)
         ring = _KERNELS[mode].ring
         inner = (slice(None),) + (slice(ring, -ring),) * k
         dU = np.ascontiguousarray(np.moveaxis(dU_rows[inner], -1, 1))
+    dgrid = dgrid.T
     if bad is not None:
         dgrid[bad] = np.nan
-    return dU, dgrid.reshape(grid.shape)
+    return dU, np.ascontiguousarray(dgrid).reshape(grid.shape)
+
+
+def _tap_weights(axes):
+    """(m, T) products of the per-axis weights, in :func:`_combos` order (x fastest)."""
+    W = None
+    for ax in reversed(axes):  # last axis outermost
+        w = np.stack(ax.w, axis=1)                         # (m, T_a)
+        W = w if W is None else (W[:, :, None] * w[:, None, :]).reshape(len(w), -1)
+    return W
