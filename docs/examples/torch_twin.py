@@ -1,0 +1,215 @@
+"""PyTorch twins of stnref's ST-CNN and ST-FCN: same layers, same parameter names, same numbers.
+
+Usage::
+
+    python docs/examples/torch_twin.py
+
+builds ``stnref.transformer.build_model("st-cnn" / "st-fcn", "affine")`` for the
+input sizes 28, 42 and 60, moves the localisation network's regression layer off
+its identity initialisation (so the warp depends on the input), writes the same
+architecture in plain PyTorch (written out from the paper's description below, not
+converted from stnref's objects), loads stnref's ``state_dict`` into it with
+``strict=True`` -- so every parameter name and shape must agree -- and prints the
+largest differences of the logits, the cross-entropy loss and every parameter
+gradient (float64; expect ~1e-15).
+
+The architecture (paper §4.1 appendix, see ``stnref.transformer.build_model``)::
+
+    ST-CNN  0: transformer, loc = avg-pool 2 -> conv 20 5x5 -> ReLU -> max-pool 2
+                                  -> conv 20 5x5 -> ReLU -> flatten -> FC 20 -> ReLU -> FC 6
+           [1: avg-pool 2 if input >= 42]
+            conv c 9x9 pad 4 -> ReLU -> max-pool 2 -> conv 2c 7x7 pad 3 -> ReLU -> max-pool 2
+            -> flatten -> FC n_classes
+    ST-FCN  0: transformer, loc = [avg-pool 2 if input >= 42] -> flatten -> FC 32 -> ReLU
+                                  -> FC 32 -> ReLU -> FC 6
+           [1: avg-pool 2 if input >= 42]
+            flatten -> FC h -> ReLU -> FC h -> ReLU -> FC n_classes
+
+The widths ``c`` and ``h`` that stnref solved for the parameter budget are read
+from the state dict's shapes.  Requires torch (for this example only; stnref itself
+needs numpy and scipy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stnref.nn.losses import cross_entropy
+from stnref.transformer import build_model
+
+DTYPE = torch.float64
+POOL_INPUT_FROM = 42          # inputs this large are 2x average-pooled before the classifier
+LOC_FILTERS, LOC_KERNEL, LOC_HIDDEN, LOC_FC = 20, 5, 20, 32
+CNN_KERNELS = (9, 7)
+THETA_SIZES = {"affine": 6, "attention": 3}   # the transforms torch's affine_grid can express
+
+
+class TorchSpatialTransformer(nn.Module):
+    """``V = grid_sample(U, affine_grid(theta))`` with ``theta = loc(U)`` (affine or attention).
+
+    Like :class:`stnref.transformer.SpatialTransformer`, the regression layer (the last
+    module of ``loc``) starts at zero weight and the identity bias.
+    """
+
+    def __init__(self, loc, transform="affine", mode="bilinear", padding_mode="zeros",
+                 align_corners=False):
+        super().__init__()
+        if transform not in THETA_SIZES:
+            raise ValueError(f"TorchSpatialTransformer(): transform must be one of {sorted(THETA_SIZES)}, "
+                             f"got {transform!r} (torch has no projective or TPS grid)")
+        self.loc = loc
+        self.transform = transform
+        self.mode, self.padding_mode, self.align_corners = mode, padding_mode, align_corners
+        identity = {"affine": [1.0, 0, 0, 0, 1, 0], "attention": [1.0, 0, 0]}[transform]
+        with torch.no_grad():
+            loc[-1].weight.zero_()
+            loc[-1].bias.copy_(torch.tensor(identity, dtype=loc[-1].bias.dtype))
+
+    def forward(self, U):
+        out = self.loc(U)
+        if self.transform == "affine":
+            theta = out.view(-1, 2, 3)
+        else:                               # (s, t_x, t_y) -> [[s, 0, t_x], [0, s, t_y]]
+            s, tx, ty = out.unbind(1)
+            zero = torch.zeros_like(s)
+            theta = torch.stack([torch.stack([s, zero, tx], 1), torch.stack([zero, s, ty], 1)], 1)
+        grid = F.affine_grid(theta, list(U.shape), align_corners=self.align_corners)
+        return F.grid_sample(U, grid, mode=self.mode, padding_mode=self.padding_mode,
+                             align_corners=self.align_corners)
+
+
+def _conv_loc_side(side):
+    side = side // 2 - (LOC_KERNEL - 1)
+    return side // 2 - (LOC_KERNEL - 1)
+
+
+def st_cnn(input_size=28, filters=32, n_classes=10, in_channels=1, transform="affine"):
+    """The ST-CNN in PyTorch (float64), classifier widths ``filters`` and ``2 * filters``."""
+    s = _conv_loc_side(input_size)
+    loc = nn.Sequential(
+        nn.AvgPool2d(2),
+        nn.Conv2d(in_channels, LOC_FILTERS, LOC_KERNEL, dtype=DTYPE), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(LOC_FILTERS, LOC_FILTERS, LOC_KERNEL, dtype=DTYPE), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(LOC_FILTERS * s * s, LOC_HIDDEN, dtype=DTYPE), nn.ReLU(),
+        nn.Linear(LOC_HIDDEN, THETA_SIZES[transform], dtype=DTYPE),
+    )
+    layers = [TorchSpatialTransformer(loc, transform)]
+    side = input_size
+    if input_size >= POOL_INPUT_FROM:
+        layers.append(nn.AvgPool2d(2))
+        side //= 2
+    k1, k2 = CNN_KERNELS
+    out = (side // 2) // 2
+    layers += [
+        nn.Conv2d(in_channels, filters, k1, padding=k1 // 2, dtype=DTYPE), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(filters, 2 * filters, k2, padding=k2 // 2, dtype=DTYPE), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * filters * out * out, n_classes, dtype=DTYPE),
+    ]
+    return nn.Sequential(*layers)
+
+
+def st_fcn(input_size=28, hidden=128, n_classes=10, in_channels=1, transform="affine"):
+    """The ST-FCN in PyTorch (float64), classifier hidden width ``hidden``."""
+    pooled = input_size >= POOL_INPUT_FROM
+    side = input_size // 2 if pooled else input_size
+    n_in = in_channels * side * side
+    loc = ([nn.AvgPool2d(2)] if pooled else []) + [
+        nn.Flatten(),
+        nn.Linear(n_in, LOC_FC, dtype=DTYPE), nn.ReLU(),
+        nn.Linear(LOC_FC, LOC_FC, dtype=DTYPE), nn.ReLU(),
+        nn.Linear(LOC_FC, THETA_SIZES[transform], dtype=DTYPE),
+    ]
+    layers = [TorchSpatialTransformer(nn.Sequential(*loc), transform)]
+    if pooled:
+        layers.append(nn.AvgPool2d(2))
+    layers += [
+        nn.Flatten(),
+        nn.Linear(n_in, hidden, dtype=DTYPE), nn.ReLU(),
+        nn.Linear(hidden, hidden, dtype=DTYPE), nn.ReLU(),
+        nn.Linear(hidden, n_classes, dtype=DTYPE),
+    ]
+    return nn.Sequential(*layers)
+
+
+def twin_of(name, state, input_size=28, n_classes=10, in_channels=1, transform="affine"):
+    """Build the PyTorch twin of stnref's ``name`` model and load its ``state`` (strict).
+
+    The classifier widths are read from ``state``: the first classifier layer
+    follows the transformer (and the average pool, for inputs >= 42).
+    """
+    first = 2 if input_size >= POOL_INPUT_FROM else 1
+    if name == "st-cnn":
+        model = st_cnn(input_size, state[f"{first}.weight"].shape[0], n_classes, in_channels, transform)
+    elif name == "st-fcn":
+        model = st_fcn(input_size, state[f"{first + 1}.weight"].shape[0], n_classes, in_channels,
+                       transform)
+    else:
+        raise ValueError(f"twin_of(): expected 'st-cnn' or 'st-fcn', got {name!r}")
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
+    return model
+
+
+def perturb_localisation(model, rng, scale=0.05):
+    """Move an stnref model's regression layer off zero / the identity, so theta varies."""
+    reg = model[0].loc[-1]
+    reg.weight[...] = scale * rng.standard_normal(reg.weight.shape)
+    reg.bias[...] = reg.bias + scale * rng.standard_normal(reg.bias.shape)
+
+
+def compare(name, input_size=28, transform="affine", batch=4, seed=0):
+    """Max |difference| between stnref and its PyTorch twin.
+
+    Returns
+    -------
+    dict
+        ``"logits"``, ``"loss"``, ``"input"`` (gradient of the loss w.r.t. the input)
+        and one entry per parameter name (its gradient).
+    """
+    rng = np.random.default_rng(seed)
+    model = build_model(name, transform, input_size=input_size, rng=rng)
+    perturb_localisation(model, rng)
+    twin = twin_of(name, model.state_dict(), input_size, transform=transform)
+    x = rng.standard_normal((batch, 1, input_size, input_size))
+    labels = rng.integers(0, 10, batch)
+
+    logits = model(x)
+    loss, dlogits = cross_entropy(logits, labels)
+    dx = model.backward(dlogits)
+
+    xt = torch.from_numpy(x).requires_grad_(True)
+    logits_t = twin(xt)
+    loss_t = F.cross_entropy(logits_t, torch.from_numpy(labels))
+    loss_t.backward()
+
+    diffs = {
+        "logits": float(np.abs(logits - logits_t.detach().numpy()).max()),
+        "loss": abs(loss - loss_t.item()),
+        "input": float(np.abs(dx - xt.grad.numpy()).max()),
+    }
+    grads = model.grads
+    for k, p in twin.named_parameters():
+        diffs[k] = float(np.abs(grads[k] - p.grad.numpy()).max())
+    return diffs
+
+
+def main():
+    for name in ("st-cnn", "st-fcn"):
+        for size in (28, 42, 60):
+            for transform in ("affine", "attention"):
+                diffs = compare(name, size, transform)
+                worst = max(diffs, key=diffs.get)
+                print(f"{name:7s} {transform:9s} input {size}: logits {diffs['logits']:.1e}, "
+                      f"loss {diffs['loss']:.1e}, d input {diffs['input']:.1e}, "
+                      f"worst of {len(diffs)} {diffs[worst]:.1e} ({worst})")
+
+
+if __name__ == "__main__":
+    main()
