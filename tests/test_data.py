@@ -1,0 +1,442 @@
+"""Tests for stnref.data: procedural digits, the §4.1 distortions, IDX files, datasets."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import time
+
+import numpy as np
+import pytest
+
+from stnref import data
+from stnref.data import (
+    DISTORTIONS, distort, load_dataset, load_mnist, read_idx, synthetic_digits, write_idx,
+)
+from stnref.grids import tps_control_points
+
+OUT_SIZES = {"none": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
+PX = 2.0 / 28                      # normalised units per 28x28 source pixel
+CENTROID_TOL_PX = 0.35             # bilinear resampling moves a blob's centroid by less
+FAST_FAIL_S = 1.0                  # a lying header must be rejected at once
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return synthetic_digits(600, seed=11)
+
+
+# --------------------------------------------------------------------------- digits
+
+def test_digits_deterministic_and_seeded():
+    a, la = synthetic_digits(40, seed=5)
+    b, lb = synthetic_digits(40, seed=5)
+    c, _ = synthetic_digits(40, seed=6)
+    assert a.tobytes() == b.tobytes() and np.array_equal(la, lb)
+    assert not np.array_equal(a, c)
+
+
+def test_digits_prefix_property_across_chunks():
+    k, n = data.CHUNK + 7, data.CHUNK + 40
+    a, la = synthetic_digits(k, seed=2)
+    b, lb = synthetic_digits(n, seed=2)
+    assert a.tobytes() == b[:k].tobytes()
+    assert np.array_equal(la, lb[:k])
+
+
+def test_digits_labels_balanced():
+    _, labels = synthetic_digits(2 * data.CHUNK, seed=0)
+    counts = np.bincount(labels, minlength=10)
+    assert labels.dtype == np.int64
+    # every full chunk holds each digit 102 or 103 times
+    assert counts.min() >= 204 and counts.max() <= 206
+
+
+def test_digits_range_dtype_and_placement(digits):
+    x, y = digits
+    assert x.shape == (600, 28, 28) and x.dtype == np.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert (x.max(axis=(1, 2)) > 0.8).all()                 # saturated stroke cores
+    # the digit sits in the central 20x20 box (plus offset and the blur's tail): the
+    # frame's outer 2 pixels hold at most faint ink, the centre of mass is near the centre
+    border = np.ones((28, 28), bool)
+    border[2:-2, 2:-2] = False
+    assert x[:, border].max() < 0.1
+    r = np.arange(28) + 0.5
+    mass = x.sum(axis=(1, 2))
+    cy = (x.sum(axis=2) @ r) / mass
+    cx = (x.sum(axis=1) @ r) / mass
+    assert np.abs(cy - 14).max() < 5 and np.abs(cx - 14).max() < 5
+    # the longest side of the ink's bounding box fills most of the 20x20 box
+    rows, cols = x.max(axis=2) > 0.2, x.max(axis=1) > 0.2
+    extent = np.maximum(rows.sum(axis=1), cols.sum(axis=1))
+    assert 14 <= extent.min() and extent.max() <= 22
+
+
+def test_digits_vary_within_a_class(digits):
+    x, y = digits
+    ones = x[y == 1].reshape(-1, 784)
+    eights = x[y == 8].reshape(-1, 784)
+    assert np.linalg.norm(ones - ones.mean(0), axis=1).min() > 1.0
+    # classes differ more between than within: nearest class mean classifies well
+    means = np.stack([x[y == d].mean(0).ravel() for d in range(10)])
+    pred = np.argmin(((x.reshape(-1, 1, 784) - means) ** 2).sum(-1), axis=1)
+    assert (pred == y).mean() > 0.6
+    assert eights.shape[0] > 0
+
+
+def test_digits_other_size():
+    x, _ = synthetic_digits(5, seed=0, size=40)
+    assert x.shape == (5, 40, 40) and x.dtype == np.float32 and x.max() > 0.8
+
+
+@pytest.mark.parametrize("kwargs, err", [
+    (dict(n=0), ValueError), (dict(n=2.0), TypeError), (dict(n=3, seed=-1), ValueError),
+    (dict(n=3, size=4), ValueError), (dict(n=3, seed="a"), TypeError),
+])
+def test_digits_errors(kwargs, err):
+    with pytest.raises(err, match="synthetic_digits"):
+        synthetic_digits(**kwargs)
+
+
+def _fit_softmax(X, y, steps, lr):
+    """Full-batch gradient descent on multinomial logistic regression (float64)."""
+    W = np.zeros((X.shape[1], 10))
+    b = np.zeros(10)
+    onehot = np.eye(10)[y]
+    for _ in range(steps):
+        z = X @ W + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - onehot) / len(y)
+        W -= lr * (X.T @ g)
+        b -= lr * g.sum(0)
+    return W, b
+
+
+def test_digits_learnable_but_not_trivial():
+    x, y = synthetic_digits(1500, seed=21)
+    xt, yt = synthetic_digits(500, seed=22)
+    W, b = _fit_softmax(x.reshape(len(x), -1).astype(np.float64), y, steps=60, lr=1.0)
+    err = (np.argmax(xt.reshape(len(xt), -1) @ W + b, axis=1) != yt).mean()
+    assert 0.01 < err < 0.4
+
+
+# --------------------------------------------------------------------------- distortions
+
+@pytest.mark.parametrize("kind", DISTORTIONS)
+def test_distort_shapes_dtype_determinism(digits, kind):
+    x = digits[0][:40]
+    out, params = distort(x, kind, seed=4)
+    again, _ = distort(x, kind, seed=4)
+    S = OUT_SIZES[kind]
+    assert out.shape == (40, S, S) and out.dtype == np.float32
+    assert out.tobytes() == again.tobytes()
+    assert out.min() >= 0 and out.max() <= 1.0 + 1e-6
+    for v in params.values():
+        assert v.shape[0] == 40
+    if kind != "none":
+        other, _ = distort(x, kind, seed=5)
+        assert not np.array_equal(out, other)
+    assert np.array_equal(x, digits[0][:40])          # input untouched
+
+
+def test_distort_none_is_copy_and_float64_input(digits):
+    x = digits[0][:10]
+    out, params = distort(x.astype(np.float64), "none")
+    assert out.dtype == np.float32 and np.array_equal(out, x) and params == {}
+
+
+@pytest.mark.parametrize("kind", ["r", "rts", "p", "e"])
+def test_distort_prefix_property(digits, kind):
+    x = np.concatenate([digits[0]] * 2)[:data.CHUNK + 30]
+    full, pf = distort(x, kind, seed=9)
+    part, pp = distort(x[:data.CHUNK + 3], kind, seed=9)
+    assert full[:data.CHUNK + 3].tobytes() == part.tobytes()
+    assert np.array_equal(pf["theta"][:data.CHUNK + 3], pp["theta"])
+
+
+def _blob(points_px, size=28, sigma=1.2):
+    """Images with a small Gaussian blob at each (x, y) pixel position (pixel centres k + 0.5)."""
+    r = np.arange(size) + 0.5
+    gx = np.exp(-0.5 * ((r[None, :] - points_px[:, 0, None]) / sigma) ** 2)
+    gy = np.exp(-0.5 * ((r[None, :] - points_px[:, 1, None]) / sigma) ** 2)
+    return gy[:, :, None] * gx[:, None, :]
+
+
+def _centroid(img):
+    r = np.arange(img.shape[-1]) + 0.5
+    mass = img.sum(axis=(1, 2))
+    return np.stack([(img.sum(axis=1) @ r) / mass, (img.sum(axis=2) @ r) / mass], axis=1)
+
+
+def test_distort_r_angle_and_direction():
+    n = 400
+    src = np.tile([[14.0 + 6.0, 14.0]], (n, 1))          # blob 6 px right of centre
+    out, params = distort(_blob(src), "r", seed=3)
+    angle = params["angle"]
+    assert np.abs(angle).max() <= 90 and angle.min() < -80 and angle.max() > 80
+    # recovered from the grid's theta = R(-angle)
+    theta = params["theta"]
+    np.testing.assert_allclose(np.degrees(np.arctan2(theta[:, 0, 1], theta[:, 0, 0])), angle, atol=1e-9)
+    a = np.radians(angle)
+    expected = 14.0 + 6.0 * np.stack([np.cos(a), np.sin(a)], axis=1)   # y down: clockwise on screen
+    assert np.abs(_centroid(out) - expected).max() < CENTROID_TOL_PX
+
+
+def test_distort_rts_ranges_and_placement():
+    n = 500
+    src = np.tile([[14.0, 14.0 - 5.0]], (n, 1))          # blob 5 px above centre
+    out, params = distort(_blob(src), "rts", seed=8)
+    angle, scale, shift = params["angle"], params["scale"], params["shift_px"]
+    assert np.abs(angle).max() <= 45 and angle.min() < -40 and angle.max() > 40
+    assert scale.min() >= 0.7 and scale.max() <= 1.2 and scale.min() < 0.75 and scale.max() > 1.15
+    # the scaled 20x20 box stays on the 42x42 canvas
+    assert (np.abs(shift) + 10 * scale[:, None] <= 21 + 1e-9).all()
+    a = np.radians(angle)
+    off = np.stack([5.0 * np.sin(a), -5.0 * np.cos(a)], axis=1) * scale[:, None]   # R(a) (0, -5) s
+    assert np.abs(_centroid(out) - (21.0 + shift + off)).max() < CENTROID_TOL_PX
+
+
+def test_distort_p_corner_noise_and_homography():
+    n = 2000
+    x = np.zeros((n, 28, 28))
+    _, params = distort(x, "p", seed=1)
+    noise, corners, theta, scale = (params[k] for k in ("corner_noise_px", "corners", "theta", "scale"))
+    assert scale.min() >= 0.75 and scale.max() <= 1.0
+    assert abs(noise.std() - 5.0) < 0.15 and abs(noise.mean()) < 0.15
+    # folded draws are redrawn: every moved quadrilateral is convex, clockwise on screen
+    edges = np.roll(corners, -1, axis=1) - corners
+    nxt = np.roll(edges, -1, axis=1)
+    assert (edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0] > 0).all()
+    # corners (output) are the scaled image corners moved by the noise, in normalised units
+    signs = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)
+    np.testing.assert_allclose((corners - scale[:, None, None] * signs) / PX, noise, atol=1e-9)
+    # the grid's homography maps each moved corner back onto the image corner
+    h = np.einsum("nij,nkj->nki", theta, np.concatenate([corners, np.ones((n, 4, 1))], axis=2))
+    np.testing.assert_allclose(h[..., :2] / h[..., 2:], np.broadcast_to(signs, (n, 4, 2)), atol=1e-7)
+
+
+def test_distort_p_moves_blob_where_the_inverse_homography_says():
+    n = 200
+    src = np.tile([[14.0 + 4.0, 14.0 + 3.0]], (n, 1))
+    out, params = distort(_blob(src, sigma=1.0), "p", seed=5)
+    q = np.array([(src[0, 0] - 14) * PX, (src[0, 1] - 14) * PX, 1.0])
+    t = np.linalg.solve(params["theta"], np.broadcast_to(q, (n, 3))[..., None])[..., 0]
+    expected = t[:, :2] / t[:, 2:] / PX + 14.0
+    inside = (np.abs(expected - 14) < 10).all(axis=1)
+    assert inside.mean() > 0.8
+    assert np.median(np.abs(_centroid(out[inside]) - expected[inside])) < CENTROID_TOL_PX
+
+
+def test_distort_e_control_noise_and_direction():
+    n = 1000
+    P = tps_control_points(16)
+    x = np.zeros((n, 28, 28))
+    _, params = distort(x, "e", seed=2)
+    theta, scale, noise = params["theta"], params["scale"], params["control_noise_px"]
+    assert theta.shape == (n, 16, 2) and scale.min() >= 0.75 and scale.max() <= 1.0
+    np.testing.assert_allclose((theta - P / scale[:, None, None]) / PX, noise, atol=1e-9)
+    assert abs(noise.std() - 1.5) < 0.05
+    # a blob at the source point theta_k shows up at the output control point P_k
+    k = 5                                        # an interior control point, (-1/3, -1/3)
+    src = theta[:200, k] / PX + 14.0
+    out, again = distort(_blob(src, sigma=1.0), "e", seed=2)
+    np.testing.assert_allclose(again["theta"], theta[:200])
+    assert np.median(np.abs(_centroid(out) - (P[k] / PX + 14.0))) < CENTROID_TOL_PX
+
+
+def test_distort_tc_translation_and_clutter(digits):
+    x = digits[0][:300]
+    out, params = distort(x, "tc", seed=6)
+    shift, src, crop, place = (params[k] for k in ("shift_px", "clutter_source", "clutter_crop",
+                                                   "clutter_position"))
+    assert np.abs(shift).max() <= 16
+    assert src.shape == (300, 6) and (src != np.arange(300)[:, None]).all()
+    assert crop.min() >= 4 and crop.max() <= 18 and place.min() >= 0 and place.max() <= 54
+    # every patch is on the canvas (max-blended): canvas >= the crop at its place
+    i, k = np.meshgrid(np.arange(300), np.arange(6), indexing="ij")
+    for ii, kk in zip(i.ravel()[::7], k.ravel()[::7]):
+        (cx, cy), (px, py) = crop[ii, kk], place[ii, kk]
+        patch = x[src[ii, kk], cy:cy + 6, cx:cx + 6]
+        assert (out[ii, py:py + 6, px:px + 6] >= patch - 1e-7).all()
+    # clutter adds ink beyond the digit: the canvas holds more than the digit alone
+    assert (out.sum(axis=(1, 2)) > x.sum(axis=(1, 2)) + 1e-3).mean() > 0.9
+    # with empty other digits there is no clutter: the canvas is the digit translated by
+    # shift (bilinear translation keeps the mass and moves the centroid exactly)
+    lone = np.zeros((3, 28, 28))
+    lone[0] = x[0]
+    lone_out, lp = distort(lone, "tc", seed=6)
+    assert abs(lone_out[0].sum() - x[0].sum()) < 1e-4 * x[0].sum()
+    np.testing.assert_allclose(_centroid(lone_out[:1]), _centroid(x[:1]) + 16 + lp["shift_px"][:1], atol=1e-3)
+
+
+@pytest.mark.parametrize("args, err", [
+    ((np.zeros((2, 28, 27), np.float32), "r"), ValueError),
+    ((np.zeros((2, 28, 28), np.float32), "x"), ValueError),
+    ((np.zeros((2, 28, 28), np.uint8), "r"), TypeError),
+    ((np.zeros((1, 28, 28), np.float32), "tc"), ValueError),
+])
+def test_distort_errors(args, err):
+    with pytest.raises(err, match="distort"):
+        distort(*args)
+
+
+# --------------------------------------------------------------------------- IDX
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("shape", [(7, 5, 4), (9,)])
+def test_idx_round_trip(tmp_path, suffix, shape):
+    a = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    path = tmp_path / f"f{suffix}"
+    write_idx(path, a)
+    b = read_idx(path)
+    assert b.dtype == np.uint8 and np.array_equal(a, b)
+    assert os.listdir(tmp_path) == [path.name]             # no temporary left behind
+    raw = gzip.decompress(path.read_bytes()) if suffix else path.read_bytes()
+    assert raw[:4] == bytes([0, 0, 8, len(shape)])
+    assert np.array_equal(np.frombuffer(raw[4:4 + 4 * len(shape)], ">i4"), shape)
+
+
+def test_idx_gz_deterministic(tmp_path):
+    a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a.gz", a)
+    write_idx(tmp_path / "b.gz", a)
+    assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
+
+
+def _raw_idx(code, dims, payload):
+    return bytes([0, 0, code, len(dims)]) + np.asarray(dims, ">i4").tobytes() + payload
+
+
+def _write_raw(tmp_path, name, raw):
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    return path
+
+
+BAD_FILES = {
+    "truncated": (_raw_idx(8, (2, 3, 3), bytes(17)), "truncated"),
+    "oversized": (_raw_idx(8, (2, 3, 3), bytes(19)), "oversized"),
+    "wrong_magic": (b"\x01\x02" + _raw_idx(8, (4,), bytes(4))[2:], "wrong magic"),
+    "wrong_ndim": (_raw_idx(8, (2, 2), bytes(4)), "wrong magic"),
+    "dtype_float32": (_raw_idx(0x0D, (4,), bytes(16)), r"unsupported dtype code 0x0d \(float32\)"),
+    "dtype_unknown": (_raw_idx(0x42, (4,), bytes(4)), "unsupported dtype code 0x42"),
+    "zero_dim": (_raw_idx(8, (0, 3, 3), b""), "positive"),
+    "negative_dim": (_raw_idx(8, (-2, 3, 3), bytes(18)), "positive"),
+    "short_header": (bytes([0, 0, 8, 3, 0, 0]), "truncated header"),
+    "empty": (b"", "truncated header"),
+}
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_idx_rejects_bad_files(tmp_path, case, suffix):
+    raw, message = BAD_FILES[case]
+    path = _write_raw(tmp_path, f"{case}{suffix}", raw)
+    with pytest.raises(ValueError, match=message) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_lying_header_fails_fast(tmp_path, suffix):
+    # claims 10^12 images of 1x1 (and then 10^9 images of 1000 x 1000): only 100 bytes follow
+    for dims in [(10**6, 10**6, 1), (10**9, 1000, 1000)]:
+        path = _write_raw(tmp_path, f"lie{suffix}", _raw_idx(8, dims, bytes(100)))
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match="truncated"):
+            read_idx(path)
+        assert time.perf_counter() - start < FAST_FAIL_S
+
+
+def test_idx_not_gzip(tmp_path):
+    path = _write_raw(tmp_path, "plain.gz", b"")
+    path.write_bytes(_raw_idx(8, (4,), bytes(4)))
+    with pytest.raises(ValueError, match="gzip"):
+        read_idx(path)
+
+
+def test_write_idx_errors(tmp_path):
+    with pytest.raises(TypeError, match="write_idx"):
+        write_idx(tmp_path / "a", np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="write_idx"):
+        write_idx(tmp_path / "a", np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match="write_idx"):
+        write_idx(tmp_path / "a", np.zeros((0, 2, 2), np.uint8))
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- MNIST / datasets
+
+def _fake_mnist(directory, n_train=30, n_test=12, gz=True):
+    rng = np.random.default_rng(1)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    for i, (name, a) in enumerate(arrays.items()):
+        write_idx(os.path.join(directory, name + (".gz" if gz and i % 2 == 0 else "")), a)
+    return arrays
+
+
+def test_load_mnist(tmp_path):
+    arrays = _fake_mnist(tmp_path)
+    x_tr, y_tr, x_te, y_te = load_mnist(tmp_path)
+    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int64
+    np.testing.assert_array_equal(x_tr, arrays["train-images-idx3-ubyte"] / np.float32(255))
+    np.testing.assert_array_equal(y_te, arrays["t10k-labels-idx1-ubyte"])
+    assert x_te.shape == (12, 28, 28) and x_tr.max() <= 1 and x_tr.min() >= 0
+
+
+def test_load_mnist_missing_and_mismatch(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.*t10k-labels-idx1-ubyte"):
+        load_mnist(tmp_path)
+    _fake_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(11, np.uint8))
+    with pytest.raises(ValueError, match="12 images but .* 11 labels"):
+        load_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(12, 10, np.uint8))
+    with pytest.raises(ValueError, match="0-9"):
+        load_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("kind", DISTORTIONS)
+def test_load_dataset_builtin(kind):
+    x_tr, y_tr, x_te, y_te = load_dataset(kind, train_size=20, test_size=10, seed=3)
+    S = OUT_SIZES[kind]
+    assert x_tr.shape == (20, 1, S, S) and x_te.shape == (10, 1, S, S)
+    assert x_tr.dtype == x_te.dtype == np.float32 and y_tr.dtype == y_te.dtype == np.int64
+    assert not np.array_equal(x_tr[:10], x_te)
+
+
+def test_load_dataset_seeds_and_subsets():
+    a = load_dataset("r", train_size=30, test_size=5, seed=1)
+    b = load_dataset("r", train_size=12, test_size=5, seed=1)
+    c = load_dataset("r", train_size=12, test_size=5, seed=2)
+    assert a[0][:12].tobytes() == b[0].tobytes() and np.array_equal(a[1][:12], b[1])
+    assert not np.array_equal(b[0], c[0])
+    # undistorted train digits differ from synthetic_digits(seed) and from the test split
+    plain = load_dataset("none", train_size=10, test_size=10, seed=1)
+    assert not np.array_equal(plain[0][:, 0], synthetic_digits(10, seed=1)[0])
+
+
+def test_load_dataset_from_files(tmp_path):
+    arrays = _fake_mnist(tmp_path, gz=False)
+    x_tr, y_tr, x_te, y_te = load_dataset("none", data_dir=tmp_path, train_size=7)
+    assert x_tr.shape == (7, 1, 28, 28) and x_te.shape == (12, 1, 28, 28)
+    np.testing.assert_array_equal(x_tr[:, 0], arrays["train-images-idx3-ubyte"][:7] / np.float32(255))
+    np.testing.assert_array_equal(y_tr, arrays["train-labels-idx1-ubyte"][:7])
+    x_tr, _, x_te, _ = load_dataset("rts", data_dir=tmp_path, test_size=4)
+    assert x_tr.shape == (30, 1, 42, 42) and x_te.shape == (4, 1, 42, 42)
+
+
+def test_load_dataset_errors(tmp_path):
+    with pytest.raises(ValueError, match="load_dataset.*distortion"):
+        load_dataset("rotate")
+    with pytest.raises(ValueError, match="train_size"):
+        load_dataset(train_size=0)
+    with pytest.raises(FileNotFoundError):
+        load_dataset(data_dir=tmp_path)
