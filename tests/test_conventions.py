@@ -519,3 +519,26 @@ def test_6_backward_signature_shapes_and_bit_identical_repeats(combo):
     assert dU.shape == U.shape and dgrid.shape == grid.shape
     assert outs[0][0].tobytes() == outs[1][0].tobytes()
     assert outs[0][1].tobytes() == outs[1][1].tobytes()
+
+
+@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@pytest.mark.parametrize("dtype, big", [(np.float64, 1e308), (np.float32, 3e38)], ids=["f64", "f32"])
+def test_5_overflowing_finite_coordinates_never_crash(combo, dtype, big):
+    # finite grid values whose unnormalised image overflows to inf: no index may leave the array
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(15)
+    spatial = (3, 4, 5)[:k]
+    U = rng.standard_normal((1, 2, *spatial)).astype(dtype)
+    grid = np.full((1, *(1,) * (k - 1), 2, k), 0.3, dtype=dtype)
+    grid[..., 0, 0], grid[..., 1, 0] = big, -big
+    kw = _kw(mode, padding, ac)
+    with np.errstate(all="ignore"):
+        V = grid_sample(U, grid, **kw)
+        dU, dgrid = grid_sample_backward(np.ones_like(V), U, grid, **kw)
+    assert V.shape == (1, 2, *(1,) * (k - 1), 2) and dU.shape == U.shape
+    assert dgrid.shape == grid.shape
+    if padding == "border" and mode != "bicubic":
+        # clipped to the last / first column, like any other far coordinate
+        far = grid.copy()
+        far[..., 0, 0], far[..., 1, 0] = 1e3, -1e3
+        np.testing.assert_allclose(V, grid_sample(U, far, **kw), rtol=0, atol=1e-6)
