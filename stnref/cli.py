@@ -169,7 +169,8 @@ def cmd_reference(args):
         reference.export(args.directory)
         print(f"wrote golden cases to {args.directory}")
         return 0
-    return 0 if reference.check(args.directory, args.results) else 1
+    # sys.stdout looked up now, not at import (check's default), so redirections apply
+    return 0 if reference.check(args.directory, args.results, out=sys.stdout) else 1
 
 
 def build_parser():
