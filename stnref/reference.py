@@ -453,9 +453,12 @@ def export(directory, version=REFERENCE_VERSION):
 def _read_npz(path):
     """Every array of an ``.npz`` (never unpickled), or raise ValueError with the reason."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("not an .npz archive")
+        with loaded as npz:
             return {name: npz[name] for name in npz.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as err:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as err:
         raise ValueError(f"unreadable: {err}") from err
 
 

@@ -153,6 +153,8 @@ def test_missing_and_malformed_results_fail(golden, tmp_path):
     np.savez(results / f"{nan_case}.npz", **arrays)
     with open(results / "attention_grid-2d-ac.npz", "wb") as f:  # a pickle is never loaded
         np.save(f, np.array([object()], dtype=object), allow_pickle=True)
+    with open(results / "attention_grid-2d-noac.npz", "wb") as f:  # an .npy, not an .npz
+        np.save(f, np.zeros(3))
     shape_case = "affine_grid-2d-noac"
     arrays = _load(results / f"{shape_case}.npz")
     arrays["grid"] = arrays["grid"][:, :1]
@@ -163,8 +165,9 @@ def test_missing_and_malformed_results_fail(golden, tmp_path):
     assert "missing array 'dU'" in lines["grid_sample-3d-bilinear-zeros-noac"]
     assert "NaN positions differ" in lines[nan_case] and "NaN/inf coordinate" in lines[nan_case]
     assert "unreadable" in lines["attention_grid-2d-ac"]
+    assert "not an .npz archive" in lines["attention_grid-2d-noac"]
     assert "shape" in lines[shape_case] and "general position" in lines[shape_case]
-    assert sum(" FAIL " in line for line in lines.values()) == 5
+    assert sum(" FAIL " in line for line in lines.values()) == 6
 
 
 def test_check_without_manifest_and_bad_versions(tmp_path):

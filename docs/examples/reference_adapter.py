@@ -107,7 +107,6 @@ def run(golden, results, backend_name="torch", log=sys.stdout):
         except ImportError:
             print("torch not installed: using stnref for every case", file=log)
         else:
-            torch.set_default_dtype(torch.float64)
             primary = TorchBackend(torch)
     os.makedirs(results, exist_ok=True)
     used = {}
