@@ -38,7 +38,9 @@ ALLOWED_KINDS = "biufcU"
 
 def _check_arrays(arrays, fn):
     if not isinstance(arrays, dict):
-        raise TypeError(f"{fn}(): expected arrays to be a dict of name -> ndarray, got {type(arrays).__name__}")
+        raise TypeError(
+            f"{fn}(): expected arrays to be a dict of name -> ndarray, got {type(arrays).__name__}"
+        )
     out = {}
     for name, value in arrays.items():
         if not isinstance(name, str) or not name:

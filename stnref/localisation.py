@@ -27,6 +27,16 @@ CONV_POOL = 2
 CONV_HIDDEN = 20
 
 
+def check_rng(rng, fn):
+    """``rng`` as a ``numpy.random.Generator``; ``None`` gives ``default_rng(0)``."""
+    if rng is None:
+        return np.random.default_rng(0)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{fn}(): expected rng to be a numpy.random.Generator or None, "
+                        f"got {type(rng).__name__}")
+    return rng
+
+
 def _check_in_shape(in_shape, fn):
     return _checks.check_size(in_shape, "in_shape", fn, (3,))
 
@@ -69,8 +79,7 @@ def fc_localisation(in_shape, theta_size, hidden=FC_HIDDEN, downsample=1, rng=No
     downsample = _checks.check_int(downsample, "downsample", fn, minimum=1)
     if H < downsample or W < downsample:
         raise ValueError(f"{fn}(): input {in_shape} is smaller than downsample {downsample}")
-    if rng is None:
-        rng = np.random.default_rng(0)
+    rng = check_rng(rng, fn)
     layers = [AvgPool2d(downsample)] if downsample > 1 else []
     n = C * (H // downsample) * (W // downsample)
     layers.append(Flatten())
@@ -122,8 +131,7 @@ def conv_localisation(in_shape, theta_size, rng=None, dtype=np.float64):
             f"{fn}(): expected an input of at least 28x28 (two unpadded 5x5 convolutions on "
             f"the 2x-downsampled input), got in_shape {tuple(in_shape)}"
         )
-    if rng is None:
-        rng = np.random.default_rng(0)
+    rng = check_rng(rng, fn)
     return Sequential(
         AvgPool2d(LOCALISATION_DOWNSAMPLE),
         Conv2d(C, CONV_FILTERS, CONV_KERNEL, rng=rng, dtype=dtype), ReLU(),

@@ -18,6 +18,7 @@ import numpy as np
 from . import _checks
 from .localisation import (
     LOCALISATION_DOWNSAMPLE,
+    check_rng,
     conv_localisation,
     fc_localisation,
 )
@@ -36,7 +37,7 @@ from .transforms import Transform, get_transform
 
 __all__ = [
     "MODEL_NAMES", "Parallel", "SpatialTransformer", "build_model", "count_parameters",
-    "localisation_prefixes",
+    "localisation_prefixes", "target_parameters",
 ]
 
 MODES = ("bilinear", "nearest", "bicubic")
@@ -422,8 +423,7 @@ def build_model(name, transform="affine", input_size=28, n_classes=10, rng=None,
     input_size = _checks.check_int(input_size, "input_size", fn, minimum=CNN_POOL * CNN_POOL)
     n_classes = _checks.check_int(n_classes, "n_classes", fn, minimum=1)
     in_channels = _checks.check_int(in_channels, "in_channels", fn, minimum=1)
-    if rng is None:
-        rng = np.random.default_rng(0)
+    rng = check_rng(rng, fn)
     pooled = input_size >= POOL_INPUT_FROM
     side = input_size // INPUT_POOL if pooled else input_size
     target = target_parameters(input_size, n_classes, in_channels)

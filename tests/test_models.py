@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from test_transformer import TRANSFORM_NAMES, module_gradcheck, pixel_distance_to_kinks
 
+from stnref.localisation import conv_localisation, fc_localisation
 from stnref.nn.layers import AvgPool2d, MaxPool2d, ReLU, Sequential
 from stnref.nn.losses import cross_entropy
 from stnref.nn.optim import SGD
@@ -64,7 +65,8 @@ def test_counts_are_the_documented_closed_form():
     assert target_parameters(28) == (32 * 81 + 32) + (32 * 64 * 49 + 64) + (64 * 49 * 10 + 10)
     assert count_parameters(build_model("cnn", input_size=28)) == target_parameters(28)
     # FCN at 28 with 143 hidden units.
-    assert count_parameters(build_model("fcn", input_size=28)) == 784 * 143 + 143 + 143 * 143 + 143 + 1430 + 10
+    fcn_count = (784 * 143 + 143) + (143 * 143 + 143) + (143 * 10 + 10)
+    assert count_parameters(build_model("fcn", input_size=28)) == fcn_count
 
 
 @pytest.mark.parametrize("name", ["st-fcn", "st-cnn"])
@@ -223,3 +225,20 @@ def test_errors():
         build_model("cnn", input_size=3)
     with pytest.raises(TypeError, match="Module"):
         count_parameters("model")
+    with pytest.raises(TypeError, match="rng"):
+        build_model("cnn", rng=0)
+
+
+def test_localisation_builders():
+    fc = fc_localisation((2, 42, 42), 9, hidden=(5, 4, 3), downsample=2)
+    assert fc(np.zeros((3, 2, 42, 42))).shape == (3, 9)
+    shapes = [(5, 2 * 21 * 21), (5,), (4, 5), (4,), (3, 4), (3,), (9, 3), (9,)]
+    assert [p.shape for p in fc.params.values()] == shapes
+    conv = conv_localisation((1, 28, 28), 6)
+    assert conv(np.zeros((2, 1, 28, 28))).shape == (2, 6)
+    # 28 -> pool 14 -> conv 10 -> pool 5 -> conv 1: the FC layer sees 20 features.
+    assert conv.params["7.weight"].shape == (20, 20)
+    with pytest.raises(ValueError, match="28x28"):
+        conv_localisation((1, 27, 40), 6)
+    with pytest.raises(ValueError, match="downsample"):
+        fc_localisation((1, 1, 5), 6, downsample=2)

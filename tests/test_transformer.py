@@ -166,7 +166,8 @@ def test_parallel_concatenates_and_back_propagates():
     V = par(U)
     assert V.shape == (2, 4, 4, 3)
     np.testing.assert_array_equal(V, np.concatenate([Va, Vb], axis=1))
-    assert list(par.params) == [f"{i}.loc.{j}.{p}" for i in (0, 1) for j in (1, 3) for p in ("weight", "bias")]
+    assert list(par.params) == [f"{i}.loc.{j}.{p}"
+                                for i in (0, 1) for j in (1, 3) for p in ("weight", "bias")]
     # The input gradient is the sum of the branches' gradients.
     dV = rng.standard_normal(V.shape)
     dU = par.backward(dV)
