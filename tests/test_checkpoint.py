@@ -181,3 +181,20 @@ def test_load_into_names_every_mismatch_and_changes_nothing():
         np.testing.assert_array_equal(net.params[k], v)
     with pytest.raises(TypeError):
         load_into(object(), good)
+
+
+def test_paper_model_resumes_from_its_checkpoint(tmp_path):
+    from stnref.transformer import build_model
+
+    model = build_model("st-cnn", "tps", input_size=42, rng=np.random.default_rng(3))
+    reg = model[0].loc[-1]
+    np.copyto(reg.weight, 0.01 * np.random.default_rng(4).standard_normal(reg.weight.shape))
+    path = tmp_path / "st-cnn.npz"
+    save_checkpoint(path, model.state_dict(), {"name": "st-cnn", "transform": "tps", "input_size": 42})
+    arrays, meta = load_checkpoint(path)
+    fresh = build_model(meta["name"], meta["transform"], input_size=meta["input_size"],
+                        rng=np.random.default_rng(5))
+    load_into(fresh, arrays)
+    x = np.random.default_rng(6).standard_normal((2, 1, 42, 42))
+    np.testing.assert_array_equal(fresh(x), model(x))
+    np.testing.assert_array_equal(fresh[0].last_theta, model[0].last_theta)
