@@ -482,6 +482,8 @@ def test_5_non_finite_coordinate_gives_nan_there_and_nothing_elsewhere(combo, ba
         mask[point] = False
         np.testing.assert_array_equal(V[mask], V_ref[mask])
         np.testing.assert_allclose(dU, dU_ref, rtol=0, atol=1e-13)
+        # and the same non-finite grid with that point's dV zeroed gives the same dU
+        np.testing.assert_array_equal(dU, grid_sample_backward(dV0, U, g, **kw)[0])
         gmask = np.ones(dgrid.shape, dtype=bool)
         gmask[where] = False
         np.testing.assert_array_equal(dgrid[gmask], dgrid_ref[gmask])
