@@ -37,12 +37,15 @@ CHUNK = 1 << 14  # grid points per chunk: temporaries stay cache-sized, memory b
 
 # --------------------------------------------------------------------------- coordinates
 
-def _unnormalize(coord, size, align_corners):
-    """Normalised coordinate -> pixel coordinate, and its derivative ``s``.
+# PyTorch's CPU backend has two kernels with different floating-point
+# expressions: a vectorised one for 4-D input and a scalar one for 5-D.  They
+# agree mathematically but round differently (float32 floors near cell edges,
+# reflection of huge coordinates), so stnref follows each in its dimension.
 
-    The expressions are those of PyTorch's CPU kernel (``(x + 1) * s`` and
-    ``(x + 1) * s - 0.5``), so float32 rounding -- and hence ``floor`` near a
-    cell edge -- agrees with it.
+def _unnormalize_vectorised(coord, size, align_corners):
+    """Normalised coordinate -> pixel coordinate, and its derivative ``s`` (4-D kernel).
+
+    ``(x + 1) * s`` or ``(x + 1) * s - 0.5`` with ``s = (size - 1) / 2`` or ``size / 2``.
     """
     dt = coord.dtype.type
     if align_corners:
@@ -52,27 +55,35 @@ def _unnormalize(coord, size, align_corners):
     return (coord + dt(1)) * s - dt(0.5), s
 
 
-def _clip(i, size):
-    """Clip to ``[0, size - 1]``; multiplier 0 at and beyond the border (inclusive)."""
-    hi = i.dtype.type(size - 1)
-    res = np.minimum(np.maximum(i, 0), hi)
-    mult = ((i > 0) & (i < hi)).astype(i.dtype)
-    return res, mult
+def _unnormalize_scalar(coord, size, align_corners):
+    """As :func:`_unnormalize_vectorised`, in the 5-D kernel's expressions.
+
+    ``(x + 1) / 2 * (size - 1)`` or ``((x + 1) * size - 1) / 2``.
+    """
+    dt = coord.dtype.type
+    if align_corners:
+        return (coord + dt(1)) / dt(2) * dt(size - 1), dt(size - 1) / dt(2)
+    return ((coord + dt(1)) * dt(size) - dt(1)) / dt(2), dt(size) / dt(2)
 
 
-def _reflect(i, size, align_corners):
-    """Reflect about pixel centres (align_corners) or edges; returns ``(coord, +-1)``.
+def _reflect_span(size, align_corners, dt):
+    """``(low, span)`` of the reflection: pixel centres [0, size-1] or edges [-0.5, size-0.5]."""
+    if align_corners:
+        return dt(0), dt(size - 1)
+    return dt(-0.5), dt(size)
 
-    PyTorch's vectorised formula: ``extra = |i - low| mod 2 span`` by
-    truncated division, then one more fold if ``extra`` passes the span.
+
+def _reflect_vectorised(i, size, align_corners):
+    """Reflect into ``[low, low + span]``; returns ``(coord, +-1)`` (4-D kernel).
+
+    ``extra = |i - low| - trunc(|i - low| / 2 span) * 2 span``, then one more
+    fold if ``extra`` passes the span.
     """
     dt = i.dtype.type
-    if align_corners:
-        if size <= 1:
-            return np.zeros_like(i), np.zeros_like(i)
-        low, twice_span = dt(0), dt(size - 1) * dt(2)
-    else:
-        low, twice_span = dt(-0.5), dt(size) * dt(2)
+    if align_corners and size <= 1:
+        return np.zeros_like(i), np.zeros_like(i)
+    low, span = _reflect_span(size, align_corners, dt)
+    twice_span = span * dt(2)
     shifted = i - low
     a = np.abs(shifted)
     extra = a - np.trunc(a / twice_span) * twice_span
@@ -83,22 +94,69 @@ def _reflect(i, size, align_corners):
     return res, sign
 
 
-def _pad_identity(i, size, align_corners):
+INT_MAX = 2**31 - 1  # the 5-D kernel counts folds in a C int
+
+
+def _reflect_scalar(i, size, align_corners):
+    """As :func:`_reflect_vectorised`, in the 5-D kernel's arithmetic.
+
+    ``extra = fmod(|i - low|, span)``; the number of folds ``floor(|i - low| /
+    span)`` is cast to a C int, which on x86 turns a count past ``INT_MAX``
+    into ``INT_MIN`` -- even -- so such coordinates never fold back.
+    """
+    dt = i.dtype.type
+    if align_corners and size <= 1:
+        return np.zeros_like(i), np.zeros_like(i)
+    low, span = _reflect_span(size, align_corners, dt)
+    shifted = i - low
+    a = np.abs(shifted)
+    extra = np.fmod(a, span)
+    flips = np.floor(a / span)
+    odd = (np.fmod(flips, 2) == 1) & (flips <= INT_MAX)
+    res = np.where(odd, span - extra, extra) + low
+    sign = np.where(odd ^ (shifted < 0), dt(-1), dt(1))
+    return res, sign
+
+
+class _Flavour(NamedTuple):
+    unnormalize: object
+    reflect: object
+
+
+# spatial dimensionality -> the PyTorch CPU kernel whose arithmetic it follows
+_FLAVOURS = {
+    2: _Flavour(_unnormalize_vectorised, _reflect_vectorised),
+    3: _Flavour(_unnormalize_scalar, _reflect_scalar),
+}
+
+
+def _clip(i, size):
+    """Clip to ``[0, size - 1]``; multiplier 0 at and beyond the border (inclusive).
+
+    NaN (reflection of an overflowed coordinate) clips to 0, as in PyTorch.
+    """
+    hi = i.dtype.type(size - 1)
+    res = np.minimum(np.fmax(i, 0), hi)
+    mult = ((i > 0) & (i < hi)).astype(i.dtype)
+    return res, mult
+
+
+def _pad_identity(i, size, align_corners, flavour):
     return i, None
 
 
-def _pad_border(i, size, align_corners):
+def _pad_border(i, size, align_corners, flavour):
     return _clip(i, size)
 
 
-def _pad_reflection(i, size, align_corners):
-    r, sign = _reflect(i, size, align_corners)
+def _pad_reflection(i, size, align_corners, flavour):
+    r, sign = flavour.reflect(i, size, align_corners)
     res, mult = _clip(r, size)
     return res, mult * sign
 
 
 class _Padding(NamedTuple):
-    coord: object         # (i, size, align_corners) -> (coordinate, multiplier or None for 1)
+    coord: object         # (i, size, align_corners, flavour) -> (coordinate, multiplier or None)
     zero_outside: bool    # out-of-range taps read 0, so far-away coordinates may be clamped
 
 
@@ -229,7 +287,7 @@ class _Axis(NamedTuple):
     ddw: list           # per tap d^2 w / d g^2, or None (zero)
 
 
-def _axis(coord, size, stride, kernel, padding, align_corners, order):
+def _axis(coord, size, stride, kernel, padding, align_corners, order, flavour):
     """Unnormalise, pad and expand one coordinate into kernel taps (steps 1-3 above).
 
     Derivatives with respect to the normalised coordinate ``g`` follow the
@@ -237,10 +295,10 @@ def _axis(coord, size, stride, kernel, padding, align_corners, order):
     scale ``s`` and the padding multiplier (0 on clip borders, -1 per fold).
     Offsets exclude the zero ring, which the caller adds once per point.
     """
-    i, s = _unnormalize(coord, size, align_corners)
+    i, s = flavour.unnormalize(coord, size, align_corners)
     mult = None
     if kernel.pads_coordinate:
-        i, mult = padding.coord(i, size, align_corners)
+        i, mult = padding.coord(i, size, align_corners, flavour)
     if padding.zero_outside:
         # Beyond this window every tap is out of range: clamping changes nothing
         # but keeps indices in the ring (and 1e30 from overflowing int64).
@@ -254,7 +312,8 @@ def _axis(coord, size, stride, kernel, padding, align_corners, order):
         if stride != 1:
             first *= stride
     else:  # border / reflection bicubic: each integer tap is padded on its own
-        idx = [padding.coord(taps.base + i.dtype.type(o), size, align_corners)[0].astype(np.int64)
+        idx = [padding.coord(taps.base + i.dtype.type(o), size, align_corners, flavour)[0]
+               .astype(np.int64)
                * stride for o in taps.offsets]
     scale = s if mult is None else s * mult
     dw = [d * scale for d in taps.dw] if order >= 1 and taps.dw is not None else None
@@ -307,7 +366,7 @@ def _chunk(coords, origins, start, stop, U_shape, padded, mode, padding_mode, al
     strides = _strides(padded)
     origin = origins[start:stop]
     axes = [_axis(coords[start:stop, a], U_shape[-1 - a], strides[a], kernel, padding,
-                  align_corners, order) for a in range(k)]
+                  align_corners, order, _FLAVOURS[k]) for a in range(k)]
     combos = _combos(axes)
     if axes[0].idx is None:
         base = origin + functools.reduce(np.add, (ax.first for ax in axes))
