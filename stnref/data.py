@@ -48,13 +48,13 @@ POINTS_PER_UNIT = 48
 # Per-sample shape variation (template units unless noted).
 JITTER_STD = 0.035            # control-point jitter
 SLANT_MAX = 0.4               # shear x += slant * (0.5 - y)
-ROTATION_MAX_DEG = 12.0
-LOG_ASPECT_STD = 0.15         # width multiplier exp(N(0, .))
+ROTATION_MAX_DEG = 15.0
+LOG_ASPECT_STD = 0.2          # width multiplier exp(N(0, .))
 WAVES = 3                     # smooth deformation: sum of this many random sine waves
-WAVE_AMPLITUDE_STD = 0.035
+WAVE_AMPLITUDE_STD = 0.04
 WAVE_FREQUENCY_STD = 3.0      # radians per template unit
 FILL_RANGE = (0.8, 1.0)       # longest side, as a fraction of the box minus the stroke
-OFFSET_MAX_PX = 1.0           # uniform offset of the box centre, in 28x28 pixels
+OFFSET_MAX_PX = 1.5           # uniform offset of the box centre, in 28x28 pixels
 # Rendering: unit ink per pixel of stroke length, blurred by a Gaussian of width
 # BLUR_SIGMA_RANGE (pixels), then 1 - exp(-gain * ink / peak) with gain in GAIN_RANGE.
 BLUR_SIGMA_RANGE = (0.55, 0.95)
@@ -76,6 +76,7 @@ E_CONTROL_POINTS = 16
 TC_CANVAS = 60
 TC_PATCHES = 6
 TC_PATCH = 6
+TC_WINDOW = MNIST_SIZE + 1    # canvas pixels a sub-pixel translated 28x28 frame can touch
 # Clutter crops are taken inside the 20x20 box, where the ink is.
 TC_CROP_RANGE = ((MNIST_SIZE - MNIST_BOX) // 2, (MNIST_SIZE + MNIST_BOX) // 2 - TC_PATCH)
 
@@ -486,30 +487,36 @@ def _distort_e(rng, images):
 def _clutter_params(rng, m, n, start):
     """Source digit (never the sample itself), crop corner and canvas corner of each patch."""
     own = np.arange(start, start + m)[:, None]
-    other = (own + 1 + rng.integers(0, n - 1, size=(m, TC_PATCHES))) % n
-    crop = rng.integers(TC_CROP_RANGE[0], TC_CROP_RANGE[1] + 1, size=(m, TC_PATCHES, 2))
-    place = rng.integers(0, TC_CANVAS - TC_PATCH + 1, size=(m, TC_PATCHES, 2))
+    other = (own + 1 + rng.integers(0, n - 1, size=(CHUNK, TC_PATCHES))[:m]) % n
+    crop = rng.integers(TC_CROP_RANGE[0], TC_CROP_RANGE[1] + 1, size=(CHUNK, TC_PATCHES, 2))[:m]
+    place = rng.integers(0, TC_CANVAS - TC_PATCH + 1, size=(CHUNK, TC_PATCHES, 2))[:m]
     return other, crop, place
 
 
 def _distort_tc(rng, images, source, start):
     m = len(images)
     reach = 0.5 * (TC_CANVAS - MNIST_SIZE)   # the whole 28x28 frame stays on the canvas
-    shift = rng.uniform(-reach, reach, size=(m, 2))
+    shift = rng.uniform(-reach, reach, size=(CHUNK, 2))[:m]
     theta = _similarity_theta(np.zeros(m), np.ones(m), shift, TC_CANVAS, MNIST_SIZE)
-    out = _sample(images, grids.affine_grid(theta, (m, 1, TC_CANVAS, TC_CANVAS)))
+    # Sampling the canvas with theta would spend most taps on empty space; sample only a
+    # (28+1)^2 window at the integer part of the frame's corner, translated by the fraction.
+    corner = np.clip(np.floor(reach + shift), 0, TC_CANVAS - TC_WINDOW).astype(np.int64)   # (m, 2)
+    frac = reach + shift - corner
+    inner = _similarity_theta(np.zeros(m), np.ones(m), frac - 0.5, TC_WINDOW, MNIST_SIZE)
+    window = _sample(images, grids.affine_grid(inner, (m, 1, TC_WINDOW, TC_WINDOW)))
+    out = np.zeros((m, TC_CANVAS, TC_CANVAS))
+    rows = np.arange(m)[:, None, None]
+    d = np.arange(TC_WINDOW)
+    out[rows, corner[:, 1, None, None] + d[:, None], corner[:, 0, None, None] + d[None, :]] = window
     other, crop, place = _clutter_params(rng, m, len(source), start)
     d = np.arange(TC_PATCH)
-    rows = np.arange(m)[:, None, None]
-    flat = out.reshape(m, -1)
     # one patch per sample at a time: within one assignment no index repeats
     for k in range(TC_PATCHES):
         patch = source[other[:, k, None, None],
                        crop[:, k, 1, None, None] + d[:, None],
                        crop[:, k, 0, None, None] + d[None, :]]              # (m, 6, 6)
-        idx = ((place[:, k, 1, None, None] + d[:, None]) * TC_CANVAS
-               + place[:, k, 0, None, None] + d[None, :])
-        flat[rows, idx] = np.maximum(flat[rows, idx], patch)
+        at = (rows, place[:, k, 1, None, None] + d[:, None], place[:, k, 0, None, None] + d[None, :])
+        out[at] = np.maximum(out[at], patch)
     return out, {"shift_px": shift, "theta": theta, "clutter_source": other,
                  "clutter_crop": crop, "clutter_position": place}
 

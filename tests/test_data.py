@@ -13,6 +13,7 @@ from stnref import data
 from stnref.data import (
     DISTORTIONS, distort, load_dataset, load_mnist, read_idx, synthetic_digits, write_idx,
 )
+from stnref import affine_grid, grid_sample
 from stnref.grids import tps_control_points
 
 OUT_SIZES = {"none": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
@@ -268,6 +269,9 @@ def test_distort_tc_translation_and_clutter(digits):
     lone[0] = x[0]
     lone_out, lp = distort(lone, "tc", seed=6)
     assert abs(lone_out[0].sum() - x[0].sum()) < 1e-4 * x[0].sum()
+    # and equal to sampling the whole canvas with the returned theta
+    full = grid_sample(lone[:, None], affine_grid(lp["theta"], (3, 1, 60, 60)))[:, 0]
+    np.testing.assert_allclose(lone_out[0], full[0], atol=1e-6)
     np.testing.assert_allclose(_centroid(lone_out[:1]), _centroid(x[:1]) + 16 + lp["shift_px"][:1], atol=1e-3)
 
 
