@@ -8,6 +8,8 @@ PyTorch's double backward (float64) when torch is installed.
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stnref import grids
 from stnref.sampling import grid_sample, grid_sample_backward
@@ -19,7 +21,7 @@ from stnref.second_order import (
     projective_grid_jvp,
     tps_grid_jvp,
 )
-from strategies import combo_id, combos, kinky_grid, smooth_grid
+from strategies import combo_id, combos, kinky_grid, sampler_cases, smooth_grid
 
 FD_EPS = 1e-6      # central-difference step on every argument (float64)
 FD_ATOL = 1e-6     # truncation ~eps^2 * third derivative, rounding ~1e-16 / eps
@@ -113,6 +115,23 @@ def test_double_backward_matches_central_differences(combo):
                    - _second_order_loss(g_dU, g_dgrid, *minus, kw)) / (2 * FD_EPS)
         analytic = np.vdot(result, v)
         assert abs(analytic - numeric) <= FD_ATOL + FD_RTOL * abs(numeric), (name, analytic, numeric)
+
+
+@settings(max_examples=25)
+@given(case=sampler_cases(max_spatial=4, max_nc=2), seed=st.integers(0, 2**32 - 1))
+def test_double_backward_directional_differences_over_the_mode_product(case, seed):
+    # one random direction through all of (dV, U, grid) at once, shapes from the shared strategy
+    rng = np.random.default_rng(seed)
+    g_dU, g_dgrid = rng.standard_normal(case.U.shape), rng.standard_normal(case.grid.shape)
+    args = (case.dV, case.U, case.grid)
+    vs = [rng.standard_normal(x.shape) for x in args]
+    results = grid_sample_double_backward(g_dU, g_dgrid, *args, **case.kwargs)
+    plus = [x + FD_EPS * v for x, v in zip(args, vs)]
+    minus = [x - FD_EPS * v for x, v in zip(args, vs)]
+    numeric = (_second_order_loss(g_dU, g_dgrid, *plus, case.kwargs)
+               - _second_order_loss(g_dU, g_dgrid, *minus, case.kwargs)) / (2 * FD_EPS)
+    analytic = sum(np.vdot(r, v) for r, v in zip(results, vs))
+    assert abs(analytic - numeric) <= FD_ATOL + FD_RTOL * abs(numeric)
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
