@@ -122,7 +122,8 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
     derivative of :func:`stnref.grid_sample_backward` is used, so
     ``<dV, grid_sample_jvp(U, grid, tU, tgrid)> == <dU, tU> + <dgrid, tgrid>``
     holds exactly for ``(dU, dgrid) = grid_sample_backward(dV, U, grid)``.
-    Matches ``torch.func.jvp`` of ``torch.nn.functional.grid_sample`` on smooth points.
+    Matches ``torch.autograd.functional.jvp`` of ``torch.nn.functional.grid_sample``
+    (PyTorch has no forward-mode rule for it; that function uses the double-VJP trick).
 
     Examples
     --------
