@@ -25,6 +25,7 @@ PARAM_TOL = 0.10
 # Arguments up to this size are checked entry by entry, larger ones along random directions
 # (keeps the end-to-end checks to about a hundred forward passes per model).
 E2E_FULL_MAX = 10
+E2E_DIRECTIONS = 2
 IDENTITY_TOL = 1e-12
 # End-to-end checks: a translation by a quarter pixel puts every sample point midway between
 # kinks; the random warp on top (weights of this scale) moves points by ~0.03 px, so they stay
@@ -140,7 +141,8 @@ def test_end_to_end_gradients(name, transform):
     model(x)
     assert pixel_distance_to_kinks(model[0], x) > E2E_KINK_MARGIN
     assert activation_margin(model, x) > E2E_ACTIVATION_MARGIN
-    result = module_gradcheck(model, x, full_max=E2E_FULL_MAX, eps=E2E_EPS)
+    result = module_gradcheck(model, x, full_max=E2E_FULL_MAX, eps=E2E_EPS,
+                              n_directions=E2E_DIRECTIONS)
     assert len(result.args) == 1 + len(model.params)
     result.raise_if_failed()
 

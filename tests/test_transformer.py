@@ -23,7 +23,7 @@ KINK_MARGIN = 1e-4
 IDENTITY_TOL = 1e-12
 
 
-def module_gradcheck(module, x, *, full_max=400, eps=1e-6, seed=0):
+def module_gradcheck(module, x, *, full_max=400, eps=1e-6, n_directions=3, seed=0):
     """gradcheck of ``module`` w.r.t. its input ``x`` and every parameter (by name)."""
     names = list(module.params)
 
@@ -44,7 +44,8 @@ def module_gradcheck(module, x, *, full_max=400, eps=1e-6, seed=0):
         return (dx, *(grads[k].copy() for k in names))
 
     inputs = [x, *(module.params[k].copy() for k in names)]
-    result = gradcheck(fn, vjp, inputs, names=["input", *names], full_max=full_max, eps=eps, seed=seed)
+    result = gradcheck(fn, vjp, inputs, names=["input", *names], full_max=full_max, eps=eps,
+                       n_directions=n_directions, seed=seed)
     load(inputs[1:])
     return result
 
