@@ -29,7 +29,7 @@ FD_EPS = 1e-6          # central-difference step (float64)
 LOOP_TOL = 1e-12       # vectorised vs per-point loops: the same sums in another order
 F32_TOL = 2e-5         # float32 vs float64 result, relative to the data scale (~1e-7 * few taps)
 THETA_NOISE = 0.6      # spread of random affine matrices around the identity
-FD_EXAMPLES = 15       # hypothesis examples per combination for the finite-difference checks
+FD_EXAMPLES = 10       # hypothesis examples per combination for the finite-difference checks
 ALL = combos()
 ALL_IDS = [combo_id(c) for c in ALL]
 
@@ -177,7 +177,7 @@ def test_read_only_and_non_contiguous_inputs(case):
 
 def test_need_dU_false_skips_dU_only():
     rng = np.random.default_rng(3)
-    U, grid, dV = rng.standard_normal((2, 3, 4, 5)), rng.uniform(-1, 1, (2, 3, 2, 2)), None
+    U, grid = rng.standard_normal((2, 3, 4, 5)), rng.uniform(-1, 1, (2, 3, 2, 2))
     dV = rng.standard_normal((2, 3, 3, 2))
     dU, dg = grid_sample_backward(dV, U, grid, need_dU=False)
     assert dU is None
