@@ -1,0 +1,321 @@
+"""Faults during training: SIGKILL at random moments, non-finite data, damaged checkpoints.
+
+(a) ``python -m stnref train`` is killed with SIGKILL at seeded random moments and
+    while a checkpoint is being written; after every kill ``checkpoint.npz`` (if
+    any) must load, and ``--resume`` must end bit-identical (model and optimiser
+    arrays, metrics without timings) to an uninterrupted run with the same seed.
+(b) NaN in the data stops training with ``TrainingError`` naming epoch and batch and
+    keeps the last good checkpoint; ``on_nonfinite="skip"`` skips and records the step.
+(c) ``load_run`` rejects checkpoints with unknown, missing or mis-shaped keys, and
+    truncated or garbage files, with a ValueError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from stnref.checkpoint import load_checkpoint, save_checkpoint
+from stnref.train import (
+    CHECKPOINT,
+    METRICS,
+    Progress,
+    TrainConfig,
+    TrainingError,
+    epoch_order,
+    load_run,
+    train,
+)
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+
+# The brief's fast configuration: 8 steps per epoch, a checkpoint every 2 steps.
+TRAIN_ARGS = ["train", "--model", "st-fcn", "--train-size", "256", "--test-size", "64",
+              "--batch-size", "32", "--epochs", "3", "--checkpoint-every", "2", "--seed", "7"]
+TIMINGS = ("seconds", "samples_per_s")   # metric fields that legitimately differ between runs
+STATE_TIMINGS = ("seconds",)
+TMP_CHECKPOINT = re.compile(re.escape(f".{CHECKPOINT}.") + r".*\.tmp$")
+POLL_SECONDS = 0.002
+RUN_TIMEOUT = 180.0
+KILL_SEED = 20151205            # seeds the kill moments
+RANDOM_KILLS = 4                # chain A: kills at random moments
+SAVE_KILLS = 3                  # chain B: kills while checkpoint.npz is being written
+RANDOM_KILL_SPAN = 0.7          # random kills fall in the first 70% of a full run's wall time
+SLOW_FSYNC_SECONDS = 0.05       # chain B widens the save window so the poll sees the temp file
+# Chain B's child: the real CLI with os.fsync slowed down (fault injection, nothing else changes).
+SLOW_LAUNCHER = (
+    "import os, sys, time\n"
+    "_fsync = os.fsync\n"
+    f"os.fsync = lambda fd: (time.sleep({SLOW_FSYNC_SECONDS}), _fsync(fd))[1]\n"
+    "from stnref.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def _start(run_dir, resume, slow=False):
+    prefix = [sys.executable, "-c", SLOW_LAUNCHER] if slow else [sys.executable, "-m", "stnref"]
+    args = [*TRAIN_ARGS, "--out", str(run_dir)] + (["--resume"] if resume else [])
+    return subprocess.Popen(prefix + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _finish(proc):
+    _, err = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def _kill(proc):
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _without(entries, keys):
+    return [{k: v for k, v in e.items() if k not in keys} for e in entries]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """An uninterrupted run: its final arrays, metadata, metrics and wall time."""
+    run_dir = tmp_path_factory.mktemp("baseline") / "run"
+    t0 = time.monotonic()
+    _finish(_start(run_dir, resume=False))
+    wall = time.monotonic() - t0
+    arrays, metadata = load_checkpoint(run_dir / CHECKPOINT)
+    metrics = json.loads((run_dir / METRICS).read_text())
+    return arrays, metadata, metrics, wall
+
+
+def _check_after_kill(run_dir, baseline):
+    """Whatever a kill left must be complete and agree with the uninterrupted run so far."""
+    _, base_meta, base_metrics, _ = baseline
+    expected = _without(base_metrics["epochs"], TIMINGS)
+    path = run_dir / CHECKPOINT
+    if path.exists():
+        arrays, metadata = load_checkpoint(path)  # never a half-written file
+        config, model, _, state, metrics = load_run(run_dir)
+        assert dataclasses.asdict(config) == base_meta["config"]
+        done = _without(metrics, TIMINGS)
+        assert done == expected[:len(done)] and state["epoch"] == len(done)
+        assert 0 <= state["step"] < 8
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, arrays[f"model.{name}"])
+    if (run_dir / METRICS).exists():
+        done = _without(json.loads((run_dir / METRICS).read_text())["epochs"], TIMINGS)
+        assert done == expected[:len(done)]
+
+
+def _assert_same_as_baseline(run_dir, baseline):
+    base_arrays, base_meta, base_metrics, _ = baseline
+    arrays, metadata = load_checkpoint(run_dir / CHECKPOINT)
+    assert sorted(arrays) == sorted(base_arrays)
+    assert any(k.startswith("optim.") for k in arrays)
+    for name in base_arrays:  # model and optimiser state, bit for bit
+        assert arrays[name].dtype == base_arrays[name].dtype, name
+        np.testing.assert_array_equal(arrays[name], base_arrays[name], err_msg=name)
+    assert _without([metadata["state"]], STATE_TIMINGS) == _without([base_meta["state"]], STATE_TIMINGS)
+    assert _without(metadata["metrics"], TIMINGS) == _without(base_meta["metrics"], TIMINGS)
+    metrics = json.loads((run_dir / METRICS).read_text())
+    assert metrics["config"] == base_metrics["config"]
+    assert _without(metrics["epochs"], TIMINGS) == _without(base_metrics["epochs"], TIMINGS)
+
+
+def _kill_at_random(proc, run_dir, rng, wall):
+    """SIGKILL after a random delay; False if the run finished first."""
+    deadline = time.monotonic() + rng.uniform(0.1, RANDOM_KILL_SPAN * wall)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        time.sleep(POLL_SECONDS)
+    if proc.poll() is not None:
+        return False
+    _kill(proc)
+    return True
+
+
+def _kill_during_save(proc, run_dir, rng, wall):
+    """SIGKILL while the k-th checkpoint temp file of this life exists (k random in 1..2).
+
+    A kill during the first save loses that save, so the next life restarts from the
+    same checkpoint; with k <= 2 every life still has a save left to kill in.
+    """
+    target, seen = int(rng.integers(1, 3)), 0
+    known = set(os.listdir(run_dir)) if run_dir.exists() else set()  # stale temp files of old lives
+    while proc.poll() is None:
+        names = set(os.listdir(run_dir)) if run_dir.exists() else set()
+        fresh = {n for n in names - known if TMP_CHECKPOINT.match(n)}
+        if fresh:
+            seen += 1
+            if seen == target:
+                _kill(proc)
+                return True
+        known |= names
+        time.sleep(POLL_SECONDS)
+    return False
+
+
+def _kill_chain(run_dir, baseline, killer, kills_wanted, slow, seed):
+    rng = np.random.default_rng([KILL_SEED, seed])
+    kills = lives = 0
+    while True:
+        lives += 1
+        assert lives <= kills_wanted + 3, "the run never finished"
+        proc = _start(run_dir, resume=(run_dir / CHECKPOINT).exists(), slow=slow)
+        if kills < kills_wanted and killer(proc, run_dir, rng, baseline[3]):
+            kills += 1
+            _check_after_kill(run_dir, baseline)
+            continue
+        _finish(proc)
+        break
+    _assert_same_as_baseline(run_dir, baseline)
+    return kills
+
+
+def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, baseline):
+    kills = _kill_chain(tmp_path / "run", baseline, _kill_at_random, RANDOM_KILLS, False, 0)
+    assert kills >= RANDOM_KILLS - 1  # a resumed life may finish before its random moment
+
+
+def test_sigkill_during_checkpoint_write_then_resume_is_exact(tmp_path, baseline):
+    run_dir = tmp_path / "run"
+    kills = _kill_chain(run_dir, baseline, _kill_during_save, SAVE_KILLS, True, 1)
+    assert kills == SAVE_KILLS
+    # SIGKILL cannot clean up: the interrupted temp files remain, and were never taken
+    # for the checkpoint (the run above resumed from complete files only).
+    assert [n for n in os.listdir(run_dir) if TMP_CHECKPOINT.match(n)]
+
+
+# --------------------------------------------------------------------------- non-finite
+
+N_TRAIN, N_TEST, BATCH, SIDE = 64, 16, 16, 28
+POISONED_BATCH = 3  # 1-based batch of epoch 1 holding the NaN sample
+
+
+def _config(**changes):
+    base = TrainConfig(model="st-fcn", distortion="none", epochs=1, batch_size=BATCH,
+                       train_size=N_TRAIN, test_size=N_TEST, seed=3, checkpoint_every=1)
+    return dataclasses.replace(base, **changes)
+
+
+def _poisoned_data(config):
+    rng = np.random.default_rng(0)
+    x = rng.random((N_TRAIN, 1, SIDE, SIDE), dtype=np.float32)
+    y = rng.integers(0, 10, N_TRAIN)
+    xt = rng.random((N_TEST, 1, SIDE, SIDE), dtype=np.float32)
+    yt = rng.integers(0, 10, N_TEST)
+    bad = int(epoch_order(config.seed, 1, N_TRAIN)[(POISONED_BATCH - 1) * BATCH])
+    x[bad, 0, 5, 7] = np.nan
+    return (x, y, xt, yt), bad
+
+
+def _quiet():
+    return Progress(stream=io.StringIO())
+
+
+def test_nan_batch_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = _config()
+    data, _ = _poisoned_data(config)
+    with pytest.raises(TrainingError, match=f"epoch 1, batch {POISONED_BATCH}\\b"):
+        train(config, tmp_path, progress=_quiet(), data=data)
+    _, model, _, state, metrics = load_run(tmp_path)
+    assert (state["epoch"], state["step"], metrics) == (0, POISONED_BATCH - 1, [])
+    assert all(np.isfinite(v).all() for v in model.state_dict().values())
+    stopped, _ = load_checkpoint(tmp_path / CHECKPOINT)
+    assert all(np.isfinite(v).all() for v in stopped.values() if v.dtype.kind == "f")
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_nan_batch_resume_after_stop_stops_again(tmp_path):
+    config = _config()
+    data, _ = _poisoned_data(config)
+    with pytest.raises(TrainingError):
+        train(config, tmp_path, progress=_quiet(), data=data)
+    with pytest.raises(TrainingError, match=f"epoch 1, batch {POISONED_BATCH}\\b"):
+        train(config, tmp_path, resume=True, progress=_quiet(), data=data)
+
+
+def test_nan_batch_skipped_and_recorded(tmp_path):
+    config = _config(on_nonfinite="skip", epochs=2)
+    data, bad = _poisoned_data(config)
+    result = train(config, tmp_path, progress=_quiet(), data=data)
+    expected = [[e, int(np.argmax(epoch_order(config.seed, e, N_TRAIN) == bad)) // BATCH + 1]
+                for e in (1, 2)]
+    _, model, _, state, metrics = load_run(tmp_path)
+    assert state["skipped"] == expected and expected[0][1] == POISONED_BATCH
+    assert [m["epoch"] for m in metrics] == [1, 2] == [m["epoch"] for m in result["epochs"]]
+    assert all(np.isfinite(v).all() for v in model.state_dict().values())
+    # a skipped step counts no loss: the epoch's mean loss stays finite
+    assert all(np.isfinite(m["train_loss"]) for m in metrics)
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("good") / "run"
+    config = _config(checkpoint_every=100)
+    data, _ = _poisoned_data(config)
+    x, y, xt, yt = data
+    train(config, run_dir, progress=_quiet(), data=(np.nan_to_num(x), y, xt, yt))
+    return run_dir
+
+
+def _damaged(tmp_path, good_run, edit):
+    arrays, metadata = load_checkpoint(good_run / CHECKPOINT)
+    edit(arrays, metadata)
+    save_checkpoint(tmp_path / CHECKPOINT, arrays, metadata)
+    return tmp_path
+
+
+def _first(arrays, prefix):
+    return next(k for k in sorted(arrays) if k.startswith(prefix))
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda a, m: a.update({"model.extra.weight": np.zeros(3, np.float32)}), "extra.weight"),
+    (lambda a, m: a.pop(_first(a, "model.")), "missing"),
+    (lambda a, m: a.update({(k := _first(a, "model.")): np.zeros(a[k].shape + (1,), a[k].dtype)}),
+     "shape"),
+    (lambda a, m: a.update({"optim.momentum.bogus": np.zeros(2)}), "bogus"),
+    (lambda a, m: a.pop(_first(a, "optim.momentum")), "missing"),
+    (lambda a, m: a.update({(k := _first(a, "optim.momentum")): np.zeros(7)}), "shape"),
+    (lambda a, m: m.update(format=99), "format"),
+    (lambda a, m: m["config"].pop("seed"), "config"),
+    (lambda a, m: m["config"].update(colour="red"), "config"),
+])
+def test_load_run_rejects_mismatched_checkpoint(tmp_path, good_run, edit, fragment):
+    run_dir = _damaged(tmp_path, good_run, edit)
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        load_run(run_dir)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[: len(data) // 2],
+    lambda data: data[:-1],
+    lambda data: data[:100],
+    lambda data: b"",
+    lambda data: b"\x00" * len(data),
+    lambda data: os.urandom(4096),
+    lambda data: data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:],
+])
+def test_load_run_rejects_corrupt_file(tmp_path, good_run, damage):
+    (tmp_path / CHECKPOINT).write_bytes(damage((good_run / CHECKPOINT).read_bytes()))
+    with pytest.raises(ValueError, match=re.escape(CHECKPOINT)):
+        load_run(tmp_path)
+
+
+def test_load_run_missing_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_run(tmp_path)
