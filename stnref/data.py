@@ -152,7 +152,8 @@ _GLYPHS = {
 def _catmull_rom_weights(t):
     """Uniform Catmull-Rom basis: weights of ``P0..P3`` at ``t`` in [0, 1), shape (len(t), 4)."""
     t2, t3 = t * t, t * t * t
-    return 0.5 * np.stack([-t + 2 * t2 - t3, 2 - 5 * t2 + 3 * t3, t + 4 * t2 - 3 * t3, t3 - t2], axis=1)
+    w = [-t + 2 * t2 - t3, 2 - 5 * t2 + 3 * t3, t + 4 * t2 - 3 * t3, t3 - t2]
+    return 0.5 * np.stack(w, axis=1)
 
 
 def _variant_matrices(strokes):
@@ -376,7 +377,7 @@ def synthetic_digits(n, seed=0, size=MNIST_SIZE):
 # --------------------------------------------------------------------------- distortions
 
 def _px_to_norm(size):
-    """Normalised units per pixel on an axis of ``size`` pixels (CONVENTIONS §3, align_corners=False)."""
+    """Normalised units per pixel on an axis of ``size`` pixels (CONVENTIONS §3, no align_corners)."""
     return 2.0 / size
 
 
@@ -461,8 +462,9 @@ def _distort_p(rng, images):
     moved = scale[:, None, None, None] * _CORNERS + tries * _px_to_norm(MNIST_SIZE)
     # keep the first draw whose corners form a convex quadrilateral (same orientation as
     # the image), so the homography is one-to-one on the image; none convex: no noise
-    edges = np.roll(moved, -1, axis=2) - moved
-    turn = edges[..., 0] * np.roll(edges, -1, axis=2)[..., 1] - edges[..., 1] * np.roll(edges, -1, axis=2)[..., 0]
+    edges = np.roll(moved, -1, axis=2) - moved                    # (m, P_TRIES, 4, 2)
+    nxt = np.roll(edges, -1, axis=2)
+    turn = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]
     convex = (turn > 0).all(axis=2)                               # (m, P_TRIES)
     pick = np.argmax(convex, axis=1)
     noise_px = np.where(convex.any(axis=1)[:, None, None], tries[np.arange(m), pick], 0.0)
@@ -627,7 +629,8 @@ def _read_header(f, path):
     code, ndim = magic[2], magic[3]
     if code != IDX_UINT8:
         name = IDX_DTYPE_NAMES.get(code, "unknown")
-        raise _idx_error(path, f"unsupported dtype code 0x{code:02x} ({name}); only 0x08 (uint8) is supported")
+        raise _idx_error(path, f"unsupported dtype code 0x{code:02x} ({name}); "
+                               f"only 0x08 (uint8) is supported")
     if ndim not in IDX_NDIMS:
         raise _idx_error(path, f"wrong magic 0x{magic.hex()}: expected 0x00000801 (labels, 1-D) or "
                                f"0x00000803 (images, 3-D), got {ndim} dimensions")
@@ -713,7 +716,8 @@ def write_idx(path, array):
     fn = "write_idx"
     path = os.fspath(path)
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
-        got = f"array of dtype {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__
+        got = (f"array of dtype {array.dtype}" if isinstance(array, np.ndarray)
+               else type(array).__name__)
         raise TypeError(f"{fn}(): expected array of dtype uint8, got {got}")
     if array.ndim not in IDX_NDIMS or 0 in array.shape:
         raise ValueError(f"{fn}(): expected array of shape (n,) or (n, rows, cols) with no zero "
@@ -794,8 +798,9 @@ def load_mnist(directory):
 
 # --------------------------------------------------------------------------- datasets
 
-def _subset_size(value, name, fn, default):
-    return default if value is None else _checks.check_int(value, name, fn, minimum=1)
+def _split_size(value, name, fn):
+    """``None`` (the whole split) or a positive int."""
+    return None if value is None else _checks.check_int(value, name, fn, minimum=1)
 
 
 def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=None, seed=0):
@@ -825,20 +830,19 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
     fn = "load_dataset"
     distortion = _checks.check_choice(distortion, "distortion", fn, DISTORTIONS)
     seed = _check_seed(seed, fn)
-    sizes = {TRAIN: _subset_size(train_size, "train_size", fn, None),
-             TEST: _subset_size(test_size, "test_size", fn, None)}
+    sizes = {TRAIN: _split_size(train_size, "train_size", fn),
+             TEST: _split_size(test_size, "test_size", fn)}
     if data_dir is None:
-        splits = {}
-        for split in (TRAIN, TEST):
-            n = DEFAULT_SIZES[split] if sizes[split] is None else sizes[split]
-            splits[split] = _digits(n, (seed, split, STAGE_DIGITS), MNIST_SIZE)
+        splits = {split: _digits(DEFAULT_SIZES[split] if sizes[split] is None else sizes[split],
+                                 (seed, split, STAGE_DIGITS), MNIST_SIZE)
+                  for split in (TRAIN, TEST)}
     else:
         x_tr, y_tr, x_te, y_te = load_mnist(data_dir)
+        if x_tr.shape[1:] != (MNIST_SIZE, MNIST_SIZE) or x_te.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
+            raise ValueError(f"{fn}(): expected 28x28 images in {os.fspath(data_dir)!r}, "
+                             f"got {x_tr.shape[1:]} (train) and {x_te.shape[1:]} (test)")
         splits = {TRAIN: (x_tr[:sizes[TRAIN]], y_tr[:sizes[TRAIN]]),
                   TEST: (x_te[:sizes[TEST]], y_te[:sizes[TEST]])}
-        if x_tr.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
-            raise ValueError(f"{fn}(): expected 28x28 images in {os.fspath(data_dir)!r}, "
-                             f"got {x_tr.shape[1:]}")
     out = []
     for split in (TRAIN, TEST):
         images, labels = splits[split]
