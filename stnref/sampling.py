@@ -628,46 +628,38 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
         g = g[0]
     smooth = _KERNELS[mode].taps is not _nearest
     T = len(_KERNELS[mode].offsets) ** k
-    dgrid = np.zeros((k, M), dtype=grid.dtype)
+    R = planes.shape[-1]
+    index = np.int32 if max(R, M * T) < INT_MAX else np.int64  # int32: scipy's fast path
+    dgrid = np.zeros((M, k), dtype=grid.dtype)
     if need_dU:
-        S_rows = np.empty((M, T), dtype=np.int64)
+        S_rows = np.empty((M, T), dtype=index)
         S_data = np.empty((M, T), dtype=U.dtype)
     for start, stop in _chunks(M):
         chunk = _chunk(coords, origins, start, stop, U.shape, padded, mode, padding_mode,
                        align_corners, order=1)
         if need_dU:
-            rows = (chunk.offsets if chunk.base is None
-                    else [chunk.base + off for off in chunk.offsets])
-            S_rows[start:stop] = np.stack(rows, axis=1)
-            S_data[start:stop] = _tap_weights(chunk.axes)
+            for t, (off, combo) in enumerate(zip(chunk.offsets, _combos(chunk.axes))):
+                S_rows[start:stop, t] = off if chunk.base is None else chunk.base + off
+                S_data[start:stop, t] = functools.reduce(
+                    np.multiply, (ax.w[o] for ax, o in zip(chunk.axes, combo)))
         if smooth:
             derivs = _contract(chunk.axes, _gather(planes, chunk), order=1)[1:]
             gc = g[..., start:stop]
             for a in range(k):
                 prod = derivs[a] * gc
-                dgrid[a, start:stop] = prod if C == 1 else prod.sum(axis=0)
+                dgrid[start:stop, a] = prod if C == 1 else prod.sum(axis=0)
 
     dU = None
     if need_dU:
         S = scipy.sparse.csr_matrix(
-            (S_data.reshape(-1), S_rows.reshape(-1), np.arange(0, M * T + 1, T)),
-            shape=(M, planes.shape[-1]),
+            (S_data.reshape(-1), S_rows.reshape(-1), np.arange(0, M * T + 1, T, dtype=index)),
+            shape=(M, R),
         )
         dU_rows = np.asarray(S.T @ (g if C == 1 else g.T), dtype=U.dtype)  # (R,) or (R, C)
         dU_rows = dU_rows.reshape(N, *padded, C)
         ring = _KERNELS[mode].ring
         inner = (slice(None),) + (slice(ring, -ring),) * k
         dU = np.ascontiguousarray(np.moveaxis(dU_rows[inner], -1, 1))
-    dgrid = dgrid.T
     if bad is not None:
         dgrid[bad] = np.nan
-    return dU, np.ascontiguousarray(dgrid).reshape(grid.shape)
-
-
-def _tap_weights(axes):
-    """(m, T) products of the per-axis weights, in :func:`_combos` order (x fastest)."""
-    W = None
-    for ax in reversed(axes):  # last axis outermost
-        w = np.stack(ax.w, axis=1)                         # (m, T_a)
-        W = w if W is None else (W[:, :, None] * w[:, None, :]).reshape(len(w), -1)
-    return W
+    return dU, dgrid.reshape(grid.shape)
