@@ -289,3 +289,15 @@ def test_bad_dV_raises(bad, exc, match):
 def test_affine_grid_size_disagreeing_with_theta(theta_shape, size, match):
     with pytest.raises(ValueError, match=match):
         affine_grid(np.zeros(theta_shape), size)
+
+
+@pytest.mark.parametrize("grid_shape, U_batch", [((2, 0, 3, 2), 2), ((0, 3, 3, 2), 0),
+                                                  ((1, 2, 0, 2, 3), 1)])
+def test_empty_grids_give_empty_outputs(grid_shape, U_batch):
+    k = grid_shape[-1]
+    U = np.ones((U_batch, 3, *(4,) * k))
+    grid = np.zeros(grid_shape)
+    V = grid_sample(U, grid)
+    assert V.shape == (U_batch, 3, *grid_shape[1:-1])
+    dU, dgrid = grid_sample_backward(np.zeros(V.shape), U, grid)
+    assert dU.shape == U.shape and not dU.any() and dgrid.shape == grid.shape

@@ -85,14 +85,35 @@ def test_parity_huge_coordinates(combo):
 @pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
 @settings(max_examples=5)
 @given(data=st.data())
-def test_parity_float32_forward(combo, data):
+def test_parity_float32(combo, data):
+    # float32 is computed in float32 by both; kinky grids too (same rounding before floor)
     k, mode, padding, ac = combo
-    case = data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,), align=(ac,)))
-    U, grid = case.U.astype(np.float32), case.grid.astype(np.float32)
-    mine = grid_sample(U, grid, **case.kwargs)
-    assert mine.dtype == np.float32
-    expected = F.grid_sample(torch.tensor(U), torch.tensor(grid), **case.kwargs).numpy()
-    assert_close_scaled(mine, expected, F32_TOL, "V float32")
+    for grids in ("smooth", "kinky"):
+        case = data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,),
+                                       align=(ac,), grids=grids))
+        U, grid, dV = (a.astype(np.float32) for a in (case.U, case.grid, case.dV))
+        V, dU, dgrid = torch_grid_sample(U, grid, dV, **case.kwargs)
+        mine = grid_sample(U, grid, **case.kwargs)
+        mine_dU, mine_dgrid = grid_sample_backward(dV, U, grid, **case.kwargs)
+        assert mine.dtype == mine_dU.dtype == mine_dgrid.dtype == np.float32
+        assert_close_scaled(mine, V, F32_TOL, "V float32")
+        assert_close_scaled(mine_dU, dU, F32_TOL, "dU float32")
+        assert_close_scaled(mine_dgrid, dgrid, F32_TOL, "dgrid float32")
+
+
+@pytest.mark.parametrize("combo", [(2, "bilinear", "zeros", False), (2, "bicubic", "reflection", True),
+                                   (3, "bilinear", "border", False), (3, "nearest", "reflection", True)],
+                         ids=combo_id)
+def test_parity_across_internal_chunks(combo):
+    # more grid points than one internal chunk of stnref.sampling (boundaries at multiples)
+    from stnref.sampling import CHUNK
+    k, mode, padding, ac = combo
+    rng = np.random.default_rng(3)
+    P = (2 * CHUNK + 17) // 3 + 1
+    U = rng.standard_normal((3, 2, *(7,) * k))
+    grid = rng.uniform(-1.5, 1.5, (3, P, *(1,) * (k - 1), k))
+    dV = rng.standard_normal((3, 2, P, *(1,) * (k - 1)))
+    check_parity(Case(U, grid, dV, mode, padding, ac))
 
 
 @pytest.mark.parametrize("k", [2, 3])
