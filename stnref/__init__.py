@@ -26,29 +26,51 @@ from .grids import (
     tps_grid_backward,
     tps_matrix,
 )
+from .checkpoint import load_checkpoint, save_checkpoint
 from .sampling import grid_sample, grid_sample_backward
+from .second_order import (
+    affine_grid_jvp,
+    attention_grid_jvp,
+    grid_sample_double_backward,
+    grid_sample_jvp,
+    projective_grid_jvp,
+    tps_grid_jvp,
+)
+from .transformer import MODEL_NAMES, Parallel, SpatialTransformer, build_model
 from .transforms import TRANSFORMS, Transform, get_transform, tps_transform
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MODEL_NAMES",
     "PROJECTIVE_FAR",
+    "Parallel",
+    "SpatialTransformer",
     "TRANSFORMS",
     "Transform",
     "affine_grid",
     "affine_grid_backward",
+    "affine_grid_jvp",
     "attention_grid",
     "attention_grid_backward",
+    "attention_grid_jvp",
+    "build_model",
     "get_transform",
     "gradcheck",
     "grid_sample",
     "grid_sample_backward",
+    "grid_sample_double_backward",
+    "grid_sample_jvp",
+    "load_checkpoint",
     "projective_grid",
     "projective_grid_backward",
+    "projective_grid_jvp",
+    "save_checkpoint",
     "set_max_elements",
     "tps_control_points",
     "tps_grid",
     "tps_grid_backward",
+    "tps_grid_jvp",
     "tps_matrix",
     "tps_transform",
 ]
