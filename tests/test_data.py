@@ -362,6 +362,14 @@ def test_idx_not_gzip(tmp_path):
         read_idx(path)
 
 
+def test_idx_cut_gzip_stream(tmp_path):
+    compressed = gzip.compress(_raw_idx(8, (50, 4, 4), bytes(range(200)) * 4))
+    path = tmp_path / "cut.gz"
+    path.write_bytes(compressed[:len(compressed) // 2])
+    with pytest.raises(ValueError, match="cut.gz"):
+        read_idx(path)
+
+
 def test_write_idx_errors(tmp_path):
     with pytest.raises(TypeError, match="write_idx"):
         write_idx(tmp_path / "a", np.zeros(3, np.float32))
