@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
+from ._io import FILE_MODE, atomic_open
 from .nn.layers import Module
 
 __all__ = ["METADATA_KEY", "load_checkpoint", "load_into", "save_checkpoint"]
@@ -30,8 +30,6 @@ __all__ = ["METADATA_KEY", "load_checkpoint", "load_into", "save_checkpoint"]
 METADATA_KEY = "__metadata__"
 # Zip members carry a timestamp; a fixed one (the zip epoch) keeps files reproducible.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-# Permissions of a new checkpoint (mkstemp creates 0600 files).
-FILE_MODE = 0o644
 # Array dtype kinds a checkpoint may hold: bool, signed, unsigned, float, complex, unicode.
 ALLOWED_KINDS = "biufcU"
 
@@ -76,18 +74,6 @@ def _write_member(zf, name, arr):
         np.lib.format.write_array(member, np.asarray(arr, order="C"), allow_pickle=False)
 
 
-def _fsync_directory(directory):
-    """Make a rename in ``directory`` durable (POSIX; Windows cannot open directories)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path, arrays, metadata):
     """Write ``arrays`` and ``metadata`` to the ``.npz`` file ``path``, atomically.
 
@@ -123,24 +109,11 @@ def save_checkpoint(path, arrays, metadata):
     fn = "save_checkpoint"
     arrays = _check_arrays(arrays, fn)
     text = _metadata_json(metadata, fn)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w") as zf:
-                for name in sorted(arrays):
-                    _write_member(zf, name, arrays[name])
-                _write_member(zf, METADATA_KEY, np.array(text))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_directory(directory)
+    with atomic_open(path) as f:
+        with zipfile.ZipFile(f, "w") as zf:
+            for name in sorted(arrays):
+                _write_member(zf, name, arrays[name])
+            _write_member(zf, METADATA_KEY, np.array(text))
 
 
 def load_checkpoint(path):

@@ -26,12 +26,12 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import zipfile
 
 import numpy as np
 
 from . import _checks, grids
+from ._io import atomic_write_bytes
 from .checkpoint import save_checkpoint
 from .sampling import grid_sample, grid_sample_backward
 from .second_order import grid_sample_double_backward, grid_sample_jvp
@@ -376,19 +376,6 @@ def _tolerance(outputs):
     return tol
 
 
-def _atomic_write_text(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def export(directory, version=REFERENCE_VERSION):
     """Write the golden cases of ``version`` to ``directory`` (created if needed).
 
@@ -443,8 +430,8 @@ def export(directory, version=REFERENCE_VERSION):
                       "|result - golden| <= atol + rtol * |golden| elsewhere",
         "cases": entries,
     }
-    _atomic_write_text(os.path.join(directory, MANIFEST_NAME),
-                       json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+    atomic_write_bytes(os.path.join(directory, MANIFEST_NAME),
+                       (json.dumps(manifest, sort_keys=True, indent=1) + "\n").encode())
     return manifest
 
 
