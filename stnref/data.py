@@ -58,7 +58,7 @@ OFFSET_MAX_PX = 1.5           # uniform offset of the box centre, in 28x28 pixel
 # Rendering: unit ink per pixel of stroke length, blurred by a Gaussian of width
 # BLUR_SIGMA_RANGE (pixels), then 1 - exp(-gain * ink / peak) with gain in GAIN_RANGE.
 BLUR_SIGMA_RANGE = (0.55, 0.95)
-BLUR_RADIUS = 3
+BLUR_TRUNCATE = 3.0           # Gaussian kernels reach this many sigma
 GAIN_RANGE = (2.0, 5.0)
 
 # Distortions (paper §4.1 appendix).  Pixel quantities are in 28x28 source pixels.
@@ -290,13 +290,14 @@ def _blur(img, sigma):
 
     ``img`` is ``(m, size, size)``; the result has its dtype.
     """
-    k = np.arange(-BLUR_RADIUS, BLUR_RADIUS + 1)
+    radius = math.ceil(BLUR_TRUNCATE * sigma.max())
+    k = np.arange(-radius, radius + 1)
     kern = np.exp(-0.5 * (k[None, :] / sigma[:, None]) ** 2)
     kern = (kern / kern.sum(axis=1, keepdims=True)).astype(img.dtype)[:, :, None, None]
     size = img.shape[-1]
     for axis in (1, 2):
         pad = [(0, 0)] * 3
-        pad[axis] = (BLUR_RADIUS, BLUR_RADIUS)
+        pad[axis] = (radius, radius)
         padded = np.pad(img, pad)
         img = np.zeros_like(img)
         for j in range(kern.shape[1]):
