@@ -22,6 +22,7 @@ from strategies import (
     combo_id,
     combos,
     grid_kink_distance,
+    kink_distance,
     sampler_cases,
 )
 
@@ -301,3 +302,21 @@ def test_empty_grids_give_empty_outputs(grid_shape, U_batch):
     assert V.shape == (U_batch, 3, *grid_shape[1:-1])
     dU, dgrid = grid_sample_backward(np.zeros(V.shape), U, grid)
     assert dU.shape == U.shape and not dU.any() and dgrid.shape == grid.shape
+
+
+@pytest.mark.parametrize("mode, padding, ac, size, i, expect", [
+    ("bilinear", "zeros", False, 4, [2.0, 2.5, -1.25, 7.9], [0.0, 0.5, 0.25, 0.1]),
+    ("nearest", "zeros", False, 4, [2.5, 2.25, -0.5], [0.0, 0.25, 0.0]),
+    ("bilinear", "border", True, 5, [-3.3, 4.0, 3.75], [0.3, 0.0, 0.25]),
+    # folds at -0.5 + 4k: 7.5, -8.5; band [-0.5, 0) interior is smooth but near its ends
+    ("bilinear", "reflection", False, 4, [7.5, -8.5, -0.25, 3.4, 11.45], [0.0, 0.0, 0.25, 0.1, 0.05]),
+    # folds at 4k are integers; reflected 0.3 -> 0.3 from the lattice
+    ("bilinear", "reflection", True, 5, [8.0, -0.3, 12.7], [0.0, 0.3, 0.3]),
+    ("nearest", "reflection", True, 5, [6.5, 6.25], [0.0, 0.25]),
+    ("bicubic", "reflection", False, 4, [7.5, 2.2], [0.5, 0.2]),  # taps padded: integers only
+    ("bicubic", "border", True, 1, [0.3], [np.inf]),               # size 1, align_corners: constant
+])
+def test_kink_distance_of_the_strategy(mode, padding, ac, size, i, expect):
+    # the strategy that keeps finite differences off kinks must itself find every kink
+    d = kink_distance(np.array(i), size, mode, padding, ac)
+    np.testing.assert_allclose(d, expect, rtol=0, atol=1e-12)
