@@ -19,6 +19,7 @@ from stnref import affine_grid, affine_grid_backward, gradcheck, grid_sample, gr
 import loops
 from strategies import (
     KINK_MARGIN,
+    MAX_REDRAWS,
     combo_id,
     combos,
     grid_kink_distance,
@@ -63,11 +64,12 @@ def _smooth_theta(rng, size, in_spatial, mode, padding, ac):
     """Random affine theta whose grid (of ``size``) keeps KINK_MARGIN away from U's kinks."""
     k = len(in_spatial)
     eye = np.concatenate([np.eye(k), np.zeros((k, 1))], axis=1)
-    while True:
+    for _ in range(MAX_REDRAWS):
         theta = eye + THETA_NOISE * rng.standard_normal((size[0], k, k + 1))
         grid = affine_grid(theta, size, ac)
         if (grid_kink_distance(grid, in_spatial, mode, padding, ac) >= KINK_MARGIN).all():
             return theta
+    raise RuntimeError("no affine theta with a kink-free grid found")
 
 
 @pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
