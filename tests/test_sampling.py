@@ -177,6 +177,16 @@ def test_read_only_and_non_contiguous_inputs(case):
         np.testing.assert_array_equal(dU, expect_dU)
         np.testing.assert_array_equal(dg, expect_dg)
 
+    # negative strides: every axis reversed, against contiguous copies of the same views
+    flip = tuple(slice(None, None, -1) for _ in range(case.U.ndim))
+    U, grid, dV = case.U[flip], case.grid[flip], case.dV[flip]
+    copies = [np.ascontiguousarray(a) for a in (U, grid, dV)]
+    np.testing.assert_array_equal(grid_sample(U, grid, **case.kwargs),
+                                  grid_sample(*copies[:2], **case.kwargs))
+    for got, want in zip(grid_sample_backward(dV, U, grid, **case.kwargs),
+                         grid_sample_backward(copies[2], *copies[:2], **case.kwargs)):
+        np.testing.assert_array_equal(got, want)
+
 
 def test_need_dU_false_skips_dU_only():
     rng = np.random.default_rng(3)
