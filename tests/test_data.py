@@ -200,6 +200,14 @@ def test_distort_rts_ranges_and_placement():
     assert np.abs(_centroid(out) - (21.0 + shift + off)).max() < CENTROID_TOL_PX
 
 
+def test_distort_rts_keeps_the_digit_on_the_canvas(digits):
+    x = digits[0]
+    out, params = distort(x, "rts", seed=2)
+    kept = out.sum(axis=(1, 2)) / (x.sum(axis=(1, 2)) * params["scale"] ** 2)
+    # (bilinear sampling of a shrunk digit conserves ink only approximately)
+    assert kept.min() > 0.8 and np.median(kept) > 0.99 and kept.max() < 1.05
+
+
 def test_distort_p_corner_noise_and_homography():
     n = 2000
     x = np.zeros((n, 28, 28))
