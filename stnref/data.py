@@ -586,6 +586,7 @@ def distort(images, kind, seed=0):
     n = len(images)
     if kind == "tc" and n < 2:
         raise ValueError(f"{fn}(): 'tc' crops clutter from other digits and needs n >= 2, got n={n}")
+    _checks.check_budget((n, _OUT_SIZES[kind], _OUT_SIZES[kind]), fn, "out")
     return _distort(images, kind, seed)
 
 
