@@ -233,19 +233,23 @@ def _draw_digit_params(rng, m):
 
 
 def _stroke_points(p, size):
-    """Dense stroke points in pixel coordinates ``(m, P, 2)`` (x, y; pixel centres at k + 0.5)."""
+    """Dense stroke points in pixel coordinates, coordinate-major ``(m, 2, P)``.
+
+    Rows are ``x, y`` (y down); pixel centres sit at ``k + 0.5``.  The
+    coordinate-major layout keeps every reduction over points contiguous.
+    """
     m = len(p["labels"])
-    ctrl = _CTRL[p["variant"]] + p["jitter"]                      # (m, K, 2)
-    pts = np.empty((m, _DENSE.shape[1], 2))                       # (m, P, 2)
+    ctrl = (_CTRL[p["variant"]] + p["jitter"]).transpose(0, 2, 1)   # (m, 2, K)
+    pts = np.empty((m, 2, _DENSE.shape[1]))                         # (m, 2, P)
     for v in range(len(_DENSE)):  # one product per template variant, not per sample
         sel = p["variant"] == v
-        pts[sel] = np.matmul(_DENSE[v], ctrl[sel])
-    pts -= 0.5                                                    # centred on the box
+        pts[sel] = np.matmul(ctrl[sel], _DENSE[v].T)
+    pts -= 0.5                                                      # centred on the box
     # smooth local deformation: displacement sum_j a_j sin(w_j . pts + phi_j)
-    freq = p["wave_freq"][:, None]                                # (m, 1, J, 2)
-    phase = pts[..., 0, None] * freq[..., 0] + pts[..., 1, None] * freq[..., 1]
-    wave = np.sin(phase + p["wave_phase"][:, None, :])            # (m, P, J)
-    pts += np.matmul(wave, p["wave_amp"])
+    freq = p["wave_freq"][..., None]                                # (m, J, 2, 1)
+    phase = freq[:, :, 0] * pts[:, None, 0] + freq[:, :, 1] * pts[:, None, 1]
+    wave = np.sin(phase + p["wave_phase"][..., None])               # (m, J, P)
+    pts += np.matmul(p["wave_amp"].transpose(0, 2, 1), wave)
     # rotation @ slant @ aspect; y points down, so slant leans the top to the right
     c, s = np.cos(p["rotation"]), np.sin(p["rotation"])
     a = np.exp(p["log_aspect"])
@@ -254,19 +258,19 @@ def _stroke_points(p, size):
     lin[:, 0, 1] = -c * p["slant"] - s
     lin[:, 1, 0] = s * a
     lin[:, 1, 1] = -s * p["slant"] + c
-    pts = np.matmul(pts, lin.transpose(0, 2, 1))
+    pts = np.matmul(lin, pts)
     # fit the longest side into the box (less the stroke), centred, then offset
-    lo, hi = pts.min(axis=1), pts.max(axis=1)                     # (m, 2)
+    lo, hi = pts.min(axis=2), pts.max(axis=2)                       # (m, 2)
     box = MNIST_BOX * size / MNIST_SIZE
     # the stroke is 2 sigma sqrt(2 ln gain) wide where its ink exceeds 1 - 1/e
     stroke_px = 2.0 * p["sigma"] * np.sqrt(2.0 * np.log(p["gain"])) * size / MNIST_SIZE
     scale = (box - stroke_px) * p["fill"] / (hi - lo).max(axis=1)
     centre = size / 2 + p["offset"] * size / MNIST_SIZE
-    return (pts - 0.5 * (lo + hi)[:, None, :]) * scale[:, None, None] + centre[:, None, :]
+    return (pts - 0.5 * (lo + hi)[:, :, None]) * scale[:, None, None] + centre[:, :, None]
 
 
 def _splat(pts, weight, size):
-    """Bilinear splat of weighted points ``(m, P, 2)`` into images ``(m, size, size)`` via bincount.
+    """Bilinear splat of weighted points ``(m, 2, P)`` into images ``(m, size, size)`` via bincount.
 
     The box fit keeps every point inside the frame; taps go to a canvas with a
     one-pixel margin (coordinates clipped into it for safety) that is cropped off.
@@ -275,8 +279,8 @@ def _splat(pts, weight, size):
     side = size + 2
     u = np.clip(pts - 0.5, -1.0, size - 1.0)                     # pixel-centre coordinates
     i0 = np.floor(u)
-    fx, fy = (u - i0).transpose(2, 0, 1)
-    col, row = (i0.astype(np.int64) + 1).transpose(2, 0, 1)
+    fx, fy = (u - i0).transpose(1, 0, 2)
+    col, row = (i0.astype(np.int64) + 1).transpose(1, 0, 2)
     flat = (np.arange(m) * side * side)[:, None] + row * side + col     # (m, P) top-left tap
     taps = np.concatenate([flat, flat + 1, flat + side, flat + side + 1]).ravel()
     w = np.concatenate([weight * (1 - fx) * (1 - fy), weight * fx * (1 - fy),
@@ -311,7 +315,8 @@ def _render_chunk(rng, size):
     p = _draw_digit_params(rng, CHUNK)
     pts = _stroke_points(p, size)
     # ink per point = half the length of its two stroke segments, so density is uniform
-    seg = np.hypot(*np.moveaxis(np.diff(pts, axis=1), -1, 0)) * _SAME_STROKE[p["variant"]]
+    step = np.diff(pts, axis=2)                                   # (m, 2, P - 1)
+    seg = np.hypot(step[:, 0], step[:, 1]) * _SAME_STROKE[p["variant"]]
     weight = 0.5 * (np.pad(seg, ((0, 0), (1, 0))) + np.pad(seg, ((0, 0), (0, 1))))
     sigma = p["sigma"] * size / MNIST_SIZE
     ink = _blur(_splat(pts, weight, size).astype(np.float32), sigma)
