@@ -23,6 +23,7 @@ try:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 except ImportError:
     sys.exit("make_figures.py needs matplotlib: pip install 'stnref[plot]'")
 
@@ -42,6 +43,7 @@ MISTAKES_SIDE = 28              # mistakes at MNIST's size: one-pixel errors sta
 CHECKER = 4                     # checkerboard square (pixels) behind the mistakes' digit
 CHECKER_LEVEL = 0.35
 MISTAKES_TPS_NOISE = 0.2        # control-point displacement (normalised units)
+ERROR_TICKS = (0.5, 1, 2, 5, 10, 20, 50, 100)   # error-% ticks of the training curve
 OVERSHOOT_SHOWN = 0.02          # bicubic values this far outside [0, 1] are coloured
 RED, BLUE, GREY = "#d62728", "#1f77b4", "#7f7f7f"
 PNG_METADATA = {"Software": None}   # no version string: the file depends on the pixels only
@@ -370,11 +372,18 @@ def figs_trained(run_dir, n=12):
     ax_err.plot(e, [r["train_error"] for r in epochs], "o-", color=BLUE, label="train")
     ax_err.plot(e, [r["test_error"] for r in epochs], "o-", color=RED, label="test")
     ax_err.set_xlabel("epoch")
-    ax_err.set_ylabel("error %")
+    ax_err.set_ylabel("error % (log scale)")
+    ax_err.set_yscale("log")
+    ax_err.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ERROR_TICKS))
+    ax_err.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_err.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_err.legend(fontsize=8)
+    for ax in (ax_loss, ax_err):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.suptitle(f"{config.model} {config.transform} on {config.distortion}: "
-                 f"{config.train_size} training digits, {config.optimizer} lr {config.lr}, "
-                 f"epoch {state['epoch']}", fontsize=10)
+                 f"{config.train_size} training digits, {config.optimizer} lr {config.lr} "
+                 f"(localisation x{config.loc_lr_scale}), epoch {state['epoch']}, "
+                 f"test error {epochs[-1]['test_error']:.2f}%", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     save(fig, "training_curve.png")
 
