@@ -936,3 +936,55 @@ def test_load_checkpoint_hostile_path(path):
     CASES["load_checkpoint"] += 1
     with pytest.raises((ValueError, TypeError)):
         load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- non-finite theta
+
+THETA_CALLS = {
+    "affine_grid": (lambda th: stnref.affine_grid(th, SIZE), _theta_affine),
+    "attention_grid": (lambda th: stnref.attention_grid(th, SIZE), lambda: np.ones((2, 3))),
+    "projective_grid": (lambda th: stnref.projective_grid(th, SIZE), lambda: np.eye(3)[None].repeat(2, 0)),
+    "projective_grid_backward": (lambda th: stnref.projective_grid_backward(_grid((2, 4, 5, 2)), th, SIZE),
+                                 lambda: np.eye(3)[None].repeat(2, 0)),
+    "tps_grid": (lambda th: stnref.tps_grid(th, SIZE), _tps_theta),
+}
+if second_order is not None:
+    THETA_CALLS.update({
+        "affine_grid_jvp": (lambda th: second_order.affine_grid_jvp(th, _theta_affine(), SIZE), _theta_affine),
+        "projective_grid_jvp": (lambda th: second_order.projective_grid_jvp(th, np.ones((2, 3, 3)), SIZE),
+                                lambda: np.eye(3)[None].repeat(2, 0)),
+    })
+
+
+@pytest.mark.parametrize("name", sorted(THETA_CALLS))
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_theta_rejected(name, bad):
+    """STYLE §5: a non-finite theta is a ValueError naming theta and the bad value."""
+    fn, make = THETA_CALLS[name]
+    theta = make()
+    theta.flat[-1] = bad
+    CASES[f"theta {name}"] += 1
+    with pytest.raises(ValueError, match="theta") as info:
+        fn(theta)
+    assert str(bad) in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_grid_point_is_nan_everywhere_and_only_there(mode, padding_mode, bad):
+    """CONVENTIONS §5: NaN in every channel of V and in dgrid at that point, nothing in dU."""
+    U, grid = _U(), _grid()
+    grid[1, 2, 3, 0] = bad
+    CASES["non-finite grid"] += 1
+    V = stnref.grid_sample(U, grid, mode=mode, padding_mode=padding_mode)
+    dU, dgrid = stnref.grid_sample_backward(np.ones_like(V), U, grid, mode=mode, padding_mode=padding_mode)
+    nan_points = np.isnan(V).any(axis=1)
+    assert np.isnan(V[1, :, 2, 3]).all() and nan_points.sum() == 1
+    assert np.isnan(dgrid[1, 2, 3]).all() and np.isnan(dgrid).sum() == 2
+    assert np.isfinite(dU).all()
+    finite = grid.copy()
+    finite[1, 2, 3] = 50.0  # far outside with zeros padding contributes nothing either way
+    dU_ref, _ = stnref.grid_sample_backward(np.where(np.isnan(V), 0.0, 1.0), U, finite, mode=mode,
+                                            padding_mode=padding_mode)
+    np.testing.assert_allclose(dU, dU_ref, rtol=1e-12, atol=1e-12)
