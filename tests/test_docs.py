@@ -80,6 +80,8 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     assert ns["result"].ok and ns["st_result"].ok
     assert ns["layer"].last_theta.shape == (8, 2, 3)
     assert len(ns["metrics"]["epochs"]) == 1
+    reflected = np.round(ns["V"][0, 0, 4], 2)        # the last padding mode printed
+    np.testing.assert_array_equal(reflected[:5], [0.43, 0.29, 0.14, 0.0, 0.0])
 
 
 def test_readme_runs(tmp_path, monkeypatch):
@@ -280,3 +282,42 @@ def test_every_figure_is_shown_and_generated():
     assert on_disk <= shown, f"figures not shown in docs: {sorted(on_disk - shown)}"
     assert shown <= on_disk, f"docs show missing figures: {sorted(shown - on_disk)}"
     assert all(f'"{name}"' in script for name in on_disk), "a figure make_figures.py does not write"
+
+
+def documented_parameters(signature):
+    """Parameter names of a signature as written in api.md: ``(a, b=1, *, c=(1, 2))``."""
+    depth, names, current = 0, [], ""
+    for ch in signature[1:-1] + ",":
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            name = re.split(r"[=:]", current)[0].strip().lstrip("*")
+            if name:
+                names.append(name)
+            current = ""
+        else:
+            current += ch
+    return names
+
+
+def test_api_md_signatures_are_current():
+    """Each ``- `stnref.x(a, b=...)` `` line names the parameters the function has today."""
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    stale = []
+    for qualname, signature in re.findall(r"^- `(stnref[\w.]*)(\(.*?\))(?: -> \w+)?`", text,
+                                          re.MULTILINE):
+        if signature == "(...)":
+            continue
+        modname, _, name = qualname.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(modname), name)
+        except ImportError:
+            obj = getattr(importlib.import_module(modname.rpartition(".")[0]),
+                          modname.rpartition(".")[2])
+            obj = getattr(obj, name)
+        actual = list(inspect.signature(obj).parameters)
+        if documented_parameters(signature) != actual:
+            stale.append(f"{qualname}: api.md has {signature}, the code has {actual}")
+    assert not stale, "docs/api.md is out of date:\n" + "\n".join(stale)
