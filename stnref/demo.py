@@ -14,9 +14,9 @@ from .plotting import PLOT_HINT, save_pairs
 from .train import TrainConfig, load_run, train, transformers
 from .transformer import count_parameters
 
-DEMO_TRAIN = 10_000     # training digits
+DEMO_TRAIN = 20_000     # training digits
 DEMO_TEST = 2_000       # test digits
-DEMO_EPOCHS = 8
+DEMO_EPOCHS = 10
 DEMO_MODELS = ("fcn", "st-fcn")
 FIGURE_SAMPLES = 16
 
