@@ -321,3 +321,22 @@ def test_api_md_signatures_are_current():
         if documented_parameters(signature) != actual:
             stale.append(f"{qualname}: api.md has {signature}, the code has {actual}")
     assert not stale, "docs/api.md is out of date:\n" + "\n".join(stale)
+
+
+# ---------------------------------------------------------------------------- figures
+
+VISIBLE = 0.2            # a difference one can see in an image with range [0, 1]
+
+
+def test_figure_mistakes_are_real_mistakes(monkeypatch):
+    """Each reproduced mistake in docs/figures/mistakes.png differs visibly from stnref."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(DOCS))
+    make_figures = importlib.import_module("make_figures")
+    for title, U, wrong, right in make_figures._mistakes():
+        assert wrong.shape == right.shape == U.shape
+        assert np.abs(wrong - right).max() > VISIBLE, title.splitlines()[0]
+    # The correct column of the two identity rows is the input itself.
+    rows = make_figures._mistakes()
+    for _, U, _, right in rows[:2]:
+        assert np.abs(right - U).max() < 1e-12
