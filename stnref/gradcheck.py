@@ -39,7 +39,8 @@ class ArgReport:
     method : str
         ``"full"`` (every entry) or ``"directional"`` (random directions).
     max_abs, max_rel : float
-        Largest absolute and relative error.
+        Largest absolute error, and largest error relative to
+        ``max(|numeric|, atol)``.
     index : tuple
         Worst entry (``"full"``) or direction number (``"directional"``).
     analytic, numeric : float
@@ -182,7 +183,8 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
                 analytic[j] = float(np.vdot(g, v))
             index_of = lambda j: (int(j),)  # noqa: E731
         err = np.abs(analytic - numeric)
-        rel = err / np.maximum(np.abs(numeric), np.finfo(np.float64).tiny)
+        # relative to max(|numeric|, atol): a zero gradient does not blow the ratio up
+        rel = err / np.maximum(np.abs(numeric), max(atol, np.finfo(np.float64).tiny))
         bad = err > atol + rtol * np.abs(numeric)
         worst = int(np.argmax(np.where(bad, err, -1.0))) if bad.any() else int(np.argmax(err)) if err.size else 0
         result.args.append(ArgReport(
