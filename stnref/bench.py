@@ -165,7 +165,13 @@ def _ratio(r):
 
 
 def environment():
-    """One line describing the machine and library versions."""
+    """One line describing the machine and library versions.
+
+    Returns
+    -------
+    str
+        Date, processor, Python, NumPy, SciPy and (if installed) PyTorch versions.
+    """
     torch = _torch()
     versions = f"numpy {np.__version__}, scipy {scipy.__version__}"
     versions += f", torch {torch.__version__} (1 thread)" if torch is not None else ", torch not installed"

@@ -30,6 +30,11 @@ def run_demo(out_dir, seed=0, print_fn=print):
         Receives one run directory per model and ``st-fcn_transform.png``.
     seed : int
     print_fn : callable
+
+    Returns
+    -------
+    dict
+        ``{model name: list of per-epoch metrics}``.
     """
     os.makedirs(out_dir, exist_ok=True)
     print_fn(f"stnref demo: FCN vs ST-FCN (affine) on built-in RTS digits "

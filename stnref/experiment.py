@@ -32,7 +32,16 @@ PAPER_TC_TRANSFORM = "affine"  # the paper reports one ST number per model for T
 
 
 def add_arguments(p):
-    """The experiment's command-line options."""
+    """Add the experiment's command-line options to parser ``p``.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+
+    Returns
+    -------
+    None
+    """
     from .cli import _positive_int
 
     p.add_argument("--models", nargs="+", choices=("fcn", "cnn", "st-fcn", "st-cnn"),
@@ -50,7 +59,18 @@ def add_arguments(p):
 
 
 def cells(models, transforms):
-    """``(model, transform)`` rows of the table: baselines once, ST models per transform."""
+    """Rows of the results table.
+
+    Parameters
+    ----------
+    models : sequence of str
+    transforms : sequence of str
+
+    Returns
+    -------
+    list of (str, str or None)
+        ``(model, transform)``: baselines once with ``None``, ST models per transform.
+    """
     rows = []
     for m in models:
         if m.startswith("st-"):
@@ -70,7 +90,20 @@ def _finished(run_dir, epochs):
 
 
 def run_experiment(args, print_fn=print):
-    """Run the grid described by ``args`` (see :func:`add_arguments`); returns the results dict."""
+    """Run the grid of models x transforms x distortions x seeds described by ``args``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        As parsed with :func:`add_arguments`.
+    print_fn : callable
+
+    Returns
+    -------
+    dict
+        ``{"budget": {...}, "cells": {"<model>|<distortion>": {"errors", "seconds_per_epoch"}}}``,
+        also written to ``results.json`` beside ``results.md``.
+    """
     os.makedirs(args.out, exist_ok=True)
     rows = cells(args.models, args.transforms)
     results = {}
@@ -110,7 +143,21 @@ def run_experiment(args, print_fn=print):
 
 
 def markdown(results, rows, distortions, budget):
-    """The results table, each cell ``ours (paper)`` in test error %."""
+    """The results table as markdown, each cell ``ours (paper)`` in test error %.
+
+    Parameters
+    ----------
+    results : dict
+        ``run_experiment``'s ``cells``.
+    rows : list
+        From :func:`cells`.
+    distortions : sequence of str
+    budget : dict
+
+    Returns
+    -------
+    str
+    """
     lines = [
         f"Test error % (mean of {budget['seeds']} seed(s)); paper's Table 1 in parentheses.",
         f"Budget: {budget['epochs']} epochs on {budget['train_size']} training samples "

@@ -27,7 +27,13 @@ def _pyplot():
 
 
 def have_matplotlib():
-    """Whether figures can be drawn."""
+    """Whether figures can be drawn.
+
+    Returns
+    -------
+    bool
+        True if matplotlib imports.
+    """
     return _pyplot() is not None
 
 

@@ -124,12 +124,34 @@ class TrainConfig:
 
 
 def input_size(distortion):
-    """Side of the square images of a distortion (28, 42 for ``rts``, 60 for ``tc``)."""
+    """Side of the square images of a distortion.
+
+    Parameters
+    ----------
+    distortion : str
+        One of ``stnref.data.DISTORTIONS``.
+
+    Returns
+    -------
+    int
+        42 for ``rts``, 60 for ``tc``, 28 otherwise.
+    """
     return {"rts": 42, "tc": 60}.get(distortion, 28)
 
 
 def make_model(config):
-    """The network of ``config``, initialised from its seed, in float32."""
+    """The network of ``config``, initialised from its seed, in float32.
+
+    Parameters
+    ----------
+    config : TrainConfig
+
+    Returns
+    -------
+    stnref.nn.Module
+        ``build_model(config.model, config.transform, ...)`` with every spatial
+        transformer's ``input_grad`` off (it sits on the data).
+    """
     model = build_model(config.model, config.transform, input_size(config.distortion),
                         rng=np.random.default_rng([config.seed, 0]), dtype=np.float32)
     for st in transformers(model):
@@ -138,7 +160,16 @@ def make_model(config):
 
 
 def transformers(model):
-    """Every SpatialTransformer inside ``model``, depth first."""
+    """Every SpatialTransformer inside ``model``, depth first.
+
+    Parameters
+    ----------
+    model : stnref.nn.Module
+
+    Returns
+    -------
+    list of SpatialTransformer
+    """
     found = []
 
     def walk(m):
@@ -152,6 +183,18 @@ def transformers(model):
 
 
 def make_optimizer(config, model):
+    """The optimiser of ``config`` over ``model``'s parameters.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    model : stnref.nn.Module
+
+    Returns
+    -------
+    stnref.nn.SGD or stnref.nn.Adam
+        With ``lr_scale`` = ``config.loc_lr_scale`` on every localisation network.
+    """
     scales = {p: config.loc_lr_scale for p in localisation_prefixes(model)}
     if config.optimizer == "adam":
         return Adam(model, lr=config.lr, lr_scale=scales)
@@ -159,7 +202,22 @@ def make_optimizer(config, model):
 
 
 def evaluate(model, x, y, batch_size=EVAL_BATCH):
-    """Test error in % and mean loss of ``model`` (eval mode) on ``(x, y)``."""
+    """Test error and mean loss of ``model`` in eval mode.
+
+    Parameters
+    ----------
+    model : stnref.nn.Module
+    x : ndarray, shape (n, C, H, W)
+    y : ndarray, shape (n,), int
+    batch_size : int
+
+    Returns
+    -------
+    error : float
+        Misclassified samples, in %.
+    loss : float
+        Mean cross-entropy.
+    """
     model.eval()
     wrong, loss_sum = 0, 0.0
     for start in range(0, len(x), batch_size):
@@ -173,7 +231,18 @@ def evaluate(model, x, y, batch_size=EVAL_BATCH):
 
 
 def epoch_order(seed, epoch, n):
-    """The permutation of ``n`` training samples used in ``epoch`` (depends only on both)."""
+    """The order in which ``epoch`` visits the training samples.
+
+    Parameters
+    ----------
+    seed, epoch, n : int
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        A permutation that depends only on ``(seed, epoch)``, so a resumed run
+        replays an interrupted epoch exactly.
+    """
     return np.random.default_rng([seed, 1, epoch]).permutation(n)
 
 
@@ -221,7 +290,28 @@ def _write_metrics(run_dir, config, metrics):
 
 
 def load_run(run_dir):
-    """``(config, model, optimizer, state, metrics)`` from ``RUN_DIR/checkpoint.npz``."""
+    """Restore a run from ``RUN_DIR/checkpoint.npz``.
+
+    Parameters
+    ----------
+    run_dir : str
+
+    Returns
+    -------
+    config : TrainConfig
+    model : stnref.nn.Module
+    optimizer : stnref.nn.SGD or stnref.nn.Adam
+    state : dict
+        Progress: ``epoch`` (completed), ``step`` within the next epoch, running sums.
+    metrics : list of dict
+        One entry per completed epoch.
+
+    Raises
+    ------
+    ValueError
+        No checkpoint, a checkpoint of another format, or one that does not fit
+        the model its config describes.
+    """
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         raise ValueError(f"load_run(): no checkpoint in {run_dir!r} (expected {path})")
