@@ -30,7 +30,10 @@ def atomic_open(path):
     """Yield a binary file that replaces ``path`` only if the block completes."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as err:  # name the destination, not the temporary file nobody asked for
+        raise type(err)(err.errno, f"cannot write {path!r}: {err.strerror}") from err
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -5,6 +5,7 @@ IDX reading and its rejection of bad files are tested in tests/test_data.py.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -94,8 +95,11 @@ def test_write_error_keeps_old_file(tmp_path):
 
 
 def test_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        _io.atomic_write_bytes(tmp_path / "no" / "such" / "f.bin", NEW)
+    path = tmp_path / "no" / "such" / "f.bin"
+    with pytest.raises(FileNotFoundError) as info:
+        _io.atomic_write_bytes(path, NEW)
+    assert str(path) in str(info.value) and ".tmp" not in str(info.value)  # names the destination
+    assert info.value.errno == errno.ENOENT
     assert os.listdir(tmp_path) == []
 
 
