@@ -1,0 +1,188 @@
+"""Training loop, exact resume, experiment grid and demo, through the Python API."""
+
+import argparse
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from stnref import demo, experiment
+from stnref.checkpoint import load_checkpoint
+from stnref.data import load_dataset
+from stnref.train import (
+    CHECKPOINT,
+    METRICS,
+    Progress,
+    TrainConfig,
+    epoch_order,
+    evaluate,
+    load_run,
+    train,
+)
+
+TINY = dict(train_size=256, test_size=128, batch_size=32)
+
+
+def quiet():
+    return Progress(io.StringIO())
+
+
+class StopAfter(Progress):
+    """Progress that interrupts training after ``n`` steps (a crash at a known moment)."""
+
+    def __init__(self, n):
+        super().__init__(io.StringIO())
+        self.n = n
+
+    def update(self, text, force=False):
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def easy_data():
+    return load_dataset("none", None, 1024, 256, seed=3)
+
+
+def test_error_falls_on_undistorted_digits(tmp_path, easy_data):
+    config = TrainConfig(model="fcn", distortion="none", epochs=3, train_size=1024,
+                         test_size=256, seed=3)
+    metrics = train(config, str(tmp_path), data=easy_data, progress=quiet())["epochs"]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    assert metrics[-1]["test_error"] < 30.0  # chance is 90 %
+
+
+def test_metrics_and_checkpoint_are_written(tmp_path, easy_data):
+    config = TrainConfig(model="st-fcn", distortion="none", epochs=1, seed=1, **TINY)
+    train(config, str(tmp_path), data=easy_data, progress=quiet())
+    with open(tmp_path / METRICS, encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert metrics["config"]["model"] == "st-fcn"
+    (epoch,) = metrics["epochs"]
+    assert set(epoch) == {"epoch", "train_loss", "train_error", "test_error", "seconds",
+                          "samples_per_s"}
+    arrays, meta = load_checkpoint(tmp_path / CHECKPOINT)
+    assert meta["state"]["epoch"] == 1 and any(k.startswith("optim.") for k in arrays)
+    _, model, _, _, _ = load_run(str(tmp_path))
+    error, _ = evaluate(model, easy_data[2], easy_data[3])  # the data given to train()
+    assert error == pytest.approx(epoch["test_error"])
+
+
+@pytest.mark.parametrize("stop_after", [3, 8, 13])
+def test_resume_from_any_interruption_is_bit_identical(tmp_path, easy_data, stop_after):
+    # 8 steps per epoch, checkpoints every 2 steps: interrupt mid-epoch, between
+    # checkpoints and in the second epoch, then resume to the end.
+    config = dict(model="st-fcn", distortion="none", epochs=2, seed=5, checkpoint_every=2, **TINY)
+    whole = tmp_path / "whole"
+    train(TrainConfig(**config), str(whole), data=easy_data, progress=quiet())
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config), str(part), data=easy_data, progress=StopAfter(stop_after))
+    train(TrainConfig(**config), str(part), resume=True, data=easy_data, progress=quiet())
+    a, meta_a = load_checkpoint(whole / CHECKPOINT)
+    b, meta_b = load_checkpoint(part / CHECKPOINT)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("seconds", "samples_per_s")}
+                        for m in ms]
+    assert strip(meta_a["metrics"]) == strip(meta_b["metrics"])
+
+
+def test_resume_extends_to_the_new_total(tmp_path, easy_data):
+    config = TrainConfig(model="fcn", distortion="none", epochs=1, seed=2, **TINY)
+    train(config, str(tmp_path), data=easy_data, progress=quiet())
+    config.epochs = 3
+    metrics = train(config, str(tmp_path), resume=True, data=easy_data, progress=quiet())
+    assert [m["epoch"] for m in metrics["epochs"]] == [1, 2, 3]
+
+
+def test_same_seed_same_weights_other_seed_different(tmp_path, easy_data):
+    def weights(seed, name):
+        config = TrainConfig(model="fcn", distortion="none", epochs=1, seed=seed, **TINY)
+        train(config, str(tmp_path / name), data=easy_data, progress=quiet())
+        return load_checkpoint(tmp_path / name / CHECKPOINT)[0]
+
+    a, b, c = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    np.testing.assert_array_equal(epoch_order(4, 2, 100), epoch_order(4, 2, 100))
+    assert not np.array_equal(epoch_order(4, 2, 100), epoch_order(4, 3, 100))
+    assert sorted(epoch_order(4, 2, 100)) == list(range(100))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("model", "resnet", "model"),
+    ("transform", "spline", "transform"),
+    ("distortion", "x", "distortion"),
+    ("epochs", 0, "epochs"),
+    ("batch_size", 1.5, "batch_size"),
+    ("lr", 0.0, "lr"),
+    ("lr", float("nan"), "lr"),
+    ("loc_lr_scale", -1.0, "loc_lr_scale"),
+    ("optimizer", "rmsprop", "optimizer"),
+    ("on_nonfinite", "ignore", "on_nonfinite"),
+    ("data", "/no/such/dir", "data"),
+])
+def test_config_rejects_bad_values(field, value, match):
+    config = TrainConfig(**{field: value})
+    with pytest.raises((ValueError, TypeError), match=match):
+        config.validated()
+
+
+def test_load_run_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        load_run(str(tmp_path))
+
+
+def test_progress_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    progress = Progress(stream, period=0.0)
+    progress.update("step 1")
+    progress.update("step 2")
+    progress.done("finished")
+    assert stream.getvalue().splitlines() == ["step 1", "step 2", "finished"]
+
+
+def test_experiment_grid_runs_and_skips_finished_cells(tmp_path):
+    args = argparse.Namespace(models=["fcn", "st-fcn"], transforms=["affine", "tps"],
+                              distortions=["r"], seeds=1, epochs=1, train_size=64, test_size=32,
+                              data=None, out=str(tmp_path))
+    lines = []
+    payload = experiment.run_experiment(args, print_fn=lines.append)
+    assert set(payload["cells"]) == {"fcn|r", "st-fcn-affine|r", "st-fcn-tps|r"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| ST-FCN tps |" in table and "(2.1)" in table  # the paper's FCN number on R
+    stamp = os.path.getmtime(tmp_path / "r" / "fcn-seed0" / CHECKPOINT)
+    experiment.run_experiment(args, print_fn=lines.append)
+    assert os.path.getmtime(tmp_path / "r" / "fcn-seed0" / CHECKPOINT) == stamp
+
+
+def test_experiment_rows():
+    assert experiment.cells(["fcn", "st-cnn"], ["affine", "tps"]) == [
+        ("fcn", None), ("st-cnn", "affine"), ("st-cnn", "tps")]
+
+
+def test_demo_trains_both_models_and_reports(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "DEMO_TRAIN", 128)
+    monkeypatch.setattr(demo, "DEMO_TEST", 64)
+    monkeypatch.setattr(demo, "DEMO_EPOCHS", 1)
+    monkeypatch.setattr(demo, "train", lambda *a, **k: _quiet_train(*a, **k))
+    lines = []
+    results = demo.run_demo(str(tmp_path), print_fn=lines.append)
+    assert set(results) == {"fcn", "st-fcn"}
+    text = "\n".join(lines)
+    assert "fcn" in text and "st-fcn" in text
+    assert ("st-fcn_transform.png" in text) or ("pip install" in text)
+
+
+def _quiet_train(*args, **kwargs):
+    kwargs["progress"] = quiet()
+    return train(*args, **kwargs)
