@@ -55,6 +55,8 @@ STARTUP_KILL_SHARE = 0.25       # share of random kills aimed at start-up rather
 STARTUP_SECONDS = 0.5           # start-up kills fall uniformly in the first half second of a life
 AFTER_SAVE_SECONDS = 0.25       # training kills fall uniformly this long after a checkpoint
 SAVES_KEPT_IN_RESERVE = 2       # >= 4 steps and an evaluation remain after the chosen save
+INTERRUPTS = 2                  # Ctrl-C, each after the 1st or 2nd checkpoint of a life
+EXIT_INTERRUPTED = 130
 SLOW_FSYNC_SECONDS = 0.05       # chain B widens the save window so the poll sees the temp file
 # Chain B's child: the real CLI with os.fsync slowed down (fault injection, nothing else changes).
 SLOW_LAUNCHER = (
@@ -233,6 +235,30 @@ def test_sigkill_during_checkpoint_write_then_resume_is_exact(tmp_path, baseline
     # SIGKILL cannot clean up: the interrupted temp files remain, and were never taken
     # for the checkpoint (the run above resumed from complete files only).
     assert [n for n in os.listdir(run_dir) if TMP_CHECKPOINT.match(n)]
+
+
+def test_ctrl_c_exits_130_keeps_checkpoint_and_resumes_exactly(tmp_path, baseline):
+    """SIGINT (Ctrl-C) mid-training: exit 130 with one line, a loadable checkpoint, exact resume."""
+    run_dir = tmp_path / "run"
+    rng = np.random.default_rng([KILL_SEED, 2])
+    for _ in range(INTERRUPTS):
+        proc = _start(run_dir, resume=(run_dir / CHECKPOINT).exists())
+        target, seen, last = int(rng.integers(1, 3)), 0, _checkpoint_id(run_dir)
+        while seen < target and proc.poll() is None:
+            current = _checkpoint_id(run_dir)
+            if current != last:
+                seen, last = seen + 1, current
+            time.sleep(POLL_SECONDS)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=RUN_TIMEOUT)
+        assert proc.returncode == EXIT_INTERRUPTED, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines[-1] == "stnref: interrupted" and "Traceback" not in err
+        assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]  # cleaned up
+        _check_after_kill(run_dir, baseline)
+    _finish(_start(run_dir, resume=True))
+    _assert_same_as_baseline(run_dir, baseline)
 
 
 # --------------------------------------------------------------------------- non-finite
