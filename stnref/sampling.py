@@ -275,6 +275,16 @@ def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
     return U, grid, align_corners
 
 
+def _check_dV(dV, U, grid, fn):
+    """``dV`` must have the forward output's shape ``(N, C, *grid spatial)`` and U's dtype."""
+    dV = _checks.float_array(dV, "dV", fn)
+    expected = (U.shape[0], U.shape[1], *grid.shape[1:-1])
+    if dV.shape != expected:
+        raise ValueError(f"{fn}(): expected dV of shape {expected}, got {dV.shape}")
+    _checks.check_same_dtype(dV, "dV", U, "U", fn)
+    return dV
+
+
 # --------------------------------------------------------------------------- taps
 
 class _Axis(NamedTuple):
@@ -607,11 +617,7 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     """
     fn = "grid_sample_backward"
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
-    dV = _checks.float_array(dV, "dV", fn)
-    expected = (U.shape[0], U.shape[1], *grid.shape[1:-1])
-    if dV.shape != expected:
-        raise ValueError(f"{fn}(): expected dV of shape {expected}, got {dV.shape}")
-    _checks.check_same_dtype(dV, "dV", U, "U", fn)
+    dV = _check_dV(dV, U, grid, fn)
     need_dU = _checks.check_bool(need_dU, "need_dU", fn)
 
     N, C = U.shape[:2]

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse
 
 from . import _checks, grids
-from .sampling import _check_inputs, _padded_rows, _plan, _to_channels_first
+from .sampling import _check_dV, _check_inputs, _padded_rows, _plan, _to_channels_first
 
 __all__ = [
     "affine_grid_jvp",
@@ -219,11 +219,7 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     """
     fn = "grid_sample_double_backward"
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
-    dV = _checks.float_array(dV, "dV", fn)
-    expected = (U.shape[0], U.shape[1], *grid.shape[1:-1])
-    if dV.shape != expected:
-        raise ValueError(f"{fn}(): expected dV of shape {expected}, got {dV.shape}")
-    _checks.check_same_dtype(dV, "dV", U, "U", fn)
+    dV = _check_dV(dV, U, grid, fn)
     g_dU = _check_like(g_dU, U, "g_dU", "U", fn)
     g_dgrid = _check_like(g_dgrid, grid, "g_dgrid", "grid", fn)
 
