@@ -532,8 +532,28 @@ def _ctor_targets():
     ]
 
 
+def _train_config(**fields):
+    from stnref.train import TrainConfig
+
+    return TrainConfig(**fields).validated()
+
+
+NUMBER_HOSTILE = [None, "0.1", -1.0, np.nan, np.inf, True, [0.1], 1j]
+
+
 def _data_targets():
     return [
+        Target("TrainConfig.validated", _train_config,
+               lambda: {"model": "st-fcn", "transform": "tps", "distortion": "e", "epochs": 2,
+                        "batch_size": 8, "lr": 0.01, "momentum": 0.5, "optimizer": "sgd",
+                        "train_size": 16, "test_size": None, "seed": 1, "clip_norm": None,
+                        "checkpoint_every": 3, "on_nonfinite": "skip"}, (),
+               {"model": MODE_HOSTILE + ["resnet"], "transform": MODE_HOSTILE, "distortion": MODE_HOSTILE,
+                "optimizer": MODE_HOSTILE + ["lbfgs"], "on_nonfinite": MODE_HOSTILE,
+                "epochs": INT_HOSTILE, "batch_size": INT_HOSTILE, "checkpoint_every": INT_HOSTILE,
+                "train_size": INT_HOSTILE[1:], "test_size": INT_HOSTILE[1:], "seed": SEED_HOSTILE,
+                "lr": NUMBER_HOSTILE + [0.0], "loc_lr_scale": NUMBER_HOSTILE, "momentum": NUMBER_HOSTILE,
+                "clip_norm": NUMBER_HOSTILE[1:], "data": ["/nonexistent/mnist", 3, b"x"]}),
         Target("distort", distort,
                lambda: {"images": _rng().random((3, 28, 28)), "kind": "rts", "seed": 1},
                ("images",), {"kind": MODE_HOSTILE + ["x"], "seed": SEED_HOSTILE}, zero_batch=False),
