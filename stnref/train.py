@@ -322,12 +322,43 @@ def load_run(run_dir):
     saved = metadata.get("config", {})
     if set(saved) != fields:
         raise ValueError(f"load_run(): {path} has config keys {sorted(saved)}, expected {sorted(fields)}")
-    config = TrainConfig(**saved)
+    config = TrainConfig(**saved).validated()
+    missing = [k for k in ("state", "metrics") if k not in metadata]
+    stray = sorted(k for k in arrays if not k.startswith(("model.", "optim.")))
+    if missing or stray:
+        raise ValueError(f"load_run(): {path} lacks metadata {missing} or has unknown arrays {stray}")
     model = make_model(config)
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
     optimizer = make_optimizer(config, model)
     optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
     return config, model, optimizer, metadata["state"], metadata["metrics"]
+
+
+def _check_data(data, config):
+    """``(x_train, y_train, x_test, y_test)``: float images of the config's size, int labels."""
+    fn = "train"
+    if not isinstance(data, (tuple, list)) or len(data) != 4:
+        raise TypeError(f"{fn}(): expected data = (x_train, y_train, x_test, y_test), got {type(data).__name__}")
+    side = input_size(config.distortion)
+    out = []
+    for x_name, y_name, x, y in (("x_train", "y_train", *data[:2]), ("x_test", "y_test", *data[2:])):
+        x = _checks.float_array(x, x_name, fn)
+        y = np.asarray(y)
+        if x.ndim != 4 or x.shape[0] < 1 or x.shape[2:] != (side, side):
+            raise ValueError(f"{fn}(): expected {x_name} of shape (n >= 1, C, {side}, {side}) for "
+                             f"distortion {config.distortion!r}, got {x.shape}")
+        if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
+            raise ValueError(f"{fn}(): expected {y_name} of integer labels, shape ({x.shape[0]},), "
+                             f"got {y.dtype} {y.shape}")
+        out += [x, y]
+    return out
+
+
+def _nonfinite_forward(model, x, err):
+    """Whether a forward's ValueError comes from non-finite numbers (input, weights or theta)."""
+    return (not np.isfinite(x).all()
+            or not all(np.isfinite(p).all() for p in model.params.values())
+            or "finite theta" in str(err))
 
 
 def _forward(model, x, y, epoch, step):
@@ -336,7 +367,9 @@ def _forward(model, x, y, epoch, step):
     try:
         logits = model.forward(x)
     except ValueError as err:  # e.g. a grid generator refusing a non-finite theta
-        return None, math.nan, None, f"forward failed at {where}: {err}"
+        if not _nonfinite_forward(model, x, err):
+            raise
+        return None, math.nan, None, f"non-finite forward at {where}: {err}"
     for st in transformers(model):
         if not np.isfinite(st.last_theta).all():
             return logits, math.nan, None, f"non-finite theta at {where}"
@@ -384,14 +417,12 @@ def train(config, run_dir, resume=False, progress=None, data=None):
         A non-finite loss or theta with ``on_nonfinite="stop"``.
     """
     progress = progress or Progress()
-    os.makedirs(run_dir, exist_ok=True)
     if resume:
         epochs = config.epochs
         config, model, optimizer, state, metrics = load_run(run_dir)
         config.epochs = epochs
     else:
-        config.validated()
-        model = make_model(config)
+        model = make_model(config.validated())
         optimizer = make_optimizer(config, model)
         state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "wrong": 0, "seconds": 0.0, "skipped": []}
         metrics = []
@@ -399,7 +430,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     if data is None:
         data = load_dataset(config.distortion, config.data, config.train_size, config.test_size,
                             config.seed)
-    x_train, y_train, x_test, y_test = data
+    x_train, y_train, x_test, y_test = _check_data(data, config)
+    os.makedirs(run_dir, exist_ok=True)
     n = len(x_train)
     steps = math.ceil(n / config.batch_size)
     model.train()
@@ -458,6 +490,5 @@ def train(config, run_dir, resume=False, progress=None, data=None):
         state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, seconds=0.0)
         _save(run_dir, model, optimizer, config, state, metrics)
         _write_metrics(run_dir, config, metrics)
-    if not metrics:
-        _write_metrics(run_dir, config, metrics)
+    _write_metrics(run_dir, config, metrics)  # also repairs one lost to a crash after the save
     return {"config": dataclasses.asdict(config), "epochs": metrics}
