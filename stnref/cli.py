@@ -100,6 +100,8 @@ def _config_from(args):
 
 
 def cmd_train(args):
+    import numpy as np
+
     from .train import train
 
     config = _config_from(args)
@@ -108,7 +110,10 @@ def cmd_train(args):
     if not args.resume and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
         raise UserError(f"{args.out!r} already holds a run; use --resume to continue it "
                         f"or choose another --out")
-    result = train(config, args.out, resume=args.resume)
+    # Training checks losses, thetas and gradients for non-finite values itself (and stops or
+    # skips); numpy's overflow warnings on the way there would only clutter the report.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        result = train(config, args.out, resume=args.resume)
     last = result["epochs"][-1] if result["epochs"] else None
     if last is not None:
         print(f"test error {last['test_error']:.2f}% after {last['epoch']} epochs; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,7 @@ from stnref.checkpoint import load_checkpoint
 from stnref.train import CHECKPOINT, METRICS, load_run
 
 EXIT_USAGE = 2
+EXIT_TRAINING = 3
 SUBPROCESS_TIMEOUT = 120  # seconds; generous because the test machine is shared
 # The smoke run of the brief: small enough to train in a few seconds.
 TINY = ["--train-size", "128", "--test-size", "64", "--epochs", "2", "--batch-size", "64"]
@@ -236,6 +238,21 @@ def test_train_smoke(trained_run):
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, arrays[f"model.{name}"])
     assert not [p for p in os.listdir(run_dir) if p.endswith(".tmp")]
+
+
+def test_diverging_training_exits_3(tmp_path):
+    """A non-finite loss stops training: exit 3, one report line, the last good checkpoint kept."""
+    run_dir = tmp_path / "run"
+    proc = run_cli("train", "--model", "st-fcn", "--distortion", "none", "--train-size", "64",
+                   "--test-size", "16", "--batch-size", "16", "--epochs", "2", "--lr", "1e30",
+                   "--optimizer", "sgd", "--checkpoint-every", "1", "--out", run_dir, cwd=tmp_path)
+    assert proc.returncode == EXIT_TRAINING, proc.stderr
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr
+    last = proc.stderr.splitlines()[-1]
+    assert re.match(r"stnref: training stopped: non-finite \w+ at epoch \d+, batch \d+", last), last
+    _, model, _, state, _ = load_run(run_dir)
+    assert all(np.isfinite(v).all() for v in model.state_dict().values())
+    assert state["step"] >= 1
 
 
 def test_evaluate_json(tmp_path, trained_run):
