@@ -272,6 +272,8 @@ def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
     if k not in _KERNELS[mode].dims:
         raise ValueError(f"{fn}(): mode={mode!r} supports 4-D input only, got {U.ndim}-D U {U.shape}")
     _checks.check_budget((U.shape[0], U.shape[1], *grid.shape[1:-1]), fn, "V")
+    # U may be a broadcast view: its zero-ringed copy (and dU) are real allocations
+    _checks.check_budget((U.shape[0], U.shape[1], *_padded_shape(U.shape, mode)), fn, "padded U")
     return U, grid, align_corners
 
 
@@ -435,7 +437,8 @@ def _planes(U, padded):
     ring = (padded[0] - U.shape[2]) // 2
     out = np.zeros((C, N, *padded), dtype=U.dtype)
     out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = np.moveaxis(U, 1, 0)
-    return out.reshape(C, -1)[0] if C == 1 else out.reshape(C, -1)
+    out = out.reshape(C, N * int(np.prod(padded)))
+    return out[0] if C == 1 else out
 
 
 def _padded_rows(U, padded):
