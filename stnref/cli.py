@@ -100,6 +100,7 @@ def _config_from(args):
 
 
 def cmd_train(args):
+    """Handler of ``stnref train``: train (or ``--resume``) a run in ``--out``; returns 0."""
     import numpy as np
 
     from .train import train
@@ -122,6 +123,7 @@ def cmd_train(args):
 
 
 def cmd_evaluate(args):
+    """Handler of ``stnref evaluate RUN_DIR [--json FILE]``: print (and save) the test error."""
     from .data import load_dataset
     from .train import evaluate, load_run
 
@@ -140,6 +142,7 @@ def cmd_evaluate(args):
 
 
 def cmd_demo(args):
+    """Handler of ``stnref demo``: FCN vs ST-FCN on built-in RTS digits, with figures."""
     from .demo import run_demo
 
     run_demo(args.out, seed=args.seed)
@@ -147,6 +150,7 @@ def cmd_demo(args):
 
 
 def cmd_experiment(args):
+    """Handler of ``stnref experiment``: the paper's Table 1 grid on a stated budget."""
     from .experiment import run_experiment
 
     run_experiment(args)
@@ -154,6 +158,7 @@ def cmd_experiment(args):
 
 
 def cmd_bench(args):
+    """Handler of ``stnref bench``: time the sampler, optionally writing a markdown report."""
     import numpy as np
 
     from .bench import SHAPES, run
@@ -168,6 +173,7 @@ def cmd_bench(args):
 
 
 def cmd_reference(args):
+    """Handler of ``stnref reference export|check``; ``check`` returns 1 if any case fails."""
     from . import reference
 
     if args.action == "export":
@@ -179,6 +185,7 @@ def cmd_reference(args):
 
 
 def build_parser():
+    """The ``argparse`` parser of the ``stnref`` command (errors raise :class:`UserError`)."""
     from .train import TrainConfig
 
     defaults = TrainConfig()
