@@ -265,6 +265,8 @@ def test_ctrl_c_exits_130_keeps_checkpoint_and_resumes_exactly(tmp_path, baselin
 
 N_TRAIN, N_TEST, BATCH, SIDE = 64, 16, 16, 28
 POISONED_BATCH = 3  # 1-based batch of epoch 1 holding the NaN sample
+FAILING_SAVE = 3    # the disk fills up during the third checkpoint of a run
+FSYNCS_PER_SAVE = 2  # the temp file, then the directory after the rename
 
 
 def _config(**changes):
@@ -322,6 +324,44 @@ def test_nan_batch_skipped_and_recorded(tmp_path):
     assert all(np.isfinite(v).all() for v in model.state_dict().values())
     # a skipped step counts no loss: the epoch's mean loss stays finite
     assert all(np.isfinite(m["train_loss"]) for m in metrics)
+
+
+def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    """ENOSPC while a checkpoint is written: the error propagates, the previous checkpoint stays
+    complete, no temp file is left, and resuming ends bit-identical to an uninterrupted run."""
+    import errno
+
+    from stnref import checkpoint
+
+    config = _config(epochs=2)
+    data, _ = _poisoned_data(config)
+    x, y, xt, yt = data
+    data = (np.nan_to_num(x), y, xt, yt)
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "run"
+    train(dataclasses.replace(config), reference_dir, progress=_quiet(), data=data)
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == (FAILING_SAVE - 1) * FSYNCS_PER_SAVE + 1:  # the file fsync of that save
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    with pytest.raises(OSError, match="No space left"):
+        train(dataclasses.replace(config), run_dir, progress=_quiet(), data=data)
+    monkeypatch.undo()
+    assert not [n for n in os.listdir(run_dir) if n.endswith(".tmp")]
+    _, _, _, state, _ = load_run(run_dir)
+    assert (state["epoch"], state["step"]) == (0, FAILING_SAVE - 1)  # checkpoint_every=1
+    train(dataclasses.replace(config), run_dir, resume=True, progress=_quiet(), data=data)
+    got, meta = load_checkpoint(run_dir / CHECKPOINT)
+    want, want_meta = load_checkpoint(reference_dir / CHECKPOINT)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    assert _without(meta["metrics"], TIMINGS) == _without(want_meta["metrics"], TIMINGS)
 
 
 # --------------------------------------------------------------------------- damaged checkpoints
