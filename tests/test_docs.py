@@ -106,14 +106,6 @@ API_MODULES = (
     "stnref.bench", "stnref.plotting",
 )
 NUMPYDOC_SECTION = re.compile(r"^\s*(\w+)\n\s*-{3,}\s*$", re.MULTILINE)
-# Public functions that had no docstring when this test was written (owners: stnref/train.py,
-# stnref/cli.py).  They are listed in docs/api.md with a hand-written summary; delete an
-# entry once its docstring exists (the test then enforces it).
-KNOWN_UNDOCUMENTED = {
-    "stnref.cli.cmd_train", "stnref.cli.cmd_evaluate", "stnref.cli.cmd_demo",
-    "stnref.cli.cmd_experiment", "stnref.cli.cmd_bench", "stnref.cli.cmd_reference",
-    "stnref.cli.build_parser",
-}
 
 
 def public_names(module):
@@ -158,8 +150,7 @@ CALLABLE_ENTRIES = [(m, n, o) for m, n, o in ENTRIES if inspect.isfunction(o) or
 
 @pytest.mark.parametrize(
     "modname, name, obj",
-    [pytest.param(m, n, o, marks=pytest.mark.xfail(reason="no docstring yet", strict=False))
-     if f"{m}.{n}" in KNOWN_UNDOCUMENTED else (m, n, o) for m, n, o in CALLABLE_ENTRIES],
+    CALLABLE_ENTRIES,
     ids=[f"{m}.{n}" for m, n, _ in CALLABLE_ENTRIES])
 def test_public_callable_has_a_docstring(modname, name, obj):
     doc = obj.__doc__
