@@ -890,7 +890,7 @@ def test_set_max_elements_is_the_budget():
 # --------------------------------------------------------------------------- files
 
 
-def _idx_bytes(data):
+def _idx_images(data):
     rows = data.draw(st.integers(1, 3), label="rows")
     n = data.draw(st.integers(1, 3), label="n")
     images = np.arange(n * rows * 2, dtype=np.uint8).reshape(n, rows, 2)
@@ -904,7 +904,7 @@ def test_read_idx_hostile_bytes(tmp_path_factory, data):
     directory = tmp_path_factory.mktemp("idx")
     gz = data.draw(st.booleans(), label="gzip")
     path = directory / ("f.idx" + (".gz" if gz else ""))
-    images = _idx_bytes(data)
+    images = _idx_images(data)
     write_idx(path, images)
     raw = bytearray(path.read_bytes())
     # data.py: a bit flip inside gzip data raises zlib.error (known bug, test_pending_bugs.py)
@@ -981,7 +981,7 @@ def test_load_checkpoint_refuses_pickles(tmp_path):
         with zf.open("x.npy", "w") as f:
             np.lib.format.write_array(f, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     CASES["load_checkpoint"] += 1
-    with pytest.raises(ValueError, match="c|p"):
+    with pytest.raises(ValueError, match="p.npz"):
         load_checkpoint(path)
 
 
