@@ -407,10 +407,15 @@ def _buffer(arrays):
     (lambda a, m: m.update(format=99), "format"),
     (lambda a, m: m["config"].pop("seed"), "config"),
     (lambda a, m: m["config"].update(colour="red"), "config"),
+    (lambda a, m: a.update({"junk": np.zeros(3)}), "junk"),          # neither model. nor optim.
+    (lambda a, m: m.pop("state"), "state"),
+    (lambda a, m: m.pop("metrics"), "metrics"),
+    (lambda a, m: m["config"].update(epochs="x"), "epochs"),
+    (lambda a, m: m["config"].update(model="resnet"), "model"),
 ])
 def test_load_run_rejects_mismatched_checkpoint(tmp_path, good_run, edit, fragment):
     run_dir = _damaged(tmp_path, good_run, edit)
-    with pytest.raises(ValueError, match=re.escape(fragment)):
+    with pytest.raises((ValueError, TypeError), match=re.escape(fragment)):
         load_run(run_dir)
 
 
@@ -432,3 +437,39 @@ def test_load_run_rejects_corrupt_file(tmp_path, good_run, damage):
 def test_load_run_missing_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint"):
         load_run(tmp_path)
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def test_resume_of_finished_run_rewrites_metrics(tmp_path, good_run):
+    """A kill between the last checkpoint and the last metrics.json write is repaired by --resume."""
+    for name in (CHECKPOINT,):
+        (tmp_path / name).write_bytes((good_run / name).read_bytes())
+    config = _config(checkpoint_every=100)
+    data, _ = _poisoned_data(config)
+    x, y, xt, yt = data
+    result = train(config, tmp_path, resume=True, progress=_quiet(), data=(np.nan_to_num(x), y, xt, yt))
+    written = json.loads((tmp_path / METRICS).read_text())
+    assert written["epochs"] == result["epochs"] and [e["epoch"] for e in written["epochs"]] == [1]
+
+
+def test_refused_config_leaves_no_run_directory(tmp_path):
+    from stnref import cli
+
+    assert cli.main(["train", "--momentum", "nan", "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("damage, name", [
+    (lambda x, y: (x, y[:10]), "y_train"),
+    (lambda x, y: (x[:0], y[:0]), "x_train"),
+    (lambda x, y: (x[:, :, :20, :20], y), "x_train"),
+])
+def test_train_validates_data(tmp_path, damage, name):
+    """Bad ``data`` is a ValueError naming it, not an IndexError, ZeroDivisionError or a
+    TrainingError (which on_nonfinite="skip" would turn into silently skipped batches)."""
+    config = _config(on_nonfinite="skip")
+    (x, y, xt, yt), _ = _poisoned_data(config)
+    with pytest.raises(ValueError, match=name):
+        train(config, tmp_path / "run", progress=_quiet(), data=(*damage(np.nan_to_num(x), y), xt, yt))

@@ -617,7 +617,6 @@ TARGET_IDS = [t.name for t in TARGETS]
 # They are left out here so the suite stays green; delete an entry once its owner fixes it.
 # A rule sees the argument and the mutation name (arrays) or the hostile value (others).
 _FUNCTIONAL_UNCHECKED = lambda arg, value: True  # noqa: E731  nn/layers.py: no validation at all
-_SAMPLER_EMPTY_C = lambda arg, value: arg == "U" and value == "zero-size axis"  # noqa: E731
 KNOWN_BUGS = {
     "linear": _FUNCTIONAL_UNCHECKED,
     "linear_backward": _FUNCTIONAL_UNCHECKED,
@@ -643,14 +642,6 @@ KNOWN_BUGS = {
                                         or (arg == "train_size" and value == 10**12)),
     # reference.py: missing arrays/options are KeyErrors
     "reference.compute_outputs": lambda arg, value: True,
-    # sampling.py / second_order.py: U with zero channels ("cannot reshape array of size 0")
-    "grid_sample": _SAMPLER_EMPTY_C,
-    "grid_sample bicubic float32": _SAMPLER_EMPTY_C,
-    "grid_sample 5-D": _SAMPLER_EMPTY_C,
-    "grid_sample_backward": _SAMPLER_EMPTY_C,
-    "grid_sample_backward bilinear reflection": _SAMPLER_EMPTY_C,
-    "grid_sample_jvp": _SAMPLER_EMPTY_C,
-    "grid_sample_double_backward": _SAMPLER_EMPTY_C,
 }
 LIST_BUGS = {"linear", "linear_backward", "conv2d", "conv2d_backward"}
 # nn/layers.py: max_pool2d and Flatten reshape with -1, which fails for an empty batch
@@ -847,6 +838,9 @@ HUGE_CALLS = {
     "grid_sample_backward": lambda: stnref.grid_sample_backward(
         np.broadcast_to(np.zeros(1), (1, 1, HUGE, HUGE)), np.zeros((1, 1, 4, 4)),
         np.broadcast_to(np.zeros(2), (1, HUGE, HUGE, 2))),
+    # dU has U's shape: a zero-stride U of 10^10 elements needs a 10^10-element dU
+    "grid_sample_backward dU": lambda: stnref.grid_sample_backward(
+        np.zeros((1, 1, 1, 1)), np.broadcast_to(np.zeros(1), (1, 1, HUGE, HUGE)), np.zeros((1, 1, 1, 2))),
     "synthetic_digits": lambda: synthetic_digits(HUGE, size=HUGE),
     "SpatialTransformer out_size": lambda: _st_huge(),
 }
@@ -1042,3 +1036,14 @@ def test_non_finite_grid_point_is_nan_everywhere_and_only_there(mode, padding_mo
     dU_ref, _ = stnref.grid_sample_backward(np.where(np.isnan(V), 0.0, 1.0), U, finite, mode=mode,
                                             padding_mode=padding_mode)
     np.testing.assert_allclose(dU, dU_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest", "bicubic"])
+def test_zero_channels(mode):
+    """U with C = 0 is valid: V is (N, 0, H_out, W_out), dU (N, 0, H, W), dgrid all zero."""
+    U, grid = np.zeros((2, 0, 5, 4)), _grid()
+    CASES["zero channels"] += 1
+    V = stnref.grid_sample(U, grid, mode=mode)
+    dU, dgrid = stnref.grid_sample_backward(np.zeros((2, 0, 3, 4)), U, grid, mode=mode)
+    assert V.shape == (2, 0, 3, 4) and dU.shape == U.shape
+    assert dgrid.shape == grid.shape and not dgrid.any()
