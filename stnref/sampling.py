@@ -2,22 +2,25 @@
 
 One pipeline serves every kernel, padding and dimension:
 
-1. unnormalise each grid coordinate to a pixel coordinate ``ix`` (``iy``, ``iz``);
+1. unnormalise each grid coordinate to a pixel coordinate ``ix`` (``iy``, ``iz``)
+   with the arithmetic of PyTorch's CPU kernel for that dimension (``_FLAVOURS``);
 2. bilinear / nearest: apply the padding to the continuous coordinate
    (``_PADDINGS``), keeping its derivative multiplier;
 3. the kernel (``_KERNELS``) turns the coordinate into integer taps with weights
    ``w(t)`` and derivatives ``dw/dt``; bicubic pads each integer tap instead;
-4. taps index a copy of ``U`` padded by one zero pixel on every side and laid
-   out channels-last, so every tap is in bounds and an out-of-range tap reads 0;
-5. the per-axis taps combine into a tensor product (4 bilinear taps in 2-D,
-   8 trilinear in 3-D, 16 bicubic) of flat row indices and weights.
+4. taps index a copy of ``U`` surrounded by a zero ring as wide as the kernel
+   (``_planes``), so every tap is in bounds and an out-of-range tap reads 0;
+   with zeros padding, far-away coordinates are clamped into the ring;
+5. the taps of all axes form a tensor product (4 bilinear taps in 2-D, 8
+   trilinear in 3-D, 16 bicubic): contiguous taps are read as shifted views
+   from one base index per point (``_gather``), and the weighted sum is taken
+   one axis at a time (``_contract``).
 
-Forward gathers rows and sums weighted taps; the backward scatters ``dV`` back
-with a sparse product (``dU = S^T dV``) and contracts the derivative weights
-with the gathered taps for ``dgrid``.  Derivations: ``docs/derivations/sampling.md``.
-Conventions (PyTorch's): ``../shared/CONVENTIONS.md`` §3-6.
+Points are processed in chunks of ``CHUNK``, so temporaries stay small.  The
+backward re-gathers the taps for ``dgrid`` and scatters ``dV`` back with a
+sparse product ``dU = S^T dV`` (duplicate points accumulate).  Derivations:
+``docs/derivations/sampling.md``; conventions (PyTorch's): ``CONVENTIONS.md`` §3-6.
 """
-
 from __future__ import annotations
 
 import functools
