@@ -21,11 +21,12 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import tempfile
+import zlib
 
 import numpy as np
 
 from . import _checks, grids
+from ._io import atomic_open
 from .sampling import grid_sample
 
 __all__ = [
@@ -556,7 +557,7 @@ def distort(images, kind, seed=0):
     Parameters
     ----------
     images : ndarray, shape (n, 28, 28), float32 or float64
-        Digit source, background 0.  Not modified.
+        Digit source, background 0, n >= 1 (n = 0 only for ``none``).  Not modified.
     kind : str
         One of ``DISTORTIONS``.
     seed : int, default 0
@@ -591,6 +592,9 @@ def distort(images, kind, seed=0):
     n = len(images)
     if kind == "tc" and n < 2:
         raise ValueError(f"{fn}(): 'tc' crops clutter from other digits and needs n >= 2, got n={n}")
+    if kind != "none" and n == 0:
+        raise ValueError(f"{fn}(): kind {kind!r} draws per-sample parameters and needs images "
+                         f"with n >= 1, got shape {images.shape}")
     _checks.check_budget((n, _OUT_SIZES[kind], _OUT_SIZES[kind]), fn, "out")
     return _distort(images, kind, seed)
 
@@ -691,7 +695,7 @@ def read_idx(path):
             with gzip.open(path, "rb") as f:
                 shape = _read_header(f, path)
                 data = _read_gz_payload(f, math.prod(shape), path)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             if isinstance(err, FileNotFoundError):
                 raise
             raise _idx_error(path, f"bad gzip data ({err})") from err
@@ -712,8 +716,10 @@ def read_idx(path):
 def write_idx(path, array):
     """Write a uint8 array as an IDX file, atomically; gzip if ``path`` ends in ``.gz``.
 
-    The data go to a temporary file in the same directory, which is flushed,
-    fsynced and renamed over ``path``, so a crash never leaves a partial file.
+    Written through :func:`stnref._io.atomic_open` (a temporary file in the same
+    directory, flushed, fsynced and renamed over ``path``), so a crash never
+    leaves a partial file.  A ``.gz`` file has a zero gzip timestamp, so the
+    same array always gives the same bytes.
 
     Parameters
     ----------
@@ -730,22 +736,15 @@ def write_idx(path, array):
         raise ValueError(f"{fn}(): expected array of shape (n,) or (n, rows, cols) with no zero "
                          f"dimension, got {array.shape}")
     header = bytes([0, 0, IDX_UINT8, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.endswith(".gz"):
-                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-                    f.write(header)
-                    f.write(np.ascontiguousarray(array).tobytes())
-            else:
-                raw.write(header)
-                raw.write(np.ascontiguousarray(array).tobytes())
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    payload = np.ascontiguousarray(array).tobytes()
+    with atomic_open(path) as raw:
+        if path.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+                f.write(header)
+                f.write(payload)
+        else:
+            raw.write(header)
+            raw.write(payload)
 
 
 def _find_mnist_file(directory, stem):
@@ -839,7 +838,14 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
     seed = _check_seed(seed, fn)
     sizes = {TRAIN: _split_size(train_size, "train_size", fn),
              TEST: _split_size(test_size, "test_size", fn)}
+    if data_dir is not None and not isinstance(data_dir, (str, bytes, os.PathLike)):
+        raise TypeError(f"{fn}(): expected data_dir to be a path (str or os.PathLike) or None, "
+                        f"got {type(data_dir).__name__} {data_dir!r}")
     if data_dir is None:
+        side = _OUT_SIZES[distortion]
+        for split, name in ((TRAIN, "train_size"), (TEST, "test_size")):
+            if sizes[split] is not None:
+                _checks.check_budget((sizes[split], side, side), fn, f"{name} images")
         splits = {split: _digits(DEFAULT_SIZES[split] if sizes[split] is None else sizes[split],
                                  (seed, split, STAGE_DIGITS), MNIST_SIZE)
                   for split in (TRAIN, TEST)}

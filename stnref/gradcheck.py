@@ -22,6 +22,7 @@ FD_EPS = 1e-6        # central-difference step; truncation ~eps^2, rounding ~1e-
 FD_ATOL = 1e-6       # absolute tolerance on one gradient entry
 FD_RTOL = 1e-5       # relative tolerance on one gradient entry
 FULL_MAX = 400       # arguments up to this size get every entry checked
+_REAL_KINDS = "fiub"  # dtype kinds accepted in inputs (only float ones can be differentiated)
 
 
 class GradcheckError(AssertionError):
@@ -89,6 +90,33 @@ def _as_tuple(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def _check_inputs(fn, vjp, inputs):
+    """Validate the callables and return the inputs, float arrays copied to float64.
+
+    Float inputs become float64 copies; integer and bool arrays pass through
+    unchanged (non-differentiated inputs such as labels); anything else
+    (complex, object, string data, None) is a ``TypeError`` naming ``inputs[i]``.
+    """
+    for name, f in (("fn", fn), ("vjp", vjp)):
+        if not callable(f):
+            raise TypeError(f"gradcheck(): expected {name} to be callable, got {type(f).__name__} {f!r}")
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"gradcheck(): expected inputs to be a list or tuple of arrays, "
+                        f"got {type(inputs).__name__}")
+    xs = []
+    for i, x in enumerate(inputs):
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"gradcheck(): expected inputs[{i}] to be a real array, "
+                            f"got {type(x).__name__}") from err
+        if arr.dtype.kind not in _REAL_KINDS:
+            raise TypeError(f"gradcheck(): expected inputs[{i}] to be a real (float, int or bool) "
+                            f"array, got dtype {arr.dtype}")
+        xs.append(np.array(arr, dtype=np.float64) if arr.dtype.kind == "f" else x)
+    return xs
+
+
 def _inner(us, ys):
     return sum(float(np.vdot(u, np.asarray(y, dtype=np.float64))) for u, y in zip(us, ys))
 
@@ -105,9 +133,11 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
         ``vjp(cotangent, *inputs)`` returns one gradient per input (``None`` for
         inputs it does not differentiate); ``cotangent`` has the structure of
         ``fn``'s output (an array, or a tuple of arrays).
-    inputs : sequence of array_like
-        Point of evaluation.  Float arguments are copied to float64; the
-        caller's arrays are never modified.
+    inputs : list or tuple of array_like
+        Point of evaluation.  Float arguments are copied to float64; integer
+        and bool ones are passed through (they cannot be differentiated);
+        complex, object or string data is a ``TypeError``.  The caller's
+        arrays are never modified.
     wrt : sequence of int, optional
         Which inputs to check; default every input with a non-``None`` gradient.
     names : sequence of str, optional
@@ -137,8 +167,8 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
     >>> res.ok
     True
     """
+    xs = _check_inputs(fn, vjp, inputs)
     rng = np.random.default_rng(seed)
-    xs = [np.array(x, dtype=np.float64) if np.asarray(x).dtype.kind == "f" else x for x in inputs]
     names = list(names) if names is not None else [f"x{i}" for i in range(len(xs))]
     ys = _as_tuple(fn(*xs))
     us = tuple(rng.standard_normal(np.shape(y)) for y in ys)
@@ -156,6 +186,9 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
     result = GradcheckResult()
     for i in wrt:
         x = xs[i]
+        if np.asarray(x).dtype.kind != "f":
+            raise TypeError(f"gradcheck(): inputs[{i}] ({names[i]}) has dtype {np.asarray(x).dtype}; "
+                            f"only float inputs can be differentiated")
         g = np.asarray(grads[i], dtype=np.float64)
         if g.shape != x.shape:
             raise ValueError(

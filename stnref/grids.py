@@ -470,7 +470,8 @@ def tps_control_points(k=TPS_DEFAULT_K):
     TypeError
         ``k`` is not an int.
     ValueError
-        ``k`` is not a perfect square >= 4.
+        ``k`` is not a perfect square >= 4, or ``(k, 2)`` is over the element
+        budget (:func:`stnref.set_max_elements`).
 
     Examples
     --------
@@ -485,6 +486,7 @@ def tps_control_points(k=TPS_DEFAULT_K):
     k = _checks.check_int(k, "k", fn)
     if k < 4 or math.isqrt(k) ** 2 != k:
         raise ValueError(f"{fn}(): expected k to be a perfect square >= 4 (4, 9, 16, ...), got {k}")
+    _checks.check_budget((k, 2), fn, "control points")
     side = math.isqrt(k)
     line = np.linspace(-1.0, 1.0, side)
     return np.stack([np.tile(line, side), np.repeat(line, side)], axis=1)

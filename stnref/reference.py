@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -53,6 +54,18 @@ NONFINITE = (np.nan, np.inf, -np.inf)
 MODES = ("bilinear", "nearest", "bicubic")
 PADDINGS = ("zeros", "border", "reflection")
 SAMPLER_OPS = ("grid_sample", "grid_sample_jvp", "grid_sample_double_backward")
+SAMPLER_OPTIONS = ("mode", "padding_mode", "align_corners")
+GRID_OPTIONS = ("size", "align_corners")
+# The arrays each op of compute_outputs reads (inputs, then cotangents or tangents).
+OP_ARRAYS = {
+    "affine_grid": ("theta", "dgrid"),
+    "attention_grid": ("theta", "dgrid"),
+    "projective_grid": ("theta", "dgrid"),
+    "tps_grid": ("theta", "control_points", "dgrid"),
+    "grid_sample": ("U", "grid", "dV"),
+    "grid_sample_jvp": ("U", "grid", "tU", "tgrid"),
+    "grid_sample_double_backward": ("U", "grid", "dV", "g_dU", "g_dgrid"),
+}
 
 # The convention each edge-case family pins (CONVENTIONS.md sections in brackets).
 RULES = {
@@ -82,8 +95,14 @@ RULES = {
 
 # --------------------------------------------------------------------------- ops
 
-def _sampler_options(options):
-    return {key: options[key] for key in ("mode", "padding_mode", "align_corners")}
+def _require(mapping, keys, what, op, fn):
+    """Refuse a missing key of ``mapping`` (the case's ``options`` or ``arrays``) by name."""
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{fn}(): expected {what} to be a dict, got {type(mapping).__name__}")
+    missing = [k for k in keys if k not in mapping]
+    if missing:
+        raise ValueError(f"{fn}(): op {op!r} needs {what} {', '.join(repr(k) for k in missing)}, "
+                         f"missing from {what} with keys {sorted(map(str, mapping))}")
 
 
 def compute_outputs(op, options, arrays):
@@ -106,10 +125,22 @@ def compute_outputs(op, options, arrays):
         Grids: ``grid`` and ``dtheta`` (the backward applied to ``dgrid``).
         ``grid_sample``: ``V``, ``dU``, ``dgrid`` (backward applied to ``dV``).
         ``grid_sample_jvp``: ``tV``.  ``grid_sample_double_backward``: ``g_dV``, ``g_U``, ``g_grid``.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``op``; an option or array the op needs is missing (named, see
+        ``OP_ARRAYS``); or the op's own validation fails.
+    TypeError
+        ``options`` or ``arrays`` is not a dict.
     """
+    fn = "compute_outputs"
+    op = _checks.check_choice(op, "op", fn, OP_ARRAYS)
+    _require(options, SAMPLER_OPTIONS if op in SAMPLER_OPS else GRID_OPTIONS, "options", op, fn)
+    _require(arrays, OP_ARRAYS[op], "arrays", op, fn)
     a = arrays
     if op in SAMPLER_OPS:
-        kw = _sampler_options(options)
+        kw = {key: options[key] for key in SAMPLER_OPTIONS}
         if op == "grid_sample":
             dU, dgrid = grid_sample_backward(a["dV"], a["U"], a["grid"], **kw)
             return {"V": grid_sample(a["U"], a["grid"], **kw), "dU": dU, "dgrid": dgrid}
@@ -118,7 +149,7 @@ def compute_outputs(op, options, arrays):
         g_dV, g_U, g_grid = grid_sample_double_backward(a["g_dU"], a["g_dgrid"], a["dV"], a["U"],
                                                         a["grid"], **kw)
         return {"g_dV": g_dV, "g_U": g_U, "g_grid": g_grid}
-    size, ac = tuple(options["size"]), options["align_corners"]
+    size, ac = options["size"], options["align_corners"]
     if op == "affine_grid":
         return {"grid": grids.affine_grid(a["theta"], size, ac),
                 "dtheta": grids.affine_grid_backward(a["dgrid"], size, ac)}
@@ -128,11 +159,9 @@ def compute_outputs(op, options, arrays):
     if op == "projective_grid":
         return {"grid": grids.projective_grid(a["theta"], size, ac),
                 "dtheta": grids.projective_grid_backward(a["dgrid"], a["theta"], size, ac)}
-    if op == "tps_grid":
-        cp = a["control_points"]
-        return {"grid": grids.tps_grid(a["theta"], size, cp, ac),
-                "dtheta": grids.tps_grid_backward(a["dgrid"], size, cp, ac)}
-    raise ValueError(f"compute_outputs(): unknown op {op!r}")
+    cp = a["control_points"]                                        # op == "tps_grid"
+    return {"grid": grids.tps_grid(a["theta"], size, cp, ac),
+            "dtheta": grids.tps_grid_backward(a["dgrid"], size, cp, ac)}
 
 
 # --------------------------------------------------------------------------- case inputs

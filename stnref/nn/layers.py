@@ -29,7 +29,7 @@ import numbers
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .._checks import check_bool, check_int, check_ndim, float_array
+from .._checks import check_bool, check_budget, check_int, check_ndim, float_array
 
 # PyTorch's default init: kaiming_uniform_(a=sqrt(5)) gives the bound
 # gain * sqrt(3 / fan_in) with gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), i.e.
@@ -54,7 +54,10 @@ def _check_rng(rng, fn):
 
 
 def _check_dtype(dtype, fn):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{fn}(): expected dtype float32 or float64, got {dtype!r}") from err
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"{fn}(): expected dtype float32 or float64, got {dt}")
     return dt
@@ -72,6 +75,35 @@ def _pair(value, name, fn, minimum):
 
 def _uniform(rng, bound, shape, dtype):
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _check_weight(weight, fn, layout):
+    """``weight`` as a float array with ``len(layout)`` axes (``layout`` names them)."""
+    weight = float_array(weight, "weight", fn)
+    check_ndim(weight, "weight", fn, (len(layout),), f"({', '.join(layout)})")
+    return weight
+
+
+def _check_bias(bias, out, fn):
+    """``None``, or ``bias`` as a float array of shape ``(out,)`` (out = the weight's first axis)."""
+    if bias is None:
+        return None
+    bias = float_array(bias, "bias", fn)
+    if bias.shape != (out,):
+        raise ValueError(f"{fn}(): expected bias of shape ({out},) to match weight, got {bias.shape}")
+    return bias
+
+
+def _check_matrix_input(x, weight, fn):
+    """``x`` as a float array ``(N, in_features)`` matching ``weight (out, in_features)``."""
+    x = float_array(x, "x", fn)
+    check_ndim(x, "x", fn, (2,), "(N, in_features)")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"{fn}(): expected x of shape (N, {weight.shape[1]}) to match weight {weight.shape}, "
+            f"got {x.shape}"
+        )
+    return x
 
 
 def _check_grad_shape(dy, expected, fn):
@@ -276,12 +308,10 @@ def linear(x, weight, bias=None):
     array([[3.5]])
     """
     fn = "linear"
-    x = float_array(x, "x", fn)
-    check_ndim(x, "x", fn, (2,), "(N, in_features)")
-    if x.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"{fn}(): expected x of shape (N, {weight.shape[1]}), got {x.shape}"
-        )
+    weight = _check_weight(weight, fn, ("out_features", "in_features"))
+    x = _check_matrix_input(x, weight, fn)
+    bias = _check_bias(bias, weight.shape[0], fn)
+    check_budget((x.shape[0], weight.shape[0]), fn, "y")
     y = x @ weight.T.astype(x.dtype, copy=False)                 # (N, out)
     if bias is not None:
         y = y + bias.astype(x.dtype, copy=False)
@@ -298,7 +328,9 @@ def linear_backward(dy, x, weight, bias=True):
     ``dx`` has the dtype of ``x``; ``dweight``/``dbias`` that of ``weight``.
     """
     fn = "linear_backward"
-    x = float_array(x, "x", fn)
+    weight = _check_weight(weight, fn, ("out_features", "in_features"))
+    x = _check_matrix_input(x, weight, fn)
+    bias = check_bool(bias, "bias", fn)
     dy = float_array(dy, "dy", fn)
     _check_grad_shape(dy, (x.shape[0], weight.shape[0]), fn)
     dx = (dy @ weight.astype(dy.dtype, copy=False)).astype(x.dtype, copy=False)
@@ -334,6 +366,7 @@ class Linear(Module):
         self.has_bias = check_bool(bias, "bias", fn)
         rng = _check_rng(rng, fn)
         dt = _check_dtype(dtype, fn)
+        check_budget((self.out_features, self.in_features), fn, "weight")
         bound = _init_bound(self.in_features)
         self.register_parameter("weight", _uniform(rng, bound, (self.out_features, self.in_features), dt))
         if self.has_bias:
@@ -438,13 +471,13 @@ class Flatten(Module):
                 f"Flatten.forward(): expected x of shape (N, ...) with at least 2 axes, got shape {x.shape}"
             )
         self._x = x
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))   # explicit: N may be 0
 
     # Backward of a reshape is the inverse reshape.
     def backward(self, dy):
         x = self._saved("Flatten.backward")
         dy = float_array(dy, "dy", "Flatten.backward")
-        _check_grad_shape(dy, (x.shape[0], int(np.prod(x.shape[1:]))), "Flatten.backward")
+        _check_grad_shape(dy, (x.shape[0], math.prod(x.shape[1:])), "Flatten.backward")
         return dy.reshape(x.shape)
 
 
@@ -534,11 +567,9 @@ class Sequential(Module):
 # --------------------------------------------------------------------------
 
 
-def _out_size(size, k, s, fn, axis):
+def _out_size(size, k, s, fn, axis, what):
     if size < k:
-        raise ValueError(
-            f"{fn}(): kernel size {k} is larger than the (padded) input {axis} {size}"
-        )
+        raise ValueError(f"{fn}(): kernel_size {k} is larger than the {axis} {size} of {what}")
     return (size - k) // s + 1          # floor, as PyTorch (ceil_mode=False)
 
 
@@ -550,7 +581,7 @@ def _windows(xp, kernel, stride):
 def _im2col(xp, kernel, stride):
     """The im2col matrix ``(N*H_out*W_out, C*kh*kw)`` of ``xp``: one window per row."""
     win = _windows(xp, kernel, stride).transpose(0, 2, 3, 1, 4, 5)   # (N, Ho, Wo, C, kh, kw)
-    return win.reshape(-1, xp.shape[1] * kernel[0] * kernel[1])      # a copy
+    return win.reshape(math.prod(win.shape[:3]), math.prod(win.shape[3:]))  # a copy
 
 
 def _col2im(cols, out_hw, stride):
@@ -588,14 +619,29 @@ def _pad_hw(x, padding):
 
 
 def _conv_geometry(x, weight, stride, padding, fn):
-    """Validated ``(x, stride, padding, (H_out, W_out))`` for a convolution."""
+    """Validated ``(x, weight, stride, padding, (H_out, W_out))`` for a convolution.
+
+    The padded input and the im2col matrix (the largest temporaries of the
+    forward and the backward) are checked against the element budget here,
+    before anything is allocated.
+    """
+    weight = _check_weight(weight, fn, ("C_out", "C_in", "kh", "kw"))
+    if 0 in weight.shape:
+        raise ValueError(
+            f"{fn}(): expected weight of shape (C_out, C_in, kh, kw) with every entry >= 1, "
+            f"got {weight.shape}"
+        )
     x = _check_input4(x, "x", fn, channels=weight.shape[1])
     stride = _pair(stride, "stride", fn, 1)
     padding = _pair(padding, "padding", fn, 0)
+    n, c = x.shape[:2]
     kh, kw = weight.shape[2:]
-    h_out = _out_size(x.shape[2] + 2 * padding[0], kh, stride[0], fn, "height")
-    w_out = _out_size(x.shape[3] + 2 * padding[1], kw, stride[1], fn, "width")
-    return x, stride, padding, (h_out, w_out)
+    padded = (n, c, x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    check_budget(padded, fn, "padded x")
+    h_out = _out_size(padded[2], kh, stride[0], fn, "height", "the padded input x")
+    w_out = _out_size(padded[3], kw, stride[1], fn, "width", "the padded input x")
+    check_budget((n * h_out * w_out, c * kh * kw), fn, "im2col matrix")
+    return x, weight, stride, padding, (h_out, w_out)
 
 
 # --------------------------------------------------------------------------
@@ -628,10 +674,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     >>> conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2))).shape
     (1, 1, 2, 2)
     """
-    x, stride, padding, out_hw = _conv_geometry(x, weight, stride, padding, "conv2d")
+    fn = "conv2d"
+    x, weight, stride, padding, out_hw = _conv_geometry(x, weight, stride, padding, fn)
+    bias = _check_bias(bias, weight.shape[0], fn)
     n, c_out = x.shape[0], weight.shape[0]
+    check_budget((n, c_out) + out_hw, fn, "y")
     cols = _im2col(_pad_hw(x, padding), weight.shape[2:], stride)  # (N*Ho*Wo, C_in*kh*kw)
-    y = cols @ weight.reshape(c_out, -1).T.astype(x.dtype, copy=False)  # (N*Ho*Wo, C_out)
+    w_rows = weight.reshape(c_out, math.prod(weight.shape[1:]))      # (C_out, C_in*kh*kw)
+    y = cols @ w_rows.T.astype(x.dtype, copy=False)                  # (N*Ho*Wo, C_out)
     if bias is not None:
         y += bias.astype(x.dtype, copy=False)
     y = y.reshape((n,) + out_hw + (c_out,))
@@ -651,13 +701,14 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     ``dweight``/``dbias`` that of ``weight``.
     """
     fn = "conv2d_backward"
-    x, stride, padding, out_hw = _conv_geometry(x, weight, stride, padding, fn)
+    x, weight, stride, padding, out_hw = _conv_geometry(x, weight, stride, padding, fn)
+    bias = check_bool(bias, "bias", fn)
     dy = float_array(dy, "dy", fn)
     _check_grad_shape(dy, (x.shape[0], weight.shape[0]) + out_hw, fn)
     dy = dy.astype(x.dtype, copy=False)
     xp = _pad_hw(x, padding)
     cols = _im2col(xp, weight.shape[2:], stride)                      # (N*Ho*Wo, C_in*kh*kw)
-    dy_rows = dy.transpose(0, 2, 3, 1).reshape(-1, weight.shape[0])   # (N*Ho*Wo, C_out)
+    dy_rows = dy.transpose(0, 2, 3, 1).reshape(cols.shape[0], weight.shape[0])  # (N*Ho*Wo, C_out)
     dW = (dy_rows.T @ cols).reshape(weight.shape)                     # (C_out, C_in, kh, kw)
     db = dy.sum(axis=(0, 2, 3)).astype(weight.dtype, copy=False) if bias else None
     w_t = weight.astype(x.dtype, copy=False).transpose(2, 3, 1, 0)    # (kh, kw, C_in, C_out)
@@ -705,6 +756,7 @@ class Conv2d(Module):
         dt = _check_dtype(dtype, fn)
         bound = _init_bound(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
         shape = (self.out_channels, self.in_channels) + self.kernel_size
+        check_budget(shape, fn, "weight")
         self.register_parameter("weight", _uniform(rng, bound, shape, dt))
         if self.has_bias:
             self.register_parameter("bias", _uniform(rng, bound, (self.out_channels,), dt))
@@ -734,19 +786,22 @@ def _pool_geometry(x, kernel_size, stride, fn):
     x = _check_input4(x, "x", fn)
     kernel = _pair(kernel_size, "kernel_size", fn, 1)
     stride = kernel if stride is None else _pair(stride, "stride", fn, 1)
-    out_hw = (_out_size(x.shape[2], kernel[0], stride[0], fn, "height"),
-              _out_size(x.shape[3], kernel[1], stride[1], fn, "width"))
+    out_hw = (_out_size(x.shape[2], kernel[0], stride[0], fn, "height", "x"),
+              _out_size(x.shape[3], kernel[1], stride[1], fn, "width", "x"))
     return x, kernel, stride, out_hw
 
 
-def _max_index(x, kernel, stride):
+def _max_index(x, kernel, stride, fn):
     """Windows ``(N, C, Ho, Wo, kh*kw)`` and the row-major index of each one's maximum.
 
     PyTorch's CPU kernel scans a window in row-major order and takes a value
     if ``val > max or isnan(val)``: the first of tied maxima, but the *last* NaN.
+    The flattened windows are a copy (overlapping windows repeat pixels), so
+    their size is checked against the element budget first.
     """
     win = _windows(x, kernel, stride)                                  # (N, C, Ho, Wo, kh, kw)
-    flat = win.reshape(win.shape[:4] + (-1,))                          # (N, C, Ho, Wo, kh*kw)
+    check_budget(win.shape, fn, "windows")
+    flat = win.reshape(win.shape[:4] + (kernel[0] * kernel[1],))       # (N, C, Ho, Wo, kh*kw)
     arg = np.argmax(flat, axis=-1)                                     # first max (or first NaN)
     if np.isnan(x).any():
         nan = np.isnan(flat)
@@ -778,7 +833,7 @@ def max_pool2d(x, kernel_size, stride=None):
            [13., 15.]])
     """
     x, kernel, stride, _ = _pool_geometry(x, kernel_size, stride, "max_pool2d")
-    flat, arg = _max_index(x, kernel, stride)
+    flat, arg = _max_index(x, kernel, stride, "max_pool2d")
     return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
 
 
@@ -796,7 +851,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None):
     dy = float_array(dy, "dy", fn)
     _check_grad_shape(dy, x.shape[:2] + out_hw, fn)
     n, c, h, w = x.shape
-    _, arg = _max_index(x, kernel, stride)                             # (N, C, Ho, Wo)
+    _, arg = _max_index(x, kernel, stride, fn)                         # (N, C, Ho, Wo)
     rows = np.arange(out_hw[0])[:, None] * stride[0] + arg // kernel[1]
     cols = np.arange(out_hw[1]) * stride[1] + arg % kernel[1]
     plane = np.arange(n * c).reshape(n, c, 1, 1) * (h * w)

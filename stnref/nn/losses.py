@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_ndim, float_array
+from .._checks import check_int, check_ndim, float_array
+
+
+def _log_softmax(logits, axis, fn):
+    z = float_array(logits, "logits", fn)
+    if z.ndim == 0:
+        raise ValueError(f"{fn}(): expected logits with at least one axis, got shape {z.shape}")
+    axis = check_int(axis, "axis", fn)
+    if not -z.ndim <= axis < z.ndim:
+        raise ValueError(f"{fn}(): expected axis in [{-z.ndim}, {z.ndim}) for logits of shape "
+                         f"{z.shape}, got {axis}")
+    if z.shape[axis] == 0:
+        raise ValueError(f"{fn}(): expected logits with a non-empty axis {axis}, got shape {z.shape}")
+    shifted = z - z.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 def log_softmax(logits, axis=-1):
@@ -13,7 +27,9 @@ def log_softmax(logits, axis=-1):
     Parameters
     ----------
     logits : ndarray, float32 or float64
+        At least one axis; the ``axis`` one must be non-empty.
     axis : int
+        In ``[-logits.ndim, logits.ndim)``.
 
     Returns
     -------
@@ -24,14 +40,12 @@ def log_softmax(logits, axis=-1):
     >>> np.exp(log_softmax(np.array([0.0, 0.0])))
     array([0.5, 0.5])
     """
-    z = float_array(logits, "logits", "log_softmax")
-    shifted = z - z.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+    return _log_softmax(logits, axis, "log_softmax")
 
 
 def softmax(logits, axis=-1):
-    """``exp(log_softmax(logits))``; rows sum to 1."""
-    return np.exp(log_softmax(logits, axis=axis))
+    """``exp(log_softmax(logits))``; slices along ``axis`` sum to 1 (arguments as :func:`log_softmax`)."""
+    return np.exp(_log_softmax(logits, axis, "softmax"))
 
 
 def _check_labels(labels, n, k, fn):

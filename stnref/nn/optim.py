@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -50,6 +51,9 @@ class _Optimizer:
             raise TypeError(f"{fn}(): expected module to be a stnref.nn.Module, got {type(module).__name__}")
         self.module = module
         self.lr = _check_real(lr, "lr", fn)
+        if lr_scale is not None and not isinstance(lr_scale, Mapping):
+            raise TypeError(f"{fn}(): expected lr_scale to be a dict of name prefix -> scale or None, "
+                            f"got {type(lr_scale).__name__} {lr_scale!r}")
         lr_scale = {} if lr_scale is None else dict(lr_scale)
         for prefix, scale in lr_scale.items():
             if not isinstance(prefix, str):
