@@ -126,3 +126,37 @@ def test_catches_a_wrong_sampler_gradient():
     assert [a.ok for a in res.args] == [True, False]
     with pytest.raises(GradcheckError, match=r"grid .*FAIL"):
         res.raise_if_failed()
+
+
+def _sin_vjp(u, x):
+    return (u * np.cos(x),)
+
+
+@pytest.mark.parametrize("args, exc, match", [
+    ((None, None, [np.zeros(3)]), TypeError, r"gradcheck\(\): expected fn to be callable, got NoneType"),
+    ((np.sin, "vjp", [np.zeros(3)]), TypeError, r"gradcheck\(\): expected vjp to be callable"),
+    ((np.sin, _sin_vjp, np.zeros(3)), TypeError, r"expected inputs to be a list or tuple"),
+    ((np.sin, _sin_vjp, "x"), TypeError, r"expected inputs to be a list or tuple"),
+    ((np.sin, _sin_vjp, [np.zeros(3, complex)]), TypeError, r"expected inputs\[0\] to be a real"),
+    ((np.sin, _sin_vjp, [None]), TypeError, r"expected inputs\[0\] to be a real"),
+    ((np.sin, _sin_vjp, [[[1.0, 2.0], [3.0]]]), TypeError, r"expected inputs\[0\] to be a real"),
+    ((np.sin, _sin_vjp, [np.arange(3)]), TypeError, r"inputs\[0\] \(x0\) has dtype int64; only float"),
+])
+def test_bad_arguments_are_named(args, exc, match):
+    """Fuzzer regression: fn/vjp/inputs were used unchecked (complex inputs lost their imaginary part)."""
+    with pytest.raises(exc, match=match):
+        gradcheck(*args)
+
+
+def test_integer_inputs_pass_through_undifferentiated():
+    labels = np.array([2, 0, 1])
+    x = np.random.default_rng(5).standard_normal(3)
+    seen = []
+
+    def fn(x, labels):
+        seen.append(labels)
+        return np.sin(x) * labels
+
+    res = gradcheck(fn, lambda u, x, labels: (u * np.cos(x) * labels, None), [x, labels])
+    assert res.ok and [a.name for a in res.args] == ["x0"]
+    assert all(s is labels for s in seen)

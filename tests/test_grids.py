@@ -411,3 +411,19 @@ def test_tps_control_points_layout():
 def test_affine_registry_is_2d_only():
     with pytest.raises(ValueError, match=r"size with 4 entries"):
         get_transform("affine").grid(np.zeros((1, 3, 4)), (1, 1, 2, 2, 2), False)
+
+
+def test_tps_control_points_over_the_budget_refused():
+    """Fuzzer regression: k = 10^10 (a perfect square) allocated a (10^10, 2) array."""
+    with pytest.raises(ValueError, match=r"tps_control_points\(\): control points of shape "
+                                         r"\(10000000000, 2\) .* over the budget"):
+        tps_control_points(10**10)
+    import stnref
+
+    previous = stnref.set_max_elements(32)
+    try:
+        assert tps_control_points(16).shape == (16, 2)
+        with pytest.raises(ValueError, match="budget of 32"):
+            tps_control_points(25)
+    finally:
+        stnref.set_max_elements(previous)

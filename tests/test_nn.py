@@ -498,3 +498,137 @@ def test_deepcopy_is_independent():
     clone[0].weight[...] = 0.0
     assert list(clone.params) == list(net.params)
     assert np.abs(net[0].weight).max() > 0
+
+
+# ----------------------------------------------------------------------------- fuzzer regressions
+# Found by tests/test_fuzz.py.  Budget tests lower the element budget instead of asking for
+# 10^10 elements, so a regression fails as an unraised ValueError, never by exhausting memory.
+
+SMALL_BUDGET = 1000
+
+
+@pytest.fixture
+def small_budget():
+    import stnref
+
+    previous = stnref.set_max_elements(SMALL_BUDGET)
+    yield SMALL_BUDGET
+    stnref.set_max_elements(previous)
+
+
+@pytest.mark.parametrize("call, what", [
+    (lambda: Linear(40, 30), r"Linear\(\): weight of shape \(30, 40\)"),
+    (lambda: Conv2d(8, 8, 5), r"Conv2d\(\): weight of shape \(8, 8, 5, 5\)"),
+    (lambda: _functional("conv2d")(np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3)), padding=20),
+     r"conv2d\(\): padded x of shape \(1, 1, 44, 44\)"),
+    (lambda: _functional("conv2d")(np.zeros((1, 2, 10, 10)), np.zeros((1, 2, 5, 5)), padding=2),
+     r"conv2d\(\): im2col matrix of shape \(100, 50\)"),
+    (lambda: _functional("conv2d_backward")(np.zeros((1, 1, 10, 10)), np.zeros((1, 2, 10, 10)),
+                                            np.zeros((1, 2, 5, 5)), padding=2),
+     r"conv2d_backward\(\): im2col matrix"),
+    (lambda: _functional("conv2d")(np.zeros((1, 1, 4, 4)), np.zeros((500, 1, 3, 3))),
+     r"conv2d\(\): y of shape \(1, 500, 2, 2\)"),
+    (lambda: _functional("linear")(np.zeros((100, 1)), np.zeros((100, 1))),
+     r"linear\(\): y of shape \(100, 100\)"),
+    (lambda: MaxPool2d(10, 1)(np.zeros((1, 1, 20, 20))), r"max_pool2d\(\): windows"),
+])
+def test_sizes_over_the_budget_refused_before_allocating(small_budget, call, what):
+    with pytest.raises(ValueError, match=what + r".*over the budget of 1000 \(raise it with"):
+        call()
+
+
+def test_huge_linear_refused_at_the_default_budget():
+    """The fuzzer's case: a 10^5 x 10^5 weight is refused before drawing 10^10 numbers."""
+    with pytest.raises(ValueError, match="budget"):
+        Linear(10**5, 10**5)
+
+
+def _functional(name):
+    from stnref.nn import layers
+    return getattr(layers, name)
+
+
+@pytest.mark.parametrize("make, shape, out_shape", [
+    (lambda: MaxPool2d(2), (0, 2, 4, 4), (0, 2, 2, 2)),
+    (lambda: AvgPool2d(2, 1), (0, 2, 4, 5), (0, 2, 3, 4)),
+    (lambda: Flatten(), (0, 2, 3), (0, 6)),
+    (lambda: Linear(4, 3), (0, 4), (0, 3)),
+    (lambda: Conv2d(2, 3, 3, padding=1), (0, 2, 5, 5), (0, 3, 5, 5)),
+    (lambda: ReLU(), (0, 5), (0, 5)),
+    (lambda: Tanh(), (0, 5), (0, 5)),
+    (lambda: Dropout(0.3), (0, 5), (0, 5)),
+    (lambda: Sequential(Flatten(), Linear(6, 2), Tanh()), (0, 2, 3), (0, 2)),
+])
+def test_empty_batch_forward_and_backward(make, shape, out_shape):
+    layer = make()
+    y = layer.forward(np.zeros(shape))
+    assert y.shape == out_shape
+    dx = layer.backward(np.zeros(out_shape))
+    assert dx.shape == shape
+    for name, p in layer.params.items():                 # an empty batch contributes nothing
+        np.testing.assert_array_equal(layer.grads[name], np.zeros_like(p))
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: _functional("linear")(np.zeros((2, 3)), None), TypeError, r"linear\(\).*weight"),
+    (lambda: _functional("linear")(np.zeros((4, 3)), np.zeros(3)), ValueError,
+     r"linear\(\): expected weight of shape \(out_features, in_features\)"),
+    (lambda: _functional("linear")(np.zeros((4, 3)), np.zeros((2, 3)), np.zeros(5)), ValueError,
+     r"linear\(\): expected bias of shape \(2,\)"),
+    (lambda: _functional("linear")(np.zeros((4, 3)), np.zeros((2, 3)), "b"), TypeError,
+     r"linear\(\).*bias"),
+    (lambda: _functional("linear")(np.zeros((4, 3)), np.zeros((2, 3), int)), TypeError,
+     r"linear\(\).*weight of dtype"),
+    (lambda: _functional("linear")(np.zeros((4, 5)), np.zeros((2, 3))), ValueError,
+     r"linear\(\): expected x of shape \(N, 3\)"),
+    (lambda: _functional("linear_backward")(np.zeros((4, 2)), np.zeros(()), np.zeros((2, 3))),
+     ValueError, r"linear_backward\(\).*x of shape \(N, in_features\)"),
+    (lambda: _functional("linear_backward")(np.zeros((4, 2)), np.zeros((4, 3)), np.zeros((2, 3)),
+                                            bias="yes"), TypeError, r"linear_backward\(\).*bias"),
+    (lambda: _functional("conv2d")(np.zeros((1, 1, 4, 4)), "w"), TypeError, r"conv2d\(\).*weight"),
+    (lambda: _functional("conv2d")(np.zeros((1, 1, 4, 4)), np.zeros((2, 1, 3))), ValueError,
+     r"conv2d\(\): expected weight of shape \(C_out, C_in, kh, kw\)"),
+    (lambda: _functional("conv2d")(np.zeros((1, 1, 4, 4)), np.zeros((2, 1, 0, 3))), ValueError,
+     r"conv2d\(\).*weight.*every entry >= 1"),
+    (lambda: _functional("conv2d")(np.zeros((1, 1, 4, 4)), np.zeros((2, 1, 3, 3)), np.zeros(3)),
+     ValueError, r"conv2d\(\): expected bias of shape \(2,\)"),
+    (lambda: _functional("conv2d_backward")(np.zeros((1, 2, 2, 2)), np.zeros((1, 1, 4, 4)),
+                                            np.zeros((2, 1, 3, 3)), bias=None),
+     TypeError, r"conv2d_backward\(\).*bias"),
+    (lambda: _functional("max_pool2d")(np.zeros((1, 1, 0, 4)), 2), ValueError,
+     r"max_pool2d\(\): kernel_size 2 is larger than the height 0 of x"),
+])
+def test_functional_layers_validate_every_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_functional_layers_accept_lists_of_floats():
+    linear, conv2d = _functional("linear"), _functional("conv2d")
+    rng = np.random.default_rng(21)
+    x, w, b = rng.standard_normal((3, 4)), rng.standard_normal((2, 4)), rng.standard_normal(2)
+    np.testing.assert_array_equal(linear(x.tolist(), w.tolist(), b.tolist()), linear(x, w, b))
+    xc, wc = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
+    np.testing.assert_array_equal(conv2d(xc.tolist(), wc.tolist(), b.tolist() + [0.5], padding=1),
+                                  conv2d(xc, wc, np.append(b, 0.5), padding=1))
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: log_softmax(np.zeros((2, 3)), axis="0"), TypeError, r"log_softmax\(\).*axis"),
+    (lambda: softmax(np.zeros((2, 3)), axis=0.5), TypeError, r"softmax\(\).*axis"),
+    (lambda: softmax(np.zeros((2, 3)), axis=2), ValueError, r"softmax\(\): expected axis in \[-2, 2\)"),
+    (lambda: log_softmax(np.zeros((2, 3)), axis=True), TypeError, "axis"),
+    (lambda: softmax(np.zeros((2, 0))), ValueError, r"softmax\(\): expected logits with a non-empty axis"),
+    (lambda: log_softmax(np.array(1.0)), ValueError, r"log_softmax\(\): expected logits with at least"),
+    (lambda: Linear(2, 3, dtype=3), TypeError, r"Linear\(\): expected dtype float32 or float64, got 3"),
+    (lambda: Conv2d(1, 2, 3, dtype="bogus"), TypeError, r"Conv2d\(\): expected dtype"),
+])
+def test_errors_name_the_argument(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_softmax_axis_as_numpy_int_and_negative():
+    z = np.random.default_rng(22).standard_normal((3, 4))
+    np.testing.assert_array_equal(softmax(z, axis=np.int64(0)), softmax(z, axis=-2))
+    np.testing.assert_allclose(softmax(z, axis=0).sum(axis=0), 1.0, rtol=1e-15)

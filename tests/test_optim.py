@@ -249,3 +249,14 @@ def test_lr_setter_validates():
     assert opt.lr == 0.5
     with pytest.raises(ValueError, match=r"Adam\.lr\(\)"):
         opt.lr = -0.1
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: SGD(n, lr=0.1, lr_scale=3),
+    lambda n: SGD(n, lr=0.1, lr_scale="loc."),
+    lambda n: Adam(n, lr=0.01, lr_scale=[("loc.", 0.1)]),
+])
+def test_lr_scale_must_be_a_mapping(make):
+    """Fuzzer regression: a non-dict lr_scale gave "'int' object is not iterable"."""
+    with pytest.raises(TypeError, match=r"(SGD|Adam)\(\): expected lr_scale to be a dict"):
+        make(_Net())

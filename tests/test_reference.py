@@ -188,3 +188,42 @@ def test_adapter_results_pass_the_check(golden, tmp_path):
     ok, _, text = _run_check(golden, tmp_path / "results")
     assert ok, text
     assert sum(used.values()) == len(os.listdir(golden)) - 1
+
+
+# --------------------------------------------------------------------------- fuzzer regressions
+
+_SAMPLER_OPTIONS = {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
+
+
+@pytest.mark.parametrize("op, options, arrays, exc, match", [
+    ("grid_sample", _SAMPLER_OPTIONS, {"U": np.zeros((1, 1, 2, 2)), "grid": np.zeros((1, 1, 1, 2))},
+     ValueError, r"compute_outputs\(\): op 'grid_sample' needs arrays 'dV'"),
+    ("grid_sample_jvp", _SAMPLER_OPTIONS, {}, ValueError, r"needs arrays 'U', 'grid', 'tU', 'tgrid'"),
+    ("grid_sample", {"mode": "bilinear"}, {}, ValueError,
+     r"op 'grid_sample' needs options 'padding_mode', 'align_corners'"),
+    ("tps_grid", {"align_corners": False}, {}, ValueError, r"needs options 'size'"),
+    ("tps_grid", {"size": (1, 1, 2, 2), "align_corners": False},
+     {"theta": np.zeros((1, 16, 2)), "dgrid": np.zeros((1, 2, 2, 2))}, ValueError,
+     r"needs arrays 'control_points'"),
+    ("nope", {}, {}, ValueError, r"compute_outputs\(\): expected op to be one of"),
+    (None, {}, {}, ValueError, r"expected op to be one of"),
+    ("affine_grid", 3, {}, TypeError, r"expected options to be a dict, got int"),
+    ("affine_grid", {"size": (1, 1, 2, 2), "align_corners": False}, None, TypeError,
+     r"expected arrays to be a dict, got NoneType"),
+])
+def test_compute_outputs_names_what_is_missing(op, options, arrays, exc, match):
+    """Missing arrays and options were KeyErrors (and an unknown op fell through to options['size'])."""
+    with pytest.raises(exc, match=match):
+        compute_outputs(op, options, arrays)
+
+
+def test_compute_outputs_size_from_json_list():
+    """A manifest's size comes back from JSON as a list: accepted as the tuple it was."""
+    theta = np.eye(2, 3)[None]
+    dgrid = np.ones((1, 2, 3, 2))
+    as_list = compute_outputs("affine_grid", {"size": [1, 1, 2, 3], "align_corners": True},
+                              {"theta": theta, "dgrid": dgrid})
+    as_tuple = compute_outputs("affine_grid", {"size": (1, 1, 2, 3), "align_corners": True},
+                               {"theta": theta, "dgrid": dgrid})
+    for key in ("grid", "dtheta"):
+        np.testing.assert_array_equal(as_list[key], as_tuple[key])
