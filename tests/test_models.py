@@ -248,26 +248,20 @@ def test_localisation_builders():
 
 # ----------------------------------------------------------------------------- fuzzer regressions
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: build_model("fcn", input_size=10**5), r"Linear\(\): weight of shape .* over the budget"),
-    (lambda: build_model("st-fcn", input_size=10**5), r"over the budget"),
-    (lambda: fc_localisation((1, 10**5, 10**5), 6), r"Linear\(\): weight of shape \(32, 10000000000\)"),
-])
-def test_huge_models_refused_before_allocating(call, match):
-    """A 10^5 x 10^5 input used to draw a (h, 10^10) weight: MemoryError or an OOM kill."""
-    with pytest.raises(ValueError, match=match):
-        call()
+def test_model_over_the_budget_refused_before_allocating():
+    """A 10^5 x 10^5 input used to draw a (h, 10^10) weight: MemoryError or an OOM kill.
 
-
-def test_model_over_a_lowered_budget_refused():
+    The budget is lowered instead, so a regression fails here without exhausting memory.
+    """
     import stnref
 
     previous = stnref.set_max_elements(10**4)
     try:
-        with pytest.raises(ValueError, match=r"over the budget of 10000"):
-            fc_localisation((1, 28, 28), 6)                # 784 x 32 first weight
-        with pytest.raises(ValueError, match=r"over the budget of 10000"):
-            build_model("cnn", input_size=28)
+        with pytest.raises(ValueError, match=r"Linear\(\): weight of shape \(32, 784\) .* budget of 10000"):
+            fc_localisation((1, 28, 28), 6)
+        for name in ("fcn", "cnn", "st-fcn"):
+            with pytest.raises(ValueError, match=r"over the budget of 10000"):
+                build_model(name, input_size=28)
     finally:
         stnref.set_max_elements(previous)
     assert count_parameters(fc_localisation((1, 28, 28), 6)) > 10**4
