@@ -17,6 +17,7 @@ import time
 import numpy as np
 import scipy
 
+from ._io import atomic_write_bytes
 from .grids import affine_grid, affine_grid_backward
 from .sampling import grid_sample, grid_sample_backward
 
@@ -249,3 +250,38 @@ def run(shapes=SHAPES, dtypes=(np.float32, np.float64), rounds=7, modes=True, sc
             theirs = "-" if r["torch"] is None else f"{r['torch'] / px * 1e9:.1f}"
             emit(f"| {side} | {r['stnref'] / px * 1e9:.1f} | {theirs} |")
     return "\n".join(lines) + "\n"
+
+
+BEGIN_MARK = "<!-- stnref bench: begin -->"
+END_MARK = "<!-- stnref bench: end -->"
+
+
+def write_report(path, report):
+    """Write ``report`` into ``path`` (atomically), between the bench markers if it has them.
+
+    A page such as ``docs/performance.md`` keeps its hand-written analysis
+    around the markers and gets fresh tables on every run; a file without
+    markers (or a new one) receives the report alone.
+
+    Parameters
+    ----------
+    path : str
+    report : str
+        Markdown, as returned by :func:`run`.
+
+    Returns
+    -------
+    None
+    """
+    block = f"{BEGIN_MARK}\n{report.rstrip()}\n{END_MARK}"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    start, end = text.find(BEGIN_MARK), text.find(END_MARK)
+    if start >= 0 and end > start:
+        text = text[:start] + block + text[end + len(END_MARK):]
+    else:
+        text = f"# stnref benchmarks\n\n{block}\n"
+    atomic_write_bytes(path, text.encode())
