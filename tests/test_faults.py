@@ -52,8 +52,7 @@ RANDOM_KILLS = 6                # chain A: kills at random moments
 SAVE_KILLS = 4                  # chain B: kills while checkpoint.npz is being written
 EPOCHS, STEPS_PER_EPOCH, CHECKPOINT_EVERY = 3, 8, 2   # as in TRAIN_ARGS (256 / 32 = 8 steps)
 STARTUP_KILL_SHARE = 0.25       # share of random kills aimed at start-up rather than training
-STARTUP_SECONDS = 0.5           # start-up kills fall uniformly in the first half second of a life
-AFTER_SAVE_SECONDS = 0.25       # training kills fall uniformly this long after a checkpoint
+STARTUP_SECONDS = 0.3           # start-up kills fall uniformly in the first 0.3 s of a life
 SAVES_KEPT_IN_RESERVE = 2       # >= 4 steps and an evaluation remain after the chosen save
 INTERRUPTS = 2                  # Ctrl-C, each after the 1st or 2nd checkpoint of a life
 EXIT_INTERRUPTED = 130
@@ -155,25 +154,28 @@ def _kill_at_random(proc, run_dir, rng):
     """SIGKILL at a random moment of this life; False if the run finished first.
 
     The moment is drawn relative to the life's own progress, not the clock alone (the
-    machine's speed varies): either a random time in the start-up (imports, data), or a
-    random delay after the k-th checkpoint written by this life, with k chosen so that
-    enough training remains for the kill to land before the end.
+    machine's speed varies by an order of magnitude): either a random time in the start-up
+    (imports, data), or after the k-th checkpoint written by this life plus a random
+    fraction of the interval between its (k-1)-th and k-th checkpoints, with k chosen so
+    that enough training remains for the kill to land before the end.
     """
     saves = _remaining_saves(run_dir)
-    if saves <= SAVES_KEPT_IN_RESERVE or rng.random() < STARTUP_KILL_SHARE:
-        target, delay = 0, rng.uniform(0.0, STARTUP_SECONDS)
+    if saves < SAVES_KEPT_IN_RESERVE + 2 or rng.random() < STARTUP_KILL_SHARE:
+        target, fraction = 0, None
+        deadline = time.monotonic() + rng.uniform(0.0, STARTUP_SECONDS)
     else:
-        target, delay = int(rng.integers(1, saves - SAVES_KEPT_IN_RESERVE + 1)), rng.uniform(0.0, AFTER_SAVE_SECONDS)
-    seen, last = 0, _checkpoint_id(run_dir)
-    t0 = time.monotonic()
+        target, fraction = int(rng.integers(2, saves - SAVES_KEPT_IN_RESERVE + 1)), rng.random()
+    seen, last, times = 0, _checkpoint_id(run_dir), []
     while seen < target:
         if proc.poll() is not None:
             return False
         current = _checkpoint_id(run_dir)
         if current != last:
             seen, last = seen + 1, current
+            times.append(time.monotonic())
         time.sleep(POLL_SECONDS)
-    deadline = time.monotonic() + delay if target else t0 + delay
+    if target:
+        deadline = times[-1] + fraction * (times[-1] - times[-2])  # within the next save interval
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
