@@ -35,7 +35,7 @@ from . import _checks
 __all__ = ["grid_sample", "grid_sample_backward", "CUBIC_A"]
 
 CUBIC_A = -0.75  # Keys cubic convolution parameter; PyTorch's value
-CHUNK = 1 << 16  # grid points per chunk: temporaries stay cache-sized, memory bounded
+CHUNK = 1 << 15  # grid points per chunk: temporaries stay cache-sized, memory bounded
 
 
 # --------------------------------------------------------------------------- coordinates
