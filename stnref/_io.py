@@ -7,6 +7,7 @@ never a half-written file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 
@@ -46,6 +47,21 @@ def atomic_open(path):
             os.remove(tmp)
         raise
     fsync_directory(directory)
+
+
+def remove_stale(path):
+    """Delete temporary files that a killed writer of ``path`` left behind; returns how many.
+
+    Only files named like :func:`atomic_open`'s (``.NAME.*.tmp`` beside ``path``)
+    are touched; call it when no other process is writing ``path``.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    pattern = os.path.join(glob.escape(directory), f".{glob.escape(os.path.basename(path))}.*.tmp")
+    stale = glob.glob(pattern)
+    for name in stale:
+        os.remove(name)
+    return len(stale)
 
 
 def atomic_write_bytes(path, data):

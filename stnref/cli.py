@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -29,34 +30,24 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(kind, accept, description):
+    """An argparse type: a finite ``kind(text)`` for which ``accept(value)`` holds."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _nonnegative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _number(float, lambda v: v > 0, "a positive finite number")
 
 
 def _add_train_options(p, defaults):
@@ -161,14 +152,14 @@ def cmd_bench(args):
     """Handler of ``stnref bench``: time the sampler, optionally writing a markdown report."""
     import numpy as np
 
-    from .bench import SHAPES, run
+    from .bench import SHAPES, run, write_report
 
     dtypes = {"float32": (np.float32,), "float64": (np.float64,),
               "both": (np.float32, np.float64)}[args.dtype]
     report = run(SHAPES, dtypes, rounds=args.rounds, modes=not args.quick, scaling=args.scaling,
                  large=args.large)
     if args.markdown:
-        atomic_write_bytes(args.markdown, ("# stnref benchmarks\n\n" + report).encode())
+        write_report(args.markdown, report)
     return 0
 
 
@@ -221,7 +212,8 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="skip the per-mode table")
     p.add_argument("--scaling", action="store_true", help="add the cost-scaling table")
     p.add_argument("--large", action="store_true", help="add the (1, 1, 1024, 1024) shape")
-    p.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
+    p.add_argument("--markdown", metavar="FILE",
+                   help="also write the report to FILE (between its bench markers, if it has them)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("reference", help="golden vectors for other implementations")

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from . import _checks
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, remove_stale
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DISTORTIONS, load_dataset
 from .nn import SGD, Adam, clip_grad_norm, cross_entropy
@@ -432,6 +432,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                             config.seed)
     x_train, y_train, x_test, y_test = _check_data(data, config)
     os.makedirs(run_dir, exist_ok=True)
+    for name in (CHECKPOINT, METRICS):  # left by a process killed while writing
+        remove_stale(os.path.join(run_dir, name))
     n = len(x_train)
     steps = math.ceil(n / config.batch_size)
     model.train()

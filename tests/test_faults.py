@@ -234,9 +234,9 @@ def test_sigkill_during_checkpoint_write_then_resume_is_exact(tmp_path, baseline
     run_dir = tmp_path / "run"
     kills = _kill_chain(run_dir, baseline, _kill_during_save, SAVE_KILLS, True, 1)
     assert kills >= SAVE_KILLS - 1  # on a very loaded machine the poll may miss one save window
-    # SIGKILL cannot clean up: the interrupted temp files remain, and were never taken
-    # for the checkpoint (the run above resumed from complete files only).
-    assert [n for n in os.listdir(run_dir) if TMP_CHECKPOINT.match(n)]
+    # SIGKILL cannot clean up, so each kill left a temp file (that is what _kill_during_save
+    # waited for); the next life resumed from complete files only and removed the leftovers.
+    assert not [n for n in os.listdir(run_dir) if TMP_CHECKPOINT.match(n)]
 
 
 def test_ctrl_c_exits_130_keeps_checkpoint_and_resumes_exactly(tmp_path, baseline):

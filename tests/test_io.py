@@ -158,3 +158,15 @@ def test_sigkill_inside_block_keeps_old_file(tmp_path):
     stale = _leftovers(tmp_path)
     assert len(stale) == 1 and stale[0].startswith(".f.bin.")
     assert (tmp_path / stale[0]).read_bytes() == NEW[:100]
+
+
+def test_remove_stale_deletes_only_leftovers_of_that_file(tmp_path):
+    from stnref._io import remove_stale
+
+    target = tmp_path / "checkpoint.npz"
+    (tmp_path / ".checkpoint.npz.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".other.npz.abc123.tmp").write_bytes(b"keep")
+    (tmp_path / "checkpoint.npz").write_bytes(b"real")
+    assert remove_stale(target) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.npz.abc123.tmp", "checkpoint.npz"]
+    assert remove_stale(target) == 0
