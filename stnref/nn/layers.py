@@ -578,26 +578,62 @@ def _windows(xp, kernel, stride):
     return sliding_window_view(xp, kernel, axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
 
 
-def _im2col(xp, kernel, stride):
-    """The im2col matrix ``(N*H_out*W_out, C*kh*kw)`` of ``xp``: one window per row."""
-    win = _windows(xp, kernel, stride).transpose(0, 2, 3, 1, 4, 5)   # (N, Ho, Wo, C, kh, kw)
-    return win.reshape(math.prod(win.shape[:3]), math.prod(win.shape[3:]))  # a copy
+def _pad_channels_first(x, padding):
+    """``x (N, C, H, W)`` zero-padded into a new contiguous ``(C, N, H + 2 p_h, W + 2 p_w)``.
+
+    Channels first, so that one channel of the whole batch is a contiguous
+    block: the layout of the im2col rows below.
+    """
+    n, c, h, w = x.shape
+    ph, pw = padding
+    xt = np.zeros((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    xt[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+    return xt
+
+
+def _im2col(xt, kernel, stride):
+    """The im2col matrix ``(kh*kw*C, N*H_out*W_out)`` of a padded ``xt (C, N, Hp, Wp)``.
+
+    Row ``(i, j, c)`` holds ``xt[c, n, p s_h + i, q s_w + j]`` over all output
+    positions ``(n, p, q)`` (the Caffe layout, with the kernel offset outermost),
+    so the convolution is one ``(C_out, kh*kw*C) @ (kh*kw*C, N*H_out*W_out)``
+    product.  The copy is done in two passes so that most of it moves long
+    contiguous runs: first the column shift ``j`` (runs of ``W_out``) into a
+    ``(C, N, Hp, W_out)`` buffer, then per row shift ``i`` whole planes
+    (runs of ``H_out*W_out`` for stride 1).
+    """
+    c, n, hp, wp = xt.shape
+    (kh, kw), (sh, sw) = kernel, stride
+    h_out, w_out = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    cols = np.empty((kh, kw, c, n, h_out, w_out), dtype=xt.dtype)
+    shifted = np.empty((c, n, hp, w_out), dtype=xt.dtype)
+    for j in range(kw):
+        np.copyto(shifted, xt[:, :, :, j:j + sw * (w_out - 1) + 1:sw])
+        for i in range(kh):
+            cols[i, j] = shifted[:, :, i:i + sh * (h_out - 1) + 1:sh]
+    return cols.reshape(kh * kw * c, n * h_out * w_out)
 
 
 def _col2im(cols, out_hw, stride):
     """Sum window entries back onto the pixels they were read from.
 
     ``cols (kh, kw, A, B, H_out, W_out) -> (A, B, H, W)``: entry
-    ``[i, j, a, b, p, q]`` lands on pixel ``(p s_h + i, q s_w + j)``.  One
-    strided-slice add per kernel offset (kh*kw of them); within one offset the
-    target pixels are distinct, so the add never drops duplicates.
+    ``[i, j, a, b, p, q]`` lands on pixel ``(p s_h + i, q s_w + j)``.  The
+    transpose of :func:`_im2col`, in the same two passes: for each column
+    shift ``j`` the row shifts ``i`` are summed into a ``(A, B, H, W_out)``
+    buffer (whole planes per add for stride 1), which is then added once at
+    column offset ``j``.  Within one offset the target pixels are distinct, so
+    the strided-slice adds never drop duplicates.
     """
     kh, kw, a, b, h_out, w_out = cols.shape
     sh, sw = stride
     out = np.zeros((a, b) + tuple(out_hw), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw] += cols[i, j]
+    column = np.empty((a, b, out_hw[0], w_out), dtype=cols.dtype)
+    for j in range(kw):
+        column.fill(0)
+        for i in range(kh):
+            column[:, :, i:i + sh * (h_out - 1) + 1:sh] += cols[i, j]
+        out[:, :, :, j:j + sw * (w_out - 1) + 1:sw] += column
     return out
 
 
@@ -609,13 +645,6 @@ def _check_input4(x, name, fn, channels=None):
             f"{fn}(): expected {name} of shape (N, C={channels}, H, W), got {x.shape}"
         )
     return x
-
-
-def _pad_hw(x, padding):
-    ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
 def _conv_geometry(x, weight, stride, padding, fn):
@@ -653,8 +682,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-D cross-correlation (torch.nn.functional.conv2d, groups=1, dilation=1).
 
     ``y[n, o, p, q] = b[o] + sum_{c,i,j} W[o, c, i, j] x_pad[n, c, p s_h + i, q s_w + j]``,
-    computed as one matrix product of the im2col view (a ``sliding_window_view``)
-    with the flattened kernel.
+    computed as one matrix product of the flattened kernel with the im2col
+    matrix (kernel offset and channel down the rows, output positions along).
 
     Parameters
     ----------
@@ -679,21 +708,20 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     bias = _check_bias(bias, weight.shape[0], fn)
     n, c_out = x.shape[0], weight.shape[0]
     check_budget((n, c_out) + out_hw, fn, "y")
-    cols = _im2col(_pad_hw(x, padding), weight.shape[2:], stride)  # (N*Ho*Wo, C_in*kh*kw)
-    w_rows = weight.reshape(c_out, math.prod(weight.shape[1:]))      # (C_out, C_in*kh*kw)
-    y = cols @ w_rows.T.astype(x.dtype, copy=False)                  # (N*Ho*Wo, C_out)
+    cols = _im2col(_pad_channels_first(x, padding), weight.shape[2:], stride)  # (kh*kw*C_in, N*Ho*Wo)
+    w_rows = weight.transpose(0, 2, 3, 1).reshape(c_out, cols.shape[0])        # (C_out, kh*kw*C_in)
+    y = w_rows.astype(x.dtype, copy=False) @ cols                              # (C_out, N*Ho*Wo)
     if bias is not None:
-        y += bias.astype(x.dtype, copy=False)
-    y = y.reshape((n,) + out_hw + (c_out,))
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        y += bias.astype(x.dtype, copy=False)[:, None]
+    return np.ascontiguousarray(y.reshape((c_out, n) + out_hw).transpose(1, 0, 2, 3))
 
 
 # Backward of y = b + sum_{c,i,j} W[o,c,i,j] x_pad[n, c, p s + i, q s + j]
 #   (docs/derivations/layers.md, "Convolution")
-#   dW[o,c,i,j] = sum_{n,p,q} dy[n,o,p,q] x_pad[n,c,p s+i,q s+j]   one tensordot with the im2col view
+#   dW[o,c,i,j] = sum_{n,p,q} dy[n,o,p,q] x_pad[n,c,p s+i,q s+j]   one product with the im2col matrix
 #   db[o]       = sum_{n,p,q} dy[n,o,p,q]
 #   dx_pad      = col2im(dcols), dcols[i,j,c,n,p,q] = sum_o W[o,c,i,j] dy[n,o,p,q]
-#                 (one strided-slice add per kernel offset), then crop the padding.
+#                 (strided-slice adds per kernel offset, see _col2im), then crop the padding.
 def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     """Gradients of :func:`conv2d`: ``(dx, dweight, dbias)`` (``dbias`` None if not ``bias``).
 
@@ -706,17 +734,19 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     dy = float_array(dy, "dy", fn)
     _check_grad_shape(dy, (x.shape[0], weight.shape[0]) + out_hw, fn)
     dy = dy.astype(x.dtype, copy=False)
-    xp = _pad_hw(x, padding)
-    cols = _im2col(xp, weight.shape[2:], stride)                      # (N*Ho*Wo, C_in*kh*kw)
-    dy_rows = dy.transpose(0, 2, 3, 1).reshape(cols.shape[0], weight.shape[0])  # (N*Ho*Wo, C_out)
-    dW = (dy_rows.T @ cols).reshape(weight.shape)                     # (C_out, C_in, kh, kw)
+    n, c_in = x.shape[:2]
+    c_out, _, kh, kw = weight.shape
+    xt = _pad_channels_first(x, padding)                                 # (C_in, N, Hp, Wp)
+    cols = _im2col(xt, (kh, kw), stride)                                 # (kh*kw*C_in, N*Ho*Wo)
+    dy_rows = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(c_out, cols.shape[1])
+    dW = (dy_rows @ cols.T).reshape(c_out, kh, kw, c_in).transpose(0, 3, 1, 2)
     db = dy.sum(axis=(0, 2, 3)).astype(weight.dtype, copy=False) if bias else None
-    w_t = weight.astype(x.dtype, copy=False).transpose(2, 3, 1, 0)    # (kh, kw, C_in, C_out)
-    dcols = np.tensordot(w_t, dy, axes=([3], [1]))                    # (kh, kw, C_in, N, Ho, Wo)
-    dxp = _col2im(dcols, xp.shape[2:], stride)                        # (C_in, N, Hp, Wp)
+    w_cols = weight.astype(x.dtype, copy=False).transpose(2, 3, 1, 0).reshape(cols.shape[0], c_out)
+    dcols = (w_cols @ dy_rows).reshape((kh, kw, c_in, n) + out_hw)      # (kh, kw, C_in, N, Ho, Wo)
+    dxp = _col2im(dcols, xt.shape[2:], stride)                           # (C_in, N, Hp, Wp)
     ph, pw = padding
     dx = dxp[:, :, ph:dxp.shape[2] - ph, pw:dxp.shape[3] - pw].transpose(1, 0, 2, 3)
-    return np.ascontiguousarray(dx), dW.astype(weight.dtype, copy=False), db
+    return np.ascontiguousarray(dx), np.ascontiguousarray(dW, dtype=weight.dtype), db
 
 
 class Conv2d(Module):
