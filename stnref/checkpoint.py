@@ -141,12 +141,13 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise ValueError(f"{fn}(): checkpoint file {path!r} does not exist")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-            raise ValueError("not an .npz archive")
-        with loaded as npz:
-            # Reading every member here surfaces truncation, CRC errors and pickles now.
-            arrays = {name: npz[name] for name in npz.files}
+        with open(path, "rb") as f:  # ours to close, also when numpy fails half-way
+            loaded = np.load(f, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
+                raise ValueError("not an .npz archive")
+            with loaded as npz:
+                # Reading every member here surfaces truncation, CRC errors and pickles now.
+                arrays = {name: npz[name] for name in npz.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as err:
         raise ValueError(f"{fn}(): cannot read checkpoint {path!r}: {err}") from err
     text = arrays.pop(METADATA_KEY, None)
