@@ -626,3 +626,88 @@ def test_softmax_axis_as_numpy_int_and_negative():
     z = np.random.default_rng(22).standard_normal((3, 4))
     np.testing.assert_array_equal(softmax(z, axis=np.int64(0)), softmax(z, axis=-2))
     np.testing.assert_allclose(softmax(z, axis=0).sum(axis=0), 1.0, rtol=1e-15)
+
+
+# ----------------------------------------------------------------------------- conv2d routes
+# conv2d takes an FFT route for stride-1 layers with many channel pairs per pixel (the paper's
+# second CNN layer) and im2col otherwise; these tests force each route with the gain threshold.
+
+
+def _force_route(monkeypatch, route):
+    from stnref.nn import layers
+    monkeypatch.setattr(layers, "_SPECTRAL_MIN_GAIN", 0.0 if route == "fft" else np.inf)
+
+
+def _conv_all(x, w, b, dy, stride, padding):
+    conv2d, conv2d_backward = _functional("conv2d"), _functional("conv2d_backward")
+    return (conv2d(x, w, b, stride, padding),) + conv2d_backward(dy, x, w, stride, padding)
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [
+    ((2, 3, 9, 8), (3, 3), (1, 1)), ((2, 3, 9, 8), (3, 2), (2, 0)), ((1, 2, 5, 7), (5, 7), (0, 0)),
+    ((3, 2, 6, 6), (1, 1), (0, 2)), ((2, 1, 7, 5), (4, 5), (3, 1)),
+])
+def test_conv2d_fft_route_matches_torch(monkeypatch, shape, kernel, padding):
+    torch = _torch()
+    _force_route(monkeypatch, "fft")
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((4, shape[1]) + kernel)
+    b = rng.standard_normal(4)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=padding)
+    dy = rng.standard_normal(tuple(yt.shape))
+    yt.backward(torch.tensor(dy))
+    y, dx, dw, db = _conv_all(x, w, b, dy, 1, padding)
+    np.testing.assert_allclose(y, yt.detach().numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), atol=PARITY_TOL)
+    np.testing.assert_allclose(db, bt.grad.numpy(), atol=PARITY_TOL)
+
+
+def test_conv2d_fft_route_gradcheck(monkeypatch):
+    _force_route(monkeypatch, "fft")
+    rng = np.random.default_rng(31)
+    layer = Conv2d(2, 3, (3, 2), padding=(1, 2), rng=rng)
+    _module_check(layer, rng.standard_normal((2, 2, 5, 4))).raise_if_failed()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_routes_agree_on_paper_layer(monkeypatch, dtype):
+    """The paper's 7x7 layer (on fewer samples): both routes, float32 stays float32."""
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((4, 32, 14, 14)).astype(dtype)
+    w = (rng.standard_normal((64, 32, 7, 7)) / 40).astype(dtype)
+    b = rng.standard_normal(64).astype(dtype)
+    dy = rng.standard_normal((4, 64, 14, 14)).astype(dtype)
+    results = {}
+    for route in ("fft", "im2col"):
+        _force_route(monkeypatch, route)
+        results[route] = _conv_all(x, w, b, dy, 1, 3)
+    tol = F32_TOL if dtype == np.float32 else PARITY_TOL
+    for a, c in zip(results["fft"], results["im2col"]):
+        assert a.dtype == dtype and a.flags.c_contiguous
+        np.testing.assert_allclose(a, c, atol=tol * max(1.0, np.abs(c).max()))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e300])
+def test_conv2d_fft_route_keeps_nonfinite_and_huge_values_local(monkeypatch, bad):
+    """A spectrum would spread one bad pixel over its plane: such inputs take im2col."""
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((2, 2, 8, 8))
+    w = rng.standard_normal((3, 2, 3, 3))
+    dy = rng.standard_normal((2, 3, 8, 8))
+    x_bad, dy_bad = x.copy(), dy.copy()
+    x_bad[0, 1, 2, 3] = bad
+    dy_bad[1, 0, 5, 5] = bad
+    results = {}
+    for route in ("fft", "im2col"):
+        _force_route(monkeypatch, route)
+        results[route] = (_conv_all(x_bad, w, None, dy, 1, 1)[:3]
+                          + _conv_all(x, w, None, dy_bad, 1, 1)[1:3])
+    for a, c in zip(results["fft"], results["im2col"]):
+        np.testing.assert_array_equal(a, c)
+    y = results["fft"][0]
+    outside = np.ones(y.shape, dtype=bool)
+    outside[0, :, 1:4, 2:5] = False                 # the windows that read x_bad[0, 1, 2, 3]
+    assert np.isfinite(y[outside]).all()

@@ -673,6 +673,73 @@ def _conv_geometry(x, weight, stride, padding, fn):
     return x, weight, stride, padding, (h_out, w_out)
 
 
+# A stride-1 convolution is also a product of 2-D spectra (the convolution
+# theorem; the three products are spelled out in conv2d and above
+# conv2d_backward): per frequency one (C_out, C_in) @ (C_in, N)
+# complex product instead of kh*kw real ones, plus one FFT per plane.  Costs in
+# units of one im2col multiply-add, fitted to fwd+bwd timings of 12 layer shapes
+# (1-64 channels, 3x3-9x9 kernels, 8x8-36x36 planes; numpy's pocketfft and
+# OpenBLAS, 1 thread, float32); the FFT route is taken from the estimated gain
+# _SPECTRAL_MIN_GAIN on (float64 gains more than float32: the margin is for it).
+_FFT_COST = 12.0               # per plane element and log2(plane size)
+_SPECTRAL_PRODUCT_COST = 8.0   # per complex multiply-add of the channel contraction
+_SPECTRAL_MIN_GAIN = 1.25
+
+
+def _spectral_gain(x_shape, weight_shape, padding):
+    """Estimated im2col cost over FFT cost of a stride-1 convolution (per sample)."""
+    _, c_in, h, w = x_shape
+    c_out, _, kh, kw = weight_shape
+    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
+    window_products = (hp - kh + 1) * (wp - kw + 1) * c_in * c_out * kh * kw
+    transforms = _FFT_COST * (c_in + c_out) * hp * wp * math.log2(hp * wp)
+    products = _SPECTRAL_PRODUCT_COST * hp * (wp // 2 + 1) * c_in * c_out
+    return window_products / (transforms + products)
+
+
+def _spectral_pays(stride, padding, x, weight, *others):
+    """Whether conv2d(_backward) should take the FFT route for these operands.
+
+    Only for stride 1 and when :func:`_spectral_gain` reaches
+    ``_SPECTRAL_MIN_GAIN``.  A spectrum sums a whole plane, so it could
+    overflow, or spread one NaN/inf over the plane, where the sum over one
+    window does not: the route is refused unless a bound on every spectral
+    product sum is finite, so non-finite and huge inputs give exactly the
+    window-local results of the im2col route.
+    """
+    arrays = (x, weight) + others
+    if stride != (1, 1) or min(a.size for a in arrays) == 0:
+        return False
+    if _spectral_gain(x.shape, weight.shape, padding) < _SPECTRAL_MIN_GAIN:
+        return False
+    # Every spectrum is at most (Hp Wp) max|a| in magnitude, and each product sum
+    # (and inverse FFT) adds at most max(N, C_in, C_out) such products.
+    n, c_in, h, w = x.shape
+    plane = (h + 2 * padding[0]) * (w + 2 * padding[1])
+    largest = float(np.max([np.abs(a).max() for a in arrays]))          # NaN if any is NaN
+    spectrum_bound = plane * largest
+    bound = spectrum_bound * spectrum_bound * max(n, c_in, weight.shape[0])   # inf past the range
+    return bound < np.finfo(x.dtype).max
+
+
+def _spectrum(a, hw):
+    """2-D real FFT of the planes of ``a (A, B, h, w)`` zero-padded at the end to ``hw``.
+
+    Returns ``(F, A, B)``, ``F = hw[0] * (hw[1] // 2 + 1)`` frequencies first,
+    so that the channel contractions are batched matrix products.  complex64
+    for float32 ``a``, complex128 for float64.
+    """
+    planes = np.fft.rfft2(a, s=hw)                                    # (A, B, Hp, Wp//2+1)
+    return planes.reshape(a.shape[:2] + (-1,)).transpose(2, 0, 1)
+
+
+def _planes(spectra, hw):
+    """Inverse of :func:`_spectrum`: ``(F, A, B) -> (A, B, hw[0], hw[1])``, real."""
+    _, a, b = spectra.shape
+    half = spectra.transpose(1, 2, 0).reshape(a, b, hw[0], hw[1] // 2 + 1)
+    return np.fft.irfft2(half, s=hw)
+
+
 # --------------------------------------------------------------------------
 # Conv2d
 # --------------------------------------------------------------------------
@@ -683,7 +750,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     ``y[n, o, p, q] = b[o] + sum_{c,i,j} W[o, c, i, j] x_pad[n, c, p s_h + i, q s_w + j]``,
     computed as one matrix product of the flattened kernel with the im2col
-    matrix (kernel offset and channel down the rows, output positions along).
+    matrix (kernel offset and channel down the rows, output positions along),
+    or, for stride 1 where the estimate says it is cheaper (many channel
+    pairs, large kernels), per frequency from the 2-D FFTs of the planes.
+    Non-finite or huge inputs always take the im2col route (see
+    ``_spectral_pays``), so a bad pixel only affects the windows reading it.
 
     Parameters
     ----------
@@ -708,12 +779,19 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     bias = _check_bias(bias, weight.shape[0], fn)
     n, c_out = x.shape[0], weight.shape[0]
     check_budget((n, c_out) + out_hw, fn, "y")
-    cols = _im2col(_pad_channels_first(x, padding), weight.shape[2:], stride)  # (kh*kw*C_in, N*Ho*Wo)
-    w_rows = weight.transpose(0, 2, 3, 1).reshape(c_out, cols.shape[0])        # (C_out, kh*kw*C_in)
-    y = w_rows.astype(x.dtype, copy=False) @ cols                              # (C_out, N*Ho*Wo)
+    weight = weight.astype(x.dtype, copy=False)
+    xt = _pad_channels_first(x, padding)                                       # (C_in, N, Hp, Wp)
+    if _spectral_pays(stride, padding, x, weight):
+        # y = irfft(conj(W^) x^), cropped to the windows that fit (no wrap-around)
+        spectra = _spectrum(weight, xt.shape[2:]).conj() @ _spectrum(xt, xt.shape[2:])
+        y = _planes(spectra, xt.shape[2:])[:, :, :out_hw[0], :out_hw[1]]     # (C_out, N, Ho, Wo)
+    else:
+        cols = _im2col(xt, weight.shape[2:], stride)                           # (kh*kw*C_in, N*Ho*Wo)
+        w_rows = weight.transpose(0, 2, 3, 1).reshape(c_out, cols.shape[0])    # (C_out, kh*kw*C_in)
+        y = (w_rows @ cols).reshape((c_out, n) + out_hw)                       # (C_out, N, Ho, Wo)
     if bias is not None:
-        y += bias.astype(x.dtype, copy=False)[:, None]
-    return np.ascontiguousarray(y.reshape((c_out, n) + out_hw).transpose(1, 0, 2, 3))
+        y += bias.astype(x.dtype, copy=False)[:, None, None, None]
+    return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
 
 
 # Backward of y = b + sum_{c,i,j} W[o,c,i,j] x_pad[n, c, p s + i, q s + j]
@@ -722,6 +800,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 #   db[o]       = sum_{n,p,q} dy[n,o,p,q]
 #   dx_pad      = col2im(dcols), dcols[i,j,c,n,p,q] = sum_o W[o,c,i,j] dy[n,o,p,q]
 #                 (strided-slice adds per kernel offset, see _col2im), then crop the padding.
+#   FFT route (stride 1; dy zero-padded to the padded input's Hp x Wp, ^ = rfft2 there):
+#   dW = irfft(sum_n conj(dy^) x_pad^) cropped to kh x kw (a correlation),
+#   dx_pad = irfft(sum_o W^ dy^) (a full convolution); neither wraps around the period.
 def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     """Gradients of :func:`conv2d`: ``(dx, dweight, dbias)`` (``dbias`` None if not ``bias``).
 
@@ -736,14 +817,24 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     dy = dy.astype(x.dtype, copy=False)
     n, c_in = x.shape[:2]
     c_out, _, kh, kw = weight.shape
-    xt = _pad_channels_first(x, padding)                                 # (C_in, N, Hp, Wp)
-    cols = _im2col(xt, (kh, kw), stride)                                 # (kh*kw*C_in, N*Ho*Wo)
-    dy_rows = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(c_out, cols.shape[1])
-    dW = (dy_rows @ cols.T).reshape(c_out, kh, kw, c_in).transpose(0, 3, 1, 2)
     db = dy.sum(axis=(0, 2, 3)).astype(weight.dtype, copy=False) if bias else None
-    w_cols = weight.astype(x.dtype, copy=False).transpose(2, 3, 1, 0).reshape(cols.shape[0], c_out)
-    dcols = (w_cols @ dy_rows).reshape((kh, kw, c_in, n) + out_hw)      # (kh, kw, C_in, N, Ho, Wo)
-    dxp = _col2im(dcols, xt.shape[2:], stride)                           # (C_in, N, Hp, Wp)
+    w_x = weight.astype(x.dtype, copy=False)
+    xt = _pad_channels_first(x, padding)                                 # (C_in, N, Hp, Wp)
+    if _spectral_pays(stride, padding, x, w_x, dy):
+        # dW = irfft(conj(dy^) x^) (a correlation), dx_pad = irfft(W^ dy^) (a full convolution);
+        # dy zero-padded to (Hp, Wp) and both fit in one period, so nothing wraps around.
+        hw = xt.shape[2:]
+        dy_s = _spectrum(dy.transpose(1, 0, 2, 3), hw)                   # (F, C_out, N)
+        x_s = _spectrum(xt, hw)                                          # (F, C_in, N)
+        dW = _planes(dy_s.conj() @ x_s.transpose(0, 2, 1), hw)[:, :, :kh, :kw]
+        dxp = _planes(_spectrum(w_x, hw).transpose(0, 2, 1) @ dy_s, hw)  # (C_in, N, Hp, Wp)
+    else:
+        cols = _im2col(xt, (kh, kw), stride)                             # (kh*kw*C_in, N*Ho*Wo)
+        dy_rows = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(c_out, cols.shape[1])
+        dW = (dy_rows @ cols.T).reshape(c_out, kh, kw, c_in).transpose(0, 3, 1, 2)
+        w_cols = w_x.transpose(2, 3, 1, 0).reshape(cols.shape[0], c_out)
+        dcols = (w_cols @ dy_rows).reshape((kh, kw, c_in, n) + out_hw)  # (kh, kw, C_in, N, Ho, Wo)
+        dxp = _col2im(dcols, xt.shape[2:], stride)                       # (C_in, N, Hp, Wp)
     ph, pw = padding
     dx = dxp[:, :, ph:dxp.shape[2] - ph, pw:dxp.shape[3] - pw].transpose(1, 0, 2, 3)
     return np.ascontiguousarray(dx), np.ascontiguousarray(dW, dtype=weight.dtype), db
