@@ -27,6 +27,7 @@ import math
 import numbers
 
 import numpy as np
+import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._checks import check_bool, check_budget, check_int, check_ndim, float_array
@@ -677,12 +678,12 @@ def _conv_geometry(x, weight, stride, padding, fn):
 # theorem; the three products are spelled out in conv2d and above
 # conv2d_backward): per frequency one (C_out, C_in) @ (C_in, N)
 # complex product instead of kh*kw real ones, plus one FFT per plane.  Costs in
-# units of one im2col multiply-add, fitted to fwd+bwd timings of 12 layer shapes
-# (1-64 channels, 3x3-9x9 kernels, 8x8-36x36 planes; numpy's pocketfft and
-# OpenBLAS, 1 thread, float32); the FFT route is taken from the estimated gain
-# _SPECTRAL_MIN_GAIN on (float64 gains more than float32: the margin is for it).
-_FFT_COST = 12.0               # per plane element and log2(plane size)
-_SPECTRAL_PRODUCT_COST = 8.0   # per complex multiply-add of the channel contraction
+# units of one im2col multiply-add, least-squares fits to fwd+bwd timings of 11
+# layer shapes (1-64 channels, 3x3-9x9 kernels, 8x8-36x36 planes; scipy.fft and
+# OpenBLAS, 1 thread, float32).  From the estimated gain _SPECTRAL_MIN_GAIN on,
+# every measured shape ran at least 1.05x faster by FFT in float32, 1.18x in float64.
+_FFT_COST = 8.5                # per plane element and log2(plane size)
+_SPECTRAL_PRODUCT_COST = 5.0   # per complex multiply-add of the channel contraction
 _SPECTRAL_MIN_GAIN = 1.25
 
 
@@ -729,7 +730,7 @@ def _spectrum(a, hw):
     so that the channel contractions are batched matrix products.  complex64
     for float32 ``a``, complex128 for float64.
     """
-    planes = np.fft.rfft2(a, s=hw)                                    # (A, B, Hp, Wp//2+1)
+    planes = scipy.fft.rfft2(a, s=hw)                                    # (A, B, Hp, Wp//2+1)
     return planes.reshape(a.shape[:2] + (-1,)).transpose(2, 0, 1)
 
 
@@ -737,7 +738,7 @@ def _planes(spectra, hw):
     """Inverse of :func:`_spectrum`: ``(F, A, B) -> (A, B, hw[0], hw[1])``, real."""
     _, a, b = spectra.shape
     half = spectra.transpose(1, 2, 0).reshape(a, b, hw[0], hw[1] // 2 + 1)
-    return np.fft.irfft2(half, s=hw)
+    return scipy.fft.irfft2(half, s=hw)
 
 
 # --------------------------------------------------------------------------
