@@ -619,22 +619,16 @@ def _col2im(cols, out_hw, stride):
     """Sum window entries back onto the pixels they were read from.
 
     ``cols (kh, kw, A, B, H_out, W_out) -> (A, B, H, W)``: entry
-    ``[i, j, a, b, p, q]`` lands on pixel ``(p s_h + i, q s_w + j)``.  The
-    transpose of :func:`_im2col`, in the same two passes: for each column
-    shift ``j`` the row shifts ``i`` are summed into a ``(A, B, H, W_out)``
-    buffer (whole planes per add for stride 1), which is then added once at
-    column offset ``j``.  Within one offset the target pixels are distinct, so
-    the strided-slice adds never drop duplicates.
+    ``[i, j, a, b, p, q]`` lands on pixel ``(p s_h + i, q s_w + j)``.  One
+    strided-slice add per kernel offset (kh*kw of them); within one offset the
+    target pixels are distinct, so the add never drops duplicates.
     """
     kh, kw, a, b, h_out, w_out = cols.shape
     sh, sw = stride
     out = np.zeros((a, b) + tuple(out_hw), dtype=cols.dtype)
-    column = np.empty((a, b, out_hw[0], w_out), dtype=cols.dtype)
-    for j in range(kw):
-        column.fill(0)
-        for i in range(kh):
-            column[:, :, i:i + sh * (h_out - 1) + 1:sh] += cols[i, j]
-        out[:, :, :, j:j + sw * (w_out - 1) + 1:sw] += column
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw] += cols[i, j]
     return out
 
 
