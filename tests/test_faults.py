@@ -244,7 +244,9 @@ def test_ctrl_c_exits_130_keeps_checkpoint_and_resumes_exactly(tmp_path, baselin
     run_dir = tmp_path / "run"
     rng = np.random.default_rng([KILL_SEED, 2])
     for _ in range(INTERRUPTS):
-        proc = _start(run_dir, resume=(run_dir / CHECKPOINT).exists())
+        # slow saves keep a life running well past the checkpoint it waits for: on an idle
+        # machine a whole 3-epoch run can otherwise end between the poll and the signal
+        proc = _start(run_dir, resume=(run_dir / CHECKPOINT).exists(), slow=True)
         target, seen, last = int(rng.integers(1, 3)), 0, _checkpoint_id(run_dir)
         while seen < target and proc.poll() is None:
             current = _checkpoint_id(run_dir)
