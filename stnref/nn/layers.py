@@ -119,6 +119,17 @@ def _check_grad_shape(dy, expected, fn):
 # --------------------------------------------------------------------------
 
 
+def _check_state_keys(expected, state, fn, owner):
+    """Strict key match of a state dict: ValueError listing missing and unexpected keys."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{fn}(): state dict does not match the {owner}: missing keys {missing}, "
+            f"unexpected keys {unexpected}"
+        )
+
+
 class Module:
     """Base of every layer and container.
 
@@ -234,13 +245,7 @@ class Module:
         """
         fn = f"{type(self).__name__}.load_state_dict"
         params = self.params
-        missing = [k for k in params if k not in state]
-        unexpected = [k for k in state if k not in params]
-        if missing or unexpected:
-            raise ValueError(
-                f"{fn}(): state dict does not match the module: missing keys {missing}, "
-                f"unexpected keys {unexpected}"
-            )
+        _check_state_keys(params, state, fn, "module")
         values = {}
         for k, p in params.items():
             v = float_array(np.asarray(state[k]), k, fn)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._checks import float_array
-from .layers import Module
+from .layers import Module, _check_state_keys
 
 # PyTorch's clip_grad_norm_ adds this to the total norm before dividing.
 CLIP_EPS = 1e-6
@@ -100,13 +100,7 @@ class _Optimizer:
         """Restore :meth:`state_dict` output exactly (strict on keys and shapes)."""
         fn = f"{type(self).__name__}.load_state_dict"
         expected = self.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        if missing or unexpected:
-            raise ValueError(
-                f"{fn}(): state dict does not match the optimiser: missing keys {missing}, "
-                f"unexpected keys {unexpected}"
-            )
+        _check_state_keys(expected, state, fn, "optimiser")
         for k, ref in expected.items():
             if np.shape(state[k]) != ref.shape:
                 raise ValueError(f"{fn}(): expected {k} of shape {ref.shape}, got {np.shape(state[k])}")
