@@ -424,7 +424,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     else:
         model = make_model(config.validated())
         optimizer = make_optimizer(config, model)
-        state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "wrong": 0, "seconds": 0.0, "skipped": []}
+        state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "wrong": 0, "counted": 0, "seconds": 0.0,
+                 "skipped": []}
         metrics = []
     config.validated()
     if data is None:
@@ -437,7 +438,7 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     n = len(x_train)
     steps = math.ceil(n / config.batch_size)
     model.train()
-
+    wrote = False
     while state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
         order = epoch_order(config.seed, epoch, n)
@@ -456,6 +457,7 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                 optimizer.step()
                 state["loss_sum"] += loss * len(idx)
                 state["wrong"] += int((logits.argmax(axis=1) != y).sum())
+                state["counted"] += len(idx)
             elif config.on_nonfinite == "skip":
                 state["skipped"].append([epoch, step + 1])
             else:
@@ -469,8 +471,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
             eta = (n - seen) / rate if rate > 0 else 0.0
             progress.update(
                 f"epoch {epoch}/{config.epochs} step {step + 1}/{steps} "
-                f"loss {state['loss_sum'] / max(seen, 1):.4f} "
-                f"err {100.0 * state['wrong'] / max(seen, 1):5.2f}% "
+                f"loss {state['loss_sum'] / max(state['counted'], 1):.4f} "
+                f"err {100.0 * state['wrong'] / max(state['counted'], 1):5.2f}% "
                 f"{rate:7.0f} samples/s ETA {eta:5.0f}s")
             if state["step"] % config.checkpoint_every == 0 and state["step"] < steps:
                 state["seconds"] = time.perf_counter() - t0
@@ -479,8 +481,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
         test_error, _ = evaluate(model, x_test, y_test)
         metrics.append({
             "epoch": epoch,
-            "train_loss": state["loss_sum"] / n,
-            "train_error": 100.0 * state["wrong"] / n,
+            "train_loss": state["loss_sum"] / max(state["counted"], 1),  # skipped steps excluded
+            "train_error": 100.0 * state["wrong"] / max(state["counted"], 1),
             "test_error": test_error,
             "seconds": seconds,
             "samples_per_s": n / seconds if seconds > 0 else 0.0,
@@ -489,8 +491,10 @@ def train(config, run_dir, resume=False, progress=None, data=None):
             f"epoch {epoch}/{config.epochs}: train loss {metrics[-1]['train_loss']:.4f}, "
             f"train error {metrics[-1]['train_error']:.2f}%, test error {test_error:.2f}%, "
             f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)")
-        state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, seconds=0.0)
+        state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, counted=0, seconds=0.0)
         _save(run_dir, model, optimizer, config, state, metrics)
         _write_metrics(run_dir, config, metrics)
-    _write_metrics(run_dir, config, metrics)  # also repairs one lost to a crash after the save
+        wrote = True
+    if not wrote:  # nothing left to train: repair a metrics.json lost to a crash after the save
+        _write_metrics(run_dir, config, metrics)
     return {"config": dataclasses.asdict(config), "epochs": metrics}

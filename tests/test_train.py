@@ -186,3 +186,16 @@ def test_demo_trains_both_models_and_reports(tmp_path, monkeypatch):
 def _quiet_train(*args, **kwargs):
     kwargs["progress"] = quiet()
     return train(*args, **kwargs)
+
+
+def test_skipped_steps_are_left_out_of_the_epoch_means(tmp_path, easy_data):
+    x, y, xt, yt = easy_data
+    x = x[:256].copy()
+    x[5] = np.nan  # one poisoned sample: its batch is skipped
+    config = TrainConfig(model="fcn", distortion="none", epochs=1, on_nonfinite="skip", seed=4,
+                         **TINY)
+    (epoch,) = train(config, str(tmp_path), data=(x, y[:256], xt, yt), progress=quiet())["epochs"]
+    _, meta = load_checkpoint(tmp_path / CHECKPOINT)
+    assert len(meta["state"]["skipped"]) == 1
+    assert np.isfinite(epoch["train_loss"]) and 0 < epoch["train_loss"] < 3
+    assert 0 <= epoch["train_error"] <= 100
