@@ -397,10 +397,18 @@ def _combos(axes):
 
 
 def _gather(U_planes, chunk):
-    """Tap values ``(..., m)`` of every tap combination, in :func:`_combos` order."""
-    if chunk.base is not None:
-        return [np.take(U_planes[..., off:], chunk.base, axis=-1) for off in chunk.offsets]
-    return [np.take(U_planes, rows, axis=-1) for rows in chunk.offsets]
+    """Tap values ``(..., m)`` of every tap combination, in :func:`_combos` order.
+
+    One channel: each tap reads a shifted view of the flat image at the base
+    indices.  Several channels: a shifted view of ``(C, R)`` planes is not
+    contiguous and ``np.take`` would copy it (4x slower), so the offset is added
+    to the indices instead.
+    """
+    if chunk.base is None:
+        return [np.take(U_planes, rows, axis=-1) for rows in chunk.offsets]
+    if U_planes.ndim == 1:
+        return [np.take(U_planes[off:], chunk.base) for off in chunk.offsets]
+    return [np.take(U_planes, chunk.base + off, axis=-1) for off in chunk.offsets]
 
 
 def _contract(axes, vals, order):
