@@ -70,8 +70,11 @@ SLOW_LAUNCHER = (
 def _start(run_dir, resume, slow=False):
     prefix = [sys.executable, "-c", SLOW_LAUNCHER] if slow else [sys.executable, "-m", "stnref"]
     args = [*TRAIN_ARGS, "--out", str(run_dir)] + (["--resume"] if resume else [])
+    # A test run started in the background (nohup, `cmd &`, some CI runners) ignores SIGINT, and
+    # an ignored SIGINT is inherited: Python would then never raise KeyboardInterrupt.
     return subprocess.Popen(prefix + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _finish(proc):
