@@ -453,14 +453,9 @@ def _planes(U, padded):
 
 
 def _padded_rows(U, padded):
-    """Copy ``U`` (N, C, *spatial) into a zero ring, channels-last: (N * prod(padded), C)."""
-    N, C = U.shape[:2]
-    k = U.ndim - 2
-    ring = (padded[0] - U.shape[2]) // 2
-    out = np.zeros((N, *padded, C), dtype=U.dtype)
-    inner = (slice(None),) + (slice(ring, -ring),) * k
-    out[inner] = np.moveaxis(U, 1, -1)
-    return out.reshape(-1, C)
+    """:func:`_planes` channels-last, ``(N * prod(padded), C)``: one row per padded pixel."""
+    planes = _planes(U, padded)
+    return np.ascontiguousarray(planes.reshape(U.shape[1], planes.shape[-1]).T)
 
 
 def _chunks(M):
