@@ -56,24 +56,34 @@ def _add_train_options(p, defaults):
     from .transformer import MODEL_NAMES
     from .transforms import TRANSFORMS
 
-    p.add_argument("--model", choices=MODEL_NAMES, default=defaults.model)
-    p.add_argument("--transform", choices=tuple(TRANSFORMS), default=defaults.transform)
-    p.add_argument("--distortion", choices=DISTORTIONS, default=defaults.distortion)
+    p.add_argument("--model", choices=MODEL_NAMES, default=defaults.model,
+                   help="network of the paper (default: %(default)s)")
+    p.add_argument("--transform", choices=tuple(TRANSFORMS), default=defaults.transform,
+                   help="the transformer's transform, for st-* models (default: %(default)s)")
+    p.add_argument("--distortion", choices=DISTORTIONS, default=defaults.distortion,
+                   help="distortion of the digits, paper §4.1 (default: %(default)s)")
     p.add_argument("--data", metavar="DIR", default=None,
                    help="directory with MNIST-format IDX files (default: built-in digits)")
     p.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
                    help="total epochs, also when resuming (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
-    p.add_argument("--lr", type=_positive_float, default=defaults.lr)
+    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
+                   help="default: %(default)s")
+    p.add_argument("--lr", type=_positive_float, default=defaults.lr,
+                   help="base learning rate (default: %(default)s)")
     p.add_argument("--loc-lr-scale", type=_positive_float, default=defaults.loc_lr_scale,
                    help="learning-rate multiplier of the localisation net (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=defaults.momentum)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    p.add_argument("--train-size", type=_positive_int, default=defaults.train_size)
-    p.add_argument("--test-size", type=_positive_int, default=defaults.test_size)
-    p.add_argument("--seed", type=_nonnegative_int, default=defaults.seed)
+    p.add_argument("--momentum", type=float, default=defaults.momentum,
+                   help="SGD momentum (default: %(default)s)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
+                   help="default: %(default)s")
+    p.add_argument("--train-size", type=_positive_int, default=defaults.train_size,
+                   help="training samples used (default: %(default)s)")
+    p.add_argument("--test-size", type=_positive_int, default=defaults.test_size,
+                   help="test samples used (default: %(default)s)")
+    p.add_argument("--seed", type=_nonnegative_int, default=defaults.seed,
+                   help="seeds data, initialisation and order (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=_positive_int, default=defaults.checkpoint_every,
-                   metavar="STEPS")
+                   metavar="STEPS", help="mid-epoch checkpoint period (default: %(default)s)")
     p.add_argument("--on-nonfinite", choices=ON_NONFINITE, default=defaults.on_nonfinite,
                    help="stop (keeping the last good checkpoint) or skip the step")
 
