@@ -26,17 +26,6 @@ def _pyplot():
     return plt
 
 
-def have_matplotlib():
-    """Whether figures can be drawn.
-
-    Returns
-    -------
-    bool
-        True if matplotlib imports.
-    """
-    return _pyplot() is not None
-
-
 def save_pairs(path, inputs, outputs, titles=("input", "transformed"), columns=4):
     """Save an ``input | transformed`` sheet of image pairs as a PNG.
 
