@@ -49,14 +49,14 @@ def run_demo(out_dir, seed=0, print_fn=print):
 
     print_fn("")
     print_fn(f"{'model':<8} {'params':>8} {'test error':>11} {'s/epoch':>8} {'samples/s':>10}")
-    for name in DEMO_MODELS:
-        _, model, _, _, _ = load_run(os.path.join(out_dir, name))
+    models = {name: load_run(os.path.join(out_dir, name))[1] for name in DEMO_MODELS}
+    for name, model in models.items():
         last = results[name][-1]
         seconds = sum(e["seconds"] for e in results[name]) / len(results[name])
         print_fn(f"{name:<8} {count_parameters(model):>8} {last['test_error']:>10.2f}% "
                  f"{seconds:>8.1f} {last['samples_per_s']:>10.0f}")
 
-    _, model, _, _, _ = load_run(os.path.join(out_dir, "st-fcn"))
+    model = models["st-fcn"]
     x = data[2][:FIGURE_SAMPLES]
     model.eval()
     V = transformers(model)[0].forward(x)

@@ -369,7 +369,6 @@ def _origins(grid_shape, padded, mode):
 class _Chunk(NamedTuple):
     axes: list          # one _Axis per spatial axis (x, y[, z])
     base: np.ndarray    # (m,) row of the first tap (contiguous taps), or None
-    origin: np.ndarray  # (m,) ring-shifted image origin (for explicit taps)
     offsets: list       # per tap combination: row offset from base, or the explicit rows
 
 
@@ -386,9 +385,9 @@ def _chunk(coords, origins, start, stop, U_shape, padded, mode, padding_mode, al
     if axes[0].idx is None:
         base = origin + functools.reduce(np.add, (ax.first for ax in axes))
         offsets = [sum(c[a] * strides[a] for a in range(k)) for c in combos]
-        return _Chunk(axes, base, origin, offsets)
+        return _Chunk(axes, base, offsets)
     rows = [origin + functools.reduce(np.add, (axes[a].idx[c[a]] for a in range(k))) for c in combos]
-    return _Chunk(axes, None, origin, rows)
+    return _Chunk(axes, None, rows)
 
 
 def _combos(axes):

@@ -361,8 +361,11 @@ def _nonfinite_forward(model, x, err):
             or "finite theta" in str(err))
 
 
-def _forward(model, x, y, epoch, step):
-    """``(logits, loss, dlogits, problem)``; ``problem`` names the batch if anything is non-finite."""
+def _forward(model, sts, x, y, epoch, step):
+    """``(logits, loss, dlogits, problem)``; ``problem`` names the batch if anything is non-finite.
+
+    ``sts`` are the model's spatial transformers, whose theta is checked.
+    """
     where = f"epoch {epoch}, batch {step}"
     try:
         logits = model.forward(x)
@@ -370,7 +373,7 @@ def _forward(model, x, y, epoch, step):
         if not _nonfinite_forward(model, x, err):
             raise
         return None, math.nan, None, f"non-finite forward at {where}: {err}"
-    for st in transformers(model):
+    for st in sts:
         if not np.isfinite(st.last_theta).all():
             return logits, math.nan, None, f"non-finite theta at {where}"
     if not np.isfinite(logits).all():
@@ -438,6 +441,7 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     n = len(x_train)
     steps = math.ceil(n / config.batch_size)
     model.train()
+    sts = transformers(model)
     wrote = False
     while state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
@@ -447,7 +451,7 @@ def train(config, run_dir, resume=False, progress=None, data=None):
         for step in range(state["step"], steps):
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = x_train[idx], y_train[idx]
-            logits, loss, dlogits, problem = _forward(model, x, y, epoch, step + 1)
+            logits, loss, dlogits, problem = _forward(model, sts, x, y, epoch, step + 1)
             if problem is None:
                 model.backward(dlogits)
                 norm = _grad_norm(model, config.clip_norm)
