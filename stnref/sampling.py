@@ -51,11 +51,12 @@ def _unnormalize_vectorised(coord, size, align_corners):
     ``(x + 1) * s`` or ``(x + 1) * s - 0.5`` with ``s = (size - 1) / 2`` or ``size / 2``.
     """
     dt = coord.dtype.type
-    if align_corners:
-        s = dt(size - 1) / dt(2)
-        return (coord + dt(1)) * s, s
-    s = dt(size) / dt(2)
-    return (coord + dt(1)) * s - dt(0.5), s
+    s = dt(size - 1) / dt(2) if align_corners else dt(size) / dt(2)
+    i = coord + dt(1)  # in place from here: the same roundings, fewer temporaries
+    i *= s
+    if not align_corners:
+        i -= dt(0.5)
+    return i, s
 
 
 def _unnormalize_scalar(coord, size, align_corners):
@@ -64,9 +65,15 @@ def _unnormalize_scalar(coord, size, align_corners):
     ``(x + 1) / 2 * (size - 1)`` or ``((x + 1) * size - 1) / 2``.
     """
     dt = coord.dtype.type
+    i = coord + dt(1)
     if align_corners:
-        return (coord + dt(1)) / dt(2) * dt(size - 1), dt(size - 1) / dt(2)
-    return ((coord + dt(1)) * dt(size) - dt(1)) / dt(2), dt(size) / dt(2)
+        i /= dt(2)
+        i *= dt(size - 1)
+        return i, dt(size - 1) / dt(2)
+    i *= dt(size)
+    i -= dt(1)
+    i /= dt(2)
+    return i, dt(size) / dt(2)
 
 
 def _reflect_span(size, align_corners, dt):
@@ -189,7 +196,7 @@ def _nearest(i):
 
 def _linear(i):
     base = np.floor(i)  # at an integer the right-hand cell: right-sided derivative
-    t = i - base
+    t = np.subtract(i, base, out=i)
     one = i.dtype.type(1)
     return _Taps(base, (0, 1), [one - t, t], [-one, one], None)
 
@@ -233,7 +240,7 @@ def _cubic(i):
 
 
 class _Kernel(NamedTuple):
-    taps: object           # coordinate -> _Taps
+    taps: object           # coordinate (a temporary it may overwrite) -> _Taps
     offsets: tuple         # tap offsets from the base, lo .. hi
     pads_coordinate: bool  # padding on the continuous coordinate (else on each tap)
     dims: tuple            # supported spatial dimensionalities
@@ -317,7 +324,7 @@ def _axis(coord, size, stride, kernel, padding, align_corners, order, flavour):
     if padding.zero_outside:
         # Beyond this window every tap is out of range: clamping changes nothing
         # but keeps indices in the ring (and 1e30 from overflowing int64).
-        i = np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0])
+        np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0], out=i)
     taps = kernel.taps(i)
     first, idx = None, None
     if kernel.pads_coordinate or padding.zero_outside:
@@ -340,7 +347,9 @@ def _flat_coords(grid):
     """(N, *out, k) -> (M, k) coordinates with non-finite points moved to 0, and their mask."""
     k = grid.shape[-1]
     coords = grid.reshape(-1, k)
-    if np.isfinite(coords).all():
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.sum(coords)
+    if np.isfinite(total):  # a NaN or inf anywhere makes the sum non-finite
         return coords, None
     bad = ~functools.reduce(np.logical_and, (np.isfinite(coords[:, a]) for a in range(k)))
     return np.where(bad[:, None], 0, coords), bad
@@ -356,14 +365,25 @@ def _strides(padded):
     return tuple(int(v) for v in np.cumprod((1,) + padded[::-1]))
 
 
-def _origins(grid_shape, padded, mode):
-    """(M,) row of each grid point's image origin, shifted by the zero ring."""
+def _add_origins(base, start, stop, P, padded, mode):
+    """Add to ``base`` (rows of points ``start:stop``) the row of their image's origin.
+
+    The origin of image ``n`` is ``n * prod(padded)`` shifted by the zero ring.
+    A chunk lies within one image or covers whole images (:func:`_chunks`),
+    so the origins are one number or one per image, broadcast over its ``P`` points.
+    """
     strides = _strides(padded)
     k = len(padded)
-    ring = _KERNELS[mode].ring
-    shift = ring * sum(strides[:k])
-    P = int(np.prod(grid_shape[1:-1]))
-    return np.repeat(np.arange(grid_shape[0], dtype=np.int64) * strides[k] + shift, P)
+    shift = _KERNELS[mode].ring * sum(strides[:k])
+    if stop == start:
+        return base
+    first, last = start // P, (stop - 1) // P
+    if first == last:
+        base += first * strides[k] + shift
+    else:
+        images = base.reshape(last - first + 1, P)  # a view: adds in place
+        images += (np.arange(first, last + 1, dtype=np.int64) * strides[k] + shift)[:, None]
+    return base
 
 
 class _Chunk(NamedTuple):
@@ -372,21 +392,25 @@ class _Chunk(NamedTuple):
     offsets: list       # per tap combination: row offset from base, or the explicit rows
 
 
-def _chunk(coords, origins, start, stop, U_shape, padded, mode, padding_mode, align_corners,
-           order):
-    """Taps of points ``start:stop`` along every axis, and the rows of their tap product."""
+def _chunk(coords, start, stop, U_shape, padded, mode, padding_mode, align_corners, order):
+    """Taps of points ``start:stop`` along every axis, and the rows of their tap product.
+
+    ``start:stop`` lies within one image or covers whole images (:func:`_chunks`).
+    """
     k = coords.shape[1]
+    P = coords.shape[0] // U_shape[0] if U_shape[0] else 0
     kernel, padding = _KERNELS[mode], _PADDINGS[padding_mode]
     strides = _strides(padded)
-    origin = origins[start:stop]
     axes = [_axis(coords[start:stop, a], U_shape[-1 - a], strides[a], kernel, padding,
                   align_corners, order, _FLAVOURS[k]) for a in range(k)]
     combos = _combos(axes)
     if axes[0].idx is None:
-        base = origin + functools.reduce(np.add, (ax.first for ax in axes))
+        base = _add_origins(functools.reduce(np.add, (ax.first for ax in axes)),
+                            start, stop, P, padded, mode)
         offsets = [sum(c[a] * strides[a] for a in range(k)) for c in combos]
         return _Chunk(axes, base, offsets)
-    rows = [origin + functools.reduce(np.add, (axes[a].idx[c[a]] for a in range(k))) for c in combos]
+    rows = [_add_origins(functools.reduce(np.add, (axes[a].idx[c[a]] for a in range(k))),
+                         start, stop, P, padded, mode) for c in combos]
     return _Chunk(axes, None, rows)
 
 
@@ -419,7 +443,9 @@ def _contract(axes, vals, order):
     """
     k = len(axes)
     derive = order >= 1 and axes[0].dw is not None
-    level = [[v] for v in vals]  # per tap combination: [value, derivatives so far]
+    # per tap combination: [value, derivatives so far]; every array is a temporary
+    # of this function (the gathered values, then sums), so products are taken in place
+    level = [[v] for v in vals]
     for a in range(k):
         ax = axes[a]
         n = len(ax.w)
@@ -427,11 +453,18 @@ def _contract(axes, vals, order):
         for group in range(len(level) // n):
             acc = None
             for o in range(n):
-                inner = level[group * n + o]
-                terms = [ax.w[o] * x for x in inner]
+                terms = level[group * n + o]
                 if derive:
-                    terms.append(ax.dw[o] * inner[0])
-                acc = terms if acc is None else [p + q for p, q in zip(acc, terms)]
+                    d = ax.dw[o] * terms[0]
+                for x in terms:
+                    x *= ax.w[o]
+                if derive:
+                    terms.append(d)
+                if acc is None:
+                    acc = terms
+                else:
+                    for p, q in zip(acc, terms):
+                        p += q
             nxt.append(acc)
         level = nxt
     return level[0]
@@ -457,8 +490,13 @@ def _padded_rows(U, padded):
     return np.ascontiguousarray(planes.reshape(U.shape[1], planes.shape[-1]).T)
 
 
-def _chunks(M):
-    return ((start, min(start + CHUNK, M)) for start in range(0, M, CHUNK))
+def _chunks(N, P):
+    """``(start, stop)`` of about ``CHUNK`` of the ``N * P`` points: whole images, or parts of one."""
+    if P >= CHUNK:
+        return ((start, min(start + CHUNK, (n + 1) * P))
+                for n in range(N) for start in range(n * P, (n + 1) * P, CHUNK))
+    step = CHUNK // P * P if P else 1
+    return ((start, min(start + step, N * P)) for start in range(0, N * P, step))
 
 
 def _to_channels_first(rows, N, spatial):
@@ -486,8 +524,7 @@ def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     padded = _padded_shape(U_shape, mode)
-    chunk = _chunk(coords, _origins(grid.shape, padded, mode), 0, M, U_shape, padded, mode,
-                   padding_mode, align_corners, order)
+    chunk = _chunk(coords, 0, M, U_shape, padded, mode, padding_mode, align_corners, order)
     axes = chunk.axes
     combos = _combos(axes)
     if chunk.base is not None:
@@ -578,12 +615,11 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     padded = _padded_shape(U.shape, mode)
     planes = _planes(U, padded)                           # (C, R) or (R,) for C = 1
     coords, bad = _flat_coords(grid)
-    origins = _origins(grid.shape, padded, mode)
     M = coords.shape[0]
     V = np.empty(planes.shape[:-1] + (M,), dtype=U.dtype)  # (C, M) or (M,)
-    for start, stop in _chunks(M):
-        chunk = _chunk(coords, origins, start, stop, U.shape, padded, mode, padding_mode,
-                       align_corners, order=0)
+    for start, stop in _chunks(N, M // N if N else 0):
+        chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode, align_corners,
+                       order=0)
         V[..., start:stop] = _contract(chunk.axes, _gather(planes, chunk), order=0)[0]
     if bad is not None:
         V[..., bad] = np.nan
@@ -633,7 +669,6 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     padded = _padded_shape(U.shape, mode)
     planes = _planes(U, padded)
     coords, bad = _flat_coords(grid)
-    origins = _origins(grid.shape, padded, mode)
     M = coords.shape[0]
     g = np.moveaxis(dV, 1, 0).reshape(C, M)                # (C, M)
     if bad is not None:
@@ -648,9 +683,9 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     if need_dU:
         S_rows = np.empty((M, T), dtype=index)
         S_data = np.empty((M, T), dtype=U.dtype)
-    for start, stop in _chunks(M):
-        chunk = _chunk(coords, origins, start, stop, U.shape, padded, mode, padding_mode,
-                       align_corners, order=1)
+    for start, stop in _chunks(N, M // N if N else 0):
+        chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode, align_corners,
+                       order=1)
         if need_dU:
             for t, (off, combo) in enumerate(zip(chunk.offsets, _combos(chunk.axes))):
                 S_rows[start:stop, t] = off if chunk.base is None else chunk.base + off
@@ -660,8 +695,11 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
             derivs = _contract(chunk.axes, _gather(planes, chunk), order=1)[1:]
             gc = g[..., start:stop]
             for a in range(k):
-                prod = derivs[a] * gc
-                dgrid[start:stop, a] = prod if C == 1 else prod.sum(axis=0)
+                if C == 1:
+                    np.multiply(derivs[a], gc, out=dgrid[start:stop, a])
+                else:
+                    derivs[a] *= gc
+                    derivs[a].sum(axis=0, out=dgrid[start:stop, a])
 
     dU = None
     if need_dU:
