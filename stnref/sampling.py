@@ -688,9 +688,12 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
                        order=1)
         if need_dU:
             for t, (off, combo) in enumerate(zip(chunk.offsets, _combos(chunk.axes))):
-                S_rows[start:stop, t] = off if chunk.base is None else chunk.base + off
-                S_data[start:stop, t] = functools.reduce(
-                    np.multiply, (ax.w[o] for ax, o in zip(chunk.axes, combo)))
+                if chunk.base is None:
+                    S_rows[start:stop, t] = off
+                else:
+                    np.add(chunk.base, off, out=S_rows[start:stop, t], casting="unsafe")
+                w = [ax.w[o] for ax, o in zip(chunk.axes, combo)]
+                np.multiply(functools.reduce(np.multiply, w[:-1]), w[-1], out=S_data[start:stop, t])
         if smooth:
             derivs = _contract(chunk.axes, _gather(planes, chunk), order=1)[1:]
             gc = g[..., start:stop]

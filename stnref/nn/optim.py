@@ -143,9 +143,10 @@ class SGD(_Optimizer):
     def _update(self, name, p, g, lr):
         d = g + self.weight_decay * p if self.weight_decay else g
         if self.momentum:
-            buf = self._state["momentum_buffer"]
-            buf[name] = self.momentum * buf[name] + d
-            d = buf[name]
+            buf = self._state["momentum_buffer"][name]
+            buf *= self.momentum  # buf = momentum * buf + d, in place
+            buf += d
+            d = buf
         p -= lr * d
 
 
@@ -182,13 +183,25 @@ class Adam(_Optimizer):
         t = self.step_count
         if self.weight_decay:
             g = g + self.weight_decay * p
-        m = self._state["exp_avg"]
-        v = self._state["exp_avg_sq"]
-        m[name] = b1 * m[name] + (1 - b1) * g
-        v[name] = b2 * v[name] + (1 - b2) * g * g
+        m = self._state["exp_avg"][name]
+        v = self._state["exp_avg_sq"][name]
+        # m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g g;
+        # p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        # in place, with the roundings of those expressions evaluated left to right
+        tmp = (1 - b1) * g
+        m *= b1
+        m += tmp
+        np.multiply(g, 1 - b2, out=tmp)
+        tmp *= g
+        v *= b2
+        v += tmp
         step_size = lr / (1 - b1**t)
-        denom = np.sqrt(v[name]) / math.sqrt(1 - b2**t) + self.eps
-        p -= step_size * (m[name] / denom)
+        denom = np.sqrt(v, out=tmp)
+        denom /= math.sqrt(1 - b2**t)
+        denom += self.eps
+        np.divide(m, denom, out=denom)
+        denom *= step_size
+        p -= denom
 
 
 def clip_grad_norm(module, max_norm):
