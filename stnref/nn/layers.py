@@ -28,7 +28,6 @@ import numbers
 
 import numpy as np
 import scipy.fft
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .._checks import check_bool, check_budget, check_int, check_ndim, float_array
 
@@ -579,11 +578,6 @@ def _out_size(size, k, s, fn, axis, what):
     return (size - k) // s + 1          # floor, as PyTorch (ceil_mode=False)
 
 
-def _windows(xp, kernel, stride):
-    """Read-only view ``(N, C, H_out, W_out, kh, kw)`` of the windows of ``xp``."""
-    return sliding_window_view(xp, kernel, axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
-
-
 def _pad_channels_first(x, padding):
     """``x (N, C, H, W)`` zero-padded into a new contiguous ``(C, N, H + 2 p_h, W + 2 p_w)``.
 
@@ -912,23 +906,36 @@ def _pool_geometry(x, kernel_size, stride, fn):
     return x, kernel, stride, out_hw
 
 
-def _max_index(x, kernel, stride, fn):
-    """Windows ``(N, C, Ho, Wo, kh*kw)`` and the row-major index of each one's maximum.
+def _window_offsets(kernel, stride, out_hw):
+    """``(offset, view)`` per kernel offset ``(i, j)``, row-major: ``view(x)`` is the
+    strided view ``x[..., p s_h + i, q s_w + j]`` over the output positions ``(p, q)``."""
+    (kh, kw), (sh, sw), (h_out, w_out) = kernel, stride, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i, i + sh * (h_out - 1) + 1, sh)
+            cols = slice(j, j + sw * (w_out - 1) + 1, sw)
+            yield i * kw + j, (Ellipsis, rows, cols)
+
+
+def _max_index(x, kernel, stride, out_hw):
+    """The maximum of each window ``(N, C, Ho, Wo)`` and its row-major index in the window.
 
     PyTorch's CPU kernel scans a window in row-major order and takes a value
     if ``val > max or isnan(val)``: the first of tied maxima, but the *last* NaN.
-    The flattened windows are a copy (overlapping windows repeat pixels), so
-    their size is checked against the element budget first.
+    The same scan runs here over the kernel offsets, each a strided view of
+    ``x``, so the windows are never copied.
     """
-    win = _windows(x, kernel, stride)                                  # (N, C, Ho, Wo, kh, kw)
-    check_budget(win.shape, fn, "windows")
-    flat = win.reshape(win.shape[:4] + (kernel[0] * kernel[1],))       # (N, C, Ho, Wo, kh*kw)
-    arg = np.argmax(flat, axis=-1)                                     # first max (or first NaN)
-    if np.isnan(x).any():
-        nan = np.isnan(flat)
-        last_nan = flat.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
-        arg = np.where(nan.any(axis=-1), last_nan, arg)
-    return flat, arg
+    best = arg = None
+    for offset, view in _window_offsets(kernel, stride, out_hw):
+        part = x[view]
+        if best is None:
+            best, arg = part.copy(), np.zeros(part.shape, dtype=np.intp)
+            continue
+        take = part > best
+        take |= np.isnan(part)
+        np.copyto(best, part, where=take)
+        np.copyto(arg, offset, where=take)
+    return best, arg
 
 
 def max_pool2d(x, kernel_size, stride=None):
@@ -953,14 +960,14 @@ def max_pool2d(x, kernel_size, stride=None):
     array([[ 5.,  7.],
            [13., 15.]])
     """
-    x, kernel, stride, _ = _pool_geometry(x, kernel_size, stride, "max_pool2d")
-    flat, arg = _max_index(x, kernel, stride, "max_pool2d")
-    return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+    x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, "max_pool2d")
+    return _max_index(x, kernel, stride, out_hw)[0]
 
 
 # Backward of y = x[argmax of window]   (docs/derivations/layers.md, "Max pooling")
-#   dx[pixel of the window's first maximum] += dy; overlapping windows (stride < kernel)
-#   may pick the same pixel, so the routing is a scatter-add by np.bincount.
+#   dx[pixel of the window's first maximum] += dy.  Disjoint windows: one strided-view
+#   write per kernel offset, of dy where that offset won.  Overlapping windows (stride <
+#   kernel) may pick the same pixel: a scatter-add in window order by np.bincount.
 def max_pool2d_backward(dy, x, kernel_size, stride=None):
     """Gradient of :func:`max_pool2d` with respect to ``x``.
 
@@ -971,14 +978,19 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None):
     x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, fn)
     dy = float_array(dy, "dy", fn)
     _check_grad_shape(dy, x.shape[:2] + out_hw, fn)
-    n, c, h, w = x.shape
-    _, arg = _max_index(x, kernel, stride, fn)                         # (N, C, Ho, Wo)
-    rows = np.arange(out_hw[0])[:, None] * stride[0] + arg // kernel[1]
-    cols = np.arange(out_hw[1]) * stride[1] + arg % kernel[1]
-    plane = np.arange(n * c).reshape(n, c, 1, 1) * (h * w)
-    flat = plane + rows * w + cols                                     # (N, C, Ho, Wo)
-    dx = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=n * c * h * w)
-    return dx.reshape(x.shape).astype(x.dtype, copy=False)
+    _, arg = _max_index(x, kernel, stride, out_hw)                    # (N, C, Ho, Wo)
+    if stride[0] < kernel[0] or stride[1] < kernel[1]:
+        n, c, h, w = x.shape
+        rows = np.arange(out_hw[0])[:, None] * stride[0] + arg // kernel[1]
+        cols = np.arange(out_hw[1]) * stride[1] + arg % kernel[1]
+        flat = np.arange(n * c).reshape(n, c, 1, 1) * (h * w) + rows * w + cols
+        dx = np.bincount(flat.ravel(), weights=dy.ravel(), minlength=n * c * h * w)
+        return dx.reshape(x.shape).astype(x.dtype, copy=False)
+    dx = np.zeros(x.shape, dtype=x.dtype)
+    zero = dy.dtype.type(0)
+    for offset, view in _window_offsets(kernel, stride, out_hw):
+        dx[view] = np.where(arg == offset, dy, zero)
+    return dx
 
 
 def avg_pool2d(x, kernel_size, stride=None):
