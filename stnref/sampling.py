@@ -36,6 +36,7 @@ __all__ = ["grid_sample", "grid_sample_backward", "CUBIC_A"]
 
 CUBIC_A = -0.75  # Keys cubic convolution parameter; PyTorch's value
 CHUNK = 1 << 15  # grid points per chunk: temporaries stay cache-sized, memory bounded
+DIRECT_TAPS = 4  # up to this many taps per point, S's columns are written in place
 
 
 # --------------------------------------------------------------------------- coordinates
@@ -184,24 +185,25 @@ class _Taps(NamedTuple):
     base: np.ndarray     # float tap origin (floor or rint of the coordinate)
     offsets: tuple       # integer offsets of the taps from base
     w: list              # weight of each tap, arrays like the coordinate
-    dw: list             # d w / d coordinate of each tap, array or scalar (None: flat kernel)
-    ddw: list            # d^2 w / d coordinate^2 of each tap (None: zero)
+    dw: list             # d w / d coordinate of each tap, array or scalar (None: flat kernel
+                         # or order 0)
+    ddw: list            # d^2 w / d coordinate^2 of each tap (None: zero or order < 2)
 
 
-def _nearest(i):
+def _nearest(i, order):
     # np.rint rounds half to even, as PyTorch's nearbyint
     base = np.rint(i)
     return _Taps(base, (0,), [np.ones_like(i)], None, None)
 
 
-def _linear(i):
+def _linear(i, order):
     base = np.floor(i)  # at an integer the right-hand cell: right-sided derivative
     t = np.subtract(i, base, out=i)
     one = i.dtype.type(1)
     return _Taps(base, (0, 1), [one - t, t], [-one, one], None)
 
 
-def _cubic(i):
+def _cubic(i, order):
     """Keys cubic convolution weights of taps ``floor(i) - 1 .. floor(i) + 2``.
 
     With ``t = i - floor(i)`` the tap distances are ``1 + t, t, 1 - t, 2 - t``;
@@ -213,34 +215,59 @@ def _cubic(i):
     base = np.floor(i)
     t = i - base
 
+    # Horner steps in place, in the order (and so with the roundings) of
+    # k1(x) = ((A+2) x - (A+3)) x x + 1,  k2(x) = ((A x - 5A) x + 8A) x - 4A
+    # and their derivatives written the same way
     def k1(x):
-        return ((A + dt(2)) * x - (A + dt(3))) * x * x + dt(1)
+        r = x * (A + dt(2))
+        r -= A + dt(3)
+        r *= x
+        r *= x
+        r += dt(1)
+        return r
 
     def k2(x):
-        return ((A * x - dt(5) * A) * x + dt(8) * A) * x - dt(4) * A
+        r = x * A
+        r -= dt(5) * A
+        r *= x
+        r += dt(8) * A
+        r *= x
+        r -= dt(4) * A
+        return r
 
-    def dk1(x):  # d k1 / d x
-        return (dt(3) * (A + dt(2)) * x - dt(2) * (A + dt(3))) * x
+    def dk1(x):  # d k1 / d x = (3 (A+2) x - 2 (A+3)) x
+        r = x * (dt(3) * (A + dt(2)))
+        r -= dt(2) * (A + dt(3))
+        r *= x
+        return r
 
-    def dk2(x):
-        return (dt(3) * A * x - dt(10) * A) * x + dt(8) * A
+    def dk2(x):  # (3A x - 10A) x + 8A
+        r = x * (dt(3) * A)
+        r -= dt(10) * A
+        r *= x
+        r += dt(8) * A
+        return r
 
-    def ddk1(x):
-        return dt(6) * (A + dt(2)) * x - dt(2) * (A + dt(3))
+    def ddk1(x):  # 6 (A+2) x - 2 (A+3)
+        r = x * (dt(6) * (A + dt(2)))
+        r -= dt(2) * (A + dt(3))
+        return r
 
-    def ddk2(x):
-        return dt(6) * A * x - dt(10) * A
+    def ddk2(x):  # 6A x - 10A
+        r = x * (dt(6) * A)
+        r -= dt(10) * A
+        return r
 
     x0, x1, x2, x3 = t + dt(1), t, dt(1) - t, dt(2) - t
     w = [k2(x0), k1(x1), k1(x2), k2(x3)]
-    # d/dt of the distances is (+1, +1, -1, -1)
-    dw = [dk2(x0), dk1(x1), -dk1(x2), -dk2(x3)]
-    ddw = [ddk2(x0), ddk1(x1), ddk1(x2), ddk2(x3)]
+    # d/dt of the distances is (+1, +1, -1, -1); derivatives only up to ``order``
+    dw = [dk2(x0), dk1(x1), -dk1(x2), -dk2(x3)] if order >= 1 else None
+    ddw = [ddk2(x0), ddk1(x1), ddk1(x2), ddk2(x3)] if order >= 2 else None
     return _Taps(base, (-1, 0, 1, 2), w, dw, ddw)
 
 
 class _Kernel(NamedTuple):
-    taps: object           # coordinate (a temporary it may overwrite) -> _Taps
+    taps: object           # (coordinate, a temporary it may overwrite; order) -> _Taps
     offsets: tuple         # tap offsets from the base, lo .. hi
     pads_coordinate: bool  # padding on the continuous coordinate (else on each tap)
     dims: tuple            # supported spatial dimensionalities
@@ -325,7 +352,7 @@ def _axis(coord, size, stride, kernel, padding, align_corners, order, flavour):
         # Beyond this window every tap is out of range: clamping changes nothing
         # but keeps indices in the ring (and 1e30 from overflowing int64).
         np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0], out=i)
-    taps = kernel.taps(i)
+    taps = kernel.taps(i, order)
     first, idx = None, None
     if kernel.pads_coordinate or padding.zero_outside:
         first = taps.base.astype(np.int64)
@@ -683,17 +710,28 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     if need_dU:
         S_rows = np.empty((M, T), dtype=index)
         S_data = np.empty((M, T), dtype=U.dtype)
+        if T > DIRECT_TAPS:
+            tap_rows = np.empty((T, min(CHUNK, M)), dtype=index)
+            tap_data = np.empty((T, min(CHUNK, M)), dtype=U.dtype)
     for start, stop in _chunks(N, M // N if N else 0):
         chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode, align_corners,
                        order=1)
         if need_dU:
+            # tap t of every point is column t of S's (m, T) block; for wide blocks
+            # the columns are filled tap-major and transposed once (T strided passes
+            # over the block cost 3x more at T = 16)
+            rows, data = S_rows[start:stop].T, S_data[start:stop].T
+            if T > DIRECT_TAPS:
+                rows, data = tap_rows[:, :stop - start], tap_data[:, :stop - start]
             for t, (off, combo) in enumerate(zip(chunk.offsets, _combos(chunk.axes))):
                 if chunk.base is None:
-                    S_rows[start:stop, t] = off
+                    rows[t] = off
                 else:
-                    np.add(chunk.base, off, out=S_rows[start:stop, t], casting="unsafe")
+                    np.add(chunk.base, off, out=rows[t], casting="unsafe")
                 w = [ax.w[o] for ax, o in zip(chunk.axes, combo)]
-                np.multiply(functools.reduce(np.multiply, w[:-1]), w[-1], out=S_data[start:stop, t])
+                np.multiply(functools.reduce(np.multiply, w[:-1]), w[-1], out=data[t])
+            if T > DIRECT_TAPS:
+                S_rows[start:stop], S_data[start:stop] = rows.T, data.T
         if smooth:
             derivs = _contract(chunk.axes, _gather(planes, chunk), order=1)[1:]
             gc = g[..., start:stop]
