@@ -236,6 +236,29 @@ def test_pool_matches_torch_with_ties(pool, kernel, stride, nans):
     np.testing.assert_allclose(layer.backward(dy), xt.grad.numpy(), atol=PARITY_TOL)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, None), ((2, 3), (2, 3)), (3, 2), (2, 1)])
+def test_maxpool_bit_identical_to_torch_on_signed_zeros_nan_and_inf(kernel, stride, dtype):
+    # windows full of ties between -0.0 and +0.0, infinities and NaNs: the value
+    # (sign of zero included) and the routing of PyTorch's row-major scan
+    torch = _torch()
+    rng = np.random.default_rng(12)
+    values = np.array([-0.0, 0.0, 1.0, -1.0, np.nan, -np.inf, np.inf])
+    x = rng.choice(values, size=(2, 3, 9, 8), p=[.3, .3, .1, .1, .05, .1, .05]).astype(dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, kernel, stride)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    yt.backward(torch.tensor(dy))
+    y = MaxPool2d(kernel, stride)(x)
+    assert y.tobytes() == yt.detach().numpy().tobytes()
+    dx = _functional("max_pool2d_backward")(dy, x, kernel, stride)
+    overlap = stride is not None and np.any(np.less(stride, kernel))
+    if overlap and dtype == np.float32:   # PyTorch sums in float32, stnref in float64
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-6)
+    else:
+        assert dx.tobytes() == xt.grad.numpy().tobytes()
+
+
 def test_linear_and_cross_entropy_match_torch():
     torch = _torch()
     rng = np.random.default_rng(10)

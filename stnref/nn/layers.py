@@ -906,36 +906,54 @@ def _pool_geometry(x, kernel_size, stride, fn):
     return x, kernel, stride, out_hw
 
 
-def _window_offsets(kernel, stride, out_hw):
-    """``(offset, view)`` per kernel offset ``(i, j)``, row-major: ``view(x)`` is the
-    strided view ``x[..., p s_h + i, q s_w + j]`` over the output positions ``(p, q)``."""
+def _window_views(kernel, stride, out_hw):
+    """One index per kernel offset ``(i, j)``, row-major: ``x[index]`` is the strided
+    view ``x[..., p s_h + i, q s_w + j]`` over the output positions ``(p, q)``."""
     (kh, kw), (sh, sw), (h_out, w_out) = kernel, stride, out_hw
-    for i in range(kh):
-        for j in range(kw):
-            rows = slice(i, i + sh * (h_out - 1) + 1, sh)
-            cols = slice(j, j + sw * (w_out - 1) + 1, sw)
-            yield i * kw + j, (Ellipsis, rows, cols)
+    return [(Ellipsis, slice(i, i + sh * (h_out - 1) + 1, sh), slice(j, j + sw * (w_out - 1) + 1, sw))
+            for i in range(kh) for j in range(kw)]
 
 
-def _max_index(x, kernel, stride, out_hw):
-    """The maximum of each window ``(N, C, Ho, Wo)`` and its row-major index in the window.
+# PyTorch's CPU kernel scans a window in row-major order and takes a value if
+# ``val > max or isnan(val)``: the first of tied maxima, but the *last* NaN.  Here
+# every window is handled at once, one strided view of ``x`` per kernel offset.
 
-    PyTorch's CPU kernel scans a window in row-major order and takes a value
-    if ``val > max or isnan(val)``: the first of tied maxima, but the *last* NaN.
-    The same scan runs here over the kernel offsets, each a strided view of
-    ``x``, so the windows are never copied.
+def _max_values(parts):
+    """Window maxima from the views ``parts`` (row-major kernel offsets).
+
+    ``np.maximum`` gives the scan's value (NaN wins; tied values are equal)
+    except for the sign of a zero maximum, which it may take from any of the
+    tied ``-0.0`` and ``+0.0``: those windows take their first zero, as the scan.
     """
-    best = arg = None
-    for offset, view in _window_offsets(kernel, stride, out_hw):
-        part = x[view]
-        if best is None:
-            best, arg = part.copy(), np.zeros(part.shape, dtype=np.intp)
-            continue
-        take = part > best
-        take |= np.isnan(part)
-        np.copyto(best, part, where=take)
-        np.copyto(arg, offset, where=take)
-    return best, arg
+    y = parts[0].copy()
+    for part in parts[1:]:
+        np.maximum(part, y, out=y)
+    bits = np.dtype(f"u{y.itemsize}")
+    negative_zero = np.array(-0.0, dtype=y.dtype).view(bits)
+    zero = y == 0
+    if zero.any() and any((p.view(bits) == negative_zero).any() for p in parts):
+        y[zero] = np.select([p[zero] == 0 for p in parts], [p[zero] for p in parts])
+    return y
+
+
+def _max_routes(parts, y):
+    """Per kernel offset, the windows whose gradient goes to that entry (masks like ``y``).
+
+    The first entry equal to the maximum ``y``; in a window holding NaN, its last NaN.
+    """
+    routes, taken = [], np.zeros(y.shape, dtype=bool)
+    for part in parts:
+        hit = part == y              # never true in a NaN window
+        np.greater(hit, taken, out=hit)  # and not taken by an earlier offset
+        taken |= hit
+        routes.append(hit)
+    if np.isnan(y).any():
+        taken[...] = False
+        for k in reversed(range(len(parts))):
+            hit = np.greater(np.isnan(parts[k]), taken)
+            taken |= hit
+            routes[k] |= hit
+    return routes
 
 
 def max_pool2d(x, kernel_size, stride=None):
@@ -961,7 +979,7 @@ def max_pool2d(x, kernel_size, stride=None):
            [13., 15.]])
     """
     x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, "max_pool2d")
-    return _max_index(x, kernel, stride, out_hw)[0]
+    return _max_values([x[v] for v in _window_views(kernel, stride, out_hw)])
 
 
 # Backward of y = x[argmax of window]   (docs/derivations/layers.md, "Max pooling")
@@ -978,9 +996,12 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None):
     x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, fn)
     dy = float_array(dy, "dy", fn)
     _check_grad_shape(dy, x.shape[:2] + out_hw, fn)
-    _, arg = _max_index(x, kernel, stride, out_hw)                    # (N, C, Ho, Wo)
+    views = _window_views(kernel, stride, out_hw)
+    parts = [x[v] for v in views]
+    routes = _max_routes(parts, _max_values(parts))                    # per offset (N, C, Ho, Wo)
     if stride[0] < kernel[0] or stride[1] < kernel[1]:
         n, c, h, w = x.shape
+        arg = sum(k * r for k, r in enumerate(routes))                 # offset of each window's pick
         rows = np.arange(out_hw[0])[:, None] * stride[0] + arg // kernel[1]
         cols = np.arange(out_hw[1]) * stride[1] + arg % kernel[1]
         flat = np.arange(n * c).reshape(n, c, 1, 1) * (h * w) + rows * w + cols
@@ -988,8 +1009,8 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None):
         return dx.reshape(x.shape).astype(x.dtype, copy=False)
     dx = np.zeros(x.shape, dtype=x.dtype)
     zero = dy.dtype.type(0)
-    for offset, view in _window_offsets(kernel, stride, out_hw):
-        dx[view] = np.where(arg == offset, dy, zero)
+    for view, route in zip(views, routes):
+        dx[view] = np.where(route, dy, zero)
     return dx
 
 
