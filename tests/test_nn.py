@@ -169,6 +169,19 @@ def test_relu_gradient_zero_at_zero():
     np.testing.assert_array_equal(layer.backward(np.ones(3)), [0.0, 0.0, 1.0])
 
 
+def test_relu_matches_torch_on_nan_and_signed_zero():
+    torch = _torch()
+    x = np.array([np.nan, -0.0, 0.0, -1.0, 2.0, -np.inf, np.inf])
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.relu(xt)
+    dy = np.arange(1.0, 8.0)
+    yt.backward(torch.tensor(dy))
+    assert ReLU()(x).tobytes() == yt.detach().numpy().tobytes()   # NaN stays, -0.0 stays
+    layer = ReLU()
+    layer(x)
+    assert layer.backward(dy).tobytes() == xt.grad.numpy().tobytes()
+
+
 def test_conv2d_known_value():
     x = np.arange(16.0).reshape(1, 1, 4, 4)
     layer = Conv2d(1, 1, 2, stride=2, bias=False)

@@ -398,18 +398,19 @@ class Linear(Module):
 
 
 def relu(x):
-    """``max(x, 0)`` elementwise, dtype of ``x``."""
+    """``max(x, 0)`` elementwise, dtype of ``x``; NaN stays NaN and ``-0.0`` stays ``-0.0``, as PyTorch."""
     x = float_array(x, "x", "relu")
-    return np.where(x > 0, x, x.dtype.type(0))
+    return np.where(x < 0, x.dtype.type(0), x)
 
 
-# Backward of y = max(x, 0): dx = dy where x > 0, else 0 (0 at x == 0, as PyTorch).
+# Backward of y = max(x, 0): dx = 0 where x <= 0, else dy -- 0 at x == 0 and dy at NaN,
+# as PyTorch's threshold_backward.
 def relu_backward(dy, x):
     """Gradient of :func:`relu` with respect to ``x``."""
     x = float_array(x, "x", "relu_backward")
     dy = float_array(dy, "dy", "relu_backward")
     _check_grad_shape(dy, x.shape, "relu_backward")
-    return np.where(x > 0, dy, 0).astype(x.dtype, copy=False)
+    return np.where(x <= 0, 0, dy).astype(x.dtype, copy=False)
 
 
 def tanh(x):
