@@ -157,10 +157,12 @@ def affine_grid(theta, size, align_corners=False):
     grid = np.empty((size[0], *spatial, k), dtype=theta.dtype)
     expand = (slice(None),) + (None,) * k  # theta[:, r, a] -> (N, 1, ..., 1)
     for r in range(k):
-        out = grid[..., r]
-        np.copyto(out, theta[:, r, k][expand])
-        for a in range(k):
-            out += theta[:, r, a][expand] * bases[a]
+        # (theta_rk + theta_r0 x) + theta_r1 y [+ theta_r2 z]: the partial sums grow one
+        # axis at a time, and only the last addition is full size, written in place
+        acc = theta[:, r, k][expand]
+        for a in range(k - 1):
+            acc = acc + theta[:, r, a][expand] * bases[a]
+        np.add(acc, theta[:, r, k - 1][expand] * bases[k - 1], out=grid[..., r])
     return grid
 
 
