@@ -919,20 +919,20 @@ def _window_views(kernel, stride, out_hw):
 # ``val > max or isnan(val)``: the first of tied maxima, but the *last* NaN.  Here
 # every window is handled at once, one strided view of ``x`` per kernel offset.
 
-def _max_values(parts):
-    """Window maxima from the views ``parts`` (row-major kernel offsets).
+def _max_values(x, parts):
+    """Window maxima from the views ``parts`` of ``x`` (row-major kernel offsets).
 
     ``np.maximum`` gives the scan's value (NaN wins; tied values are equal)
     except for the sign of a zero maximum, which it may take from any of the
-    tied ``-0.0`` and ``+0.0``: those windows take their first zero, as the scan.
+    tied ``-0.0`` and ``+0.0``: if ``x`` holds a ``-0.0``, windows whose
+    maximum is zero take their first zero, as the scan.
     """
     y = parts[0].copy()
     for part in parts[1:]:
         np.maximum(part, y, out=y)
     bits = np.dtype(f"u{y.itemsize}")
-    negative_zero = np.array(-0.0, dtype=y.dtype).view(bits)
     zero = y == 0
-    if zero.any() and any((p.view(bits) == negative_zero).any() for p in parts):
+    if zero.any() and (x.view(bits) == np.array(-0.0, dtype=y.dtype).view(bits)).any():
         y[zero] = np.select([p[zero] == 0 for p in parts], [p[zero] for p in parts])
     return y
 
@@ -980,7 +980,7 @@ def max_pool2d(x, kernel_size, stride=None):
            [13., 15.]])
     """
     x, kernel, stride, out_hw = _pool_geometry(x, kernel_size, stride, "max_pool2d")
-    return _max_values([x[v] for v in _window_views(kernel, stride, out_hw)])
+    return _max_values(x, [x[v] for v in _window_views(kernel, stride, out_hw)])
 
 
 # Backward of y = x[argmax of window]   (docs/derivations/layers.md, "Max pooling")
@@ -999,7 +999,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None):
     _check_grad_shape(dy, x.shape[:2] + out_hw, fn)
     views = _window_views(kernel, stride, out_hw)
     parts = [x[v] for v in views]
-    routes = _max_routes(parts, _max_values(parts))                    # per offset (N, C, Ho, Wo)
+    routes = _max_routes(parts, _max_values(x, parts))                 # per offset (N, C, Ho, Wo)
     if stride[0] < kernel[0] or stride[1] < kernel[1]:
         n, c, h, w = x.shape
         arg = sum(k * r for k, r in enumerate(routes))                 # offset of each window's pick
