@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -329,7 +330,7 @@ def _check_dV(dV, U, grid, fn):
 class _Axis(NamedTuple):
     """Taps of one spatial axis for a chunk of points, as row offsets into the padded image."""
 
-    first: np.ndarray   # (m,) int64 offset of the first tap; the others follow at +stride
+    first: np.ndarray   # (m,) integer-valued float: pixel of the first tap, the others follow
     idx: list           # per tap (m,) int64 offsets when taps are padded one by one, else None
     w: list             # per tap weights (m,)
     dw: list            # per tap d w / d g (array or scalar), or None
@@ -355,11 +356,7 @@ def _axis(coord, size, stride, kernel, padding, align_corners, order, flavour):
     taps = kernel.taps(i, order)
     first, idx = None, None
     if kernel.pads_coordinate or padding.zero_outside:
-        first = taps.base.astype(np.int64)
-        if taps.offsets[0]:
-            first += taps.offsets[0]
-        if stride != 1:
-            first *= stride
+        first = taps.base + i.dtype.type(taps.offsets[0]) if taps.offsets[0] else taps.base
     else:  # border / reflection bicubic: each integer tap is padded on its own
         idx = [padding.coord(taps.base + i.dtype.type(o), size, align_corners, flavour)[0]
                .astype(np.int64)
@@ -432,13 +429,33 @@ def _chunk(coords, start, stop, U_shape, padded, mode, padding_mode, align_corne
                   align_corners, order, _FLAVOURS[k]) for a in range(k)]
     combos = _combos(axes)
     if axes[0].idx is None:
-        base = _add_origins(functools.reduce(np.add, (ax.first for ax in axes)),
+        base = _add_origins(_rows([ax.first for ax in axes], strides, padded),
                             start, stop, P, padded, mode)
         offsets = [sum(c[a] * strides[a] for a in range(k)) for c in combos]
         return _Chunk(axes, base, offsets)
     rows = [_add_origins(functools.reduce(np.add, (axes[a].idx[c[a]] for a in range(k))),
                          start, stop, P, padded, mode) for c in combos]
     return _Chunk(axes, None, rows)
+
+
+def _rows(firsts, strides, padded):
+    """Row offset ``sum_a first_a * stride_a`` (int64) of each point's first tap.
+
+    The ``firsts`` are integer-valued floats of magnitude below the padded
+    extent, so while ``2 * prod(padded)`` fits the mantissa every partial sum
+    is an exact integer and the sum is taken in floating point and converted
+    once (11% of a bilinear forward at 1024^2); beyond, axis by axis in int64.
+    """
+    dt = firsts[0].dtype
+    if 2 * math.prod(padded) <= 2 ** (np.finfo(dt).nmant + 1):
+        rows = firsts[-1] * dt.type(strides[len(firsts) - 1])
+        for a in range(len(firsts) - 1):
+            rows += firsts[a] if strides[a] == 1 else firsts[a] * dt.type(strides[a])
+        return rows.astype(np.int64)
+    rows = firsts[0].astype(np.int64)
+    for a in range(1, len(firsts)):
+        rows += firsts[a].astype(np.int64) * strides[a]
+    return rows
 
 
 def _combos(axes):

@@ -197,6 +197,45 @@ def test_need_dU_false_skips_dU_only():
     np.testing.assert_array_equal(dg, grid_sample_backward(dV, U, grid)[1])
 
 
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+def test_large_float32_image_takes_the_int64_row_path(mode):
+    # A float32 image whose padded extent passes 2**23 pixels: tap rows are summed in
+    # int64 there, not in float32 (sampling._rows).  Pixel (r, c) holds r * W + c, so a
+    # wrong row or column shows as an error of W or 1, far above float32 rounding.
+    H, W = 2049, 4100
+    U = (np.arange(H, dtype=np.float64)[:, None] * W + np.arange(W))[None, None]
+    rng = np.random.default_rng(4)
+    # inside the image, so U changes by at most W per pixel and float32's coordinate
+    # rounding (5e-4 px at 4096) moves a value by about 2
+    rows = np.concatenate([rng.integers(H - 10, H - 2, 16), rng.integers(1, H - 2, 16)])
+    cols = np.concatenate([rng.integers(W - 10, W - 2, 16), rng.integers(1, W - 2, 16)])
+    frac = rng.uniform(0.1, 0.4, (2, 32))   # away from pixel edges and rounding ties
+    grid = np.stack([(cols + frac[0]) * 2 / (W - 1) - 1, (rows + frac[1]) * 2 / (H - 1) - 1],
+                    axis=-1)[None, None]
+    kw = dict(mode=mode, padding_mode="zeros", align_corners=True)
+    want = grid_sample(U, grid, **kw)
+    got = grid_sample(U.astype(np.float32), grid.astype(np.float32), **kw)
+    np.testing.assert_allclose(got, want, rtol=0, atol=16)
+    dV = np.ones_like(want)
+    for g, w in zip(grid_sample_backward(dV.astype(np.float32), U.astype(np.float32),
+                                         grid.astype(np.float32), **kw),
+                    grid_sample_backward(dV, U, grid, **kw)):
+        np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-3 * np.abs(w).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("padded", [(6, 7), (4104, 4104), (9, 2049, 4100), (300, 300, 300)])
+def test_tap_rows_are_exact(padded, dtype):
+    # sampling._rows sums first-tap pixels times strides in floating point only while
+    # that is exact; (4104, 4104) and (300, 300, 300) pass 2**24 pixels, where float32
+    # would round the far corner's row (odd and above 2**24) to an even neighbour
+    from stnref.sampling import _rows, _strides
+    strides = _strides(padded)[:len(padded)]
+    far = [np.array([n - 1, n - 2, 0, -2], dtype=dtype) for n in padded[::-1]]
+    want = sum(f.astype(np.int64) * s for f, s in zip(far, strides))
+    np.testing.assert_array_equal(_rows(far, strides, padded), want)
+
+
 # --------------------------------------------------------------------------- bad input
 
 def _ok(k=2):
