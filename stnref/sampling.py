@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -386,7 +387,7 @@ def _padded_shape(U_shape, mode):
 
 def _strides(padded):
     """Row strides of the x, y[, z] axes of a padded image, then the image's size."""
-    return tuple(int(v) for v in np.cumprod((1,) + padded[::-1]))
+    return tuple(itertools.accumulate((1,) + tuple(padded[::-1]), operator.mul))
 
 
 def _add_origins(base, start, stop, P, padded, mode):
@@ -523,8 +524,8 @@ def _planes(U, padded):
     k = U.ndim - 2
     ring = (padded[0] - U.shape[2]) // 2
     out = np.zeros((C, N, *padded), dtype=U.dtype)
-    out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = np.moveaxis(U, 1, 0)
-    out = out.reshape(C, N * int(np.prod(padded)))
+    out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = U.swapaxes(0, 1)
+    out = out.reshape(C, N * math.prod(padded))
     return out[0] if C == 1 else out
 
 
@@ -668,7 +669,7 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     if bad is not None:
         V[..., bad] = np.nan
     V = V.reshape(C, N, *grid.shape[1:-1])
-    return np.ascontiguousarray(np.moveaxis(V, 0, 1))
+    return np.ascontiguousarray(V.swapaxes(0, 1))
 
 
 # Backward of V[m, c] = sum_t W[m, t] U_rows[rows[m, t], c]   (eqs. 6-7; docs/derivations/sampling.md)
@@ -714,7 +715,7 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     planes = _planes(U, padded)
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
-    g = np.moveaxis(dV, 1, 0).reshape(C, M)                # (C, M)
+    g = dV.swapaxes(0, 1).reshape(C, M)                    # (C, M)
     if bad is not None:
         g = np.where(bad, 0, g)
     if C == 1:
