@@ -654,22 +654,34 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     >>> grid_sample(U, grid)
     array([[[[1.5]]]])
     """
-    fn = "grid_sample"
-    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    return _sample(U, grid, mode, padding_mode, align_corners, keep=False)[0]
+
+
+def _sample(U, grid, mode, padding_mode, align_corners, keep):
+    """:func:`grid_sample`, and with ``keep`` the taps of every chunk for :func:`_sample_backward`.
+
+    The kept taps carry their grid derivatives too (order 1), so a backward on
+    the same ``U`` and ``grid`` skips recomputing them; they are read-only.
+    """
+    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners,
+                                           "grid_sample")
     N, C = U.shape[:2]
     padded = _padded_shape(U.shape, mode)
     planes = _planes(U, padded)                           # (C, R) or (R,) for C = 1
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     V = np.empty(planes.shape[:-1] + (M,), dtype=U.dtype)  # (C, M) or (M,)
+    kept = [] if keep else None
     for start, stop in _chunks(N, M // N if N else 0):
         chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode, align_corners,
-                       order=0)
+                       order=1 if keep else 0)
         V[..., start:stop] = _contract(chunk.axes, _gather(planes, chunk), order=0)[0]
+        if keep:
+            kept.append(chunk)
     if bad is not None:
         V[..., bad] = np.nan
     V = V.reshape(C, N, *grid.shape[1:-1])
-    return np.ascontiguousarray(V.swapaxes(0, 1))
+    return np.ascontiguousarray(V.swapaxes(0, 1)), kept
 
 
 # Backward of V[m, c] = sum_t W[m, t] U_rows[rows[m, t], c]   (eqs. 6-7; docs/derivations/sampling.md)
@@ -704,6 +716,12 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     including one-sided derivatives at integer pixel positions and zero
     multipliers on clip borders (``CONVENTIONS.md`` §3-4, §6).
     """
+    return _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept=None)
+
+
+def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept):
+    """:func:`grid_sample_backward`, reusing the taps ``kept`` by :func:`_sample` on the same
+    ``U`` and ``grid`` (None: recompute them)."""
     fn = "grid_sample_backward"
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
     dV = _check_dV(dV, U, grid, fn)
@@ -731,9 +749,12 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
         if T > DIRECT_TAPS:
             tap_rows = np.empty((T, min(CHUNK, M)), dtype=index)
             tap_data = np.empty((T, min(CHUNK, M)), dtype=U.dtype)
-    for start, stop in _chunks(N, M // N if N else 0):
-        chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode, align_corners,
-                       order=1)
+    for number, (start, stop) in enumerate(_chunks(N, M // N if N else 0)):
+        if kept is None:
+            chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode,
+                           align_corners, order=1)
+        else:
+            chunk = kept[number]
         if need_dU:
             # tap t of every point is column t of S's (m, T) block; for wide blocks
             # the columns are filled tap-major and transposed once (T strided passes
