@@ -236,15 +236,13 @@ def test_tap_rows_are_exact(padded, dtype):
     np.testing.assert_array_equal(_rows(far, strides, padded), want)
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
 @pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
-@pytest.mark.parametrize("k", [2, 3])
-def test_backward_from_kept_taps_is_the_backward(mode, padding, k):
+@pytest.mark.parametrize("mode, k", [("nearest", 2), ("bilinear", 2), ("bicubic", 2),
+                                     ("nearest", 3), ("bilinear", 3)])
+def test_backward_from_kept_taps_is_the_backward(mode, k, padding):
     # SpatialTransformer keeps the forward's taps for its backward (sampling._sample with
     # keep=True); that must change nothing, bit for bit, across several chunks
     from stnref import sampling
-    if mode == "bicubic" and k == 3:
-        pytest.skip("bicubic is 2-D only")
     rng = np.random.default_rng(8)
     shape = (3, 2, 40, 50) if k == 2 else (2, 2, 9, 10, 11)
     out = (3, 130, 120) if k == 2 else (2, 30, 31, 32)          # several chunks
