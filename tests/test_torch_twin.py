@@ -72,3 +72,18 @@ def test_compare_reports_tiny_differences(twin_module):
     diffs = twin_module.compare("st-fcn", 28, "attention", batch=2, seed=1)
     assert {"logits", "loss", "input", "0.loc.5.weight"} <= set(diffs)
     assert max(diffs.values()) <= TWIN_TOL
+
+
+def test_training_steps_example_runs_both_steps(capsys):
+    # docs/examples/training_steps.py: one round of each network's step, stnref and twin
+    path = TWIN_PATH.parent / "training_steps.py"
+    spec = importlib.util.spec_from_file_location("training_steps", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ours, theirs = module.measure("st-fcn", "r", rounds=1, warmup=0)
+    assert ours > 0 and theirs > 0
+    module.main(["--rounds", "1"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| step | stnref ms | torch ms | ratio |"
+    assert [row.split(" | ")[0] for row in table[2:]] == [
+        "| ST-FCN 28²", "| ST-FCN 42²", "| ST-CNN 28²", "| ST-CNN 42²"]
