@@ -536,7 +536,7 @@ def _padded_rows(U, padded):
 
 
 def _chunks(N, P):
-    """``(start, stop)`` of about ``CHUNK`` of the ``N * P`` points: whole images, or parts of one."""
+    """``(start, stop)`` of about ``CHUNK`` of the ``N * P`` points: whole images or part of one."""
     if P >= CHUNK:
         return ((start, min(start + CHUNK, (n + 1) * P))
                 for n in range(N) for start in range(n * P, (n + 1) * P, CHUNK))

@@ -398,7 +398,7 @@ class Linear(Module):
 
 
 def relu(x):
-    """``max(x, 0)`` elementwise, dtype of ``x``; NaN stays NaN and ``-0.0`` stays ``-0.0``, as PyTorch."""
+    """``max(x, 0)`` elementwise, dtype of ``x``; NaN and ``-0.0`` pass through, as PyTorch."""
     x = float_array(x, "x", "relu")
     return np.where(x < 0, x.dtype.type(0), x)
 
@@ -911,8 +911,8 @@ def _window_views(kernel, stride, out_hw):
     """One index per kernel offset ``(i, j)``, row-major: ``x[index]`` is the strided
     view ``x[..., p s_h + i, q s_w + j]`` over the output positions ``(p, q)``."""
     (kh, kw), (sh, sw), (h_out, w_out) = kernel, stride, out_hw
-    return [(Ellipsis, slice(i, i + sh * (h_out - 1) + 1, sh), slice(j, j + sw * (w_out - 1) + 1, sw))
-            for i in range(kh) for j in range(kw)]
+    return [(Ellipsis, slice(i, i + sh * (h_out - 1) + 1, sh),
+             slice(j, j + sw * (w_out - 1) + 1, sw)) for i in range(kh) for j in range(kw)]
 
 
 # PyTorch's CPU kernel scans a window in row-major order and takes a value if
@@ -1002,7 +1002,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None):
     routes = _max_routes(parts, _max_values(x, parts))                 # per offset (N, C, Ho, Wo)
     if stride[0] < kernel[0] or stride[1] < kernel[1]:
         n, c, h, w = x.shape
-        arg = sum(k * r for k, r in enumerate(routes))                 # offset of each window's pick
+        arg = sum(k * r for k, r in enumerate(routes))    # kernel offset of each window's pick
         rows = np.arange(out_hw[0])[:, None] * stride[0] + arg // kernel[1]
         cols = np.arange(out_hw[1]) * stride[1] + arg % kernel[1]
         flat = np.arange(n * c).reshape(n, c, 1, 1) * (h * w) + rows * w + cols
