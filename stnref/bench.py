@@ -171,11 +171,17 @@ def environment():
     Returns
     -------
     str
-        Date, processor, Python, NumPy, SciPy and (if installed) PyTorch versions.
+        Date, processor, Python, NumPy, SciPy and (if installed) PyTorch versions,
+        with the instruction set PyTorch's CPU kernels use (its vectorised
+        ``grid_sample`` is 5-8x faster than its scalar one: docs/performance.md).
     """
     torch = _torch()
     versions = f"numpy {np.__version__}, scipy {scipy.__version__}"
-    versions += f", torch {torch.__version__} (1 thread)" if torch is not None else ", torch not installed"
+    if torch is None:
+        versions += ", torch not installed"
+    else:
+        versions += (f", torch {torch.__version__} "
+                     f"({torch.backends.cpu.get_cpu_capability()} kernels, 1 thread)")
     return (f"{datetime.date.today().isoformat()}; {platform.machine()} {platform.processor() or ''}"
             f" Python {platform.python_version()}; {versions}")
 

@@ -31,3 +31,14 @@ def test_write_report_creates_a_page(tmp_path):
     bench.write_report(str(path), "tables")
     text = path.read_text()
     assert text.startswith("# stnref benchmarks") and "tables" in text
+
+
+def test_environment_names_versions_and_torch_kernels():
+    line = bench.environment()
+    assert f"numpy {np.__version__}" in line
+    torch = bench._torch()
+    if torch is None:
+        assert line.endswith("torch not installed")
+    else:   # the ratios depend on which of PyTorch's CPU kernels runs
+        capability = torch.backends.cpu.get_cpu_capability()
+        assert f"torch {torch.__version__} ({capability} kernels, 1 thread)" in line
