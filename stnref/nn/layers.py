@@ -615,6 +615,14 @@ def _im2col(xt, kernel, stride):
     return cols.reshape(kh * kw * c, n * h_out * w_out)
 
 
+def _window_views(kernel, stride, out_hw):
+    """One index per kernel offset ``(i, j)``, row-major: ``x[index]`` is the strided
+    view ``x[..., p s_h + i, q s_w + j]`` over the output positions ``(p, q)``."""
+    (kh, kw), (sh, sw), (h_out, w_out) = kernel, stride, out_hw
+    return [(Ellipsis, slice(i, i + sh * (h_out - 1) + 1, sh),
+             slice(j, j + sw * (w_out - 1) + 1, sw)) for i in range(kh) for j in range(kw)]
+
+
 def _col2im(cols, out_hw, stride):
     """Sum window entries back onto the pixels they were read from.
 
@@ -624,11 +632,10 @@ def _col2im(cols, out_hw, stride):
     target pixels are distinct, so the add never drops duplicates.
     """
     kh, kw, a, b, h_out, w_out = cols.shape
-    sh, sw = stride
     out = np.zeros((a, b) + tuple(out_hw), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw] += cols[i, j]
+    entries = (cols[i, j] for i in range(kh) for j in range(kw))   # row-major, as the views
+    for view, entry in zip(_window_views((kh, kw), stride, (h_out, w_out)), entries):
+        out[view] += entry
     return out
 
 
@@ -907,14 +914,6 @@ def _pool_geometry(x, kernel_size, stride, fn):
     return x, kernel, stride, out_hw
 
 
-def _window_views(kernel, stride, out_hw):
-    """One index per kernel offset ``(i, j)``, row-major: ``x[index]`` is the strided
-    view ``x[..., p s_h + i, q s_w + j]`` over the output positions ``(p, q)``."""
-    (kh, kw), (sh, sw), (h_out, w_out) = kernel, stride, out_hw
-    return [(Ellipsis, slice(i, i + sh * (h_out - 1) + 1, sh),
-             slice(j, j + sw * (w_out - 1) + 1, sw)) for i in range(kh) for j in range(kw)]
-
-
 # PyTorch's CPU kernel scans a window in row-major order and takes a value if
 # ``val > max or isnan(val)``: the first of tied maxima, but the *last* NaN.  Here
 # every window is handled at once, one strided view of ``x`` per kernel offset.
@@ -1030,15 +1029,13 @@ def avg_pool2d(x, kernel_size, stride=None):
     y : ndarray (N, C, H_out, W_out), dtype of ``x``.
     """
     x, kernel, stride, (h_out, w_out) = _pool_geometry(x, kernel_size, stride, "avg_pool2d")
-    (kh, kw), (sh, sw) = kernel, stride
     # Sum the window entries as strided slices, one per kernel offset (a reduction over
     # the two short window axes is ~10x slower), in PyTorch's order, then divide.
     total = None
-    for i in range(kh):
-        for j in range(kw):
-            part = x[:, :, i:i + sh * (h_out - 1) + 1:sh, j:j + sw * (w_out - 1) + 1:sw]
-            total = part.copy() if total is None else np.add(total, part, out=total)
-    return total / x.dtype.type(kh * kw)
+    for view in _window_views(kernel, stride, (h_out, w_out)):
+        part = x[view]
+        total = part.copy() if total is None else np.add(total, part, out=total)
+    return total / x.dtype.type(kernel[0] * kernel[1])
 
 
 # Backward of y = (1 / (kh kw)) sum_{i,j} x[p s + i, q s + j]
