@@ -29,7 +29,7 @@ except ImportError:
 
 import stnref
 from stnref.data import distort, load_dataset, synthetic_digits
-from stnref.plotting import save_pairs
+from stnref.app.plotting import save_pairs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "figures")
@@ -349,7 +349,7 @@ def fig_distortions(n=6):
 
 def figs_trained(run_dir, n=12):
     """What a trained ST model's transformer does to test digits, and its training curve."""
-    from stnref.train import load_run, transformers
+    from stnref.app.train import load_run, transformers
 
     config, model, _, state, _ = load_run(run_dir)
     layers = transformers(model)

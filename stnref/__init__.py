@@ -8,10 +8,11 @@ Every forward has a hand-derived backward; semantics follow PyTorch's
   :func:`projective_grid`, :func:`tps_grid` (registry: :data:`TRANSFORMS`)
 - §3.3 sampler: :func:`grid_sample`, :func:`grid_sample_backward`
 - §3.4 the layer and the paper's networks: :mod:`stnref.transformer`
-- §4.1 data and training: :mod:`stnref.data`, :mod:`stnref.train`, the ``stnref`` CLI
+- §4.1 data and training: :mod:`stnref.data`, :mod:`stnref.app.train`, the ``stnref`` CLI
 """
 
 from ._checks import set_max_elements
+from .app.checkpoint import load_checkpoint, save_checkpoint
 from .gradcheck import gradcheck
 from .grids import (
     PROJECTIVE_FAR,
@@ -26,7 +27,8 @@ from .grids import (
     tps_grid_backward,
     tps_matrix,
 )
-from .checkpoint import load_checkpoint, save_checkpoint
+from .networks import MODEL_NAMES, build_model
+from .registry import TRANSFORMS, Transform, get_transform, tps_transform
 from .sampling import grid_sample, grid_sample_backward
 from .second_order import (
     affine_grid_jvp,
@@ -36,8 +38,7 @@ from .second_order import (
     projective_grid_jvp,
     tps_grid_jvp,
 )
-from .transformer import MODEL_NAMES, Parallel, SpatialTransformer, build_model
-from .transforms import TRANSFORMS, Transform, get_transform, tps_transform
+from .transformer import Parallel, SpatialTransformer
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .nn.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .nn import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 __all__ = ["LOCALISATION_DOWNSAMPLE", "conv_localisation", "fc_localisation"]
 
@@ -56,7 +56,7 @@ def fc_localisation(in_shape, theta_size, hidden=FC_HIDDEN, downsample=1, rng=No
         Hidden layer widths.
     downsample : int, default 1
         If > 1, an ``AvgPool2d(downsample)`` first (the networks of
-        :func:`stnref.transformer.build_model` use 2 for inputs >= 42).
+        :func:`stnref.networks.build_model` use 2 for inputs >= 42).
     rng : numpy.random.Generator, optional
         Initial weights (``None``: ``default_rng(0)``).
     dtype : float32 or float64

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from stnref import bench
+from stnref.app import bench
 
 
 def test_measure_reports_every_kind_and_a_floor():

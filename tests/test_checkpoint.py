@@ -7,9 +7,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from stnref import checkpoint
-from stnref.checkpoint import METADATA_KEY, load_checkpoint, load_into, save_checkpoint
-from stnref.nn.layers import Linear, ReLU, Sequential
+from stnref.app import checkpoint
+from stnref.app.checkpoint import METADATA_KEY, load_checkpoint, load_into, save_checkpoint
+from stnref.nn import Linear, ReLU, Sequential
 
 
 def small_net(seed=0):
@@ -184,7 +184,7 @@ def test_load_into_names_every_mismatch_and_changes_nothing():
 
 
 def test_paper_model_resumes_from_its_checkpoint(tmp_path):
-    from stnref.transformer import build_model
+    from stnref.networks import build_model
 
     model = build_model("st-cnn", "tps", input_size=42, rng=np.random.default_rng(3))
     reg = model[0].loc[-1]

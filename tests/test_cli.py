@@ -22,9 +22,9 @@ import sys
 import numpy as np
 import pytest
 
-from stnref import cli
-from stnref.checkpoint import load_checkpoint
-from stnref.train import CHECKPOINT, METRICS, load_run
+from stnref.app import cli
+from stnref.app.checkpoint import load_checkpoint
+from stnref.app.train import CHECKPOINT, METRICS, load_run
 
 EXIT_USAGE = 2
 EXIT_TRAINING = 3
@@ -299,7 +299,7 @@ def test_reference_export_and_check(tmp_path, capsys):
 
 def test_bench_quick(tmp_path, monkeypatch, capsys):
     """``bench --quick --rounds 1 --dtype float32`` through ``cli.main`` on one tiny shape."""
-    from stnref import bench
+    from stnref.app import bench
 
     monkeypatch.setattr(bench, "SHAPES", ((2, 1, 8, 8),))
     out = tmp_path / "bench.md"

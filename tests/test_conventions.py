@@ -22,7 +22,7 @@ from stnref import (
     grid_sample_backward,
 )
 from stnref.grids import base_coordinates, projective_grid, tps_control_points, tps_grid
-from stnref.transforms import get_transform
+from stnref.registry import get_transform
 from strategies import PADDINGS, combo_id, combos, normalize, unnormalize
 
 IDENTITY_TOL = 1e-12  # identity warp: one multiply-add per coordinate, then weights 1 and 0

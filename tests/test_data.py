@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from stnref import data
+from stnref.data import digits as data
 from stnref.data import (
     DISTORTIONS, distort, load_dataset, load_mnist, read_idx, synthetic_digits, write_idx,
 )

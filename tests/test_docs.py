@@ -99,11 +99,11 @@ def test_readme_starts_with_the_setup_block():
 # Modules whose public names docs/api.md lists: ``__all__`` where defined, otherwise every
 # non-underscore function and class defined in the module itself.
 API_MODULES = (
-    "stnref", "stnref.grids", "stnref.sampling", "stnref.transforms", "stnref.second_order",
-    "stnref.localisation", "stnref.transformer", "stnref.nn", "stnref.nn.layers",
-    "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.train", "stnref.checkpoint",
-    "stnref.experiment", "stnref.demo", "stnref.cli", "stnref.gradcheck", "stnref.reference",
-    "stnref.bench", "stnref.plotting",
+    "stnref", "stnref.grids", "stnref.sampling", "stnref.registry", "stnref.second_order",
+    "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn",
+    "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
+    "stnref.app.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",
+    "stnref.gradcheck", "stnref.reference", "stnref.app.bench", "stnref.app.plotting",
 )
 NUMPYDOC_SECTION = re.compile(r"^\s*(\w+)\n\s*-{3,}\s*$", re.MULTILINE)
 
@@ -215,7 +215,7 @@ DOCTEST_MODULES = sorted(
     if not m.name.endswith("__main__")
 )
 # Modules whose doctests need an optional package.
-OPTIONAL = {"stnref.plotting": "matplotlib"}
+OPTIONAL = {"stnref.app.plotting": "matplotlib"}
 
 
 @pytest.mark.parametrize("modname", ["stnref", *DOCTEST_MODULES])

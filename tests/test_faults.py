@@ -25,8 +25,8 @@ import time
 import numpy as np
 import pytest
 
-from stnref.checkpoint import load_checkpoint, save_checkpoint
-from stnref.train import (
+from stnref.app.checkpoint import load_checkpoint, save_checkpoint
+from stnref.app.train import (
     CHECKPOINT,
     METRICS,
     Progress,
@@ -62,7 +62,7 @@ SLOW_LAUNCHER = (
     "import os, sys, time\n"
     "_fsync = os.fsync\n"
     f"os.fsync = lambda fd: (time.sleep({SLOW_FSYNC_SECONDS}), _fsync(fd))[1]\n"
-    "from stnref.cli import main\n"
+    "from stnref.app.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 
@@ -338,7 +338,7 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     complete, no temp file is left, and resuming ends bit-identical to an uninterrupted run."""
     import errno
 
-    from stnref import checkpoint
+    from stnref.app import checkpoint
 
     config = _config(epochs=2)
     data, _ = _poisoned_data(config)
@@ -462,7 +462,7 @@ def test_resume_of_finished_run_rewrites_metrics(tmp_path, good_run):
 
 
 def test_refused_config_leaves_no_run_directory(tmp_path):
-    from stnref import cli
+    from stnref.app import cli
 
     assert cli.main(["train", "--momentum", "nan", "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()

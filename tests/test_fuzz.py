@@ -36,10 +36,11 @@ from hypothesis import strategies as st
 
 import stnref
 from stnref import nn
-from stnref.checkpoint import load_checkpoint, save_checkpoint
+from stnref.app.checkpoint import load_checkpoint, save_checkpoint
 from stnref.data import distort, read_idx, synthetic_digits, write_idx
-from stnref.nn import layers as L
-from stnref.transformer import SpatialTransformer, build_model
+from stnref import nn as L
+from stnref.networks import build_model
+from stnref.transformer import SpatialTransformer
 
 try:
     import resource
@@ -535,7 +536,7 @@ def _ctor_targets():
 
 
 def _train_config(**fields):
-    from stnref.train import TrainConfig
+    from stnref.app.train import TrainConfig
 
     return TrainConfig(**fields).validated()
 

@@ -24,7 +24,7 @@ from stnref.grids import (
     tps_grid_backward,
     tps_matrix,
 )
-from stnref.transforms import TRANSFORMS, Transform, get_transform, tps_transform
+from stnref.registry import TRANSFORMS, Transform, get_transform, tps_transform
 
 EXACT = 1e-12          # float64 results that differ only by rounding of O(1) sums
 F32_TOL = 1e-6         # float32 against float64 (a few ulps of O(1) values)

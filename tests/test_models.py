@@ -5,18 +5,12 @@ import pytest
 from test_transformer import TRANSFORM_NAMES, module_gradcheck, pixel_distance_to_kinks
 
 from stnref.localisation import conv_localisation, fc_localisation
-from stnref.nn.layers import AvgPool2d, MaxPool2d, ReLU, Sequential
+from stnref.nn import AvgPool2d, MaxPool2d, ReLU, Sequential
 from stnref.nn.losses import cross_entropy
 from stnref.nn.optim import SGD
-from stnref.transforms import TRANSFORMS
-from stnref.transformer import (
-    MODEL_NAMES,
-    SpatialTransformer,
-    build_model,
-    count_parameters,
-    localisation_prefixes,
-    target_parameters,
-)
+from stnref.networks import MODEL_NAMES, build_model, count_parameters, target_parameters
+from stnref.registry import TRANSFORMS
+from stnref.transformer import SpatialTransformer, localisation_prefixes
 
 INPUT_SIZES = (28, 42, 60)
 # Documented budget: every model of one input size within 10 % of the baseline CNN's count

@@ -1,4 +1,4 @@
-"""Tests of stnref.nn.layers and stnref.nn.losses.
+"""Tests of stnref.nn: layers and losses.
 
 Oracles: central differences (``stnref.gradcheck``, float64) for every layer
 with respect to its input and every parameter; PyTorch (optional) for
@@ -505,7 +505,7 @@ def test_cross_entropy_float32():
 
 
 def test_conv2d_functions_without_bias():
-    from stnref.nn.layers import conv2d, conv2d_backward
+    from stnref.nn import conv2d, conv2d_backward
     x = np.random.default_rng(19).standard_normal((1, 2, 5, 5))
     w = np.random.default_rng(20).standard_normal((3, 2, 3, 3))
     y = conv2d(x, w, stride=2, padding=1)
@@ -573,8 +573,8 @@ def test_sizes_over_the_budget_refused_before_allocating(small_budget, call, wha
 
 
 def _functional(name):
-    from stnref.nn import layers
-    return getattr(layers, name)
+    from stnref import nn
+    return getattr(nn, name)
 
 
 @pytest.mark.parametrize("make, shape, out_shape", [
@@ -669,8 +669,8 @@ def test_softmax_axis_as_numpy_int_and_negative():
 
 
 def _force_route(monkeypatch, route):
-    from stnref.nn import layers
-    monkeypatch.setattr(layers, "_SPECTRAL_MIN_GAIN", 0.0 if route == "fft" else np.inf)
+    from stnref.nn import conv
+    monkeypatch.setattr(conv, "_SPECTRAL_MIN_GAIN", 0.0 if route == "fft" else np.inf)
 
 
 def _conv_all(x, w, b, dy, stride, padding):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stnref.nn import SGD, Adam, Conv2d, Linear, ReLU, Sequential, clip_grad_norm
-from stnref.nn.layers import Module
+from stnref.nn import Module
 
 PARITY_TOL = 1e-12      # float64 agreement with torch.optim after several steps
 N_STEPS = 5

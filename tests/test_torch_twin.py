@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from stnref.nn.losses import cross_entropy  # noqa: E402
-from stnref.transformer import build_model  # noqa: E402
+from stnref.networks import build_model  # noqa: E402
 
 TWIN_PATH = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples" / "torch_twin.py"
 # Same float64 arithmetic in a different order: observed differences are ~1e-15.

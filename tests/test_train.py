@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from stnref import demo, experiment
-from stnref.checkpoint import load_checkpoint
+from stnref.app import demo, experiment
+from stnref.app.checkpoint import load_checkpoint
 from stnref.data import load_dataset
-from stnref.train import (
+from stnref.app.train import (
     CHECKPOINT,
     METRICS,
     Progress,

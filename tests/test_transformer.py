@@ -7,10 +7,10 @@ import pytest
 
 from stnref import gradcheck
 from stnref.grids import affine_grid
-from stnref.nn.layers import Flatten, Linear, ReLU, Sequential, Tanh
+from stnref.nn import Flatten, Linear, ReLU, Sequential, Tanh
 from stnref.sampling import grid_sample
 from stnref.transformer import Parallel, SpatialTransformer, localisation_prefixes
-from stnref.transforms import TRANSFORMS, get_transform
+from stnref.registry import TRANSFORMS, get_transform
 
 TRANSFORM_NAMES = ("affine", "attention", "projective", "tps")
 # Scale of the random change to the regression layer that moves theta off the identity

@@ -4,7 +4,7 @@ Usage::
 
     python docs/examples/torch_twin.py
 
-builds ``stnref.transformer.build_model("st-cnn" / "st-fcn", "affine")`` for the
+builds ``stnref.networks.build_model("st-cnn" / "st-fcn", "affine")`` for the
 input sizes 28, 42 and 60, moves the localisation network's regression layer off
 its identity initialisation (so the warp depends on the input), writes the same
 architecture in plain PyTorch (written out from the paper's description below, not
@@ -13,7 +13,7 @@ converted from stnref's objects), loads stnref's ``state_dict`` into it with
 largest differences of the logits, the cross-entropy loss and every parameter
 gradient (float64; expect ~1e-15).
 
-The architecture (paper §4.1 appendix, see ``stnref.transformer.build_model``)::
+The architecture (paper §4.1 appendix, see ``stnref.networks.build_model``)::
 
     ST-CNN  0: transformer, loc = avg-pool 2 -> conv 20 5x5 -> ReLU -> max-pool 2
                                   -> conv 20 5x5 -> ReLU -> flatten -> FC 20 -> ReLU -> FC 6
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stnref.nn.losses import cross_entropy
-from stnref.transformer import build_model
+from stnref.networks import build_model
 
 DTYPE = torch.float64
 POOL_INPUT_FROM = 42          # inputs this large are 2x average-pooled before the classifier

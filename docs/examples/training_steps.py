@@ -27,7 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from torch_twin import perturb_localisation, twin_of  # noqa: E402
 
 from stnref.nn.losses import cross_entropy  # noqa: E402
-from stnref.train import TrainConfig, make_model, make_optimizer  # noqa: E402
+from stnref.app.train import TrainConfig, make_model, make_optimizer  # noqa: E402
 
 CASES = (("st-fcn", "r"), ("st-fcn", "rts"), ("st-cnn", "r"), ("st-cnn", "rts"))  # 28^2, 42^2
 BATCH = 64

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._checks import float_array
-from .layers import Module, _check_state_keys
+from .module import Module, _check_state_keys
 
 # PyTorch's clip_grad_norm_ adds this to the total norm before dividing.
 CLIP_EPS = 1e-6

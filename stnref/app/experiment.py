@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from ._io import atomic_write_bytes
-from .data import load_dataset
+from .._io import atomic_write_bytes
+from ..data import load_dataset
 from .train import METRICS, TrainConfig, train
 
 # Table 1 of the paper, test error % (R, RTS, P, E), and the TC column.
@@ -29,33 +29,6 @@ PAPER_TABLE = {
     ("st-cnn", "tps"): {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
 }
 PAPER_TC_TRANSFORM = "affine"  # the paper reports one ST number per model for TC
-
-
-def add_arguments(p):
-    """Add the experiment's command-line options to parser ``p``.
-
-    Parameters
-    ----------
-    p : argparse.ArgumentParser
-
-    Returns
-    -------
-    None
-    """
-    from .cli import _positive_int
-
-    p.add_argument("--models", nargs="+", choices=("fcn", "cnn", "st-fcn", "st-cnn"),
-                   default=["fcn", "cnn", "st-fcn", "st-cnn"])
-    p.add_argument("--transforms", nargs="+", choices=("affine", "projective", "tps"),
-                   default=["affine", "projective", "tps"])
-    p.add_argument("--distortions", nargs="+", choices=("r", "rts", "p", "e", "tc"),
-                   default=["r", "rts", "p", "e"])
-    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per cell (paper: 3)")
-    p.add_argument("--epochs", type=_positive_int, default=5)
-    p.add_argument("--train-size", type=_positive_int, default=20_000)
-    p.add_argument("--test-size", type=_positive_int, default=5_000)
-    p.add_argument("--data", metavar="DIR", default=None)
-    p.add_argument("--out", required=True, metavar="DIR")
 
 
 def cells(models, transforms):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 
-from .data import load_dataset
+from ..data import load_dataset
+from ..networks import count_parameters
 from .plotting import PLOT_HINT, save_pairs
 from .train import TrainConfig, load_run, train, transformers
-from .transformer import count_parameters
 
 DEMO_TRAIN = 20_000     # training digits
 DEMO_TEST = 2_000       # test digits

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ._io import atomic_open
+from .._io import atomic_open
 
 PLOT_HINT = "install matplotlib for figures: pip install 'stnref[plot]'"
 

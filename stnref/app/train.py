@@ -23,13 +23,14 @@ import time
 
 import numpy as np
 
-from . import _checks
-from ._io import atomic_write_bytes, remove_stale
+from .. import _checks
+from .._io import atomic_write_bytes, remove_stale
+from ..data import DISTORTIONS, load_dataset
+from ..networks import MODEL_NAMES, build_model
+from ..nn import SGD, Adam, clip_grad_norm, cross_entropy
+from ..registry import TRANSFORMS
+from ..transformer import SpatialTransformer, localisation_prefixes
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import DISTORTIONS, load_dataset
-from .nn import SGD, Adam, clip_grad_norm, cross_entropy
-from .transformer import MODEL_NAMES, SpatialTransformer, build_model, localisation_prefixes
-from .transforms import TRANSFORMS
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
@@ -52,7 +53,7 @@ class TrainConfig:
     ----------
     model : {"fcn", "cnn", "st-fcn", "st-cnn"}
     transform : str
-        A registry name (``stnref.transforms.TRANSFORMS``); used by ST models.
+        A registry name (``stnref.registry.TRANSFORMS``); used by ST models.
     distortion : {"none", "r", "rts", "p", "e", "tc"}
     data : str or None
         Directory with MNIST-format IDX files; None uses the built-in digits.

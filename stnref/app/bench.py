@@ -17,9 +17,9 @@ import time
 import numpy as np
 import scipy
 
-from ._io import atomic_write_bytes
-from .grids import affine_grid, affine_grid_backward
-from .sampling import grid_sample, grid_sample_backward
+from .._io import atomic_write_bytes
+from ..grids import affine_grid, affine_grid_backward
+from ..sampling import grid_sample, grid_sample_backward
 
 SHAPES = ((64, 1, 28, 28), (256, 1, 60, 60), (8, 3, 224, 224))
 LARGE_SHAPE = (1, 1, 1024, 1024)

@@ -13,8 +13,8 @@ import math
 import os
 import sys
 
-from . import __version__
-from ._io import atomic_write_bytes
+from .. import __version__
+from .._io import atomic_write_bytes
 
 EXIT_USAGE = 2
 EXIT_TRAINING = 3
@@ -51,10 +51,10 @@ _positive_float = _number(float, lambda v: v > 0, "a positive finite number")
 
 
 def _add_train_options(p, defaults):
-    from .data import DISTORTIONS
+    from ..data import DISTORTIONS
+    from ..networks import MODEL_NAMES
+    from ..registry import TRANSFORMS
     from .train import ON_NONFINITE, OPTIMIZERS
-    from .transformer import MODEL_NAMES
-    from .transforms import TRANSFORMS
 
     p.add_argument("--model", choices=MODEL_NAMES, default=defaults.model,
                    help="network of the paper (default: %(default)s)")
@@ -86,6 +86,22 @@ def _add_train_options(p, defaults):
                    metavar="STEPS", help="mid-epoch checkpoint period (default: %(default)s)")
     p.add_argument("--on-nonfinite", choices=ON_NONFINITE, default=defaults.on_nonfinite,
                    help="stop (keeping the last good checkpoint) or skip the step")
+
+
+def _add_experiment_options(p):
+    """Options of ``stnref experiment`` (:func:`stnref.app.experiment.run_experiment`)."""
+    p.add_argument("--models", nargs="+", choices=("fcn", "cnn", "st-fcn", "st-cnn"),
+                   default=["fcn", "cnn", "st-fcn", "st-cnn"])
+    p.add_argument("--transforms", nargs="+", choices=("affine", "projective", "tps"),
+                   default=["affine", "projective", "tps"])
+    p.add_argument("--distortions", nargs="+", choices=("r", "rts", "p", "e", "tc"),
+                   default=["r", "rts", "p", "e"])
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per cell (paper: 3)")
+    p.add_argument("--epochs", type=_positive_int, default=5)
+    p.add_argument("--train-size", type=_positive_int, default=20_000)
+    p.add_argument("--test-size", type=_positive_int, default=5_000)
+    p.add_argument("--data", metavar="DIR", default=None)
+    p.add_argument("--out", required=True, metavar="DIR")
 
 
 def _config_from(args):
@@ -125,7 +141,7 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     """Handler of ``stnref evaluate RUN_DIR [--json FILE]``: print (and save) the test error."""
-    from .data import load_dataset
+    from ..data import load_dataset
     from .train import evaluate, load_run
 
     config, model, _, state, _ = load_run(args.run_dir)
@@ -175,7 +191,7 @@ def cmd_bench(args):
 
 def cmd_reference(args):
     """Handler of ``stnref reference export|check``; ``check`` returns 1 if any case fails."""
-    from . import reference
+    from .. import reference
 
     if args.action == "export":
         reference.export(args.directory)
@@ -212,8 +228,7 @@ def build_parser():
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("experiment", help="the paper's Table 1 grid on a stated budget")
-    from .experiment import add_arguments
-    add_arguments(p)
+    _add_experiment_options(p)
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bench", help="time the sampler (against PyTorch when installed)")

@@ -101,7 +101,7 @@ def tps_transform(control_points):
     Examples
     --------
     >>> from stnref.grids import tps_control_points
-    >>> from stnref.transforms import tps_transform
+    >>> from stnref.registry import tps_transform
     >>> t = tps_transform(tps_control_points(9))
     >>> t.theta_shape, t.grid(t.identity()[None], (1, 1, 3, 3), True).shape
     ((9, 2), (1, 3, 3, 2))
@@ -120,6 +120,17 @@ def tps_transform(control_points):
         return points.copy()
 
     return Transform("tps", points.shape, grid, backward, identity)
+
+
+def _resolve_transform(transform, fn):
+    if isinstance(transform, Transform):
+        return transform
+    if isinstance(transform, str):
+        return get_transform(transform)
+    raise TypeError(
+        f"{fn}(): expected transform to be a registry name or a Transform, "
+        f"got {type(transform).__name__}"
+    )
 
 
 TRANSFORMS = {
@@ -151,7 +162,7 @@ def get_transform(name):
 
     Examples
     --------
-    >>> from stnref.transforms import get_transform
+    >>> from stnref.registry import get_transform
     >>> get_transform("projective").identity()
     array([[1., 0., 0.],
            [0., 1., 0.],

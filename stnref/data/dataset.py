@@ -1,0 +1,80 @@
+"""Train and test sets for one distortion: built-in digits or MNIST files, distorted."""
+
+from __future__ import annotations
+
+import os
+
+from .. import _checks
+from .digits import MNIST_SIZE, _check_seed, _digits
+from .distortions import _OUT_SIZES, DISTORTIONS, _distort
+from .idx import load_mnist
+
+__all__ = ["load_dataset"]
+
+# Seeds for load_dataset: (seed, split, stage).  Tags are nonzero because SeedSequence
+# pads entropy with zeros, so (seed, 0) would equal (seed,).
+TRAIN, TEST = 1, 2
+STAGE_DIGITS, STAGE_DISTORT = 1, 2
+DEFAULT_SIZES = {TRAIN: 60_000, TEST: 10_000}
+
+
+def _split_size(value, name, fn):
+    """``None`` (the whole split) or a positive int."""
+    return None if value is None else _checks.check_int(value, name, fn, minimum=1)
+
+
+def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=None, seed=0):
+    """Train and test sets for one distortion of §4.1, built-in digits or MNIST files.
+
+    Parameters
+    ----------
+    distortion : str, default "none"
+        One of ``DISTORTIONS`` (see :func:`distort`).
+    data_dir : str or os.PathLike, optional
+        Directory with the MNIST IDX files (:func:`load_mnist`).  When None,
+        :func:`synthetic_digits` supplies 60,000 training and 10,000 test digits
+        from seeds distinct per split.
+    train_size, test_size : int, optional
+        Keep only the first this many samples of each split (default: all).
+    seed : int, default 0
+        Seeds digits and distortions, distinct per split.
+
+    Returns
+    -------
+    x_train : ndarray, shape (n_train, 1, S, S), float32
+    y_train : ndarray, shape (n_train,), int64
+    x_test : ndarray, shape (n_test, 1, S, S), float32
+    y_test : ndarray, shape (n_test,), int64
+        ``S`` = 28, 42 (``rts``) or 60 (``tc``).
+    """
+    fn = "load_dataset"
+    distortion = _checks.check_choice(distortion, "distortion", fn, DISTORTIONS)
+    seed = _check_seed(seed, fn)
+    sizes = {TRAIN: _split_size(train_size, "train_size", fn),
+             TEST: _split_size(test_size, "test_size", fn)}
+    if data_dir is not None and not isinstance(data_dir, (str, bytes, os.PathLike)):
+        raise TypeError(f"{fn}(): expected data_dir to be a path (str or os.PathLike) or None, "
+                        f"got {type(data_dir).__name__} {data_dir!r}")
+    if data_dir is None:
+        side = _OUT_SIZES[distortion]
+        for split, name in ((TRAIN, "train_size"), (TEST, "test_size")):
+            if sizes[split] is not None:
+                _checks.check_budget((sizes[split], side, side), fn, f"{name} images")
+        splits = {split: _digits(DEFAULT_SIZES[split] if sizes[split] is None else sizes[split],
+                                 (seed, split, STAGE_DIGITS), MNIST_SIZE)
+                  for split in (TRAIN, TEST)}
+    else:
+        x_tr, y_tr, x_te, y_te = load_mnist(data_dir)
+        if x_tr.shape[1:] != (MNIST_SIZE, MNIST_SIZE) or x_te.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
+            raise ValueError(f"{fn}(): expected 28x28 images in {os.fspath(data_dir)!r}, "
+                             f"got {x_tr.shape[1:]} (train) and {x_te.shape[1:]} (test)")
+        splits = {TRAIN: (x_tr[:sizes[TRAIN]], y_tr[:sizes[TRAIN]]),
+                  TEST: (x_te[:sizes[TEST]], y_te[:sizes[TEST]])}
+    out = []
+    for split in (TRAIN, TEST):
+        images, labels = splits[split]
+        if distortion == "tc" and len(images) < 2:
+            raise ValueError(f"{fn}(): 'tc' needs at least 2 samples per split, got {len(images)}")
+        warped, _ = _distort(images, distortion, (seed, split, STAGE_DISTORT))
+        out += [warped[:, None], labels]
+    return tuple(out)

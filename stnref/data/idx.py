@@ -1,0 +1,213 @@
+"""IDX files, the format MNIST and its drop-in relatives are distributed in (docs/conventions.md §9).
+
+:func:`read_idx` checks the header against the payload size before allocating
+anything; :func:`write_idx` writes atomically; :func:`load_mnist` reads the four
+files of a data set, plain or gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import zlib
+
+import numpy as np
+
+from .._io import atomic_open
+from .digits import NUM_CLASSES
+
+__all__ = ["load_mnist", "read_idx", "write_idx"]
+
+# IDX format: docs/conventions.md §9.
+IDX_UINT8 = 0x08
+IDX_NDIMS = (1, 3)            # labels, images
+IDX_READ_CHUNK = 1 << 20      # bytes per read from a .gz stream
+IDX_DTYPE_NAMES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32",
+                   0x0D: "float32", 0x0E: "float64"}
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+PIXEL_MAX = 255.0
+
+
+def _idx_error(path, message):
+    return ValueError(f"IDX file {os.fspath(path)!r}: {message}")
+
+
+def _read_exact(f, count, path, what):
+    data = f.read(count)
+    if len(data) != count:
+        raise _idx_error(path, f"truncated {what}: expected {count} bytes, got {len(data)}")
+    return data
+
+
+def _read_header(f, path):
+    """Parse magic and dimensions; return the shape (tuple of positive ints)."""
+    magic = _read_exact(f, 4, path, "header")
+    if magic[0] != 0 or magic[1] != 0:
+        raise _idx_error(path, f"wrong magic 0x{magic.hex()}: the first two bytes must be zero")
+    code, ndim = magic[2], magic[3]
+    if code != IDX_UINT8:
+        name = IDX_DTYPE_NAMES.get(code, "unknown")
+        raise _idx_error(path, f"unsupported dtype code 0x{code:02x} ({name}); "
+                               f"only 0x08 (uint8) is supported")
+    if ndim not in IDX_NDIMS:
+        raise _idx_error(path, f"wrong magic 0x{magic.hex()}: expected 0x00000801 (labels, 1-D) or "
+                               f"0x00000803 (images, 3-D), got {ndim} dimensions")
+    dims = np.frombuffer(_read_exact(f, 4 * ndim, path, "header"), dtype=">i4")
+    if (dims <= 0).any():
+        raise _idx_error(path, f"dimensions must be positive, got {tuple(int(d) for d in dims)}")
+    return tuple(int(d) for d in dims)
+
+
+def _read_gz_payload(f, count, path):
+    """Read exactly ``count`` bytes in bounded chunks (never trusting ``count`` to allocate)."""
+    buf = bytearray()
+    while len(buf) < count:
+        piece = f.read(min(IDX_READ_CHUNK, count - len(buf)))
+        if not piece:
+            raise _idx_error(path, f"truncated: header claims {count} data bytes, found {len(buf)}")
+        buf += piece
+    extra = len(f.read(IDX_READ_CHUNK))
+    if extra:
+        raise _idx_error(path, f"oversized: {'at least ' if extra == IDX_READ_CHUNK else ''}{extra} "
+                               f"bytes after the {count} data bytes the header claims")
+    return np.frombuffer(buf, dtype=np.uint8)
+
+
+def read_idx(path):
+    """Read an IDX file (plain, or gzip if the name ends in ``.gz``), CONVENTIONS §9.
+
+    Only uint8 images (magic ``0x00000803``, 3-D) and labels (``0x00000801``, 1-D)
+    are accepted; dimensions are big-endian int32 and must be positive, and the
+    payload must be exactly their product in bytes.  A plain file's size is
+    checked before anything is allocated; a ``.gz`` stream is read in bounded
+    chunks, so a header claiming 10^12 images fails at the end of the data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    ndarray, uint8, shape (n, rows, cols) or (n,)
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the mismatch: wrong magic, unsupported dtype code,
+        non-positive dimensions, truncated or oversized payload, bad gzip data.
+    """
+    path = os.fspath(path)
+    if path.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                shape = _read_header(f, path)
+                data = _read_gz_payload(f, math.prod(shape), path)
+        except (OSError, EOFError, zlib.error) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise _idx_error(path, f"bad gzip data ({err})") from err
+        return data.reshape(shape)
+    with open(path, "rb") as f:
+        shape = _read_header(f, path)
+        header = 4 + 4 * len(shape)
+        count = math.prod(shape)
+        actual = os.fstat(f.fileno()).st_size - header
+        if actual < count:
+            raise _idx_error(path, f"truncated: header claims {count} data bytes, file has {actual}")
+        if actual > count:
+            raise _idx_error(path, f"oversized: {actual - count} bytes after the {count} data bytes "
+                                   f"the header claims")
+        return np.fromfile(f, dtype=np.uint8, count=count).reshape(shape)
+
+
+def write_idx(path, array):
+    """Write a uint8 array as an IDX file, atomically; gzip if ``path`` ends in ``.gz``.
+
+    Written through :func:`stnref._io.atomic_open` (a temporary file in the same
+    directory, flushed, fsynced and renamed over ``path``), so a crash never
+    leaves a partial file.  A ``.gz`` file has a zero gzip timestamp, so the
+    same array always gives the same bytes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    array : ndarray, uint8, shape (n, rows, cols) or (n,), no zero dimension
+    """
+    fn = "write_idx"
+    path = os.fspath(path)
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8:
+        got = (f"array of dtype {array.dtype}" if isinstance(array, np.ndarray)
+               else type(array).__name__)
+        raise TypeError(f"{fn}(): expected array of dtype uint8, got {got}")
+    if array.ndim not in IDX_NDIMS or 0 in array.shape:
+        raise ValueError(f"{fn}(): expected array of shape (n,) or (n, rows, cols) with no zero "
+                         f"dimension, got {array.shape}")
+    header = bytes([0, 0, IDX_UINT8, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    payload = np.ascontiguousarray(array).tobytes()
+    with atomic_open(path) as raw:
+        if path.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+                f.write(header)
+                f.write(payload)
+        else:
+            raw.write(header)
+            raw.write(payload)
+
+
+def _find_mnist_file(directory, stem):
+    for name in (stem, stem + ".gz"):
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_mnist(directory):
+    """Load the four MNIST IDX files (plain or ``.gz``) from ``directory``.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+        ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally
+        with ``.gz`` (a plain file is preferred when both exist).
+
+    Returns
+    -------
+    x_train : ndarray, shape (n_train, rows, cols), float32 in [0, 1]
+    y_train : ndarray, shape (n_train,), int64
+    x_test : ndarray, shape (n_test, rows, cols), float32 in [0, 1]
+    y_test : ndarray, shape (n_test,), int64
+
+    Raises
+    ------
+    FileNotFoundError
+        Listing every missing file.
+    ValueError
+        A bad IDX file, images/labels count mismatch, labels outside 0-9,
+        image files of the wrong rank.
+    """
+    fn = "load_mnist"
+    directory = os.fspath(directory)
+    found = {key: _find_mnist_file(directory, stem) for key, stem in MNIST_FILES.items()}
+    missing = [MNIST_FILES[k] + "[.gz]" for k, v in found.items() if v is None]
+    if missing:
+        raise FileNotFoundError(f"{fn}(): missing in {directory!r}: {', '.join(missing)}")
+    out = []
+    for split in ("train", "test"):
+        img_path, lab_path = found[f"{split}_images"], found[f"{split}_labels"]
+        images, labels = read_idx(img_path), read_idx(lab_path)
+        if images.ndim != 3 or labels.ndim != 1:
+            raise ValueError(f"{fn}(): expected 3-D images in {img_path!r} and 1-D labels in "
+                             f"{lab_path!r}, got shapes {images.shape} and {labels.shape}")
+        if len(images) != len(labels):
+            raise ValueError(f"{fn}(): {img_path!r} has {len(images)} images but {lab_path!r} "
+                             f"has {len(labels)} labels")
+        if labels.max() >= NUM_CLASSES:
+            raise ValueError(f"{fn}(): labels in {lab_path!r} must be 0-9, got {int(labels.max())}")
+        out += [images.astype(np.float32) / np.float32(PIXEL_MAX), labels.astype(np.int64)]
+    return tuple(out)

@@ -1,0 +1,116 @@
+"""Element-wise layers: ReLU, Tanh and Dropout.  Derivations: docs/derivations/layers.md."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .._checks import float_array
+from .module import Module, _check_grad_shape, _check_rng
+
+
+def relu(x):
+    """``max(x, 0)`` elementwise, dtype of ``x``; NaN and ``-0.0`` pass through, as PyTorch."""
+    x = float_array(x, "x", "relu")
+    return np.where(x < 0, x.dtype.type(0), x)
+
+
+# Backward of y = max(x, 0): dx = 0 where x <= 0, else dy -- 0 at x == 0 and dy at NaN,
+# as PyTorch's threshold_backward.
+def relu_backward(dy, x):
+    """Gradient of :func:`relu` with respect to ``x``."""
+    x = float_array(x, "x", "relu_backward")
+    dy = float_array(dy, "dy", "relu_backward")
+    _check_grad_shape(dy, x.shape, "relu_backward")
+    return np.where(x <= 0, 0, dy).astype(x.dtype, copy=False)
+
+
+def tanh(x):
+    """Hyperbolic tangent elementwise, dtype of ``x``."""
+    return np.tanh(float_array(x, "x", "tanh"))
+
+
+# Backward of y = tanh(x): dx = dy (1 - tanh(x)^2).
+def tanh_backward(dy, x):
+    """Gradient of :func:`tanh` with respect to ``x``."""
+    x = float_array(x, "x", "tanh_backward")
+    dy = float_array(dy, "dy", "tanh_backward")
+    _check_grad_shape(dy, x.shape, "tanh_backward")
+    y = np.tanh(x)
+    return (dy * (1 - y * y)).astype(x.dtype, copy=False)
+
+
+class _Elementwise(Module):
+    """A parameter-free layer ``y = f(x)`` applied entry by entry; any shape."""
+
+    def __init__(self):
+        super().__init__()
+        self._x = None
+
+    def forward(self, x):
+        y = self._forward(x)
+        self._x = x
+        return y
+
+    def backward(self, dy):
+        return self._backward(dy, self._saved(f"{type(self).__name__}.backward"))
+
+
+class ReLU(_Elementwise):
+    """Rectified linear unit (torch.nn.ReLU); any shape; gradient 0 at 0."""
+
+    _forward = staticmethod(relu)
+    _backward = staticmethod(relu_backward)
+
+
+class Tanh(_Elementwise):
+    """Hyperbolic tangent (torch.nn.Tanh); any shape."""
+
+    _forward = staticmethod(tanh)
+    _backward = staticmethod(tanh_backward)
+
+
+class Dropout(Module):
+    """Inverted dropout (torch.nn.Dropout): zero each entry with probability ``p``.
+
+    In training, ``y = x * mask / (1 - p)`` with ``mask ~ Bernoulli(1 - p)``
+    drawn from ``rng``; in evaluation the identity.  ``p = 1`` gives zeros.
+
+    Parameters
+    ----------
+    p : float in [0, 1]
+    rng : numpy.random.Generator, optional
+        ``None`` means ``default_rng(0)``; the same seed gives the same masks.
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+            raise TypeError(f"Dropout(): expected p to be a float, got {type(p).__name__} {p!r}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout(): expected 0 <= p <= 1, got {p}")
+        self.p = float(p)
+        self.rng = _check_rng(rng, "Dropout")
+        self._scale_mask = None
+        self._x = None
+
+    def forward(self, x):
+        x = float_array(x, "x", "Dropout.forward")
+        self._x = x
+        if not self.training or self.p == 0.0:
+            self._scale_mask = None
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        self._scale_mask = np.where(keep, scale, 0.0).astype(x.dtype)
+        return x * self._scale_mask
+
+    # Backward of y = x * m / (1 - p): dx = dy * m / (1 - p) (same mask).
+    def backward(self, dy):
+        x = self._saved("Dropout.backward")
+        dy = float_array(dy, "dy", "Dropout.backward")
+        _check_grad_shape(dy, x.shape, "Dropout.backward")
+        if self._scale_mask is None:
+            return dy
+        return dy * self._scale_mask
