@@ -149,3 +149,41 @@ def check_size(size, name, fn, lengths):
             raise ValueError(f"{fn}(): expected {name} entries >= 1, got {tuple(size)}")
         out.append(int(s))
     return tuple(out)
+
+
+def check_U_grid(U, grid, fn, ndims):
+    """``U`` and its sampling ``grid`` as float arrays of matching rank, batch and dtype.
+
+    ``U`` is ``(N, C, H, W)`` (or ``(N, C, D, H, W)`` if 5 is in ``ndims``) with
+    non-empty spatial axes; ``grid`` is ``(N, H_out, W_out, 2)`` (``(N, D_out,
+    H_out, W_out, 3)``).
+    """
+    U = float_array(U, "U", fn)
+    grid = float_array(grid, "grid", fn)
+    layouts = {4: "(N, C, H_in, W_in)", 5: "(N, C, D_in, H_in, W_in)"}
+    check_ndim(U, "U", fn, ndims, " or ".join(layouts[n] for n in ndims))
+    k = U.ndim - 2
+    layout = "(N, H_out, W_out, 2)" if k == 2 else "(N, D_out, H_out, W_out, 3)"
+    if grid.ndim != U.ndim or grid.shape[-1] != k:
+        raise ValueError(
+            f"{fn}(): expected grid of shape {layout} for {U.ndim}-D U, got {grid.shape}"
+        )
+    if grid.shape[0] != U.shape[0]:
+        raise ValueError(
+            f"{fn}(): expected grid with batch N={U.shape[0]} like U, got {grid.shape[0]} "
+            f"(grid {grid.shape}, U {U.shape})"
+        )
+    if min(U.shape[2:]) < 1:
+        raise ValueError(f"{fn}(): expected U with non-empty spatial dimensions, got {U.shape}")
+    check_same_dtype(U, "U", grid, "grid", fn)
+    return U, grid
+
+
+def check_dV(dV, U, grid, fn):
+    """``dV`` with the sampler output's shape ``(N, C, *grid spatial)`` and ``U``'s dtype."""
+    dV = float_array(dV, "dV", fn)
+    expected = (U.shape[0], U.shape[1], *grid.shape[1:-1])
+    if dV.shape != expected:
+        raise ValueError(f"{fn}(): expected dV of shape {expected}, got {dV.shape}")
+    check_same_dtype(dV, "dV", U, "U", fn)
+    return dV

@@ -1,13 +1,19 @@
 """The differentiable sampler (paper §3.3): ``V = grid_sample(U, grid)`` and its backward.
 
-One pipeline serves every kernel, padding and dimension:
+This is the engineered version of :func:`stnref.equations.sample` and
+:func:`stnref.equations.sample_backward` -- eqs. (3)-(7) as plain code, which
+visit every input pixel for every output pixel.  It computes the same numbers
+(tested to 1e-12) and follows PyTorch's ``grid_sample`` to the last rounding
+rule (docs/conventions.md §3-6); ``docs/sampler.md`` derives it from the plain
+version step by step.  One pipeline serves every kernel, padding and dimension:
 
 1. unnormalise each grid coordinate to a pixel coordinate ``ix`` (``iy``, ``iz``)
    with the arithmetic of PyTorch's CPU kernel for that dimension (``_FLAVOURS``);
 2. bilinear / nearest: apply the padding to the continuous coordinate
    (``_PADDINGS``), keeping its derivative multiplier;
-3. the kernel (``_KERNELS``) turns the coordinate into integer taps with weights
-   ``w(t)`` and derivatives ``dw/dt``; bicubic pads each integer tap instead;
+3. the kernel (``_KERNELS``) turns the coordinate into the few integer taps where
+   ``k(x_s - m)`` is non-zero, with weights ``w(t)`` and derivatives ``dw/dt``;
+   bicubic pads each integer tap instead;
 4. taps index a copy of ``U`` surrounded by a zero ring as wide as the kernel
    (``_planes``), so every tap is in bounds and an out-of-range tap reads 0;
    with zeros padding, far-away coordinates are clamped into the ring;
@@ -17,9 +23,9 @@ One pipeline serves every kernel, padding and dimension:
    one axis at a time (``_contract``).
 
 Points are processed in chunks of ``CHUNK``, so temporaries stay small.  The
-backward re-gathers the taps for ``dgrid`` and scatters ``dV`` back with a
-sparse product ``dU = S^T dV`` (duplicate points accumulate).  Derivations:
-``docs/derivations/sampling.md``; conventions (PyTorch's): ``CONVENTIONS.md`` §3-6.
+backward re-gathers the taps for ``dgrid`` (eq. 7) and scatters ``dV`` back with
+a sparse product ``dU = S^T dV`` (eq. 6; duplicate points accumulate).
+Derivations: ``docs/derivations/sampling.md``.
 """
 from __future__ import annotations
 
@@ -288,42 +294,16 @@ _KERNELS = {
 
 
 def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
-    U = _checks.float_array(U, "U", fn)
-    grid = _checks.float_array(grid, "grid", fn)
-    _checks.check_ndim(U, "U", fn, (4, 5), "(N, C, H_in, W_in) or (N, C, D_in, H_in, W_in)")
-    k = U.ndim - 2
-    layout = "(N, H_out, W_out, 2)" if k == 2 else "(N, D_out, H_out, W_out, 3)"
-    if grid.ndim != U.ndim or grid.shape[-1] != k:
-        raise ValueError(
-            f"{fn}(): expected grid of shape {layout} for {U.ndim}-D U, got {grid.shape}"
-        )
-    if grid.shape[0] != U.shape[0]:
-        raise ValueError(
-            f"{fn}(): expected grid with batch N={U.shape[0]} like U, got {grid.shape[0]} "
-            f"(grid {grid.shape}, U {U.shape})"
-        )
-    if min(U.shape[2:]) < 1:
-        raise ValueError(f"{fn}(): expected U with non-empty spatial dimensions, got {U.shape}")
-    _checks.check_same_dtype(U, "U", grid, "grid", fn)
+    U, grid = _checks.check_U_grid(U, grid, fn, (4, 5))
     _checks.check_choice(mode, "mode", fn, _KERNELS)
     _checks.check_choice(padding_mode, "padding_mode", fn, _PADDINGS)
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
-    if k not in _KERNELS[mode].dims:
+    if U.ndim - 2 not in _KERNELS[mode].dims:
         raise ValueError(f"{fn}(): mode={mode!r} supports 4-D input only, got {U.ndim}-D U {U.shape}")
     _checks.check_budget((U.shape[0], U.shape[1], *grid.shape[1:-1]), fn, "V")
     # U may be a broadcast view: its zero-ringed copy (and dU) are real allocations
     _checks.check_budget((U.shape[0], U.shape[1], *_padded_shape(U.shape, mode)), fn, "padded U")
     return U, grid, align_corners
-
-
-def _check_dV(dV, U, grid, fn):
-    """``dV`` must have the forward output's shape ``(N, C, *grid spatial)`` and U's dtype."""
-    dV = _checks.float_array(dV, "dV", fn)
-    expected = (U.shape[0], U.shape[1], *grid.shape[1:-1])
-    if dV.shape != expected:
-        raise ValueError(f"{fn}(): expected dV of shape {expected}, got {dV.shape}")
-    _checks.check_same_dtype(dV, "dV", U, "U", fn)
-    return dV
 
 
 # --------------------------------------------------------------------------- taps
@@ -643,7 +623,8 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
 
     Notes
     -----
-    Matches ``torch.nn.functional.grid_sample`` (rules: ``CONVENTIONS.md`` §3-5).
+    Matches ``torch.nn.functional.grid_sample`` (rules: docs/conventions.md §3-5).
+    The plain version of eq. (3) is :func:`stnref.equations.sample`.
 
     Examples
     --------
@@ -714,7 +695,8 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     -----
     Matches PyTorch's ``grid_sampler_2d_backward`` / ``grid_sampler_3d_backward``,
     including one-sided derivatives at integer pixel positions and zero
-    multipliers on clip borders (``CONVENTIONS.md`` §3-4, §6).
+    multipliers on clip borders (docs/conventions.md §3-4, §6).  Eqs. (6) and (7)
+    as the paper writes them: :func:`stnref.equations.sample_backward`.
     """
     return _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept=None)
 
@@ -724,7 +706,7 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
     ``U`` and ``grid`` (None: recompute them)."""
     fn = "grid_sample_backward"
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
-    dV = _check_dV(dV, U, grid, fn)
+    dV = _checks.check_dV(dV, U, grid, fn)
     need_dU = _checks.check_bool(need_dU, "need_dU", fn)
 
     N, C = U.shape[:2]

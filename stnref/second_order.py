@@ -9,13 +9,13 @@ the normalised grid coordinates ``g_a`` (``a`` = x, y[, z]).  The sampler is
     V[m, c] = sum_t W[m, t] U_rows[rows[m, t], c]                       (paper eq. 3)
 
 which is linear in ``U`` and smooth in ``grid`` between the kinks of
-``CONVENTIONS.md`` §3-4 (integer pixel positions, clip borders, reflection
+docs/conventions.md §3-4 (integer pixel positions, clip borders, reflection
 folds); at a kink every derivative here is the one-sided one the first-order
 backward uses, so the functions below are exact derivatives of
 :func:`stnref.grid_sample_backward` as written.  Derivations:
 ``docs/derivations/second_order.md``.
 
-Non-finite grid points follow ``CONVENTIONS.md`` §5 at every order: NaN in the
+Non-finite grid points follow docs/conventions.md §5.2 at every order: NaN in the
 output and in every grid-shaped result at that point, no contribution to any
 ``U``-shaped result.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse
 
 from . import _checks, grids
-from .sampling import _check_dV, _check_inputs, _padded_rows, _plan, _to_channels_first
+from .sampling import _check_inputs, _padded_rows, _plan, _to_channels_first
 
 __all__ = [
     "affine_grid_jvp",
@@ -203,7 +203,7 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     ``g_dV = grid_sample(g_dU, grid)``.  No error is raised.
     Derivatives at kinks are the one-sided ones of the first-order backward.
     Grid points with a non-finite coordinate: NaN in ``g_dV`` and ``g_grid``,
-    no contribution to ``g_U`` (``CONVENTIONS.md`` §5).  Matches PyTorch's
+    no contribution to ``g_U`` (docs/conventions.md §5.2).  Matches PyTorch's
     double backward of ``grid_sample`` (float64, all modes and paddings).
 
     Examples
@@ -219,7 +219,7 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     """
     fn = "grid_sample_double_backward"
     U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
-    dV = _check_dV(dV, U, grid, fn)
+    dV = _checks.check_dV(dV, U, grid, fn)
     g_dU = _check_like(g_dU, U, "g_dU", "U", fn)
     g_dgrid = _check_like(g_dgrid, grid, "g_dgrid", "grid", fn)
 
