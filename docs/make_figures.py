@@ -65,7 +65,7 @@ def digit(side=SIDE, label=DIGIT_LABEL):
 
 
 def to_pixels(grid, size, align_corners=False):
-    """Normalised ``(x, y)`` to pixel ``(column, row)``: CONVENTIONS.md §3's unnormalisation."""
+    """Normalised ``(x, y)`` to pixel ``(column, row)``: docs/conventions.md §3.1's unnormalisation."""
     H, W = size
     scale = np.array([W, H], dtype=float)
     if align_corners:

@@ -6,7 +6,7 @@ array, against the golden one.  Every op of the package is covered -- the four
 grid generators and their backward, the 4-D and 5-D sampler with its backward
 for every mode, padding and ``align_corners``, the sampler's JVP and double
 backward -- in general position, plus edge cases that each pin one convention
-rule of ``CONVENTIONS.md`` (integer knots, border clips, reflection folds,
+rule of docs/conventions.md (integer knots, border clips, reflection folds,
 half-pixel bands, non-finite and huge coordinates, duplicate sample points,
 size-1 axes, nearest ties, the projective horizon).
 
@@ -44,7 +44,7 @@ SUPPORTED_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "stnref-golden"
 # Tolerances per dtype: |result - golden| <= atol * scale + rtol * |golden| elementwise, with
-# scale = max(1, max |golden|) of that array.  float64: CONVENTIONS §6 parity target.
+# scale = max(1, max |golden|) of that array.  float64: the parity target of docs/conventions.md §6.3.
 # float32: a few ulps of float32 on O(1) data, for a kernel computing in float32.
 TOLERANCES = {"float64": {"rtol": 1e-10, "atol": 1e-10}, "float32": {"rtol": 1e-5, "atol": 1e-5}}
 GENERAL_RANGE = 1.4        # general-position grids: normalised coordinates uniform in +-1.4
@@ -67,29 +67,29 @@ OP_ARRAYS = {
     "grid_sample_double_backward": ("U", "grid", "dV", "g_dU", "g_dgrid"),
 }
 
-# The convention each edge-case family pins (CONVENTIONS.md sections in brackets).
+# The convention each edge-case family pins (sections of docs/conventions.md in brackets).
 RULES = {
     "general": None,
     "integer-knots": "integer pixel coordinates: taps floor(i), floor(i)+1 and the right-sided "
-                     "derivative; bicubic tap set changes; zeros taps entering [0, size-1] (§4)",
+                     "derivative; bicubic tap set changes; zeros taps entering [0, size-1] (docs/conventions.md §3.2, §4.1, §4.3)",
     "border-clips": "border: clip to [0, size-1], clip gradient multiplier 0 at i <= 0 and "
-                    "i >= size-1 (inclusive); bicubic clips each tap, not the coordinate (§3-4)",
+                    "i >= size-1 (inclusive); bicubic clips each tap, not the coordinate (docs/conventions.md §3.3, §4.3)",
     "reflection-folds": "reflection about pixel centres (align_corners) or edges, fold sign +-1, "
-                        "several periods; bicubic reflects each tap (§3-4)",
+                        "several periods; bicubic reflects each tap (docs/conventions.md §3.4, §4.3)",
     "half-pixel-bands": "reflection without align_corners: i in [-0.5, 0) or (size-1, size-0.5] "
-                        "takes the edge value with zero grid gradient (§3)",
+                        "takes the edge value with zero grid gradient (docs/conventions.md §3.5)",
     "non-finite": "NaN/inf coordinate: NaN in every channel of V and in dgrid at that point, no "
-                  "contribution to dU (stnref rule; PyTorch differs or crashes) (§5)",
+                  "contribution to dU (stnref rule; PyTorch differs or crashes) (docs/conventions.md §5.2)",
     "huge-coordinates": "finite coordinates of any magnitude are simply out of range; no index "
-                        "overflow (§5)",
+                        "overflow (docs/conventions.md §5.1)",
     "duplicate-points": "sample points sharing pixels: dU accumulates over every point "
-                        "(scatter-add, never a[idx] += w) (§6)",
+                        "(scatter-add, never a[idx] += w) (docs/conventions.md §6.2)",
     "size-1-axes": "size-1 axis: align_corners=True unnormalises to 0 with zero grid gradient; "
-                   "reflection/border of one pixel (§2-3)",
-    "nearest-ties": "nearest rounds half to even (np.rint): 0.5, 1.5, 2.5 -> 0, 2, 2 (§4)",
+                   "reflection/border of one pixel (docs/conventions.md §2.1, §3.6)",
+    "nearest-ties": "nearest rounds half to even (np.rint): 0.5, 1.5, 2.5 -> 0, 2, 2 (docs/conventions.md §4.2)",
     "projective-horizon": "projective: points with w' <= 0 go to (PROJECTIVE_FAR, PROJECTIVE_FAR) "
-                          "with zero gradient (§2)",
-    "float32": "float32 in, float32 out, computed in float32 (§1)",
+                          "with zero gradient (docs/conventions.md §2.3)",
+    "float32": "float32 in, float32 out, computed in float32 (docs/conventions.md §1.4)",
 }
 
 
@@ -167,7 +167,7 @@ def compute_outputs(op, options, arrays):
 # --------------------------------------------------------------------------- case inputs
 
 def _normalize(i, size, align_corners):
-    """Pixel coordinate -> normalised coordinate (inverse of CONVENTIONS §3's unnormalisation)."""
+    """Pixel coordinate -> normalised coordinate (inverse of docs/conventions.md §3.1's unnormalisation)."""
     i = np.asarray(i, dtype=np.float64)
     if align_corners:
         return np.zeros_like(i) if size == 1 else 2 * i / (size - 1) - 1

@@ -3,7 +3,7 @@
 ``V_i^c = sum_{taps} U^c[tap] k(x_i - tap_x) k(y_i - tap_y) [k(z_i - tap_z)]``
 
 written as plain Python loops over batch, grid points, channels and taps, in
-scalar ``math`` arithmetic, straight from ``CONVENTIONS.md`` §3-4 and
+scalar ``math`` arithmetic, straight from docs/conventions.md §3-4 and
 independently of ``stnref.sampling`` (the numpy-ml ``_backward_naive`` idea):
 
 * bilinear is eq. (5) literally, ``max(0, 1 - |x - m|)`` summed over every
@@ -42,7 +42,7 @@ def tent(d):
 
 
 def unnormalize(x, size, align_corners):
-    """Normalised coordinate -> pixel coordinate (CONVENTIONS §3)."""
+    """Normalised coordinate -> pixel coordinate (docs/conventions.md §3.1)."""
     if align_corners:
         return (x + 1) / 2 * (size - 1)
     return ((x + 1) * size - 1) / 2

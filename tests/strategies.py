@@ -10,7 +10,7 @@ reproducible and shrinking acts on the seed and the shape.
 Finite-difference checks need points on the smooth pieces of the sampler.
 :func:`kink_distance` measures, per grid point, how far (in pixels) the point
 is from the nearest place where the sampler is not smooth, following
-``CONVENTIONS.md`` §3-4 (see :func:`kinks_of` for the list and its derivation);
+docs/conventions.md §3-4 (see :func:`kinks_of` for the list and its derivation);
 grids with ``away_from_kinks=True`` redraw every point closer than
 :data:`KINK_MARGIN`.
 """
@@ -49,7 +49,7 @@ def combo_id(combo):
 # --------------------------------------------------------------------------- pixel coordinates
 
 def unnormalize(x, size, align_corners):
-    """CONVENTIONS §3: normalised coordinate -> pixel coordinate ``i``."""
+    """docs/conventions.md §3.1: normalised coordinate -> pixel coordinate ``i``."""
     x = np.asarray(x, dtype=np.float64)
     if align_corners:
         return (x + 1) / 2 * (size - 1)
@@ -120,7 +120,7 @@ def kinks_of(size, mode, padding_mode, align_corners):
 
 
 def padded_coordinate(i, size, padding_mode, align_corners):
-    """CONVENTIONS §3 image of ``i`` under the padding (bilinear / nearest), float64.
+    """docs/conventions.md §3.2-3.5: image of ``i`` under the padding (bilinear / nearest), float64.
 
     Written from the rule, independently of ``stnref.sampling``: reflect into
     ``[low, low + span]`` by a floored modulo of period ``2 span``, then clip.

@@ -1,4 +1,4 @@
-"""One test per rule of ``CONVENTIONS.md`` §1-6, named after the rule.
+"""One test per rule of docs/conventions.md §1-6, named after its section.
 
 The rules about kinks (integer knots, clip borders, folds, half-pixel bands,
 rounding ties) are checked here at the kink itself with exact known values;

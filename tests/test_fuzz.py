@@ -1003,7 +1003,7 @@ def test_non_finite_theta_rejected(name, bad):
 @pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_grid_point_is_nan_everywhere_and_only_there(mode, padding_mode, bad):
-    """CONVENTIONS §5: NaN in every channel of V and in dgrid at that point, nothing in dU."""
+    """docs/conventions.md §5.2: NaN in every channel of V and in dgrid at that point, nothing in dU."""
     U, grid = _U(), _grid()
     grid[1, 2, 3, 0] = bad
     CASES["non-finite grid"] += 1

@@ -43,7 +43,7 @@ def _noisy_theta(transform, n, rng, noise=NOISE):
 
 
 def _unnormalised(grid, size, align_corners):
-    """Pixel coordinates (CONVENTIONS.md §3) of a grid (N, H, W, 2) for an input of ``size``."""
+    """Pixel coordinates (docs/conventions.md §3.1) of a grid (N, H, W, 2) for an input of ``size``."""
     widths = np.array([size[3], size[2]], dtype=np.float64)
     if align_corners:
         return (grid + 1) / 2 * (widths - 1)

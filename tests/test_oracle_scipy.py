@@ -1,6 +1,6 @@
-"""Forward oracle for bilinear and nearest: ``scipy.ndimage.map_coordinates`` (CONVENTIONS §7).
+"""Forward oracle for bilinear and nearest: ``scipy.ndimage.map_coordinates`` (docs/conventions.md §7.2).
 
-The grid is unnormalised (CONVENTIONS §3) to pixel coordinates and handed to
+The grid is unnormalised (docs/conventions.md §3.1) to pixel coordinates and handed to
 scipy in array-axis order ``(row, col)`` / ``(depth, row, col)``, i.e. the grid's
 ``(x, y, z)`` reversed.  The padding modes map one to one:
 

@@ -27,7 +27,7 @@ FD_EPS = 1e-6      # central-difference step on every argument (float64)
 FD_ATOL = 1e-6     # truncation ~eps^2 * third derivative, rounding ~1e-16 / eps
 FD_RTOL = 1e-5
 EXACT_RTOL = 1e-12  # transpose identities and symmetries: equal up to summation order
-TORCH_TOL = 1e-10   # CONVENTIONS §6 parity target, relative to the result's scale
+TORCH_TOL = 1e-10   # docs/conventions.md §6.3 parity target, relative to the result's scale
 COMBOS = combos()
 
 

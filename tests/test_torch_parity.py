@@ -1,11 +1,11 @@
-"""Parity with torch.nn.functional.grid_sample (CONVENTIONS §6): forward, dU and dgrid.
+"""Parity with torch.nn.functional.grid_sample (docs/conventions.md §6.3): forward, dU and dgrid.
 
 Every kernel x padding x align_corners x dimension combination, on
 hypothesis-drawn shapes and *kinky* finite grids: exact integer and
 half-integer pixel positions, reflection folds, clip borders and points far
 outside [-3, 3] (up to 1e3, and 1e30 separately).  Both implementations follow
 the same one-sided rules at kinks, so parity must hold there too.  Non-finite
-grids are excluded: PyTorch's CPU backward crashes on them (CONVENTIONS §5).
+grids are excluded: PyTorch's CPU backward crashes on them (docs/conventions.md §5.2).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from strategies import Case, combo_id, combos, sampler_cases
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-PARITY_TOL = 1e-10   # float64, relative to the output's scale (CONVENTIONS §6)
+PARITY_TOL = 1e-10   # float64, relative to the output's scale (docs/conventions.md §6.3)
 F32_TOL = 1e-5       # float32 forward, relative to the data scale
 ALL = combos()
 ALL_IDS = [combo_id(c) for c in ALL]

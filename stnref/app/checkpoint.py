@@ -1,6 +1,6 @@
 """Checkpoints: ``.npz`` files of named arrays plus JSON metadata, written atomically.
 
-Format (``CONVENTIONS.md`` §8): a zip archive whose members are ``<name>.npy``
+Format (docs/conventions.md §8.3): a zip archive whose members are ``<name>.npy``
 arrays (names as in a PyTorch ``state_dict``: ``0.loc.1.weight``), readable by
 ``numpy.load``, plus the metadata as JSON in a 0-d unicode array under
 :data:`METADATA_KEY`.  The members are written with a fixed timestamp, in sorted

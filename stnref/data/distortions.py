@@ -37,7 +37,7 @@ TC_CROP_RANGE = ((MNIST_SIZE - MNIST_BOX) // 2, (MNIST_SIZE + MNIST_BOX) // 2 - 
 
 
 def _px_to_norm(size):
-    """Normalised units per pixel on an axis of ``size`` pixels (CONVENTIONS §3, no align_corners)."""
+    """Normalised units per pixel on an axis of ``size`` pixels (docs/conventions.md §3.1, no align_corners)."""
     return 2.0 / size
 
 

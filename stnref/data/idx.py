@@ -78,7 +78,7 @@ def _read_gz_payload(f, count, path):
 
 
 def read_idx(path):
-    """Read an IDX file (plain, or gzip if the name ends in ``.gz``), CONVENTIONS §9.
+    """Read an IDX file (plain, or gzip if the name ends in ``.gz``), docs/conventions.md §9.1.
 
     Only uint8 images (magic ``0x00000803``, 3-D) and labels (``0x00000801``, 1-D)
     are accepted; dimensions are big-endian int32 and must be positive, and the
