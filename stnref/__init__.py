@@ -1,14 +1,24 @@
 """stnref: Spatial Transformer Networks (Jaderberg et al., 2015) in vectorised NumPy.
 
 Every forward has a hand-derived backward; semantics follow PyTorch's
-``affine_grid`` / ``grid_sample`` exactly.  Map of the paper:
+``affine_grid`` / ``grid_sample`` exactly (docs/conventions.md).  Map of the paper:
 
+- eqs. (1)-(7) as plain code, the definition everything else is tested against:
+  :mod:`stnref.equations`
 - §3.1 localisation networks: :mod:`stnref.localisation`
 - §3.2 grid generators: :func:`affine_grid`, :func:`attention_grid`,
-  :func:`projective_grid`, :func:`tps_grid` (registry: :data:`TRANSFORMS`)
-- §3.3 sampler: :func:`grid_sample`, :func:`grid_sample_backward`
-- §3.4 the layer and the paper's networks: :mod:`stnref.transformer`
-- §4.1 data and training: :mod:`stnref.data`, :mod:`stnref.app.train`, the ``stnref`` CLI
+  :func:`projective_grid`, :func:`tps_grid` (:mod:`stnref.grids`); by name:
+  :data:`TRANSFORMS` (:mod:`stnref.registry`)
+- §3.3 sampler: :func:`grid_sample`, :func:`grid_sample_backward` (:mod:`stnref.sampling`);
+  forward mode and double backward: :mod:`stnref.second_order`
+- §3.4 the spatial transformer layer: :class:`SpatialTransformer`, :class:`Parallel`
+  (:mod:`stnref.transformer`)
+- §4.1 the paper's networks: :func:`build_model` (:mod:`stnref.networks`); data:
+  :mod:`stnref.data`; layers, losses, optimisers: :mod:`stnref.nn`
+
+Tools: :func:`gradcheck` (finite differences), :mod:`stnref.reference` (golden vectors
+for other implementations), and the ``stnref`` command line with what it runs
+(training, checkpoints, experiments, demo, benchmarks) in :mod:`stnref.app`.
 """
 
 from ._checks import set_max_elements
@@ -40,7 +50,7 @@ from .second_order import (
 )
 from .transformer import Parallel, SpatialTransformer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MODEL_NAMES",

@@ -99,7 +99,7 @@ def test_readme_starts_with_the_setup_block():
 # Modules whose public names docs/api.md lists: ``__all__`` where defined, otherwise every
 # non-underscore function and class defined in the module itself.
 API_MODULES = (
-    "stnref", "stnref.grids", "stnref.sampling", "stnref.registry", "stnref.second_order",
+    "stnref", "stnref.equations", "stnref.grids", "stnref.sampling", "stnref.registry", "stnref.second_order",
     "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn",
     "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
     "stnref.app.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",
@@ -230,9 +230,7 @@ def test_doctests(modname):
 
 # ---------------------------------------------------------------------------- links
 
-MY_PAGES = ("index.md", "tutorial.md", "api.md", "pictures.md")
-# Pages other authors are writing; linked before they are committed.
-PENDING = {"results.md", "performance.md", "reliability.md"}
+PAGES = sorted([*DOCS.rglob("*.md"), ROOT / "README.md"])
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -248,16 +246,13 @@ def anchors(path):
     return found | set(re.findall(r'<a id="([^"]+)"></a>', text))
 
 
-@pytest.mark.parametrize("page", [*(DOCS / p for p in MY_PAGES), ROOT / "README.md"],
-                         ids=[*MY_PAGES, "README.md"])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_relative_links_resolve(page):
     for target in LINK.findall(FENCE.sub("", page.read_text(encoding="utf-8"))):
         if re.match(r"[a-z]+://", target):
             continue
         file_part, _, anchor = target.partition("#")
         path = (page.parent / file_part).resolve() if file_part else page
-        if path.name in PENDING and not path.exists():
-            continue
         assert path.exists(), f"{page.name}: broken link {target!r}"
         if anchor and path.suffix == ".md":
             assert anchor in anchors(path), f"{page.name}: no anchor {anchor!r} in {path.name}"
@@ -330,3 +325,9 @@ def test_figure_mistakes_are_real_mistakes(monkeypatch):
     rows = make_figures._mistakes()
     for _, U, _, right in rows[:2]:
         assert np.abs(right - U).max() < 1e-12
+
+
+def test_package_version_is_the_project_version_and_in_the_changelog():
+    declared = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert declared and declared.group(1) == stnref.__version__
+    assert f"## {stnref.__version__}" in (DOCS / "changelog.md").read_text(encoding="utf-8")
