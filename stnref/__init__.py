@@ -22,7 +22,7 @@ for other implementations), and the ``stnref`` command line with what it runs
 """
 
 from ._checks import set_max_elements
-from .app.checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .gradcheck import gradcheck
 from .grids import (
     PROJECTIVE_FAR,

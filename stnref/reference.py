@@ -15,7 +15,7 @@ differentiated with, and its outputs: for a sampler case ``U``, ``grid``,
 ``dV`` and ``V``, ``dU``, ``dgrid``.  The manifest names each array's role.
 Inputs come from a generator seeded by a hash of ``(version, case id)``, the
 ``.npz`` members are written uncompressed, sorted, with a fixed zip timestamp
-(:func:`stnref.app.checkpoint.save_checkpoint`), and the JSON with sorted keys, so
+(:func:`stnref.checkpoint.save_checkpoint`), and the JSON with sorted keys, so
 the same version always gives byte-identical files.  Guide:
 ``docs/kernel_authors.md``.
 """
@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _checks, grids
 from ._io import atomic_write_bytes
-from .app.checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint
 from .sampling import grid_sample, grid_sample_backward
 from .second_order import grid_sample_double_backward, grid_sample_jvp
 

@@ -7,8 +7,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from stnref.app import checkpoint
-from stnref.app.checkpoint import METADATA_KEY, load_checkpoint, load_into, save_checkpoint
+from stnref import checkpoint
+from stnref.checkpoint import METADATA_KEY, load_checkpoint, load_into, save_checkpoint
 from stnref.nn import Linear, ReLU, Sequential
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from stnref.app import cli
-from stnref.app.checkpoint import load_checkpoint
+from stnref.checkpoint import load_checkpoint
 from stnref.app.train import CHECKPOINT, METRICS, load_run
 
 EXIT_USAGE = 2

@@ -77,6 +77,8 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     ns = run_document(DOCS / "tutorial.md", tmp_path, monkeypatch)
     # The claims the text makes about its own output.
     assert tuple(map(int, ns["where"])) == (4, 17)   # +30 degrees in theta: the dot turns CCW
+    assert np.abs(ns["V_paper"] - ns["V_fast"]).max() < 1e-12          # eq. (3) as printed
+    assert np.abs(ns["dgrid_paper"] - ns["dgrid_fast"]).max() < 1e-12  # eqs. (6), (7)
     assert ns["result"].ok and ns["st_result"].ok
     assert ns["layer"].last_theta.shape == (8, 2, 3)
     assert len(ns["metrics"]["epochs"]) == 1
@@ -102,7 +104,7 @@ API_MODULES = (
     "stnref", "stnref.equations", "stnref.grids", "stnref.sampling", "stnref.registry", "stnref.second_order",
     "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn",
     "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
-    "stnref.app.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",
+    "stnref.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",
     "stnref.gradcheck", "stnref.reference", "stnref.app.bench", "stnref.app.plotting",
 )
 NUMPYDOC_SECTION = re.compile(r"^\s*(\w+)\n\s*-{3,}\s*$", re.MULTILINE)

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from stnref.app.checkpoint import load_checkpoint, save_checkpoint
+from stnref.checkpoint import load_checkpoint, save_checkpoint
 from stnref.app.train import (
     CHECKPOINT,
     METRICS,
@@ -338,7 +338,7 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     complete, no temp file is left, and resuming ends bit-identical to an uninterrupted run."""
     import errno
 
-    from stnref.app import checkpoint
+    from stnref import checkpoint
 
     config = _config(epochs=2)
     data, _ = _poisoned_data(config)

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 import stnref
 from stnref import nn
-from stnref.app.checkpoint import load_checkpoint, save_checkpoint
+from stnref.checkpoint import load_checkpoint, save_checkpoint
 from stnref.data import distort, read_idx, synthetic_digits, write_idx
 from stnref import nn as L
 from stnref.networks import build_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stnref.app import demo, experiment
-from stnref.app.checkpoint import load_checkpoint
+from stnref.checkpoint import load_checkpoint
 from stnref.data import load_dataset
 from stnref.app.train import (
     CHECKPOINT,

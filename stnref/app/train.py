@@ -30,7 +30,7 @@ from ..networks import MODEL_NAMES, build_model
 from ..nn import SGD, Adam, clip_grad_norm, cross_entropy
 from ..registry import TRANSFORMS
 from ..transformer import SpatialTransformer, localisation_prefixes
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"

@@ -22,8 +22,8 @@ import zipfile
 
 import numpy as np
 
-from .._io import FILE_MODE, atomic_open
-from ..nn import Module
+from ._io import FILE_MODE, atomic_open
+from .nn import Module
 
 __all__ = ["METADATA_KEY", "load_checkpoint", "load_into", "save_checkpoint"]
 
