@@ -31,11 +31,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import _checks, grids
-from ._io import atomic_write_bytes
-from .checkpoint import save_checkpoint
-from .sampling import grid_sample, grid_sample_backward
-from .second_order import grid_sample_double_backward, grid_sample_jvp
+from .. import _checks, grids
+from .._io import atomic_write_bytes
+from ..checkpoint import save_checkpoint
+from ..sampling import grid_sample, grid_sample_backward
+from ..second_order import grid_sample_double_backward, grid_sample_jvp
 
 __all__ = ["MANIFEST_NAME", "REFERENCE_VERSION", "check", "compute_outputs", "export", "load_cases"]
 
