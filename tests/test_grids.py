@@ -60,28 +60,6 @@ def _affine_fit_residual(grid):
     return np.abs(design @ coef - values).max()
 
 
-# --------------------------------------------------------------------------- affine vs torch
-
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("size", SIZES_2D + SIZES_3D)
-def test_affine_matches_torch(size, align_corners):
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(len(size) * 100 + sum(size))
-    theta = rng.standard_normal((size[0], len(size) - 2, len(size) - 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # torch's note on size-1 axes
-        expected = torch.nn.functional.affine_grid(
-            torch.from_numpy(theta), list(size), align_corners=align_corners
-        ).numpy()
-    got = affine_grid(theta, size, align_corners)
-    assert got.dtype == np.float64
-    np.testing.assert_allclose(got, expected, rtol=0, atol=EXACT)
-    got32 = affine_grid(theta.astype(np.float32), size, align_corners)
-    assert got32.dtype == np.float32
-    scale = np.abs(theta).sum(axis=-1).max()
-    np.testing.assert_allclose(got32, expected, rtol=0, atol=F32_TOL * scale)
-
-
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("size", [(2, 1, 3, 4), (1, 1, 1, 5), (2, 1, 2, 3, 2)])
 def test_affine_backward_gradcheck(size, align_corners):

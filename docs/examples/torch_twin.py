@@ -1,4 +1,4 @@
-"""PyTorch twins of stnref's ST-CNN and ST-FCN: same layers, same parameter names, same numbers.
+"""PyTorch twins of stnref's paper networks: same layers, same parameter names, same numbers.
 
 Usage::
 
@@ -86,6 +86,37 @@ def _conv_loc_side(side):
     return side // 2 - (LOC_KERNEL - 1)
 
 
+def _cnn_classifier(in_channels, side, filters, n_classes):
+    """conv 9x9 (c) -> ReLU -> max-pool 2 -> conv 7x7 (2c) -> ReLU -> max-pool 2 -> FC."""
+    k1, k2 = CNN_KERNELS
+    out = (side // 2) // 2
+    return [
+        nn.Conv2d(in_channels, filters, k1, padding=k1 // 2, dtype=DTYPE), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(filters, 2 * filters, k2, padding=k2 // 2, dtype=DTYPE), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * filters * out * out, n_classes, dtype=DTYPE),
+    ]
+
+
+def _fcn_classifier(n_in, hidden, n_classes):
+    """flatten -> FC h -> ReLU -> FC h -> ReLU -> FC."""
+    return [
+        nn.Flatten(),
+        nn.Linear(n_in, hidden, dtype=DTYPE), nn.ReLU(),
+        nn.Linear(hidden, hidden, dtype=DTYPE), nn.ReLU(),
+        nn.Linear(hidden, n_classes, dtype=DTYPE),
+    ]
+
+
+def _input_pool(input_size):
+    """``([avg-pool 2], side)``: inputs of 42 and more are pooled before the classifier."""
+    if input_size >= POOL_INPUT_FROM:
+        return [nn.AvgPool2d(2)], input_size // 2
+    return [], input_size
+
+
 def st_cnn(input_size=28, filters=32, n_classes=10, in_channels=1, transform="affine"):
     """The ST-CNN in PyTorch (float64), classifier widths ``filters`` and ``2 * filters``."""
     s = _conv_loc_side(input_size)
@@ -98,62 +129,55 @@ def st_cnn(input_size=28, filters=32, n_classes=10, in_channels=1, transform="af
         nn.Linear(LOC_FILTERS * s * s, LOC_HIDDEN, dtype=DTYPE), nn.ReLU(),
         nn.Linear(LOC_HIDDEN, THETA_SIZES[transform], dtype=DTYPE),
     )
-    layers = [TorchSpatialTransformer(loc, transform)]
-    side = input_size
-    if input_size >= POOL_INPUT_FROM:
-        layers.append(nn.AvgPool2d(2))
-        side //= 2
-    k1, k2 = CNN_KERNELS
-    out = (side // 2) // 2
-    layers += [
-        nn.Conv2d(in_channels, filters, k1, padding=k1 // 2, dtype=DTYPE), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(filters, 2 * filters, k2, padding=k2 // 2, dtype=DTYPE), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(2 * filters * out * out, n_classes, dtype=DTYPE),
-    ]
-    return nn.Sequential(*layers)
+    pool, side = _input_pool(input_size)
+    return nn.Sequential(TorchSpatialTransformer(loc, transform), *pool,
+                         *_cnn_classifier(in_channels, side, filters, n_classes))
 
 
 def st_fcn(input_size=28, hidden=128, n_classes=10, in_channels=1, transform="affine"):
     """The ST-FCN in PyTorch (float64), classifier hidden width ``hidden``."""
-    pooled = input_size >= POOL_INPUT_FROM
-    side = input_size // 2 if pooled else input_size
+    pool, side = _input_pool(input_size)
     n_in = in_channels * side * side
-    loc = ([nn.AvgPool2d(2)] if pooled else []) + [
-        nn.Flatten(),
-        nn.Linear(n_in, LOC_FC, dtype=DTYPE), nn.ReLU(),
-        nn.Linear(LOC_FC, LOC_FC, dtype=DTYPE), nn.ReLU(),
-        nn.Linear(LOC_FC, THETA_SIZES[transform], dtype=DTYPE),
-    ]
-    layers = [TorchSpatialTransformer(nn.Sequential(*loc), transform)]
-    if pooled:
-        layers.append(nn.AvgPool2d(2))
-    layers += [
-        nn.Flatten(),
-        nn.Linear(n_in, hidden, dtype=DTYPE), nn.ReLU(),
-        nn.Linear(hidden, hidden, dtype=DTYPE), nn.ReLU(),
-        nn.Linear(hidden, n_classes, dtype=DTYPE),
-    ]
-    return nn.Sequential(*layers)
+    loc = nn.Sequential(*_input_pool(input_size)[0], *_fcn_classifier(n_in, LOC_FC, THETA_SIZES[transform]))
+    return nn.Sequential(TorchSpatialTransformer(loc, transform), *pool,
+                         *_fcn_classifier(n_in, hidden, n_classes))
 
 
-def twin_of(name, state, input_size=28, n_classes=10, in_channels=1, transform="affine"):
+def cnn(input_size=28, filters=32, n_classes=10, in_channels=1):
+    """The baseline CNN in PyTorch (float64)."""
+    pool, side = _input_pool(input_size)
+    return nn.Sequential(*pool, *_cnn_classifier(in_channels, side, filters, n_classes))
+
+
+def fcn(input_size=28, hidden=128, n_classes=10, in_channels=1):
+    """The baseline FCN in PyTorch (float64)."""
+    pool, side = _input_pool(input_size)
+    return nn.Sequential(*pool, *_fcn_classifier(in_channels * side * side, hidden, n_classes))
+
+
+def twin_of(name, state, input_size=28, n_classes=10, in_channels=1, transform="affine", load=True):
     """Build the PyTorch twin of stnref's ``name`` model and load its ``state`` (strict).
 
     The classifier widths are read from ``state``: the first classifier layer
-    follows the transformer (and the average pool, for inputs >= 42).
+    follows the transformer (and the average pool, for inputs >= 42).  With
+    ``load=False`` the twin keeps PyTorch's own initialisation instead.
     """
-    first = 2 if input_size >= POOL_INPUT_FROM else 1
+    pooled = int(input_size >= POOL_INPUT_FROM)
+    first = pooled + (1 if name.startswith("st-") else 0)        # index of the classifier
     if name == "st-cnn":
         model = st_cnn(input_size, state[f"{first}.weight"].shape[0], n_classes, in_channels, transform)
     elif name == "st-fcn":
         model = st_fcn(input_size, state[f"{first + 1}.weight"].shape[0], n_classes, in_channels,
                        transform)
+    elif name == "cnn":
+        model = cnn(input_size, state[f"{first}.weight"].shape[0], n_classes, in_channels)
+    elif name == "fcn":
+        model = fcn(input_size, state[f"{first + 1}.weight"].shape[0], n_classes, in_channels)
     else:
-        raise ValueError(f"twin_of(): expected 'st-cnn' or 'st-fcn', got {name!r}")
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
+        raise ValueError(f"twin_of(): expected 'fcn', 'cnn', 'st-fcn' or 'st-cnn', got {name!r}")
+    if load:
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()},
+                              strict=True)
     return model
 
 
