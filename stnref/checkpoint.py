@@ -17,6 +17,7 @@ half-written checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 
@@ -32,6 +33,8 @@ METADATA_KEY = "__metadata__"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # Array dtype kinds a checkpoint may hold: bool, signed, unsigned, float, complex, unicode.
 ALLOWED_KINDS = "biufcU"
+# Deflate cannot expand data by more than about 1032:1; a member declaring more is lying.
+MAX_DEFLATE_RATIO = 1100
 
 
 def _check_arrays(arrays, fn):
@@ -116,6 +119,40 @@ def save_checkpoint(path, arrays, metadata):
             _write_member(zf, METADATA_KEY, np.array(text))
 
 
+def _check_members(path, fn):
+    """Check every member's ``.npy`` header against the bytes the member holds, before any
+    array is allocated: a header claiming 10^12 elements in a small file is refused here,
+    not discovered as a ``MemoryError`` (``docs/conventions.md`` §8.3)."""
+    if not zipfile.is_zipfile(path):
+        return  # numpy's reader names what it is instead (a bare .npy, a pickle, a cut file)
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            where = f"{fn}(): checkpoint {path!r}, member {info.filename!r}"
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"{where}: not an .npy array")
+            if info.compress_type != zipfile.ZIP_STORED and \
+                    info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
+                raise ValueError(f"{where}: declares {info.file_size} bytes from "
+                                 f"{info.compress_size} compressed, more than deflate can give")
+            with zf.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = read_header(member)
+                except ValueError as err:
+                    raise ValueError(f"{where}: bad .npy header: {err}") from err
+                header_bytes = member.tell()
+            if dtype.hasobject or dtype.kind not in ALLOWED_KINDS:
+                raise ValueError(f"{where}: dtype {dtype} is not allowed (numeric and unicode "
+                                 f"arrays only, never pickled objects)")
+            data_bytes = math.prod(shape) * dtype.itemsize
+            if data_bytes != info.file_size - header_bytes:
+                raise ValueError(f"{where}: header claims shape {shape} of {dtype} "
+                                 f"({data_bytes} bytes) but the member holds "
+                                 f"{info.file_size - header_bytes} bytes")
+
+
 def load_checkpoint(path):
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -140,6 +177,10 @@ def load_checkpoint(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ValueError(f"{fn}(): checkpoint file {path!r} does not exist")
+    try:
+        _check_members(path, fn)
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{fn}(): cannot read checkpoint {path!r}: {err}") from err
     try:
         with open(path, "rb") as f:  # ours to close, also when numpy fails half-way
             loaded = np.load(f, allow_pickle=False)

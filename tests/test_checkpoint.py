@@ -138,6 +138,48 @@ def test_pickles_and_object_arrays_are_never_loaded(tmp_path):
     _expect_rejected(objects, "[Oo]bject")
 
 
+def _write_zip(path, members, compress=zipfile.ZIP_STORED):
+    """A zip of raw member bytes (name -> bytes), as a hostile file would be built."""
+    with zipfile.ZipFile(path, "w", compression=compress) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def _npy_header(shape, descr="<f8"):
+    buf = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("compress", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_lying_array_header_is_refused_before_allocating(tmp_path, compress):
+    """A member whose header claims 10^12 elements is refused by name, never a MemoryError."""
+    path = tmp_path / "lying.npz"
+    meta = np.lib.format.header_data_from_array_1_0(np.array("{}"))
+    _write_zip(path, {"w.npy": _npy_header((10**6, 10**6)) + b"\0" * 64,
+                      f"{METADATA_KEY}.npy": _npy_header((), meta["descr"]) + "{}".encode("utf-32-le")},
+               compress)
+    _expect_rejected(path, r"member 'w.npy': header claims shape \(1000000, 1000000\)")
+
+
+def test_member_declaring_more_than_deflate_can_give_is_refused(tmp_path):
+    """A deflated member whose directory entry declares 2^31 bytes from a few compressed ones."""
+    path = tmp_path / "bomb.npz"
+    _write_zip(path, {"w.npy": _npy_header((4,)) + b"\0" * 32}, zipfile.ZIP_DEFLATED)
+    raw = bytearray(path.read_bytes())
+    size_at = raw.find(b"PK\x01\x02") + 24                  # uncompressed size, central directory
+    raw[size_at:size_at + 4] = (2**31).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    _expect_rejected(path, "member 'w.npy': declares 2147483648 bytes from .* more than deflate")
+
+
+def test_unexpected_member_is_refused(tmp_path):
+    path = tmp_path / "extra.npz"
+    _write_zip(path, {"notes.txt": b"hello"})
+    _expect_rejected(path, "member 'notes.txt': not an .npy array")
+
+
 def test_missing_or_bad_metadata(tmp_path):
     plain = tmp_path / "plain.npz"
     np.savez(plain, w=np.zeros(2))
