@@ -16,14 +16,14 @@ Every forward has a hand-derived backward; semantics follow PyTorch's
 - §4.1 the paper's networks: :func:`build_model` (:mod:`stnref.networks`); data:
   :mod:`stnref.data`; layers, losses, optimisers: :mod:`stnref.nn`
 
-Tools: :func:`gradcheck` (finite differences), :mod:`stnref.reference` (golden vectors
+Tools: :func:`gradcheck` and :func:`gradcheck_module` (finite differences), :mod:`stnref.reference` (golden vectors
 for other implementations), and the ``stnref`` command line with what it runs
 (training, checkpoints, experiments, demo, benchmarks) in :mod:`stnref.app`.
 """
 
 from ._checks import set_max_elements
 from .checkpoint import load_checkpoint, save_checkpoint
-from .gradcheck import gradcheck
+from .gradcheck import gradcheck, gradcheck_module
 from .grids import (
     PROJECTIVE_FAR,
     affine_grid,
@@ -68,6 +68,7 @@ __all__ = [
     "build_model",
     "get_transform",
     "gradcheck",
+    "gradcheck_module",
     "grid_sample",
     "grid_sample_backward",
     "grid_sample_double_backward",

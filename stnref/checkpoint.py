@@ -225,7 +225,7 @@ def load_into(module, arrays):
         raise TypeError(f"{fn}(): expected a stnref.nn.Module, got {type(module).__name__}")
     if not isinstance(arrays, dict):
         raise TypeError(f"{fn}(): expected arrays to be a dict, got {type(arrays).__name__}")
-    params = module.params
+    params = module.state_dict()  # every name, a shared parameter under each of its names
     missing = sorted(k for k in params if k not in arrays)
     unexpected = sorted(k for k in arrays if k not in params)
     mis_shaped = [f"{k}: expected {params[k].shape}, got {np.shape(arrays[k])}"

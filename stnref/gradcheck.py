@@ -10,13 +10,21 @@ For a forward ``y = f(x_1, ..., x_k)`` and a vector-Jacobian product
 element by element for small arguments, and along random directions ``v``
 (``<J_i^T u, v>`` against the difference quotient along ``v``, the JAX
 ``check_vjp`` idea) for large ones.  Everything is done in float64.
+
+:func:`gradcheck_module` does the same for a whole :class:`stnref.nn.Module`:
+its input and every parameter, in one report.
 """
 
 from __future__ import annotations
 
+import copy
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ._checks import check_int, float_array
+from .nn.module import Module
 
 FD_EPS = 1e-6        # central-difference step; truncation ~eps^2, rounding ~1e-16/eps
 FD_ATOL = 1e-6       # absolute tolerance on one gradient entry
@@ -71,12 +79,14 @@ class GradcheckResult:
         return all(a.ok for a in self.args)
 
     def __str__(self):
-        lines = [f"{'argument':<12} {'method':<12} {'max abs':>10} {'max rel':>10}  result"]
+        width = max([12] + [len(a.name) for a in self.args])
+        lines = [f"{'argument':<{width}} {'method':<12} {'max abs':>10} {'max rel':>10}  result"]
         for a in self.args:
             verdict = "ok" if a.ok else (
                 f"FAIL at {a.index}: analytic {a.analytic:.10g}, numeric {a.numeric:.10g}"
             )
-            lines.append(f"{a.name:<12} {a.method:<12} {a.max_abs:10.3e} {a.max_rel:10.3e}  {verdict}")
+            lines.append(f"{a.name:<{width}} {a.method:<12} {a.max_abs:10.3e} {a.max_rel:10.3e}  "
+                         f"{verdict}")
         return "\n".join(lines)
 
     def raise_if_failed(self):
@@ -115,6 +125,19 @@ def _check_inputs(fn, vjp, inputs):
                             f"array, got dtype {arr.dtype}")
         xs.append(np.array(arr, dtype=np.float64) if arr.dtype.kind == "f" else x)
     return xs
+
+
+def _check_options(fn, eps, atol, rtol, full_max, n_directions, seed):
+    """Validate the tolerances and sampling options shared by both checks."""
+    for name, value, positive in (("eps", eps, True), ("atol", atol, False), ("rtol", rtol, False)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{fn}(): expected {name} to be a real number, got {type(value).__name__} "
+                            f"{value!r}")
+        if not np.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError(f"{fn}(): expected finite {name} {'>' if positive else '>='} 0, got {value}")
+    check_int(full_max, "full_max", fn, minimum=0)
+    check_int(n_directions, "n_directions", fn, minimum=1)
+    check_int(seed, "seed", fn, minimum=0)
 
 
 def _inner(us, ys):
@@ -168,6 +191,7 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
     True
     """
     xs = _check_inputs(fn, vjp, inputs)
+    _check_options("gradcheck", eps, atol, rtol, full_max, n_directions, seed)
     rng = np.random.default_rng(seed)
     names = list(names) if names is not None else [f"x{i}" for i in range(len(xs))]
     ys = _as_tuple(fn(*xs))
@@ -230,3 +254,91 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
             ok=not bool(bad.any()),
         ))
     return result
+
+
+def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_max=FULL_MAX,
+                     n_directions=3, seed=0):
+    """Check a module's ``backward`` -- input gradient and every parameter gradient -- in one call.
+
+    :func:`gradcheck` with the module's input and its parameters as the
+    arguments: ``forward`` gives the function, one ``forward`` then
+    ``backward`` the vector-Jacobian product (``dx`` and ``grads``).  Works for
+    every layer and container of :mod:`stnref.nn`, :class:`stnref.SpatialTransformer`,
+    :class:`stnref.Parallel` and any user subclass of :class:`stnref.nn.Module`,
+    shared modules included (``Sequential(f, f)``, one trunk under two transformers).
+
+    Parameters
+    ----------
+    module : stnref.nn.Module
+        In training mode (in eval mode a forward saves nothing to go back
+        through).  Never modified: the check runs on float64 copies, a fresh
+        copy of the module as given for every evaluation, so a random layer
+        (``Dropout`` and its ``rng``) draws the same mask in each, and the
+        module's parameters, gradients, pending forwards and random state stay
+        as they were.
+    x : ndarray (N, ...), float32 or float64
+        The input, of the shape ``module.forward`` takes; checked in float64.
+    eps, atol, rtol, full_max, n_directions, seed
+        As in :func:`gradcheck`: step, tolerances (entry ``j`` passes if
+        ``|analytic - numeric| <= atol + rtol |numeric|``), the size up to which
+        a tensor is checked entry by entry (larger ones along ``n_directions``
+        random directions), and the seed of the cotangent and directions.
+
+    Returns
+    -------
+    GradcheckResult
+        One :class:`ArgReport` (max abs / rel error, worst index, the analytic
+        and numeric values there) named ``"input"`` -- left out when the module
+        returns no input gradient, like a ``SpatialTransformer`` with
+        ``input_grad=False`` -- then one per entry of ``module.params`` (a shared
+        array once), in that order.
+
+    Raises
+    ------
+    TypeError
+        ``module`` not a Module, ``x`` not a float array, an option of the wrong type.
+    ValueError
+        ``module`` in eval mode, or an option out of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stnref import gradcheck_module
+    >>> from stnref.nn import Linear, Sequential, Tanh
+    >>> f = Sequential(Linear(3, 3), Tanh())
+    >>> gradcheck_module(Sequential(f, f), np.ones((2, 3))).ok     # f used twice
+    True
+    """
+    fn = "gradcheck_module"
+    if not isinstance(module, Module):
+        raise TypeError(f"{fn}(): expected module to be a stnref.nn.Module, got {type(module).__name__}")
+    if not module.training:
+        raise ValueError(f"{fn}(): expected module in training mode (in eval mode a forward saves "
+                         f"nothing for backward), got one in eval mode; call module.train()")
+    x = float_array(x, "x", fn)
+    _check_options(fn, eps, atol, rtol, full_max, n_directions, seed)
+    base = copy.deepcopy(module)
+    base._to_float64()
+    base.zero_grad()
+    names = list(base.params)
+
+    def fresh(values):
+        # a copy of the module as given, holding these parameter values
+        twin = copy.deepcopy(base)
+        for live, value in zip(twin.params.values(), values):
+            np.copyto(live, value)
+        return twin
+
+    def forward(x, *values):
+        return fresh(values).forward(x)
+
+    def vjp(u, x, *values):
+        twin = fresh(values)
+        twin.forward(x)
+        dx = twin.backward(u)
+        grads = twin.grads
+        return (dx, *(grads[k] for k in names))
+
+    inputs = [x, *base.params.values()]
+    return gradcheck(forward, vjp, inputs, names=["input", *names], eps=eps, atol=atol, rtol=rtol,
+                     full_max=full_max, n_directions=n_directions, seed=seed)

@@ -5,8 +5,9 @@ network ``theta = f_loc(U)`` (§3.1, :mod:`stnref.localisation`), a grid generat
 ``T_theta`` from the transform registry (§3.2, :mod:`stnref.registry`) and the
 sampler (§3.3, :mod:`stnref.sampling`) -- and back-propagates through all three.
 :class:`Parallel` runs several modules on one input and stacks their outputs
-along channels (the paper's multi-transformer models, e.g. 2xST-FCN).  The
-paper's networks built from these layers are in :mod:`stnref.networks`.
+along channels (the paper's multi-transformer models, e.g. 2xST-FCN); its
+children may share modules (one localisation trunk under two transformers).
+The paper's networks built from these layers are in :mod:`stnref.networks`.
 Derivations: ``docs/derivations/transformer.md``.
 """
 
@@ -111,10 +112,6 @@ class SpatialTransformer(Module):
                   casting="same_kind")
         self.loc = loc
         self.last_theta = None
-        self._x = None
-        self._theta = None
-        self._grid = None
-        self._taps = None
 
     def _size(self, U):
         N, C, H, W = U.shape
@@ -137,26 +134,22 @@ class SpatialTransformer(Module):
         grid = self.transform.grid(theta, size, self.align_corners)    # (N, H_out, W_out, 2)
         # in training, the sampler's taps are kept for the backward, which then skips
         # recomputing them (about 32 bytes per output point for bilinear float32)
-        V, self._taps = _sample(U, grid, self.mode, self.padding_mode, self.align_corners,
-                                keep=self.training)
-        self._x, self._theta, self._grid = U, theta, grid
+        V, taps = _sample(U, grid, self.mode, self.padding_mode, self.align_corners,
+                          keep=self.training)
         self.last_theta = theta.copy()
-        return V
+        return self.save_for_backward(V, U, theta, grid, taps)
 
     # Backward of V = S(U, G(theta)), theta = f_loc(U)   (docs/derivations/transformer.md)
     #   dU     = dS/dU^T dV  +  df_loc/dU^T dtheta     U feeds the sampler and the loc net
     #   dgrid  = dS/dgrid^T dV                         sampler backward (paper eqs. 6-7)
     #   dtheta = dG/dtheta^T dgrid                     generator backward (registry)
-    #   the loc net's parameter gradients come from loc.backward(dtheta).
+    #   the loc net's parameter gradients come from loc.backward(dtheta), after the sampler's
+    #   backward: the reverse of the forward's order, as the layer protocol requires.
     def backward(self, dV):
-        """Fill ``loc``'s gradients and return ``dU`` (None when ``input_grad`` is False)."""
-        fn = "SpatialTransformer.backward"
-        U = self._saved(fn)
-        theta, grid = self._theta, self._grid
-        dV = _checks.float_array(dV, "dV", fn)
+        """Add to ``loc``'s gradients and return ``dU`` (None when ``input_grad`` is False)."""
+        dV, (U, theta, grid, taps) = self.pop_saved(dV, "dV")
         dU_sampler, dgrid = _sample_backward(
-            dV, U, grid, self.mode, self.padding_mode, self.align_corners, self.input_grad,
-            self._taps,
+            dV, U, grid, self.mode, self.padding_mode, self.align_corners, self.input_grad, taps,
         )
         dtheta = self.transform.backward(dgrid, theta, self._size(U), self.align_corners)
         dU_loc = self.loc.backward(dtheta.reshape(U.shape[0], self.theta_size))
@@ -170,7 +163,9 @@ class Parallel(Module):
 
     The paper's multi-transformer networks: e.g. two spatial transformers side by
     side (2xST-FCN, MNIST addition) or 2/4 attention transformers (CUB-200).
-    Children are named ``"0"``, ``"1"``, ...
+    Children are named ``"0"``, ``"1"``, ...; they may share modules (two
+    transformers whose localisation networks start with one trunk), whose
+    gradients then sum over every use.
 
     Parameters
     ----------
@@ -191,8 +186,6 @@ class Parallel(Module):
             raise ValueError("Parallel(): expected at least one module, got none")
         for i, m in enumerate(modules):
             self.add_module(str(i), m)
-        self._channels = None
-        self._x = None
 
     def __len__(self):
         return len(self._modules)
@@ -214,23 +207,21 @@ class Parallel(Module):
                 f"{fn}(): expected outputs that differ only in axis 1, got shapes "
                 f"{[o.shape for o in outs]}"
             )
-        self._channels = [o.shape[1] for o in outs]
-        self._x = x
-        return np.concatenate(outs, axis=1)
+        return self.save_for_backward(np.concatenate(outs, axis=1), [o.shape[1] for o in outs])
 
     # Backward of y = [f_1(x), ..., f_k(x)] stacked along channels:
     #   dy splits into the children's slices dy_i;  dx = sum_i df_i/dx^T dy_i.
+    # The children go back in the reverse order of their forwards (a module shared by two
+    # children goes back through its uses last in, first out); the sum runs in child order.
     # A child returning None declares x to be data (no gradient wanted): the sum is None.
     def backward(self, dy):
         """Split ``dy`` along channels, back-propagate each part, sum the input gradients."""
-        fn = "Parallel.backward"
-        self._saved(fn)
-        dy = _checks.float_array(dy, "dy", fn)
-        total = sum(self._channels)
-        if dy.ndim < 2 or dy.shape[1] != total:
-            raise ValueError(f"{fn}(): expected dy with {total} channels in axis 1, got shape {dy.shape}")
-        parts = np.split(dy, np.cumsum(self._channels)[:-1], axis=1)
-        dxs = [m.backward(p) for m, p in zip(self._modules.values(), parts)]
+        dy, (channels,) = self.pop_saved(dy)
+        parts = np.split(dy, np.cumsum(channels)[:-1], axis=1)
+        mods = list(self._modules.values())
+        dxs = [None] * len(mods)
+        for i in reversed(range(len(mods))):
+            dxs[i] = mods[i].backward(parts[i])
         if any(dx is None for dx in dxs):
             return None
         dx = dxs[0]

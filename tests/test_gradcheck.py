@@ -160,3 +160,24 @@ def test_integer_inputs_pass_through_undifferentiated():
     res = gradcheck(fn, lambda u, x, labels: (u * np.cos(x) * labels, None), [x, labels])
     assert res.ok and [a.name for a in res.args] == ["x0"]
     assert all(s is labels for s in seen)
+
+
+@pytest.mark.parametrize("option, value, exc, match", [
+    ("eps", 0.0, ValueError, r"gradcheck\(\): expected finite eps > 0, got 0.0"),
+    ("eps", float("nan"), ValueError, r"expected finite eps > 0"),
+    ("atol", -1e-6, ValueError, r"expected finite atol >= 0"),
+    ("rtol", "1e-5", TypeError, r"expected rtol to be a real number, got str"),
+    ("full_max", 1.5, TypeError, r"expected full_max to be an int"),
+    ("n_directions", 0, ValueError, r"expected n_directions >= 1, got 0"),
+    ("seed", -1, ValueError, r"expected seed >= 0, got -1"),
+])
+def test_bad_options_are_named(option, value, exc, match):
+    with pytest.raises(exc, match=match):
+        gradcheck(np.sin, _sin_vjp, [np.zeros(3)], **{option: value})
+
+
+def test_report_columns_fit_long_names():
+    res = gradcheck(_f, _vjp_right, _inputs(), names=["x", "0.loc.0.1.weight"])
+    lines = str(res).splitlines()
+    assert len({line.index(" full") for line in lines[1:]}) == 1   # the method column lines up
+    assert lines[2].startswith("0.loc.0.1.weight full")

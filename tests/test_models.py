@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from test_transformer import TRANSFORM_NAMES, module_gradcheck, pixel_distance_to_kinks
+from test_transformer import TRANSFORM_NAMES, pixel_distance_to_kinks
 
+from stnref import gradcheck_module
 from stnref.localisation import conv_localisation, fc_localisation
 from stnref.nn import AvgPool2d, MaxPool2d, ReLU, Sequential
 from stnref.nn.losses import cross_entropy
@@ -135,7 +136,7 @@ def test_end_to_end_gradients(name, transform):
     model(x)
     assert pixel_distance_to_kinks(model[0], x) > E2E_KINK_MARGIN
     assert activation_margin(model, x) > E2E_ACTIVATION_MARGIN
-    result = module_gradcheck(model, x, full_max=E2E_FULL_MAX, eps=E2E_EPS,
+    result = gradcheck_module(model, x, full_max=E2E_FULL_MAX, eps=E2E_EPS,
                               n_directions=E2E_DIRECTIONS)
     assert len(result.args) == 1 + len(model.params)
     result.raise_if_failed()
@@ -161,6 +162,7 @@ def train(name, seed, steps, n=32, lr=0.05):
     opt = SGD(model, lr=lr, momentum=0.9, lr_scale={p: 0.1 for p in localisation_prefixes(model)})
     losses = []
     for _ in range(steps):
+        model.zero_grad()                                 # backward adds to the gradients
         loss, dlogits = cross_entropy(model(x), labels)
         model.backward(dlogits)
         opt.step()

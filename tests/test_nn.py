@@ -1,8 +1,10 @@
 """Tests of stnref.nn: layers and losses.
 
-Oracles: central differences (``stnref.gradcheck``, float64) for every layer
-with respect to its input and every parameter; PyTorch (optional) for
+Oracles: central differences (``stnref.gradcheck_module``, float64) for every
+layer with respect to its input and every parameter; PyTorch (optional) for
 forward and backward values with the same weights; exact known values.
+Weight sharing, gradient accumulation and the pending-forward protocol:
+``tests/test_sharing.py``.
 """
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stnref import gradcheck
+from stnref import gradcheck, gradcheck_module
 from stnref.nn import (
     AvgPool2d,
     Conv2d,
@@ -31,32 +33,6 @@ PARITY_TOL = 1e-12      # float64 agreement with PyTorch (same algorithm up to s
 F32_TOL = 1e-4          # float32 vs float64 result of the same layer
 
 
-def _module_check(module, x, reset=None):
-    """Gradcheck ``module`` w.r.t. its input and every parameter (float64).
-
-    ``reset`` is called before every forward (e.g. to re-seed a dropout mask).
-    """
-    names = list(module.params)
-
-    def run(x, params):
-        module.load_state_dict(dict(zip(names, params)))
-        if reset is not None:
-            reset()
-        return module.forward(x)
-
-    def fn(x, *params):
-        return run(x, params)
-
-    def vjp(u, x, *params):
-        run(x, params)
-        dx = module.backward(u)
-        grads = module.grads
-        return (dx,) + tuple(grads[k] for k in names)
-
-    inputs = [x] + [module.params[k].copy() for k in names]
-    return gradcheck(fn, vjp, inputs, names=["x"] + names)
-
-
 def _distinct(rng, shape, gap=0.1):
     """Values with pairwise gaps ``gap``, none within ``gap / 2`` of 0 (no ties, no kinks)."""
     size = int(np.prod(shape))
@@ -70,7 +46,7 @@ def _distinct(rng, shape, gap=0.1):
 def test_linear_gradcheck(bias):
     rng = np.random.default_rng(0)
     layer = Linear(4, 3, bias=bias, rng=rng)
-    _module_check(layer, rng.standard_normal((5, 4))).raise_if_failed()
+    gradcheck_module(layer, rng.standard_normal((5, 4))).raise_if_failed()
 
 
 @settings(max_examples=25)
@@ -84,7 +60,7 @@ def test_conv2d_gradcheck(n, c_in, c_out, kh, kw, stride, padding, extra_h, extr
     rng = np.random.default_rng(1)
     layer = Conv2d(c_in, c_out, (kh, kw), stride=stride, padding=padding, bias=bias, rng=rng)
     x = rng.standard_normal((n, c_in, kh + extra_h, kw + extra_w))
-    _module_check(layer, x).raise_if_failed()
+    gradcheck_module(layer, x).raise_if_failed()
 
 
 @settings(max_examples=12)
@@ -93,23 +69,24 @@ def test_conv2d_gradcheck(n, c_in, c_out, kh, kw, stride, padding, extra_h, extr
 def test_pool_gradcheck(kh, kw, stride, h, w, pool):
     rng = np.random.default_rng(2)
     x = _distinct(rng, (2, 2, h, w))
-    _module_check(pool((kh, kw), stride), x).raise_if_failed()
+    gradcheck_module(pool((kh, kw), stride), x).raise_if_failed()
 
 
 @pytest.mark.parametrize("layer", [ReLU(), Tanh(), Flatten()], ids=["relu", "tanh", "flatten"])
 def test_elementwise_gradcheck(layer):
     x = _distinct(np.random.default_rng(3), (2, 3, 4), gap=0.05)   # no entry within FD eps of 0
-    _module_check(layer, x).raise_if_failed()
+    gradcheck_module(layer, x).raise_if_failed()
 
 
 def test_dropout_gradcheck_fixed_mask():
-    layer = Dropout(0.4)
-
-    def reseed():
-        layer.rng = np.random.default_rng(7)
-
+    # gradcheck_module runs every evaluation on a fresh copy: the same rng state, the same mask
+    layer = Dropout(0.4, rng=np.random.default_rng(7))
     x = np.random.default_rng(4).standard_normal((3, 5))
-    _module_check(layer, x, reset=reseed).raise_if_failed()
+    state = layer.rng.bit_generator.state
+    result = gradcheck_module(layer, x)
+    result.raise_if_failed()
+    assert [a.name for a in result.args] == ["input"]
+    assert layer.rng.bit_generator.state == state          # the layer's own rng is untouched
 
 
 def test_sequential_gradcheck_nested():
@@ -119,7 +96,7 @@ def test_sequential_gradcheck_nested():
         Linear(8, 3, rng=rng),
     )
     x = _distinct(rng, (2, 1, 4, 4))
-    _module_check(net, x).raise_if_failed()
+    gradcheck_module(net, x).raise_if_failed()
 
 
 def test_cross_entropy_gradcheck():
@@ -312,13 +289,15 @@ class _Net(Module):
         self.head = Linear(2, 1)
 
     def forward(self, x):
-        self._h = self.loc(x)                       # (N, 2)
-        return self.head(self._h * self.scale)
+        h = self.loc(x)                             # (N, 2)
+        return self.save_for_backward(self.head(h * self.scale), h)
 
-    # y = head(h * scale): dscale = sum_n dh_n * h_n, dh = d(h * scale) * scale
+    # y = head(h * scale): dscale = sum_n dh_n * h_n, dh = d(h * scale) * scale;
+    # the children go back in the reverse order of their forwards
     def backward(self, dy):
+        dy, (h,) = self.pop_saved(dy)
         dhs = self.head.backward(dy)
-        self.set_grad("scale", (dhs * self._h).sum(axis=0))
+        self.add_grad("scale", (dhs * h).sum(axis=0))
         return self.loc.backward(dhs * self.scale)
 
 
@@ -329,7 +308,7 @@ def test_nested_names_and_attribute_registration():
     assert net.params["loc.0.weight"] is net.loc[0].weight
     assert len(net.loc) == 2 and isinstance(net.loc[1], ReLU)
     assert [name for name, _ in net.children()] == ["loc", "head"]
-    _module_check(net, np.random.default_rng(11).standard_normal((4, 3)) + 0.05).raise_if_failed()
+    gradcheck_module(net, np.random.default_rng(11).standard_normal((4, 3)) + 0.05).raise_if_failed()
 
 
 def test_state_dict_round_trip_and_copies():
@@ -367,7 +346,9 @@ def test_train_eval_recursive_and_dropout():
     net = Sequential(Linear(4, 4), Sequential(drop))
     assert net.eval() is net and not drop.training
     x = np.ones((200, 50))
-    assert drop(x) is x and drop.backward(x) is x
+    assert drop(x) is x
+    with pytest.raises(ValueError, match=r"Dropout\.backward\(\): no pending forward.*eval mode"):
+        drop.backward(x)                           # eval mode saves nothing to go back through
     assert net.train() is net and drop.training
     y = drop(x)
     kept = y != 0
@@ -469,11 +450,12 @@ def test_bad_inputs(make, x, exc, match):
 
 def test_bad_backward_calls():
     layer = Conv2d(1, 1, 2)
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(ValueError, match=r"Conv2d\.backward\(\): no pending forward"):
         layer.backward(np.ones((1, 1, 2, 2)))
     layer(np.ones((1, 1, 3, 3)))
-    with pytest.raises(ValueError, match=r"conv2d_backward\(\): expected dy of shape \(1, 1, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"Conv2d\.backward\(\): expected dy of shape \(1, 1, 2, 2\)"):
         layer.backward(np.ones((1, 1, 3, 3)))
+    layer.backward(np.ones((1, 1, 2, 2)))          # a refused dy leaves the forward pending
 
 
 @pytest.mark.parametrize("make,exc", [
@@ -521,6 +503,19 @@ def test_register_parameter_copies_and_reassignment_registers():
     np.testing.assert_array_equal(source, 1.0)
     m.gain = np.zeros(4)
     assert m.params["gain"].shape == (4,) and m.grads["gain"].shape == (4,)
+    m.add_grad("gain", np.ones(4))
+    m.add_grad("gain", np.ones(4))
+    np.testing.assert_array_equal(m.grads["gain"], 2.0)            # add_grad accumulates ...
+    live = m.grads["gain"]
+    m.set_grad("gain", np.full(4, 0.5))
+    np.testing.assert_array_equal(m.grads["gain"], 0.5)            # ... set_grad replaces, in place
+    assert m.grads["gain"] is live
+    with pytest.raises(ValueError, match=r"Module\.set_grad\(\): expected gradient of gain"):
+        m.set_grad("gain", np.ones((4, 1)))
+    with pytest.raises(ValueError, match=r"Module\.add_grad\(\): expected gradient of gain with shape \(4,\)"):
+        m.add_grad("gain", np.ones(3))
+    with pytest.raises(ValueError, match=r"add_grad\(\): expected one of the parameters \['gain'\], got 'bias'"):
+        m.add_grad("bias", np.ones(4))
     with pytest.raises(ValueError, match="without '.'"):
         m.register_parameter("a.b", source)
     with pytest.raises(NotImplementedError):
@@ -704,7 +699,7 @@ def test_conv2d_fft_route_gradcheck(monkeypatch):
     _force_route(monkeypatch, "fft")
     rng = np.random.default_rng(31)
     layer = Conv2d(2, 3, (3, 2), padding=(1, 2), rng=rng)
-    _module_check(layer, rng.standard_normal((2, 2, 5, 4))).raise_if_failed()
+    gradcheck_module(layer, rng.standard_normal((2, 2, 5, 4))).raise_if_failed()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -8,9 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from stnref.app import demo, experiment
-from stnref.checkpoint import load_checkpoint
+from stnref.app import cli, demo, experiment
+from stnref.checkpoint import load_checkpoint, save_checkpoint
 from stnref.data import load_dataset
+from stnref.nn import Batches
 from stnref.app.train import (
     CHECKPOINT,
     METRICS,
@@ -116,6 +117,80 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     np.testing.assert_array_equal(epoch_order(4, 2, 100), epoch_order(4, 2, 100))
     assert not np.array_equal(epoch_order(4, 2, 100), epoch_order(4, 3, 100))
     assert sorted(epoch_order(4, 2, 100)) == list(range(100))
+    # the order of the epoch's Batches, whose generator is seeded with (seed, 1, epoch)
+    batches = Batches(np.zeros((100, 1)), batch_size=7, rng=np.random.default_rng([4, 1, 2]))
+    np.testing.assert_array_equal(batches.order, epoch_order(4, 2, 100))
+
+
+SCHEDULED = "warmup:0.5+cosine"
+
+
+def test_resume_with_a_schedule_is_bit_identical(tmp_path, easy_data):
+    # 8 steps per epoch, a checkpoint every 3: interrupted at step 4 of epoch 2, resumed from
+    # its step 3, after the warm-up and mid-cosine
+    config = dict(model="st-fcn", distortion="none", epochs=2, seed=6, checkpoint_every=3,
+                  schedule=SCHEDULED, **TINY)
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    x, y, x_test, y_test = easy_data
+    data = (x[:256], y[:256], x_test, y_test)
+    train(TrainConfig(**config), str(whole), data=data, progress=quiet())
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config), str(part), data=data, progress=StopAfter(12))
+    # the schedule comes from the run's checkpoint, whatever the config given to the resume
+    state = load_run(str(part))[3]
+    assert (state["epoch"], state["step"]) == (1, 3)
+    other = TrainConfig(**{**config, "schedule": "constant"})
+    train(other, str(part), resume=True, data=data, progress=quiet())
+    a, _ = load_checkpoint(whole / CHECKPOINT)
+    b, meta_b = load_checkpoint(part / CHECKPOINT)
+    assert meta_b["config"]["schedule"] == SCHEDULED
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_the_schedule_sets_each_steps_rate(tmp_path, easy_data):
+    def run(schedule):
+        config = TrainConfig(model="fcn", distortion="none", epochs=2, seed=2, schedule=schedule,
+                             **TINY)
+        train(config, str(tmp_path / schedule.replace(":", "_")), data=easy_data, progress=quiet())
+        return load_run(str(tmp_path / schedule.replace(":", "_")))
+
+    config, constant, optimizer, _, _ = run("constant")
+    assert optimizer.lr == config.lr
+    config, halved, optimizer, _, _ = run("step:1:0.5")
+    assert optimizer.lr == config.lr * 0.5          # the last step (15 of 0-15) is in epoch 2
+    assert config.schedule == "step:1:0.5"
+    assert not all(np.array_equal(constant.params[k], halved.params[k]) for k in halved.params)
+
+
+def test_a_run_from_before_schedules_resumes_at_a_constant_rate(tmp_path, easy_data):
+    config = TrainConfig(model="fcn", distortion="none", epochs=1, seed=2, **TINY)
+    train(config, str(tmp_path), data=easy_data, progress=quiet())
+    arrays, metadata = load_checkpoint(tmp_path / CHECKPOINT)
+    del metadata["config"]["schedule"]              # the checkpoint layout of stnref 0.2.0
+    save_checkpoint(tmp_path / CHECKPOINT, arrays, metadata)
+    loaded, _, _, _, _ = load_run(str(tmp_path))
+    assert loaded.schedule == "constant"
+    metadata["config"].pop("seed")                  # any other missing key is still refused
+    save_checkpoint(tmp_path / CHECKPOINT, arrays, metadata)
+    with pytest.raises(ValueError, match="config keys"):
+        load_run(str(tmp_path))
+
+
+def test_cli_schedule_option(tmp_path, capsys):
+    args = ["train", "--model", "fcn", "--distortion", "none", "--train-size", "64",
+            "--test-size", "32", "--epochs", "1", "--batch-size", "32"]
+    assert cli.main([*args, "--schedule", "warmup:1+cosine", "--out", str(tmp_path / "a")]) == 0
+    with open(tmp_path / "a" / METRICS, encoding="utf-8") as f:
+        assert json.load(f)["config"]["schedule"] == "warmup:1+cosine"
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    with open(tmp_path / "b" / METRICS, encoding="utf-8") as f:
+        assert json.load(f)["config"]["schedule"] == "constant"      # the default
+    capsys.readouterr()
+    assert cli.main([*args, "--schedule", "linear", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stnref: error: TrainConfig: invalid schedule 'linear'") and "\n" not in err.strip()
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -129,6 +204,8 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     ("loc_lr_scale", -1.0, "loc_lr_scale"),
     ("optimizer", "rmsprop", "optimizer"),
     ("on_nonfinite", "ignore", "on_nonfinite"),
+    ("schedule", "cosine:0", "schedule"),
+    ("schedule", None, "schedule"),
     ("data", "/no/such/dir", "data"),
 ])
 def test_config_rejects_bad_values(field, value, match):

@@ -5,7 +5,7 @@ Usage::
     OPENBLAS_NUM_THREADS=1 python docs/examples/training_steps.py [--rounds 15]
 
 For each network and input size the step is what ``stnref train`` runs per batch:
-forward, cross-entropy, backward, Adam update, on a batch of 64 float32 images, with the
+zero_grad, forward, cross-entropy, backward, Adam update, on a batch of 64 float32 images, with the
 transformer on the data (no gradient to the images). The PyTorch twin
 (``torch_twin.py``, the same architecture with stnref's weights loaded) runs the same
 step on one thread. The two alternate round by round; the table gives the medians of
@@ -49,6 +49,7 @@ def steps(name, distortion, seed=0):
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def stnref_step():
+        model.zero_grad()                        # backward adds to the gradients, as in torch
         _, dlogits = cross_entropy(model.forward(x), y)
         model.backward(dlogits)
         optimizer.step()

@@ -8,8 +8,10 @@
   "train_error", "test_error", "seconds", "samples_per_s"}, ...]}`` (errors in %).
 
 Every random choice derives from ``config.seed``: the model's initialisation,
-the data, and the order of epoch ``e`` (a generator seeded with ``(seed, e)``),
-so a run resumed from any checkpoint ends bit-identical to an uninterrupted one.
+the data, and the order of epoch ``e`` (:class:`stnref.nn.Batches` with a
+generator seeded with ``(seed, e)``); the learning rate of each step is a pure
+function of its position in the run (``config.schedule``).  So a run resumed
+from any checkpoint ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .. import _checks
 from .._io import atomic_write_bytes, remove_stale
 from ..data import DISTORTIONS, load_dataset
 from ..networks import MODEL_NAMES, build_model
-from ..nn import SGD, Adam, clip_grad_norm, cross_entropy
+from ..nn import SGD, Adam, Batches, clip_grad_norm, cross_entropy, parse_schedule
 from ..registry import TRANSFORMS
 from ..transformer import SpatialTransformer, localisation_prefixes
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -71,6 +73,14 @@ class TrainConfig:
     momentum : float
         SGD momentum (ignored by Adam).
     optimizer : {"sgd", "adam"}
+    schedule : str
+        Learning-rate schedule, :func:`stnref.nn.parse_schedule`'s text form
+        with lengths in epochs: ``"constant"`` (the default), ``"step:E[:GAMMA]"``,
+        ``"cosine[:E[:FINAL]]"``, ``"warmup:E"``, or terms joined by ``+``
+        (multiplied), e.g. ``"warmup:1+cosine"``.  The rate of a step is
+        ``lr`` times the schedule at the step's position in the run; ``cosine``
+        without E spans ``epochs`` (so a resume that raises ``epochs``
+        stretches what is left of it).
     train_size, test_size : int or None
         Use the first this many samples of each split (None: all).
     seed : int
@@ -92,6 +102,7 @@ class TrainConfig:
     loc_lr_scale: float = 1.0
     momentum: float = 0.9
     optimizer: str = "adam"
+    schedule: str = "constant"
     train_size: int | None = 20_000
     test_size: int | None = 5_000
     seed: int = 0
@@ -121,6 +132,10 @@ class TrainConfig:
             raise ValueError(f"{fn}: expected lr > 0, got {self.lr!r}")
         if self.data is not None and not os.path.isdir(self.data):
             raise ValueError(f"{fn}: data directory {self.data!r} does not exist")
+        try:
+            parse_schedule(self.schedule, 1, self.epochs)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{fn}: invalid schedule {self.schedule!r}: {err}") from err
         return self
 
 
@@ -221,14 +236,18 @@ def evaluate(model, x, y, batch_size=EVAL_BATCH):
     """
     model.eval()
     wrong, loss_sum = 0, 0.0
-    for start in range(0, len(x), batch_size):
-        logits = model.forward(x[start:start + batch_size])
-        labels = y[start:start + batch_size]
+    for images, labels in Batches(x, y, batch_size=batch_size, shuffle=False):
+        logits = model.forward(images)
         loss, _ = cross_entropy(logits, labels)
         loss_sum += float(loss) * len(labels)
         wrong += int((logits.argmax(axis=1) != labels).sum())
     model.train()
     return 100.0 * wrong / len(x), loss_sum / len(x)
+
+
+def _epoch_rng(seed, epoch):
+    """The generator of the order of ``epoch`` (stream 1 of ``seed``; stream 0 initialises)."""
+    return np.random.default_rng([seed, 1, epoch])
 
 
 def epoch_order(seed, epoch, n):
@@ -241,10 +260,11 @@ def epoch_order(seed, epoch, n):
     Returns
     -------
     ndarray, shape (n,)
-        A permutation that depends only on ``(seed, epoch)``, so a resumed run
-        replays an interrupted epoch exactly.
+        The order of the epoch's :class:`stnref.nn.Batches`: a permutation that
+        depends only on ``(seed, epoch)``, so a resumed run replays an
+        interrupted epoch exactly.
     """
-    return np.random.default_rng([seed, 1, epoch]).permutation(n)
+    return Batches(np.arange(n), batch_size=1, rng=_epoch_rng(seed, epoch)).order
 
 
 class Progress:
@@ -321,6 +341,8 @@ def load_run(run_dir):
         raise ValueError(f"load_run(): {path} has format {metadata.get('format')!r}, expected {RUN_FORMAT}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = metadata.get("config", {})
+    if isinstance(saved, dict) and set(saved) == fields - {"schedule"}:
+        saved = {**saved, "schedule": "constant"}  # a run from before schedules: constant rate
     if set(saved) != fields:
         raise ValueError(f"load_run(): {path} has config keys {sorted(saved)}, expected {sorted(fields)}")
     config = TrainConfig(**saved).validated()
@@ -441,17 +463,19 @@ def train(config, run_dir, resume=False, progress=None, data=None):
         remove_stale(os.path.join(run_dir, name))
     n = len(x_train)
     steps = math.ceil(n / config.batch_size)
+    schedule = parse_schedule(config.schedule, steps, config.epochs)
     model.train()
     sts = transformers(model)
     wrote = False
     while state["epoch"] < config.epochs:
         epoch = state["epoch"] + 1
-        order = epoch_order(config.seed, epoch, n)
+        batches = Batches(x_train, y_train, batch_size=config.batch_size,
+                          rng=_epoch_rng(config.seed, epoch))
         t0 = time.perf_counter() - state["seconds"]
         seen = state["step"] * config.batch_size
         for step in range(state["step"], steps):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x, y = x_train[idx], y_train[idx]
+            x, y = batches[step]
+            model.zero_grad()    # backward adds to the gradients; also drops a skipped step's forward
             logits, loss, dlogits, problem = _forward(model, sts, x, y, epoch, step + 1)
             if problem is None:
                 model.backward(dlogits)
@@ -459,17 +483,18 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                 if not math.isfinite(norm):
                     problem = f"non-finite gradient at epoch {epoch}, batch {step + 1}"
             if problem is None:
+                optimizer.lr = config.lr * schedule((epoch - 1) * steps + step)
                 optimizer.step()
-                state["loss_sum"] += loss * len(idx)
+                state["loss_sum"] += loss * len(y)
                 state["wrong"] += int((logits.argmax(axis=1) != y).sum())
-                state["counted"] += len(idx)
+                state["counted"] += len(y)
             elif config.on_nonfinite == "skip":
                 state["skipped"].append([epoch, step + 1])
             else:
                 progress.done(f"stopped: {problem}")
                 raise TrainingError(f"{problem}; the last good checkpoint in {run_dir} is kept "
                                     f"(use on_nonfinite='skip' to skip such steps)")
-            seen += len(idx)
+            seen += len(y)
             state["step"] = step + 1
             elapsed = time.perf_counter() - t0
             rate = seen / elapsed if elapsed > 0 else 0.0

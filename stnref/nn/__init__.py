@@ -1,21 +1,27 @@
 """stnref.nn: a small NumPy layer toolkit with hand-written backwards.
 
 Layers, the softmax cross-entropy and optimisers, all with PyTorch's names,
-layouts, initialisation and update rules, so state dicts map one-to-one:
+layouts, initialisation and update rules, so state dicts map one-to-one; and
+what a training loop needs around them:
 
-- :mod:`stnref.nn.module` -- the layer protocol (:class:`Module`), ``Sequential``, ``Flatten``;
+- :mod:`stnref.nn.module` -- the layer protocol (:class:`Module`: pending forwards,
+  accumulated gradients, shared modules), ``Sequential``, ``Flatten``;
 - :mod:`stnref.nn.linear` -- ``Linear``;
 - :mod:`stnref.nn.activation` -- ``ReLU``, ``Tanh``, ``Dropout``;
 - :mod:`stnref.nn.conv` -- ``Conv2d``;
 - :mod:`stnref.nn.pooling` -- ``MaxPool2d``, ``AvgPool2d``;
 - :mod:`stnref.nn.losses` -- ``cross_entropy``, ``log_softmax``, ``softmax``;
-- :mod:`stnref.nn.optim` -- ``SGD``, ``Adam``, ``clip_grad_norm``.
+- :mod:`stnref.nn.optim` -- ``SGD``, ``Adam``, ``clip_grad_norm``;
+- :mod:`stnref.nn.schedules` -- learning-rate schedules ``Constant``, ``StepDecay``,
+  ``Cosine``, ``Warmup`` (multiplied with ``*``), ``parse_schedule``;
+- :mod:`stnref.nn.batches` -- ``Batches``, seeded mini-batches of aligned arrays.
 
 Every layer is a pair of stateless functions (``conv2d`` / ``conv2d_backward``)
 and a class holding parameters on top.  Derivations: ``docs/derivations/layers.md``.
 """
 
 from .activation import Dropout, ReLU, Tanh, relu, relu_backward, tanh, tanh_backward
+from .batches import Batches
 from .conv import Conv2d, conv2d, conv2d_backward
 from .linear import Linear, linear, linear_backward
 from .losses import cross_entropy, log_softmax, softmax
@@ -29,11 +35,15 @@ from .pooling import (
     max_pool2d,
     max_pool2d_backward,
 )
+from .schedules import Constant, Cosine, Schedule, StepDecay, Warmup, parse_schedule
 
 __all__ = [
     "Adam",
     "AvgPool2d",
+    "Batches",
+    "Constant",
     "Conv2d",
+    "Cosine",
     "Dropout",
     "Flatten",
     "Linear",
@@ -41,8 +51,11 @@ __all__ = [
     "Module",
     "ReLU",
     "SGD",
+    "Schedule",
     "Sequential",
+    "StepDecay",
     "Tanh",
+    "Warmup",
     "avg_pool2d",
     "avg_pool2d_backward",
     "clip_grad_norm",
@@ -54,6 +67,7 @@ __all__ = [
     "log_softmax",
     "max_pool2d",
     "max_pool2d_backward",
+    "parse_schedule",
     "relu",
     "relu_backward",
     "softmax",

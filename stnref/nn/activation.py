@@ -44,17 +44,12 @@ def tanh_backward(dy, x):
 class _Elementwise(Module):
     """A parameter-free layer ``y = f(x)`` applied entry by entry; any shape."""
 
-    def __init__(self):
-        super().__init__()
-        self._x = None
-
     def forward(self, x):
-        y = self._forward(x)
-        self._x = x
-        return y
+        return self.save_for_backward(self._forward(x), x)
 
     def backward(self, dy):
-        return self._backward(dy, self._saved(f"{type(self).__name__}.backward"))
+        dy, (x,) = self.pop_saved(dy)
+        return self._backward(dy, x)
 
 
 class ReLU(_Elementwise):
@@ -92,25 +87,17 @@ class Dropout(Module):
             raise ValueError(f"Dropout(): expected 0 <= p <= 1, got {p}")
         self.p = float(p)
         self.rng = _check_rng(rng, "Dropout")
-        self._scale_mask = None
-        self._x = None
 
     def forward(self, x):
         x = float_array(x, "x", "Dropout.forward")
-        self._x = x
         if not self.training or self.p == 0.0:
-            self._scale_mask = None
-            return x
+            return self.save_for_backward(x, None)
         keep = self.rng.random(x.shape) >= self.p
         scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
-        self._scale_mask = np.where(keep, scale, 0.0).astype(x.dtype)
-        return x * self._scale_mask
+        scale_mask = np.where(keep, scale, 0.0).astype(x.dtype)
+        return self.save_for_backward(x * scale_mask, scale_mask)
 
-    # Backward of y = x * m / (1 - p): dx = dy * m / (1 - p) (same mask).
+    # Backward of y = x * m / (1 - p): dx = dy * m / (1 - p) (the forward's mask).
     def backward(self, dy):
-        x = self._saved("Dropout.backward")
-        dy = float_array(dy, "dy", "Dropout.backward")
-        _check_grad_shape(dy, x.shape, "Dropout.backward")
-        if self._scale_mask is None:
-            return dy
-        return dy * self._scale_mask
+        dy, (scale_mask,) = self.pop_saved(dy)
+        return dy if scale_mask is None else dy * scale_mask

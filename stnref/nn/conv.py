@@ -258,18 +258,17 @@ class Conv2d(Module):
         self.register_parameter("weight", _uniform(rng, bound, shape, dt))
         if self.has_bias:
             self.register_parameter("bias", _uniform(rng, bound, (self.out_channels,), dt))
-        self._x = None
 
     def forward(self, x):
         """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
         y = conv2d(x, self.weight, self.bias if self.has_bias else None, self.stride, self.padding)
-        self._x = x
-        return y
+        return self.save_for_backward(y, x)
 
     def backward(self, dy):
-        dx, dW, db = conv2d_backward(dy, self._saved("Conv2d.backward"), self.weight,
-                                     self.stride, self.padding, self.has_bias)
-        self.set_grad("weight", dW)
+        """Add ``dW``, ``db`` to the gradients; return ``dx (N, C_in, H, W)``."""
+        dy, (x,) = self.pop_saved(dy)
+        dx, dW, db = conv2d_backward(dy, x, self.weight, self.stride, self.padding, self.has_bias)
+        self.add_grad("weight", dW)
         if self.has_bias:
-            self.set_grad("bias", db)
+            self.add_grad("bias", db)
         return dx

@@ -113,17 +113,17 @@ class Linear(Module):
         self.register_parameter("weight", _uniform(rng, bound, (self.out_features, self.in_features), dt))
         if self.has_bias:
             self.register_parameter("bias", _uniform(rng, bound, (self.out_features,), dt))
-        self._x = None
 
     def forward(self, x):
         """``(N, in_features) -> (N, out_features)``."""
         y = linear(x, self.weight, self.bias if self.has_bias else None)
-        self._x = x
-        return y
+        return self.save_for_backward(y, x)
 
     def backward(self, dy):
-        dx, dW, db = linear_backward(dy, self._saved("Linear.backward"), self.weight, self.has_bias)
-        self.set_grad("weight", dW)
+        """Add ``dW``, ``db`` to the gradients; return ``dx (N, in_features)``."""
+        dy, (x,) = self.pop_saved(dy)
+        dx, dW, db = linear_backward(dy, x, self.weight, self.has_bias)
+        self.add_grad("weight", dW)
         if self.has_bias:
-            self.set_grad("bias", db)
+            self.add_grad("bias", db)
         return dx

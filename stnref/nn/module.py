@@ -3,31 +3,52 @@
 Every operation is a pair of stateless functions with PyTorch names
 (``conv2d`` / ``conv2d_backward``, ...); the backward takes the forward's
 inputs, not an opaque cache.  The classes on top (``Linear``, ``Conv2d``,
-...) hold parameters and the last forward's input, call those functions and
-put parameter gradients in ``grads``.  Derivations: docs/derivations/layers.md.
+...) hold parameters, keep the inputs of their forwards until the matching
+backward, call those functions and add parameter gradients to ``grads``.
+Derivations: docs/derivations/layers.md ("The layer protocol").
 
 Layer protocol (shared with :mod:`stnref.transformer`)
 ------------------------------------------------------
 * ``Module.params`` / ``Module.grads``: dicts from dotted names (``"0.weight"``,
-  ``"loc.0.bias"``) to the live arrays.  Optimisers update ``params`` in place.
-* ``forward(x)`` stores what ``backward`` needs (the last call only);
-  ``backward(dy)`` overwrites the gradients and returns ``dx``.
+  ``"loc.0.bias"``) to the live arrays, one entry per distinct array: a module
+  registered twice (weight sharing) appears once, under its first name, as
+  PyTorch's ``named_parameters()``; ``state_dict()`` keeps every name.
+  Optimisers update ``params`` in place, each array once per step.
+* ``forward(x)`` in training mode pushes what its backward needs on the
+  module's stack of pending forwards (:meth:`Module.save_for_backward`);
+  ``backward(dy)`` pops it (:meth:`Module.pop_saved`), after checking ``dy``
+  against that forward's output shape.  Last in, first out, like an autograd
+  tape: the backwards run in the reverse order of the forwards, so a module
+  used several times in one forward goes back through every use.  Containers
+  call their children's backwards in the reverse order of their forwards.
+  In eval mode a forward saves nothing, and a backward is a ``ValueError``.
+* ``backward(dy)`` adds the parameter gradients to ``grads``
+  (:meth:`Module.add_grad`, PyTorch's accumulation) and returns ``dx``;
+  :meth:`Module.zero_grad` resets them and drops pending forwards.
 * Parameters are registered with :meth:`Module.register_parameter`; child
   modules with :meth:`Module.add_module` or plain attribute assignment
   (``self.loc = Sequential(...)``).  A registered parameter is readable as
-  an attribute (``layer.weight``).  Subclasses store gradients with
-  :meth:`Module.set_grad`.
+  an attribute (``layer.weight``).  :meth:`Module.set_grad` replaces a
+  gradient (PyTorch's ``p.grad = g``), for gradients computed elsewhere.
 * dtype: outputs follow the input's dtype (float32 in, float32 out);
   parameters keep the dtype they were created with, and so do their grads.
 """
 
 from __future__ import annotations
 
+import collections
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
 from .._checks import check_bool, check_int, check_ndim, float_array
+
+# Forwards a module keeps for their backwards, at most: a module used more often in one
+# forward than this (deeper than the paper's designs, which use one at most four times) has
+# its oldest uses dropped, and their backwards are a ValueError; a loop of training-mode
+# forwards without backwards (looking at outputs) holds at most this many inputs per layer.
+MAX_PENDING = 32
 
 # PyTorch's default init: kaiming_uniform_(a=sqrt(5)) gives the bound
 # gain * sqrt(3 / fan_in) with gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), i.e.
@@ -89,8 +110,6 @@ def _check_grad_shape(dy, expected, fn):
         )
 
 
-
-
 def _check_state_keys(expected, state, fn, owner):
     """Strict key match of a state dict: ValueError listing missing and unexpected keys."""
     missing = [k for k in expected if k not in state]
@@ -105,16 +124,24 @@ def _check_state_keys(expected, state, fn, owner):
 class Module:
     """Base of every layer and container.
 
+    Subclasses register parameters and children in ``__init__``, and write
+    ``forward`` (ending in :meth:`save_for_backward`) and ``backward``
+    (starting with :meth:`pop_saved`, adding gradients with :meth:`add_grad`,
+    calling children's backwards in the reverse order of their forwards).
+
     Attributes
     ----------
     training : bool
-        Set recursively by :meth:`train` / :meth:`eval`.
+        Set recursively by :meth:`train` / :meth:`eval`.  Forwards in training
+        mode save what their backward needs; forwards in eval mode save nothing.
     """
 
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_grads", {})
         object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_pending", collections.deque(maxlen=MAX_PENDING))
+        object.__setattr__(self, "_dropped", 0)
         object.__setattr__(self, "training", True)
 
     # -- registration -------------------------------------------------------
@@ -135,16 +162,22 @@ class Module:
         self._grads[name] = np.zeros_like(arr)
 
     def add_module(self, name, module):
-        """Register ``module`` as child ``name`` (names of its params get ``name.``)."""
+        """Register ``module`` as child ``name`` (names of its params get ``name.``).
+
+        The same module may be registered several times (weight sharing), but
+        never inside itself.
+        """
+        fn = f"{type(self).__name__}.add_module"
         if not isinstance(module, Module):
-            raise TypeError(
-                f"{type(self).__name__}.add_module(): expected a Module, got {type(module).__name__}"
-            )
+            raise TypeError(f"{fn}(): expected a Module, got {type(module).__name__}")
         if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(
-                f"{type(self).__name__}.add_module(): expected a non-empty name without '.', got {name!r}"
-            )
+            raise ValueError(f"{fn}(): expected a non-empty name without '.', got {name!r}")
+        if module is self or module._contains(self):
+            raise ValueError(f"{fn}(): cannot register {type(module).__name__} {name!r} inside itself")
         self._modules[name] = module
+
+    def _contains(self, other):
+        return any(child is other or child._contains(other) for child in self._modules.values())
 
     def __setattr__(self, name, value):
         if isinstance(value, Module):
@@ -163,72 +196,122 @@ class Module:
             return d["_modules"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def add_grad(self, name, grad):
+        """Add ``grad`` to the gradient of this module's own parameter ``name``, in place.
+
+        What a ``backward`` calls: gradients accumulate over backwards until
+        :meth:`zero_grad`, as PyTorch's; the sum keeps the parameter's dtype.
+        """
+        g = self._checked_grad(name, grad, "add_grad")
+        self._grads[name] += g
+
     def set_grad(self, name, grad):
-        """Store a copy of the gradient of this module's own parameter ``name``, in its dtype."""
-        p = self._parameters[name]
-        g = np.asarray(grad)
-        if g.shape != p.shape:
-            raise ValueError(
-                f"{type(self).__name__}.set_grad(): expected gradient of {name} with shape "
-                f"{p.shape}, got {g.shape}"
-            )
-        # A copy: clip_grad_norm rescales gradients in place.
-        self._grads[name] = np.array(g, dtype=p.dtype)
+        """Replace the gradient of this module's own parameter ``name`` by ``grad``'s values.
+
+        PyTorch's ``p.grad = g``: for gradients computed elsewhere (tests,
+        optimiser experiments).  A ``backward`` uses :meth:`add_grad` instead, so
+        that a module used twice gets the gradient of both uses.
+        """
+        g = self._checked_grad(name, grad, "set_grad")
+        self._grads[name][...] = g
+
+    def _checked_grad(self, name, grad, method):
+        fn = f"{type(self).__name__}.{method}"
+        if name not in self._parameters:
+            raise ValueError(f"{fn}(): expected one of the parameters {list(self._parameters)}, "
+                             f"got {name!r}")
+        g = float_array(grad, "grad", fn)
+        if g.shape != self._parameters[name].shape:
+            raise ValueError(f"{fn}(): expected gradient of {name} with shape "
+                             f"{self._parameters[name].shape}, got {g.shape}")
+        return g
 
     def children(self):
         """``(name, module)`` pairs of the direct children, in registration order."""
         return list(self._modules.items())
 
     # -- views --------------------------------------------------------------
-    def _named(self, attr):
-        out = dict(getattr(self, attr))
+    def _registrations(self, prefix=""):
+        """``(dotted name, owner, own name)`` of every parameter along every path to it.
+
+        A module registered twice yields its parameters twice (own first, then children).
+        """
+        for name in self._parameters:
+            yield prefix + name, self, name
         for cname, child in self._modules.items():
-            for k, v in child._named(attr).items():
-                out[f"{cname}.{k}"] = v
-        return out
+            yield from child._registrations(f"{prefix}{cname}.")
+
+    def _distinct(self):
+        """:meth:`_registrations` without repeats of an array: the first name of each."""
+        seen = set()
+        for dotted, owner, name in self._registrations():
+            if id(owner._parameters[name]) not in seen:
+                seen.add(id(owner._parameters[name]))
+                yield dotted, owner, name
 
     @property
     def params(self):
-        """dict[str, ndarray]: dotted names -> live parameter arrays (own first, then children)."""
-        return self._named("_parameters")
+        """dict[str, ndarray]: dotted names -> live parameter arrays, each array once.
+
+        Own parameters first, then the children's; a shared array is listed
+        under its first name (PyTorch's ``named_parameters()``).
+        """
+        return {dotted: owner._parameters[name] for dotted, owner, name in self._distinct()}
 
     @property
     def grads(self):
-        """dict[str, ndarray]: same keys as :attr:`params`; overwritten by each ``backward``."""
-        return self._named("_grads")
+        """dict[str, ndarray]: same keys as :attr:`params`; live arrays that every
+        ``backward`` adds to, until :meth:`zero_grad`."""
+        return {dotted: owner._grads[name] for dotted, owner, name in self._distinct()}
 
     def zero_grad(self):
-        """Set every gradient to zeros (recursively)."""
-        for name, p in self._parameters.items():
-            self._grads[name] = np.zeros_like(p)
+        """Set every gradient to zero and drop the forwards still waiting for a backward (recursively)."""
+        for g in self._grads.values():
+            g.fill(0)
+        self._pending.clear()
+        self._dropped = 0
         for child in self._modules.values():
             child.zero_grad()
 
     # -- state --------------------------------------------------------------
     def state_dict(self):
-        """Copies of every parameter under PyTorch-style dotted names."""
-        return {k: v.copy() for k, v in self.params.items()}
+        """Copies of every parameter under PyTorch-style dotted names (a shared one under each)."""
+        return {dotted: owner._parameters[name].copy() for dotted, owner, name in self._registrations()}
 
     def load_state_dict(self, state):
         """Copy ``state`` into the parameters, in place (optimisers keep their references).
 
         Strict: a missing key, an unexpected key or a shape mismatch is a
-        ``ValueError`` naming the key.  Values are cast to each parameter's dtype.
+        ``ValueError`` naming the key, and so are two different values for
+        the names of one shared parameter.  Values are cast to each
+        parameter's dtype.
         """
         fn = f"{type(self).__name__}.load_state_dict"
-        params = self.params
-        _check_state_keys(params, state, fn, "module")
-        values = {}
-        for k, p in params.items():
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{fn}(): expected state to be a dict of arrays, got {type(state).__name__}")
+        names = {dotted: owner._parameters[name] for dotted, owner, name in self._registrations()}
+        _check_state_keys(names, state, fn, "module")
+        values, first = {}, {}
+        for k, p in names.items():
             v = float_array(np.asarray(state[k]), k, fn)
             if v.shape != p.shape:
-                raise ValueError(
-                    f"{fn}(): expected {k} of shape {p.shape}, got {v.shape}"
-                )
+                raise ValueError(f"{fn}(): expected {k} of shape {p.shape}, got {v.shape}")
+            other = first.setdefault(id(p), k)
+            if other != k and not np.array_equal(v, values[other], equal_nan=True):
+                raise ValueError(f"{fn}(): {other} and {k} name one shared parameter but have "
+                                 f"different values")
             values[k] = v
         # Validate everything before writing anything: a failed load changes nothing.
-        for k, p in params.items():
+        for k, p in names.items():
             np.copyto(p, values[k], casting="same_kind")
+
+    def _to_float64(self):
+        """Cast every parameter and gradient to float64, replacing the arrays (recursively)."""
+        for name, p in self._parameters.items():
+            self._parameters[name] = p.astype(np.float64)
+            self._grads[name] = self._grads[name].astype(np.float64)
+        for child in self._modules.values():
+            child._to_float64()
 
     # -- modes --------------------------------------------------------------
     def train(self, mode=True):
@@ -240,34 +323,61 @@ class Module:
         return self
 
     def eval(self):
-        """Set evaluation mode recursively; returns self."""
+        """Set evaluation mode recursively (forwards then save nothing); returns self."""
         return self.train(False)
 
     # -- computation --------------------------------------------------------
     def forward(self, x):
-        """Compute the output and store what :meth:`backward` needs (last call only)."""
+        """Compute the output; in training mode, save what :meth:`backward` needs."""
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
     def backward(self, dy):
-        """Overwrite the parameter gradients and return ``d loss / d x`` for the last forward."""
+        """Add the parameter gradients and return ``d loss / d x``, for the last pending forward."""
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x):
         return self.forward(x)
 
-    def _saved(self, fn):
-        x = self.__dict__.get("_x")
-        if x is None:
-            raise RuntimeError(f"{fn}(): backward called before forward")
-        return x
+    def save_for_backward(self, y, *values):
+        """Keep ``values`` for the backward of the forward whose output is ``y``; return ``y``.
+
+        Call it at the end of ``forward``.  In training mode ``y``'s shape and
+        ``values`` are pushed on this module's stack of pending forwards (at
+        most ``MAX_PENDING``: beyond, the oldest is dropped); in eval mode
+        nothing is kept.
+        """
+        if self.training:
+            if len(self._pending) == self._pending.maxlen:
+                self._dropped += 1
+            self._pending.append((np.shape(y), values))
+        return y
+
+    def pop_saved(self, dy, name="dy"):
+        """``(dy, values)`` for the backward of the last pending forward, which it removes.
+
+        ``dy`` comes back as a float array, checked to have the shape of that
+        forward's output; ``values`` is the tuple given to :meth:`save_for_backward`.
+        A ``ValueError`` naming the module if nothing is pending (no forward, a
+        forward in eval mode, or every forward already gone back through) or
+        if the shapes differ.
+        """
+        fn = f"{type(self).__name__}.backward"
+        if not self._pending:
+            why = (f"{self._dropped} earlier forwards were dropped, more than {MAX_PENDING} having "
+                   f"waited for a backward" if self._dropped else
+                   "each backward needs its own forward in training mode (eval mode saves nothing)")
+            raise ValueError(f"{fn}(): no pending forward to go back through: {why}")
+        shape, values = self._pending[-1]
+        dy = float_array(dy, name, fn)
+        if dy.shape != shape:
+            raise ValueError(f"{fn}(): expected {name} of shape {shape}, the output of the last "
+                             f"pending forward, got {dy.shape}")
+        self._pending.pop()
+        return dy, values
 
 
 class Flatten(Module):
     """``(N, d1, d2, ...) -> (N, d1*d2*...)`` (torch.nn.Flatten with start_dim=1)."""
-
-    def __init__(self):
-        super().__init__()
-        self._x = None
 
     def forward(self, x):
         x = float_array(x, "x", "Flatten.forward")
@@ -275,21 +385,21 @@ class Flatten(Module):
             raise ValueError(
                 f"Flatten.forward(): expected x of shape (N, ...) with at least 2 axes, got shape {x.shape}"
             )
-        self._x = x
-        return x.reshape(x.shape[0], math.prod(x.shape[1:]))   # explicit: N may be 0
+        y = x.reshape(x.shape[0], math.prod(x.shape[1:]))   # explicit: N may be 0
+        return self.save_for_backward(y, x.shape)
 
     # Backward of a reshape is the inverse reshape.
     def backward(self, dy):
-        x = self._saved("Flatten.backward")
-        dy = float_array(dy, "dy", "Flatten.backward")
-        _check_grad_shape(dy, (x.shape[0], math.prod(x.shape[1:])), "Flatten.backward")
-        return dy.reshape(x.shape)
+        dy, (shape,) = self.pop_saved(dy)
+        return dy.reshape(shape)
 
 
 class Sequential(Module):
     """Chain of modules named ``"0", "1", ...`` (torch.nn.Sequential).
 
-    Indexable (``seq[0]``, ``seq[-1]``), ``len(seq)``, iterable.
+    Indexable (``seq[0]``, ``seq[-1]``), ``len(seq)``, iterable.  A module may
+    appear more than once (``Sequential(f, f)`` applies ``f`` twice, with one
+    set of parameters whose gradients sum over both uses).
     """
 
     def __init__(self, *modules):
@@ -313,10 +423,11 @@ class Sequential(Module):
     def forward(self, x):
         for m in self._modules.values():
             x = m.forward(x)
-        return x
+        return self.save_for_backward(x)
 
     # Chain rule: back through the children in reverse order.
     def backward(self, dy):
+        dy, _ = self.pop_saved(dy)
         for m in reversed(list(self._modules.values())):
             dy = m.backward(dy)
         return dy

@@ -9,7 +9,9 @@ Update rules (docs/derivations/layers.md, "Optimisers"), for each parameter
   ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
 
 Parameters are updated in place, so the arrays in ``module.params`` stay
-the live ones.  State dicts are flat ``{str: ndarray}`` (storable in an
+the live ones; a shared array is listed there once, so it takes one step per
+``step()``, with the gradient summed over its uses.  A learning-rate schedule
+sets ``lr`` before each step (:mod:`stnref.nn.schedules`).  State dicts are flat ``{str: ndarray}`` (storable in an
 ``.npz``): ``"step"``, ``"lr"`` and one buffer per parameter, e.g.
 ``"momentum_buffer.0.weight"`` or ``"exp_avg.loc.0.bias"``.
 """
@@ -81,7 +83,7 @@ class _Optimizer:
         return float(self.lr_scale[max(matches, key=len)]) if matches else 1.0
 
     def step(self):
-        """Update every parameter of the module once from ``module.grads``."""
+        """Update every parameter of the module once from ``module.grads`` (shared ones once too)."""
         self.step_count += 1
         grads = self.module.grads
         for name, p in self.module.params.items():

@@ -165,16 +165,15 @@ class _Pool(Module):
         fn = type(self).__name__
         self.kernel_size = _pair(kernel_size, "kernel_size", fn, 1)
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", fn, 1)
-        self._x = None
 
     def forward(self, x):
         """``(N, C, H, W) -> (N, C, H_out, W_out)``."""
         y = self._forward(x, self.kernel_size, self.stride)
-        self._x = x
-        return y
+        return self.save_for_backward(y, x)
 
     def backward(self, dy):
-        x = self._saved(f"{type(self).__name__}.backward")
+        """``dx (N, C, H, W)`` of the last pending forward."""
+        dy, (x,) = self.pop_saved(dy)
         return self._backward(dy, x, self.kernel_size, self.stride)
 
 
