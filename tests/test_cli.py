@@ -34,7 +34,7 @@ TINY = ["--train-size", "128", "--test-size", "64", "--epochs", "2", "--batch-si
 EPOCH_KEYS = {"epoch", "train_loss", "train_error", "test_error", "seconds", "samples_per_s"}
 CONFIG_KEYS = {"model", "transform", "distortion", "data", "epochs", "batch_size", "lr",
                "loc_lr_scale", "momentum", "optimizer", "train_size", "test_size", "seed",
-               "clip_norm", "checkpoint_every", "on_nonfinite"}
+               "clip_norm", "checkpoint_every", "on_nonfinite", "schedule"}
 
 
 def run_cli(*args, cwd):
@@ -295,6 +295,44 @@ def test_reference_export_and_check(tmp_path, capsys):
     proc = run_main(capsys, "reference", "check", golden, results)
     assert proc.returncode == 1, proc.stderr
     assert "FAIL" in proc.stdout and proc.stderr == ""
+
+
+def test_reference_diagnose(tmp_path, capsys):
+    """stnref's own sampler matches (exit 0, JSON written); a half-up nearest does not (exit 1)."""
+    out = tmp_path / "d.json"
+    proc = run_main(capsys, "reference", "diagnose", "stnref:grid_sample", "--json", out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert "verdict: matches PyTorch `grid_sample(mode='bilinear', padding_mode='zeros', " \
+           "align_corners=False)`" in proc.stdout
+    found = json.loads(out.read_text())
+    assert found["matches_pytorch"] is True and found["differences"] == []
+    assert found["kernel"] == "bilinear" and found["axis_order"] == "xy"
+    (tmp_path / "halfup.py").write_text(
+        "import numpy as np\n"
+        "import stnref\n"
+        "def fn(U, grid):\n"
+        "    W, H = U.shape[3], U.shape[2]\n"
+        "    ix = np.floor(((grid[..., 0] + 1) * W - 1) / 2 + 0.5)\n"
+        "    iy = np.floor(((grid[..., 1] + 1) * H - 1) / 2 + 0.5)\n"
+        "    g = np.stack([(2 * ix + 1) / W - 1, (2 * iy + 1) / H - 1], axis=-1)\n"
+        "    return stnref.grid_sample(U, g, mode='nearest')\n")
+    proc = run_cli("reference", "diagnose", "halfup:fn", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr
+    assert "half up" in proc.stdout and "docs/conventions.md §4.2" in proc.stdout
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("no_such_module_xyz:fn", "no_such_module_xyz"),
+    ("stnref:no_such_function", "no_such_function"),
+    ("stnref", "MODULE:FUNCTION"),
+])
+def test_reference_diagnose_bad_spec_is_one_line(tmp_path, capsys, spec, fragment):
+    assert_user_error(run_main(capsys, "reference", "diagnose", spec), fragment)
+
+
+def test_json_to_a_directory_is_one_line(tmp_path, capsys):
+    proc = run_main(capsys, "reference", "diagnose", "stnref:grid_sample", "--json", tmp_path)
+    assert_user_error(proc, "--json", "is a directory")
 
 
 def test_bench_quick(tmp_path, monkeypatch, capsys):

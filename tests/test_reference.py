@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from stnref import reference
-from stnref.reference import RULES, check, compute_outputs, export
+from stnref.reference import check, compute_outputs, export
+from stnref.reference.golden import MODES, PADDINGS, RULES, SAMPLER_OPS
 
 ADAPTER = Path(__file__).resolve().parents[1] / "docs" / "examples" / "reference_adapter.py"
-SAMPLER_COMBOS = {(k, m, p, ac) for k in (2, 3) for m in reference.MODES for p in reference.PADDINGS
+SAMPLER_COMBOS = {(k, m, p, ac) for k in (2, 3) for m in MODES for p in PADDINGS
                   for ac in (False, True) if not (m == "bicubic" and k == 3)}
 
 
@@ -84,7 +85,7 @@ def test_manifest_schema_and_coverage(golden, manifest):
     assert len(ids) == len(set(ids))
     keys = {"id", "file", "op", "family", "rule", "options", "dtype", "seed", "finite", "inputs",
             "cotangents", "outputs", "tolerance"}
-    seen = {op: set() for op in reference.SAMPLER_OPS}
+    seen = {op: set() for op in SAMPLER_OPS}
     for case in manifest["cases"]:
         assert set(case) == keys, case["id"]
         assert case["file"] == case["id"] + ".npz"

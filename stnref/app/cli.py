@@ -76,6 +76,10 @@ def _add_train_options(p, defaults):
                    help="SGD momentum (default: %(default)s)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
                    help="default: %(default)s")
+    p.add_argument("--schedule", metavar="SPEC", default=defaults.schedule,
+                   help="learning-rate schedule, lengths E in epochs: constant, step:E[:GAMMA], "
+                        "cosine[:E[:FINAL]] (E defaults to --epochs), warmup:E, or terms joined "
+                        "by + (multiplied), e.g. warmup:1+cosine (default: %(default)s)")
     p.add_argument("--train-size", type=_positive_int, default=defaults.train_size,
                    help="training samples used (default: %(default)s)")
     p.add_argument("--test-size", type=_positive_int, default=defaults.test_size,
@@ -104,13 +108,28 @@ def _add_experiment_options(p):
     p.add_argument("--out", required=True, metavar="DIR")
 
 
+def _write_json(path, payload, option):
+    """Write ``payload`` as JSON to ``path`` atomically; a path that cannot be written is a
+    :class:`UserError` naming ``option``."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"{option}: {path!r} is a directory; give a file name")
+    if not os.path.isdir(parent):
+        raise UserError(f"{option}: directory {parent!r} does not exist")
+    try:
+        atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    except OSError as err:
+        raise UserError(f"{option}: cannot write {path!r}: {err.strerror or err}") from None
+
+
 def _config_from(args):
     from .train import TrainConfig
 
     return TrainConfig(
         model=args.model, transform=args.transform, distortion=args.distortion, data=args.data,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loc_lr_scale=args.loc_lr_scale,
-        momentum=args.momentum, optimizer=args.optimizer, train_size=args.train_size,
+        momentum=args.momentum, optimizer=args.optimizer, schedule=args.schedule,
+        train_size=args.train_size,
         test_size=args.test_size, seed=args.seed, checkpoint_every=args.checkpoint_every,
         on_nonfinite=args.on_nonfinite,
     )
@@ -154,7 +173,7 @@ def cmd_evaluate(args):
         payload = {"run": os.path.abspath(args.run_dir), "epoch": state["epoch"],
                    "test_error": error, "test_loss": loss, "test_size": len(x_test),
                    "config": dataclasses.asdict(config)}
-        atomic_write_bytes(args.json, (json.dumps(payload, indent=2) + "\n").encode())
+        _write_json(args.json, payload, "--json")
     return 0
 
 
@@ -190,13 +209,31 @@ def cmd_bench(args):
 
 
 def cmd_reference(args):
-    """Handler of ``stnref reference export|check``; ``check`` returns 1 if any case fails."""
+    """Handler of ``stnref reference export|check|diagnose``.
+
+    ``check`` returns 1 if any case fails; ``diagnose`` returns 1 unless the sampler matches
+    a PyTorch setting on finite inputs.
+    """
     from .. import reference
 
     if args.action == "export":
         reference.export(args.directory)
         print(f"wrote golden cases to {args.directory}")
         return 0
+    if args.action == "diagnose":
+        from ..reference.diagnosis import load_callable
+
+        try:
+            fn = load_callable(args.function)
+            backward = load_callable(args.backward) if args.backward else None
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        diagnosis = reference.diagnose(fn, backward)
+        print(diagnosis.report())
+        if args.json:
+            _write_json(args.json, diagnosis.to_json(), "--json")
+            print(f"wrote {args.json}")
+        return 0 if diagnosis.matches_pytorch else 1
     # sys.stdout looked up now, not at import (check's default), so redirections apply
     return 0 if reference.check(args.directory, args.results, out=sys.stdout) else 1
 
@@ -248,6 +285,13 @@ def build_parser():
     r = rsub.add_parser("check", help="compare RESULTS (laid out like DIR) with the golden cases")
     r.add_argument("directory", metavar="DIR")
     r.add_argument("results", metavar="RESULTS")
+    r = rsub.add_parser("diagnose", help="probe a sampler and say which conventions it follows "
+                        "(exit 0 if it matches a PyTorch setting on finite inputs)")
+    r.add_argument("function", metavar="MODULE:FUNCTION",
+                   help="fn(U, grid) -> V on NumPy arrays, importable from the current directory")
+    r.add_argument("--backward", metavar="MODULE:FUNCTION",
+                   help="backward(dV, U, grid) -> (dU, dgrid) (default: forward only)")
+    r.add_argument("--json", metavar="FILE", help="also write the diagnosis as JSON")
     p.set_defaults(func=cmd_reference)
     return parser
 

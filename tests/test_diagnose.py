@@ -1,0 +1,437 @@
+"""``stnref.reference.diagnose`` tells every convention of a black-box sampler apart.
+
+* stnref's own sampler in all 18 mode x padding x align_corners settings, each with and without
+  its backward (36 black boxes), is identified exactly and matches PyTorch;
+* ``scipy.ndimage.map_coordinates`` (orders 0, 1, 3; every mode) is identified as what it is;
+* small NumPy fakes, each breaking one convention, are caught with that finding and no other;
+* backwards that take the left-sided derivative or drop duplicate points are told apart;
+* PyTorch's ``grid_sample`` is identified as matching (when torch is installed);
+* a sampler that raises or returns the wrong shape is a finding, never a traceback.
+
+The fakes are written here, independently of the hypotheses inside ``diagnose``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from stnref import grid_sample, grid_sample_backward
+from stnref.reference import Diagnosis, diagnose
+from stnref.reference.diagnosis import TORCH_NON_FINITE, load_callable
+
+MODES = ("nearest", "bilinear", "bicubic")
+PADDINGS = ("zeros", "border", "reflection")
+SETTINGS = [(m, p, ac) for m in MODES for p in PADDINGS for ac in (False, True)]
+PADDING_FOUND = {"zeros": "zeros", "border": "border",
+                 "reflection": {True: "reflection about centres", False: "reflection about edges"}}
+
+
+def topics(d):
+    """The property each difference is about: "kernel", "padding", "values differ ..."."""
+    return {line.split(":")[0] for line in d.differences}
+
+
+def stnref_box(mode, padding_mode, align_corners):
+    def fn(U, grid):
+        return grid_sample(U, grid, mode, padding_mode, align_corners)
+
+    def backward(dV, U, grid):
+        return grid_sample_backward(dV, U, grid, mode, padding_mode, align_corners)
+
+    return fn, backward
+
+
+# ----------------------------------------------------------------------------- stnref itself
+
+@pytest.mark.parametrize("with_backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("mode, padding_mode, align_corners", SETTINGS,
+                         ids=[f"{m}-{p}-{'ac' if ac else 'noac'}" for m, p, ac in SETTINGS])
+def test_stnref_sampler_is_identified_exactly(mode, padding_mode, align_corners, with_backward):
+    fn, backward = stnref_box(mode, padding_mode, align_corners)
+    d = diagnose(fn, backward if with_backward else None)
+    assert d.matches_pytorch, d.report()
+    assert d.differences == []
+    assert d.closest == {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+    assert d.kernel == mode and d.axis_order == "xy" and d.precision == "float64"
+    assert d.coordinates == f"align_corners={align_corners}"
+    expected = PADDING_FOUND[padding_mode]
+    assert d.padding == (expected[align_corners] if isinstance(expected, dict) else expected)
+    assert d.cubic_a == (-0.75 if mode == "bicubic" else None)
+    assert d.nearest_rounding == ("half to even" if mode == "nearest" else "n/a")
+    assert d.non_finite == {"nan": "NaN", "+inf": "NaN", "-inf": "NaN"}  # conventions §5.2
+    if with_backward:
+        knots = {"nearest": "zero (nearest)", "bilinear": "right-sided"}.get(mode, "n/a (Keys is C1 at knots)")
+        clipped = mode == "bilinear" and padding_mode != "zeros"
+        assert d.backward["knots"] == knots
+        assert d.backward["clip borders"] == ("zero at and beyond the border" if clipped else "n/a")
+        assert d.backward["duplicates"] == "accumulate"
+        assert d.backward["gradient of fn"].startswith("yes")
+        assert d.backward["matches_pytorch"] is True
+    else:
+        assert d.backward is None
+
+
+# ----------------------------------------------------------------------------- scipy.ndimage
+
+def scipy_box(order, mode):
+    """map_coordinates with the grid read as pixel coordinates (x, y) -> (row, col) = (y, x)."""
+    def fn(U, grid):
+        return np.stack([np.stack([ndimage.map_coordinates(plane, [g[..., 1], g[..., 0]], order=order, mode=mode)
+                                   for plane in image]) for image, g in zip(U, grid)])
+    return fn
+
+
+SCIPY_KERNELS = {0: "nearest", 1: "bilinear", 3: "cubic B-spline"}
+# scipy mode -> what diagnose should call it (pictures in scipy's documentation)
+SCIPY_MODES = {
+    "constant": "constant beyond the edge pixels",  # 0 outside [0, size-1], no blending
+    "grid-constant": "zeros",                       # | a b c d | with 0 taps outside
+    "nearest": "border",
+    "mirror": "reflection about centres",           # d c b | a b c d | c b a
+    "reflect": "reflection about edges",            # d c b a | a b c d | d c b a
+    "grid-wrap": "wrap",
+    "wrap": "wrap with period size - 1",            # first and last pixel coincide
+}
+# Where scipy itself departs from the behaviour it is identified with (real findings):
+SCIPY_QUIRKS = {
+    (0, "mirror"): "half-integers",  # order 0 rounds ties beyond the border its own way
+    (1, "nearest"): "far outside",   # 8e30 pixels reads the first pixel, not the last
+}
+
+
+@pytest.mark.parametrize("order", sorted(SCIPY_KERNELS))
+@pytest.mark.parametrize("mode", sorted(SCIPY_MODES))
+def test_scipy_map_coordinates_is_identified(order, mode):
+    d = diagnose(scipy_box(order, mode))
+    assert d.kernel == SCIPY_KERNELS[order]
+    assert d.coordinates == "pixel coordinates, i = x" and d.axis_order == "xy"
+    assert d.padding == SCIPY_MODES[mode] and d.fill == 0.0
+    assert d.precision == "float64"
+    assert d.nearest_rounding == ("half up" if order == 0 else "n/a")
+    assert not d.matches_pytorch
+    expected = {"coordinates"}
+    expected |= {"nearest ties"} if order == 0 else set()
+    expected |= {"kernel"} if order == 3 else set()
+    expected |= {"padding"} if mode in ("constant", "grid-wrap", "wrap") else set()
+    found = topics(d)
+    quirk = SCIPY_QUIRKS.get((order, mode))
+    if quirk:
+        assert any(quirk in line for line in d.differences if line.startswith("values differ"))
+        found = {t for t in found if not t.startswith("values differ")}
+    assert found == expected, d.differences
+
+
+# ----------------------------------------------------------------------------- fakes
+
+def unnormalise(g, n, align_corners):
+    return (g + 1) / 2 * (n - 1) if align_corners else ((g + 1) * n - 1) / 2
+
+
+def keys(d, a):
+    d = np.abs(d)
+    return np.where(d <= 1, (a + 2) * d**3 - (a + 3) * d**2 + 1,
+                    np.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, 0.0))
+
+
+TAP_READS = {  # padding -> integer tap m of an axis of s pixels -> pixel index, or -1 (fill)
+    "zeros": lambda m, s: np.where((m >= 0) & (m < s), m, -1),
+    "border": lambda m, s: np.clip(m, 0, s - 1),
+    "wrap": lambda m, s: np.mod(m, s),
+}
+
+
+def fake(U, grid, *, kernel="bilinear", a=-0.75, rounding=np.rint, padding="zeros", fill=0.0,
+         clamp=False, align_corners=False):
+    """A small sampler of its own: separable taps, each read through ``TAP_READS[padding]``;
+    ``clamp`` clips the coordinate to the pixels first (as ONNX's reference bicubic does)."""
+    N, C, H, W = U.shape
+    out = np.empty((N, C) + grid.shape[1:3])
+    for n in range(N):
+        taps = []
+        for i, size in ((unnormalise(grid[n, ..., 0].ravel(), W, align_corners), W),
+                        (unnormalise(grid[n, ..., 1].ravel(), H, align_corners), H)):
+            i = np.clip(i, 0, size - 1) if clamp else i
+            if kernel == "nearest":
+                m, w = rounding(i)[:, None], np.ones((len(i), 1))
+            else:
+                m = np.floor(i)[:, None] + ([0, 1] if kernel == "bilinear" else [-1, 0, 1, 2])
+                w = np.maximum(0, 1 - np.abs(i[:, None] - m)) if kernel == "bilinear" else keys(i[:, None] - m, a)
+            taps.append((np.nan_to_num(TAP_READS[padding](m, size), nan=-1).astype(int), w))
+        (cx, wx), (cy, wy) = taps
+        vals = U[n][:, np.maximum(cy, 0)[:, :, None], np.maximum(cx, 0)[:, None, :]]  # (C, P, Ty, Tx)
+        vals = np.where((cy < 0)[:, :, None] | (cx < 0)[:, None, :], fill, vals)
+        out[n] = np.einsum("cpyx,py,px->cp", vals, wy, wx).reshape((C,) + grid.shape[1:3])
+    return out
+
+
+def nan_to_zero(U, grid):
+    V = grid_sample(U, grid)
+    return np.where(np.isnan(grid[..., 0])[:, None], 0.0, V)
+
+
+def pixel_coordinates(U, grid):
+    H, W = U.shape[2:]
+    return grid_sample(U, np.stack([(2 * grid[..., 0] + 1) / W - 1, (2 * grid[..., 1] + 1) / H - 1], -1),
+                       "bicubic")
+
+
+# name -> (fake, the one difference it must produce, the property it shows in)
+FAKES = {
+    "swapped axes": (lambda U, g: grid_sample(U, g[..., ::-1]), "axis order", ("axis_order", "yx")),
+    "A = -0.5": (lambda U, g: fake(U, g, kernel="bicubic", a=-0.5, padding="border"), "kernel",
+                 ("cubic_a", -0.5)),
+    "half-up ties": (lambda U, g: fake(U, g, kernel="nearest", rounding=lambda i: np.floor(i + 0.5)),
+                     "nearest ties", ("nearest_rounding", "half up")),
+    "clamped bicubic border": (
+        lambda U, g: fake(U, g, kernel="bicubic", padding="border", clamp=True, align_corners=True),
+        "padding", ("padded", "coordinate")),
+    "float32 arithmetic": (
+        lambda U, g: grid_sample(U.astype(np.float32), g.astype(np.float32), "bilinear", "border",
+                                 True).astype(np.float64), "precision", ("precision", "float32")),
+    "pixel coordinates": (pixel_coordinates, "coordinates", ("coordinates", "pixel coordinates, i = x")),
+    "wrap": (lambda U, g: fake(U, g, padding="wrap"), "padding", ("padding", "wrap")),
+    "constant 0.5": (lambda U, g: fake(U, g, fill=0.5), "padding", ("fill", 0.5)),
+    "NaN -> 0": (nan_to_zero, None, ("non_finite", {"nan": "0", "+inf": "NaN", "-inf": "NaN"})),
+}
+# what each fake does apart from its one broken convention
+BASE = {"kernel": "bilinear", "axis_order": "xy", "coordinates": "align_corners=False", "padding": "zeros",
+        "precision": "float64", "nearest_rounding": "n/a"}
+FAKE_BASE = {
+    "A = -0.5": {"kernel": "bicubic", "padding": "border"},
+    "half-up ties": {"kernel": "nearest", "nearest_rounding": "half up"},
+    "clamped bicubic border": {"kernel": "bicubic", "padding": "border", "coordinates": "align_corners=True"},
+    "float32 arithmetic": {"padding": "border", "coordinates": "align_corners=True", "precision": "float32"},
+    "pixel coordinates": {"kernel": "bicubic", "coordinates": "pixel coordinates, i = x"},
+    "wrap": {"padding": "wrap"},
+    "constant 0.5": {"padding": "constant"},
+    "swapped axes": {"axis_order": "yx"},
+}
+
+
+@pytest.mark.parametrize("name", list(FAKES))
+def test_fake_breaking_one_convention_is_caught_alone(name):
+    fn, topic, (attribute, value) = FAKES[name]
+    d = diagnose(fn)
+    assert getattr(d, attribute) == value, d.report()
+    assert topics(d) == ({topic} if topic else set()), d.differences
+    assert d.matches_pytorch == (topic is None)
+    for key, expected in {**BASE, **FAKE_BASE.get(name, {})}.items():
+        assert getattr(d, key) == expected, (key, d.report())
+
+
+def test_coordinate_clamped_bicubic_is_named_against_the_taps_rule():
+    d = diagnose(FAKES["clamped bicubic border"][0])
+    assert any("pads the coordinate before taking the taps" in line and "§4.3" in line
+               for line in d.differences)
+    assert d.closest == {"mode": "bicubic", "padding_mode": "border", "align_corners": True}
+
+
+def test_unknown_kernel_is_none_of_these_and_a_difference():
+    def cosine(U, grid):  # interpolating, but neither tent nor Keys: w = (1 - cos(pi t))/2
+        H, W = U.shape[2:]  # (smoothstep 3t^2 - 2t^3 would be Keys with A = 0, and found as such)
+        ix, iy = unnormalise(grid[..., 0], W, False), unnormalise(grid[..., 1], H, False)
+        x0, y0 = np.floor(ix), np.floor(iy)
+        sx, sy = (1 - np.cos(np.pi * (ix - x0))) / 2, (1 - np.cos(np.pi * (iy - y0))) / 2
+        g = np.stack([(2 * (x0 + sx) + 1) / W - 1, (2 * (y0 + sy) + 1) / H - 1], -1)
+        return grid_sample(U, g, "bilinear", "border")
+
+    d = diagnose(cosine)
+    assert d.kernel == "none of these" and d.padding == "border"
+    assert d.coordinates == "align_corners=False" and "kernel" in topics(d)
+    assert not d.matches_pytorch
+
+
+def test_another_unnormalisation_is_estimated_as_scale_and_offset():
+    def shifted(U, grid):  # i = (x + 1)/2 size - 0.3: neither align_corners nor pixel coordinates
+        H, W = U.shape[2:]
+        ix, iy = (grid[..., 0] + 1) / 2 * W - 0.3, (grid[..., 1] + 1) / 2 * H - 0.3
+        return grid_sample(U, np.stack([(2 * ix + 1) / W - 1, (2 * iy + 1) / H - 1], -1), "bilinear", "border")
+
+    d = diagnose(shifted)
+    assert d.coordinates.startswith("neither (estimated)")
+    assert "a = 0.5 size, b = 0.5 size - 0.3" in d.coordinates
+    assert (d.kernel, d.padding, d.axis_order) == ("bilinear", "border", "xy")
+    assert topics(d) == {"coordinates"}
+
+
+# ----------------------------------------------------------------------------- backward
+
+def bilinear_backward(dV, U, grid, left=False, accumulate=True):
+    """Backward of bilinear, zeros padding, align_corners=False.  ``left``: the cell left of an
+    integer coordinate (left-sided derivative); ``accumulate=False``: ``dU[idx] += w`` (fancy
+    indexing keeps one of several equal indices)."""
+    N, C, H, W = U.shape
+    dU, dgrid = np.zeros_like(U), np.zeros_like(grid)
+    for n in range(N):
+        ix, iy = unnormalise(grid[n, ..., 0].ravel(), W, False), unnormalise(grid[n, ..., 1].ravel(), H, False)
+        x0 = np.ceil(ix) - 1 if left else np.floor(ix)
+        y0 = np.ceil(iy) - 1 if left else np.floor(iy)
+        tx, ty = ix - x0, iy - y0
+        g = dV[n].reshape(C, -1)
+        v = {}
+        for ox in (0, 1):
+            for oy in (0, 1):
+                mx, my = (x0 + ox).astype(int), (y0 + oy).astype(int)
+                ok = (mx >= 0) & (mx < W) & (my >= 0) & (my < H)
+                v[ox, oy] = np.where(ok, U[n][:, np.clip(my, 0, H - 1), np.clip(mx, 0, W - 1)], 0.0)
+                c, p = np.nonzero(np.broadcast_to(ok, g.shape))
+                w = ((tx if ox else 1 - tx) * (ty if oy else 1 - ty) * g)[c, p]
+                if accumulate:
+                    np.add.at(dU[n], (c, my[p], mx[p]), w)
+                else:
+                    dU[n][c, my[p], mx[p]] += w
+        slope_x = (v[1, 0] - v[0, 0]) * (1 - ty) + (v[1, 1] - v[0, 1]) * ty
+        slope_y = (v[0, 1] - v[0, 0]) * (1 - tx) + (v[1, 1] - v[1, 0]) * tx
+        dgrid[n, ..., 0] = (g * slope_x).sum(0).reshape(grid.shape[1:3]) * W / 2
+        dgrid[n, ..., 1] = (g * slope_y).sum(0).reshape(grid.shape[1:3]) * H / 2
+    return dU, dgrid
+
+
+@pytest.mark.parametrize("name, backward, knots, duplicates", [
+    ("stnref", stnref_box("bilinear", "zeros", False)[1], "right-sided", "accumulate"),
+    ("fake, right-sided", bilinear_backward, "right-sided", "accumulate"),
+    ("fake, left-sided", lambda *a: bilinear_backward(*a, left=True), "left-sided", "accumulate"),
+    ("fake, indexed +=", lambda *a: bilinear_backward(*a, accumulate=False), "right-sided", "keep one of them"),
+])
+def test_backwards_are_told_apart(name, backward, knots, duplicates):
+    d = diagnose(stnref_box("bilinear", "zeros", False)[0], backward)
+    assert d.backward["knots"] == knots
+    assert d.backward["duplicates"] == duplicates
+    assert d.backward["gradient of fn"].startswith("yes")  # right away from kinks in every case
+    ok = knots == "right-sided" and duplicates == "accumulate"
+    assert d.matches_pytorch == ok, d.differences
+    sections = {"left-sided": "§4.1", "keep one of them": "§6.2"}
+    for value in (knots, duplicates):
+        if value in sections:
+            assert any(sections[value] in line for line in d.differences)
+
+
+def test_backward_of_another_function_is_not_its_gradient():
+    fn, _ = stnref_box("bilinear", "border", True)
+    d = diagnose(fn, stnref_box("bilinear", "border", False)[1])
+    assert d.backward["gradient of fn"].startswith("no")
+    assert any("not the gradient of fn" in line for line in d.differences)
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def torch_box(torch, **setting):
+    F = torch.nn.functional
+
+    def fn(U, grid):
+        with torch.no_grad():
+            return F.grid_sample(torch.from_numpy(U), torch.from_numpy(grid), **setting).numpy()
+
+    def backward(dV, U, grid):
+        U_t, g = torch.from_numpy(U).requires_grad_(), torch.from_numpy(grid).requires_grad_()
+        dU, dgrid = torch.autograd.grad(F.grid_sample(U_t, g, **setting), (U_t, g), torch.from_numpy(dV))
+        return dU.numpy(), dgrid.numpy()
+
+    return fn, backward
+
+
+@pytest.mark.parametrize("setting", [("bilinear", "zeros", False), ("bicubic", "reflection", True)],
+                         ids=["bilinear-zeros-noac", "bicubic-reflection-ac"])
+def test_pytorch_grid_sample_matches(setting):
+    torch = pytest.importorskip("torch")
+    mode, padding_mode, align_corners = setting
+    d = diagnose(*torch_box(torch, mode=mode, padding_mode=padding_mode, align_corners=align_corners))
+    assert d.matches_pytorch, d.report()
+    assert d.closest == {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+    assert d.backward["matches_pytorch"] is True
+
+
+def test_pytorch_non_finite_table_is_what_torch_does():
+    """TORCH_NON_FINITE (stated in reports for PyTorch 2.13) against the installed torch."""
+    torch = pytest.importorskip("torch")
+    for mode, padding_mode, align_corners in SETTINGS:
+        fn, _ = torch_box(torch, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+        found = diagnose(fn).non_finite
+        assert tuple(found.values()) == TORCH_NON_FINITE[mode, padding_mode], (mode, padding_mode)
+
+
+# ----------------------------------------------------------------------------- errors
+
+def test_not_callable_is_a_type_error_naming_the_argument():
+    with pytest.raises(TypeError, match=r"expected fn to be a callable fn\(U, grid\) -> V, got int 42"):
+        diagnose(42)
+    with pytest.raises(TypeError, match="expected backward to be a callable"):
+        diagnose(grid_sample, backward="grad")
+
+
+def test_wrong_shape_is_a_finding_not_a_traceback():
+    d = diagnose(lambda U, grid: grid_sample(U, grid)[..., :1])
+    assert isinstance(d, Diagnosis) and not d.matches_pytorch
+    assert d.kernel == "unknown" and d.calls == 1
+    assert "returned V of shape (2, 3, 3, 1), expected (2, 3, 3, 4)" in d.differences[0]
+    assert "verdict:" in d.report()
+
+
+@pytest.mark.parametrize("failure", [ValueError("no"), MemoryError(), ZeroDivisionError()],
+                         ids=["ValueError", "MemoryError", "ZeroDivisionError"])
+def test_a_sampler_that_always_raises_is_a_finding(failure):
+    def broken(U, grid):
+        raise failure
+
+    d = diagnose(broken)
+    assert not d.matches_pytorch and type(failure).__name__ in d.differences[0]
+
+
+def test_one_failing_probe_does_not_end_the_run():
+    def no_far_points(U, grid):  # e.g. a kernel that casts to int32 before clamping
+        if np.abs(grid[np.isfinite(grid)]).max() > 1e3:
+            raise OverflowError("index out of range")
+        return grid_sample(U, grid, "bilinear", "border")
+
+    d = diagnose(no_far_points)
+    assert (d.kernel, d.padding, d.coordinates) == ("bilinear", "border", "align_corners=False")
+    assert topics(d) == {"far outside"}
+    assert "OverflowError" in d.differences[0] and "§5.1" in d.differences[0]
+    assert d.non_finite == {"nan": "NaN", "+inf": "NaN", "-inf": "NaN"}  # later probes still ran
+
+
+def test_returning_a_tensor_like_or_integers_is_handled():
+    d = diagnose(lambda U, grid: grid_sample(U, grid).tolist())   # nested lists: fine
+    assert d.matches_pytorch
+    d = diagnose(lambda U, grid: np.rint(grid_sample(U, grid)).astype(np.int64))
+    assert not d.matches_pytorch and "expected a float array" in d.differences[0]
+
+
+# ----------------------------------------------------------------------------- output
+
+def test_report_and_json():
+    fn, backward = stnref_box("bicubic", "border", True)
+    d = diagnose(fn, backward)
+    data = json.loads(json.dumps(d.to_json()))
+    for key in ("kernel", "cubic_a", "coordinates", "axis_order", "padding", "nearest_rounding", "precision",
+                "non_finite", "matches_pytorch", "differences", "evidence", "closest", "verdict", "backward"):
+        assert key in data
+    assert data["cubic_a"] == -0.75 and data["coordinates"] == "align_corners=True"
+    assert data["verdict"] == ("matches PyTorch `grid_sample(mode='bicubic', padding_mode='border', "
+                               "align_corners=True)` on finite inputs (forward and backward)")
+    text = d.report()
+    assert text.splitlines()[0].split() == ["property", "found", "PyTorch"]
+    assert "verdict: matches PyTorch" in text and "evidence:" in text and str(d) == text
+
+
+def test_differences_cite_sections_and_the_diagnosis_is_deterministic():
+    first = diagnose(FAKES["half-up ties"][0]).to_json()
+    assert first == diagnose(FAKES["half-up ties"][0]).to_json()
+    for fn, *_ in FAKES.values():
+        for line in diagnose(fn).differences:
+            assert "docs/conventions.md §" in line, line
+
+
+def test_load_callable():
+    assert load_callable("stnref:grid_sample") is grid_sample
+    assert load_callable("stnref.reference.diagnosis:Diagnosis.to_json") is Diagnosis.to_json
+    for spec, message in [("stnref.grid_sample", "expected 'MODULE:FUNCTION'"), (":f", "expected"),
+                          ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+                          ("stnref:no_such_function", "has no attribute 'no_such_function'"),
+                          ("stnref.sampling:CUBIC_A", "is a float, not a callable"), (42, "expected")]:
+        with pytest.raises(ValueError, match=message):
+            load_callable(spec)
