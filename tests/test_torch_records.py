@@ -85,10 +85,14 @@ def stnref_optim(op, options, a):
         total = nn.clip_grad_norm(module, options["max_norm"])
         return {"total": np.asarray(total), "grad.weight": module.grads["weight"],
                 "grad.bias": module.grads["bias"]}
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k != "lr_change"}
     opt = (nn.SGD if op == "sgd" else nn.Adam)(module, **kw)
+    change_at, new_lr = options.get("lr_change", (None, None))
     out = {}
-    for s in range(len([n for n in a if n.endswith(".bias") and n.startswith("grad")])):
+    steps = sorted({int(name[4:].split(".")[0]) for name in a if name.startswith("grad")})
+    for s in steps:
+        if s == change_at:
+            opt.lr = new_lr
         module.set_grad("weight", a[f"grad{s}.weight"])
         module.set_grad("bias", a[f"grad{s}.bias"])
         opt.step()
@@ -176,6 +180,21 @@ def test_stnref_reproduces_pytorch(family, case_id):
     recorded = case_arrays(arrays, case, "outputs")
     mine = stnref_outputs(case, case_arrays(arrays, case, "inputs"))
     assert not mismatches(case, mine, recorded), mismatches(case, mine, recorded)
+
+
+CONV_CASES = [c for _, c in family_cases("nn") if c.startswith("conv2d-")]
+
+
+@pytest.mark.parametrize("route", ["im2col", "fft"])
+@pytest.mark.parametrize("case_id", CONV_CASES)
+def test_both_convolution_routes_reproduce_pytorch(monkeypatch, route, case_id):
+    """conv2d picks im2col or products of spectra by an estimated gain; force each (strided
+    convolutions always take im2col)."""
+    from stnref.nn import conv
+    monkeypatch.setattr(conv, "_SPECTRAL_MIN_GAIN", 0.0 if route == "fft" else np.inf)
+    arrays, case = find("nn", case_id)
+    mine = stnref_outputs(case, case_arrays(arrays, case, "inputs"))
+    assert not mismatches(case, mine, case_arrays(arrays, case, "outputs"))
 
 
 # ----------------------------------------------------------------------------- golden vectors

@@ -36,8 +36,9 @@ Families:
     spectral route's shapes), max and average pooling (ties, NaN, signed zeros and infinities:
     compared bit for bit), ReLU (NaN, -0.0), tanh, linear, cross-entropy, log-softmax, softmax.
 ``optim``
-    Five steps of SGD (momentum, weight decay) and Adam (weight decay) from the same
-    parameters and gradients, and ``clip_grad_norm``.
+    Five steps of SGD (momentum, weight decay) and Adam (betas, eps, weight decay) from the
+    same parameters and gradients, with one parameter at a scaled learning rate and the rate
+    changed mid-run, and ``clip_grad_norm``.
 ``networks``
     One state dict written by the PyTorch twin of each paper network (FCN and CNN at 28x28,
     ST-FCN at 42x42 with its average pools, ST-CNN at 28x28 with the attention transform;
@@ -365,28 +366,41 @@ OPTIM_STEPS = 5
 
 
 def optim_family():
+    """SGD and Adam over OPTIM_STEPS steps; the ``weight`` group at ``lr_scale`` times the rate
+    (stnref's lr_scale, PyTorch's parameter groups) and the base rate changed before one step."""
     cases, arrays = [], {}
-    settings = [("sgd", {"lr": 0.1}), ("sgd", {"lr": 0.05, "momentum": 0.9}),
-                ("sgd", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
-                ("adam", {"lr": 0.01}), ("adam", {"lr": 0.003, "betas": [0.8, 0.99], "eps": 1e-6,
-                                                  "weight_decay": 0.1})]
-    for n, (name, kw) in enumerate(settings):
+    sgd = {"lr": 0.1, "lr_scale": {"weight": 0.1}, "lr_change": [3, 0.05]}
+    adam = {"lr": 1e-2, "betas": [0.8, 0.99], "eps": 1e-6, "lr_scale": {"weight": 0.5},
+            "lr_change": [2, 3e-3]}
+    settings = [("sgd", {**sgd, "momentum": m, "weight_decay": wd})
+                for m, wd in ((0.0, 0.0), (0.9, 0.0), (0.9, 1e-2), (0.0, 0.1))]
+    settings += [("adam", {**adam, "weight_decay": wd}) for wd in (0.0, 1e-2)]
+    settings += [("adam", {"lr": 1e-3})]
+    for n, (name, options) in enumerate(settings):
         case_id = f"{name}-{n}"
         rng = np.random.default_rng(seed_of(case_id))
         a = {"weight": rng.standard_normal((3, 4)), "bias": rng.standard_normal(3)}
         for s in range(OPTIM_STEPS):
             a[f"grad{s}.weight"] = rng.standard_normal((3, 4))
             a[f"grad{s}.bias"] = rng.standard_normal(3)
-        params = [t(a["weight"]).requires_grad_(), t(a["bias"]).requires_grad_()]
-        cls = torch.optim.SGD if name == "sgd" else torch.optim.Adam
-        opt = cls(params, **{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+        params = {"weight": t(a["weight"]).requires_grad_(), "bias": t(a["bias"]).requires_grad_()}
+        scale = options.get("lr_scale", {})
+        groups = [{"params": [params[k]], "lr": options["lr"] * scale.get(k, 1.0),
+                   "scale": scale.get(k, 1.0)} for k in ("weight", "bias")]
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()
+              if k not in ("lr_scale", "lr_change")}
+        opt = (torch.optim.SGD if name == "sgd" else torch.optim.Adam)(groups, **kw)
+        change_at, new_lr = options.get("lr_change", (None, None))
         out = {}
         for s in range(OPTIM_STEPS):
-            params[0].grad, params[1].grad = t(a[f"grad{s}.weight"]), t(a[f"grad{s}.bias"])
+            if s == change_at:
+                for group in opt.param_groups:
+                    group["lr"] = new_lr * group["scale"]
+            params["weight"].grad, params["bias"].grad = t(a[f"grad{s}.weight"]), t(a[f"grad{s}.bias"])
             opt.step()
-            out[f"step{s}.weight"] = params[0].detach().numpy().copy()
-            out[f"step{s}.bias"] = params[1].detach().numpy().copy()
-        cases.append({"id": case_id, "op": name, "family": "steps", "options": kw,
+            for k, p in params.items():
+                out[f"step{s}.{k}"] = p.detach().numpy().copy()
+        cases.append({"id": case_id, "op": name, "family": "steps", "options": options,
                       "inputs": sorted(a), "outputs": sorted(out)})
         arrays.update({f"{case_id}.{k}": v for k, v in a.items()})
         arrays.update({f"{case_id}.torch.{k}": v for k, v in out.items()})
