@@ -113,15 +113,17 @@ def target_parameters(input_size=28, n_classes=10, in_channels=1):
     return _cnn_count(in_channels, side, CNN_BASE_FILTERS, n_classes)
 
 
-def build_model(name, transform="affine", input_size=28, n_classes=10, rng=None,
+def build_model(name, transform=None, input_size=28, n_classes=10, rng=None,
                 dtype=np.float64, *, in_channels=1):
     """Build a distorted-MNIST network of the paper (§4.1 and its appendix).
 
     Parameters
     ----------
     name : {"fcn", "cnn", "st-fcn", "st-cnn"}
-    transform : str or Transform, default "affine"
-        The spatial transformer's transform (ignored by ``fcn`` and ``cnn``).
+    transform : str or Transform, optional
+        The spatial transformer's transform, for ``st-fcn`` and ``st-cnn`` (None:
+        "affine").  ``fcn`` and ``cnn`` have no transformer: a transform given for
+        them is a ``ValueError``.
     input_size : int, default 28
         Side of the square input (28: R, P, E; 42: RTS; 60: TC).  ``st-cnn`` needs
         at least 28 (its localisation convolutions are unpadded, as in the paper).
@@ -165,7 +167,10 @@ def build_model(name, transform="affine", input_size=28, n_classes=10, rng=None,
     """
     fn = "build_model"
     name = _checks.check_choice(name, "name", fn, MODEL_NAMES)
-    transform = _resolve_transform(transform, fn)
+    if not name.startswith("st-") and transform is not None:
+        raise ValueError(f"{fn}(): model {name!r} has no spatial transformer, so transform must be "
+                         f"None, got {transform!r}")
+    transform = _resolve_transform("affine" if transform is None else transform, fn)
     input_size = _checks.check_int(input_size, "input_size", fn, minimum=CNN_POOL * CNN_POOL)
     n_classes = _checks.check_int(n_classes, "n_classes", fn, minimum=1)
     in_channels = _checks.check_int(in_channels, "in_channels", fn, minimum=1)

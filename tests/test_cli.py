@@ -107,7 +107,6 @@ def test_version(capsys):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    ([], "required"),
     (["nonsense"], "invalid choice"),
     (["train", "--model", "resnet", "--out", "x"], "--model"),
     (["train", "--epochs", "-1", "--out", "x"], "--epochs"),
@@ -177,7 +176,8 @@ def test_data_dir_with_corrupt_file(tmp_path, capsys):
         write_idx(mnist / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
     path = mnist / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-5])  # truncated payload
-    proc = run_main(capsys, "train", *TINY, "--data", mnist, "--out", tmp_path / "r")
+    proc = run_main(capsys, "train", "--train-size", "all", "--test-size", "all", "--data", mnist,
+                    "--out", tmp_path / "r")
     assert_user_error(proc, "truncated")
 
 

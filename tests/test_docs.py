@@ -92,7 +92,7 @@ def test_readme_runs(tmp_path, monkeypatch):
 
 def test_readme_starts_with_the_setup_block():
     blocks = fenced_blocks(ROOT / "README.md")
-    assert blocks[0] == ("", "pip install . && stnref demo\n"
+    assert blocks[0] == ("", 'pip install ".[plot]" && stnref demo\n'
                              'pip install ".[test]" && python -m pytest -q\n')
 
 

@@ -1,6 +1,5 @@
 """Training loop, exact resume, experiment grid and demo, through the Python API."""
 
-import argparse
 import io
 import json
 import os
@@ -48,6 +47,13 @@ def easy_data():
     return load_dataset("none", None, 1024, 256, seed=3)
 
 
+@pytest.fixture(scope="module")
+def tiny_data(easy_data):
+    """The first TINY samples of easy_data: a config states the sizes of the data it runs on."""
+    x, y, xt, yt = easy_data
+    return x[:TINY["train_size"]], y[:TINY["train_size"]], xt[:TINY["test_size"]], yt[:TINY["test_size"]]
+
+
 def test_error_falls_on_undistorted_digits(tmp_path, easy_data):
     config = TrainConfig(model="fcn", distortion="none", epochs=3, train_size=1024,
                          test_size=256, seed=3)
@@ -57,9 +63,9 @@ def test_error_falls_on_undistorted_digits(tmp_path, easy_data):
     assert metrics[-1]["test_error"] < 30.0  # chance is 90 %
 
 
-def test_metrics_and_checkpoint_are_written(tmp_path, easy_data):
+def test_metrics_and_checkpoint_are_written(tmp_path, tiny_data):
     config = TrainConfig(model="st-fcn", distortion="none", epochs=1, seed=1, **TINY)
-    train(config, str(tmp_path), data=easy_data, progress=quiet())
+    train(config, str(tmp_path), data=tiny_data, progress=quiet())
     with open(tmp_path / METRICS, encoding="utf-8") as f:
         metrics = json.load(f)
     assert metrics["config"]["model"] == "st-fcn"
@@ -69,21 +75,21 @@ def test_metrics_and_checkpoint_are_written(tmp_path, easy_data):
     arrays, meta = load_checkpoint(tmp_path / CHECKPOINT)
     assert meta["state"]["epoch"] == 1 and any(k.startswith("optim.") for k in arrays)
     _, model, _, _, _ = load_run(str(tmp_path))
-    error, _ = evaluate(model, easy_data[2], easy_data[3])  # the data given to train()
+    error, _ = evaluate(model, tiny_data[2], tiny_data[3])  # the data given to train()
     assert error == pytest.approx(epoch["test_error"])
 
 
 @pytest.mark.parametrize("stop_after", [3, 8, 13])
-def test_resume_from_any_interruption_is_bit_identical(tmp_path, easy_data, stop_after):
+def test_resume_from_any_interruption_is_bit_identical(tmp_path, tiny_data, stop_after):
     # 8 steps per epoch, checkpoints every 2 steps: interrupt mid-epoch, between
     # checkpoints and in the second epoch, then resume to the end.
     config = dict(model="st-fcn", distortion="none", epochs=2, seed=5, checkpoint_every=2, **TINY)
     whole = tmp_path / "whole"
-    train(TrainConfig(**config), str(whole), data=easy_data, progress=quiet())
+    train(TrainConfig(**config), str(whole), data=tiny_data, progress=quiet())
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(**config), str(part), data=easy_data, progress=StopAfter(stop_after))
-    train(TrainConfig(**config), str(part), resume=True, data=easy_data, progress=quiet())
+        train(TrainConfig(**config), str(part), data=tiny_data, progress=StopAfter(stop_after))
+    train(TrainConfig(**config), str(part), resume=True, data=tiny_data, progress=quiet())
     a, meta_a = load_checkpoint(whole / CHECKPOINT)
     b, meta_b = load_checkpoint(part / CHECKPOINT)
     assert a.keys() == b.keys()
@@ -94,18 +100,18 @@ def test_resume_from_any_interruption_is_bit_identical(tmp_path, easy_data, stop
     assert strip(meta_a["metrics"]) == strip(meta_b["metrics"])
 
 
-def test_resume_extends_to_the_new_total(tmp_path, easy_data):
+def test_resume_extends_to_the_new_total(tmp_path, tiny_data):
     config = TrainConfig(model="fcn", distortion="none", epochs=1, seed=2, **TINY)
-    train(config, str(tmp_path), data=easy_data, progress=quiet())
+    train(config, str(tmp_path), data=tiny_data, progress=quiet())
     config.epochs = 3
-    metrics = train(config, str(tmp_path), resume=True, data=easy_data, progress=quiet())
+    metrics = train(config, str(tmp_path), resume=True, data=tiny_data, progress=quiet())
     assert [m["epoch"] for m in metrics["epochs"]] == [1, 2, 3]
 
 
-def test_same_seed_same_weights_other_seed_different(tmp_path, easy_data):
+def test_same_seed_same_weights_other_seed_different(tmp_path, tiny_data):
     def weights(seed, name):
         config = TrainConfig(model="fcn", distortion="none", epochs=1, seed=seed, **TINY)
-        train(config, str(tmp_path / name), data=easy_data, progress=quiet())
+        train(config, str(tmp_path / name), data=tiny_data, progress=quiet())
         return load_checkpoint(tmp_path / name / CHECKPOINT)[0]
 
     a, b, c = weights(0, "a"), weights(0, "b"), weights(1, "c")
@@ -125,14 +131,13 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
 SCHEDULED = "warmup:0.5+cosine"
 
 
-def test_resume_with_a_schedule_is_bit_identical(tmp_path, easy_data):
+def test_resume_with_a_schedule_is_bit_identical(tmp_path, tiny_data):
     # 8 steps per epoch, a checkpoint every 3: interrupted at step 4 of epoch 2, resumed from
     # its step 3, after the warm-up and mid-cosine
     config = dict(model="st-fcn", distortion="none", epochs=2, seed=6, checkpoint_every=3,
                   schedule=SCHEDULED, **TINY)
     whole, part = tmp_path / "whole", tmp_path / "part"
-    x, y, x_test, y_test = easy_data
-    data = (x[:256], y[:256], x_test, y_test)
+    data = tiny_data
     train(TrainConfig(**config), str(whole), data=data, progress=quiet())
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(**config), str(part), data=data, progress=StopAfter(12))
@@ -143,16 +148,16 @@ def test_resume_with_a_schedule_is_bit_identical(tmp_path, easy_data):
     train(other, str(part), resume=True, data=data, progress=quiet())
     a, _ = load_checkpoint(whole / CHECKPOINT)
     b, meta_b = load_checkpoint(part / CHECKPOINT)
-    assert meta_b["config"]["schedule"] == SCHEDULED
+    assert meta_b["config"]["schedule"] == SCHEDULED + ":2"           # the span pinned
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_the_schedule_sets_each_steps_rate(tmp_path, easy_data):
+def test_the_schedule_sets_each_steps_rate(tmp_path, tiny_data):
     def run(schedule):
         config = TrainConfig(model="fcn", distortion="none", epochs=2, seed=2, schedule=schedule,
                              **TINY)
-        train(config, str(tmp_path / schedule.replace(":", "_")), data=easy_data, progress=quiet())
+        train(config, str(tmp_path / schedule.replace(":", "_")), data=tiny_data, progress=quiet())
         return load_run(str(tmp_path / schedule.replace(":", "_")))
 
     config, constant, optimizer, _, _ = run("constant")
@@ -163,11 +168,12 @@ def test_the_schedule_sets_each_steps_rate(tmp_path, easy_data):
     assert not all(np.array_equal(constant.params[k], halved.params[k]) for k in halved.params)
 
 
-def test_a_run_from_before_schedules_resumes_at_a_constant_rate(tmp_path, easy_data):
+def test_a_run_from_before_schedules_resumes_at_a_constant_rate(tmp_path, tiny_data):
     config = TrainConfig(model="fcn", distortion="none", epochs=1, seed=2, **TINY)
-    train(config, str(tmp_path), data=easy_data, progress=quiet())
+    train(config, str(tmp_path), data=tiny_data, progress=quiet())
     arrays, metadata = load_checkpoint(tmp_path / CHECKPOINT)
-    del metadata["config"]["schedule"]              # the checkpoint layout of stnref 0.2.0
+    del metadata["config"]["schedule"]              # the checkpoint layout of stnref 0.1.0
+    metadata["format"] = 1
     save_checkpoint(tmp_path / CHECKPOINT, arrays, metadata)
     loaded, _, _, _, _ = load_run(str(tmp_path))
     assert loaded.schedule == "constant"
@@ -182,7 +188,7 @@ def test_cli_schedule_option(tmp_path, capsys):
             "--test-size", "32", "--epochs", "1", "--batch-size", "32"]
     assert cli.main([*args, "--schedule", "warmup:1+cosine", "--out", str(tmp_path / "a")]) == 0
     with open(tmp_path / "a" / METRICS, encoding="utf-8") as f:
-        assert json.load(f)["config"]["schedule"] == "warmup:1+cosine"
+        assert json.load(f)["config"]["schedule"] == "warmup:1+cosine:1"   # the span pinned
     assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
     with open(tmp_path / "b" / METRICS, encoding="utf-8") as f:
         assert json.load(f)["config"]["schedule"] == "constant"      # the default
@@ -229,17 +235,19 @@ def test_progress_lines_when_not_a_terminal():
 
 
 def test_experiment_grid_runs_and_skips_finished_cells(tmp_path):
-    args = argparse.Namespace(models=["fcn", "st-fcn"], transforms=["affine", "tps"],
-                              distortions=["r"], seeds=1, epochs=1, train_size=64, test_size=32,
-                              data=None, out=str(tmp_path))
+    grid = dict(models=["fcn", "st-fcn"], transforms=["affine", "tps"], distortions=["r"],
+                seeds=1, epochs=1, train_size=64, test_size=32, data=None, out=str(tmp_path))
     lines = []
-    payload = experiment.run_experiment(args, print_fn=lines.append)
+    payload = experiment.run_experiment(**grid, jobs=2, print_fn=lines.append)
     assert set(payload["cells"]) == {"fcn|r", "st-fcn-affine|r", "st-fcn-tps|r"}
     table = (tmp_path / "results.md").read_text()
     assert "| ST-FCN tps |" in table and "(2.1)" in table  # the paper's FCN number on R
+    assert lines[0].startswith("plan: 3 cells") and "3 new" in lines[0]
     stamp = os.path.getmtime(tmp_path / "r" / "fcn-seed0" / CHECKPOINT)
-    experiment.run_experiment(args, print_fn=lines.append)
+    lines.clear()
+    experiment.run_experiment(**grid, jobs=1, print_fn=lines.append)
     assert os.path.getmtime(tmp_path / "r" / "fcn-seed0" / CHECKPOINT) == stamp
+    assert "3 done" in lines[0]
 
 
 def test_experiment_rows():
@@ -265,8 +273,8 @@ def _quiet_train(*args, **kwargs):
     return train(*args, **kwargs)
 
 
-def test_skipped_steps_are_left_out_of_the_epoch_means(tmp_path, easy_data):
-    x, y, xt, yt = easy_data
+def test_skipped_steps_are_left_out_of_the_epoch_means(tmp_path, tiny_data):
+    x, y, xt, yt = tiny_data
     x = x[:256].copy()
     x[5] = np.nan  # one poisoned sample: its batch is skipped
     config = TrainConfig(model="fcn", distortion="none", epochs=1, on_nonfinite="skip", seed=4,

@@ -48,64 +48,105 @@ def _number(kind, accept, description):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a positive finite number")
+_nonnegative_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
+ALL = "all"
+
+
+def _or_word(parse, word, value):
+    """An argparse type: ``parse(text)``, or ``value`` for the literal ``word``."""
+
+    def either(text):
+        return value if text == word else parse(text)
+
+    return either
+
+
+_size = _or_word(_positive_int, ALL, ALL)                 # samples per split, or every one
+_clip = _or_word(_positive_float, "none", None)           # gradient-norm clip, or none
+
+# TrainConfig field -> the flag that sets it (and how its value is printed)
+FLAGS = {"model": "--model", "transform": "--transform", "distortion": "--distortion",
+         "data": "--data", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+         "loc_lr_scale": "--loc-lr-scale", "momentum": "--momentum", "optimizer": "--optimizer",
+         "schedule": "--schedule", "train_size": "--train-size", "test_size": "--test-size",
+         "seed": "--seed", "clip_norm": "--clip-norm", "checkpoint_every": "--checkpoint-every",
+         "on_nonfinite": "--on-nonfinite"}
 
 
 def _add_train_options(p, defaults):
+    """Options of ``stnref train``.  None has a parser default: what the user gave is in the
+    parsed namespace and the rest comes from :class:`TrainConfig`, so a resumed run can tell
+    an option that was given from one that was not."""
     from ..data import DISTORTIONS
     from ..networks import MODEL_NAMES
     from ..registry import TRANSFORMS
     from .train import ON_NONFINITE, OPTIMIZERS
 
-    p.add_argument("--model", choices=MODEL_NAMES, default=defaults.model,
-                   help="network of the paper (default: %(default)s)")
-    p.add_argument("--transform", choices=tuple(TRANSFORMS), default=defaults.transform,
-                   help="the transformer's transform, for st-* models (default: %(default)s)")
-    p.add_argument("--distortion", choices=DISTORTIONS, default=defaults.distortion,
-                   help="distortion of the digits, paper §4.1 (default: %(default)s)")
-    p.add_argument("--data", metavar="DIR", default=None,
-                   help="directory with MNIST-format IDX files (default: built-in digits)")
-    p.add_argument("--epochs", type=_positive_int, default=defaults.epochs,
-                   help="total epochs, also when resuming (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size,
-                   help="default: %(default)s")
-    p.add_argument("--lr", type=_positive_float, default=defaults.lr,
-                   help="base learning rate (default: %(default)s)")
-    p.add_argument("--loc-lr-scale", type=_positive_float, default=defaults.loc_lr_scale,
-                   help="learning-rate multiplier of the localisation net (default: %(default)s)")
-    p.add_argument("--momentum", type=float, default=defaults.momentum,
-                   help="SGD momentum (default: %(default)s)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
-                   help="default: %(default)s")
-    p.add_argument("--schedule", metavar="SPEC", default=defaults.schedule,
+    d = defaults
+    p.add_argument("--model", choices=MODEL_NAMES,
+                   help=f"network of the paper (default: {d.model})")
+    p.add_argument("--transform", choices=tuple(TRANSFORMS),
+                   help="the transformer's transform; st-fcn and st-cnn only (default: affine)")
+    p.add_argument("--distortion", choices=DISTORTIONS,
+                   help=f"distortion of the digits, paper §4.1 (default: {d.distortion})")
+    p.add_argument("--data", metavar="DIR",
+                   help="directory with the four MNIST-format IDX files, plain or .gz "
+                        "(default: built-in digits)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help=f"total epochs; with --resume, at least the run's own, to extend it "
+                        f"(default: {d.epochs})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"default: {d.batch_size}")
+    p.add_argument("--lr", type=_positive_float, help=f"base learning rate (default: {d.lr})")
+    p.add_argument("--loc-lr-scale", type=_positive_float,
+                   help="learning-rate multiplier of the localisation net; st-fcn and st-cnn "
+                        "only (default: 1)")
+    p.add_argument("--momentum", type=_nonnegative_float,
+                   help="momentum; --optimizer sgd only (default: 0.9)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {d.optimizer}")
+    p.add_argument("--schedule", metavar="SPEC",
                    help="learning-rate schedule, lengths E in epochs: constant, step:E[:GAMMA], "
-                        "cosine[:E[:FINAL]] (E defaults to --epochs), warmup:E, or terms joined "
-                        "by + (multiplied), e.g. warmup:1+cosine (default: %(default)s)")
-    p.add_argument("--train-size", type=_positive_int, default=defaults.train_size,
-                   help="training samples used (default: %(default)s)")
-    p.add_argument("--test-size", type=_positive_int, default=defaults.test_size,
-                   help="test samples used (default: %(default)s)")
-    p.add_argument("--seed", type=_nonnegative_int, default=defaults.seed,
-                   help="seeds data, initialisation and order (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=defaults.checkpoint_every,
-                   metavar="STEPS", help="mid-epoch checkpoint period (default: %(default)s)")
-    p.add_argument("--on-nonfinite", choices=ON_NONFINITE, default=defaults.on_nonfinite,
-                   help="stop (keeping the last good checkpoint) or skip the step")
+                        "cosine[:E[:FINAL]] (E: --epochs, stored as a number), warmup:E, or terms joined "
+                        f"by + (multiplied), e.g. warmup:1+cosine (default: {d.schedule})")
+    p.add_argument("--train-size", type=_size, metavar="N|all",
+                   help=f"training samples used (default: {d.train_size})")
+    p.add_argument("--test-size", type=_size, metavar="N|all",
+                   help=f"test samples used (default: {d.test_size})")
+    p.add_argument("--seed", type=_nonnegative_int,
+                   help=f"seeds data, initialisation and order (default: {d.seed})")
+    p.add_argument("--clip-norm", type=_clip, metavar="X|none",
+                   help=f"gradient-norm clipping threshold (default: {d.clip_norm})")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS",
+                   help=f"mid-epoch checkpoint period (default: {d.checkpoint_every})")
+    p.add_argument("--on-nonfinite", choices=ON_NONFINITE,
+                   help="on a non-finite loss, theta or gradient: stop (keeping the last "
+                        f"checkpoint) or skip the step (default: {d.on_nonfinite})")
 
 
 def _add_experiment_options(p):
     """Options of ``stnref experiment`` (:func:`stnref.app.experiment.run_experiment`)."""
     p.add_argument("--models", nargs="+", choices=("fcn", "cnn", "st-fcn", "st-cnn"),
-                   default=["fcn", "cnn", "st-fcn", "st-cnn"])
+                   default=["fcn", "cnn", "st-fcn", "st-cnn"], help="default: %(default)s")
     p.add_argument("--transforms", nargs="+", choices=("affine", "projective", "tps"),
-                   default=["affine", "projective", "tps"])
+                   default=["affine", "projective", "tps"],
+                   help="transforms of the ST models (default: %(default)s)")
     p.add_argument("--distortions", nargs="+", choices=("r", "rts", "p", "e", "tc"),
-                   default=["r", "rts", "p", "e"])
-    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds per cell (paper: 3)")
-    p.add_argument("--epochs", type=_positive_int, default=5)
-    p.add_argument("--train-size", type=_positive_int, default=20_000)
-    p.add_argument("--test-size", type=_positive_int, default=5_000)
-    p.add_argument("--data", metavar="DIR", default=None)
-    p.add_argument("--out", required=True, metavar="DIR")
+                   default=["r", "rts", "p", "e"], help="default: %(default)s")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="seeds per cell (the paper: 3; default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=5, help="default: %(default)s")
+    p.add_argument("--train-size", type=_size, default=20_000, metavar="N|all",
+                   help="training samples per cell (default: %(default)s)")
+    p.add_argument("--test-size", type=_size, default=5_000, metavar="N|all",
+                   help="test samples per cell (default: %(default)s)")
+    p.add_argument("--data", metavar="DIR",
+                   help="directory with MNIST-format IDX files (default: built-in digits)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="results and one run directory per cell; re-running resumes matching cells")
+    p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
+                   help="cells trained at once, in worker processes with one BLAS thread each; "
+                        "results do not depend on it (default: this machine's cores, %(default)s)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and the time estimate, train nothing")
 
 
 def _write_json(path, payload, option):
@@ -122,31 +163,105 @@ def _write_json(path, payload, option):
         raise UserError(f"{option}: cannot write {path!r}: {err.strerror or err}") from None
 
 
-def _config_from(args):
+def _check_data_option(data):
+    """``--data DIR`` as an absolute directory; a file or a missing path is one clear line."""
+    if data is None:
+        return None
+    path = os.path.abspath(data)
+    if os.path.isfile(path):
+        raise UserError(f"--data {data}: a file; give the directory holding the four MNIST IDX "
+                        f"files (train-images-idx3-ubyte[.gz], ...)")
+    if not os.path.isdir(path):
+        raise UserError(f"--data {data}: no such directory")
+    return path
+
+
+def _given(args):
+    """The train options the user gave, as TrainConfig fields (``all`` sizes: None)."""
+    given = {field: getattr(args, field) for field in FLAGS if hasattr(args, field)}
+    for field in ("train_size", "test_size"):
+        if given.get(field) == ALL:
+            given[field] = None
+    if "data" in given:
+        given["data"] = _check_data_option(given["data"])
+    return given
+
+
+def _check_sizes(given, data):
+    """Sizes beyond what the MNIST files hold are refused with the count available."""
+    from ..data import split_sizes
+
+    if data is None:
+        return
+    for field, have in zip(("train_size", "test_size"), split_sizes(data)):
+        asked = given.get(field)
+        if asked is not None and asked > have:
+            raise UserError(f"{FLAGS[field]} {asked}: {data} holds {have} "
+                            f"{'training' if field == 'train_size' else 'test'} images "
+                            f"(ask for at most {have}, or 'all')")
+
+
+def _new_config(given):
+    """The config of a new run: the options given over TrainConfig's defaults, checked with
+    the flags' names; meaningless options are refused, not ignored."""
     from .train import TrainConfig
 
-    return TrainConfig(
-        model=args.model, transform=args.transform, distortion=args.distortion, data=args.data,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loc_lr_scale=args.loc_lr_scale,
-        momentum=args.momentum, optimizer=args.optimizer, schedule=args.schedule,
-        train_size=args.train_size,
-        test_size=args.test_size, seed=args.seed, checkpoint_every=args.checkpoint_every,
-        on_nonfinite=args.on_nonfinite,
-    )
+    config = TrainConfig(**given)
+    if not config.model.startswith("st-"):
+        for field in ("transform", "loc_lr_scale"):
+            if field in given:
+                raise UserError(f"{FLAGS[field]} {given[field]}: model {config.model} has no "
+                                f"spatial transformer ({FLAGS[field]} is for st-fcn and st-cnn)")
+    if config.optimizer != "sgd" and "momentum" in given:
+        raise UserError(f"--momentum {given['momentum']}: optimizer {config.optimizer} has no "
+                        f"momentum (--momentum is for --optimizer sgd)")
+    _check_sizes(given, config.data)
+    try:
+        return config.validated()
+    except (TypeError, ValueError) as err:
+        raise UserError(str(err)) from None
+
+
+def _resumed_config(given, run_dir):
+    """The stored config of ``run_dir``, with ``--epochs`` raised if given; every other option
+    given must be what the run was trained with (one line naming it otherwise)."""
+    from ..data import split_sizes
+    from .train import read_run
+
+    stored, state, _, _ = read_run(run_dir)
+    epochs = given.pop("epochs", stored.epochs)
+    for field, asked in given.items():
+        have = getattr(stored, field)
+        if field in ("train_size", "test_size") and asked is None:      # 'all'
+            asked = split_sizes(stored.data)[field == "test_size"]
+        if asked != have:
+            shown = "all" if given[field] is None and field.endswith("_size") else asked
+            raise UserError(f"{FLAGS[field]} {shown}: the run in {run_dir} was trained with "
+                            f"{field.replace('_', '-')} {have}; a resumed run keeps its options "
+                            f"(only --epochs may grow)")
+    if epochs < stored.epochs:
+        raise UserError(f"--epochs {epochs}: the run in {run_dir} is set to {stored.epochs} epochs "
+                        f"({state['epoch']} trained); --epochs can only grow on --resume")
+    if epochs > stored.epochs:
+        print(f"extending {run_dir} from {stored.epochs} to {epochs} epochs "
+              f"({state['epoch']} trained)")
+    return dataclasses.replace(stored, epochs=epochs)
 
 
 def cmd_train(args):
     """Handler of ``stnref train``: train (or ``--resume``) a run in ``--out``; returns 0."""
     import numpy as np
 
-    from .train import train
+    from .train import CHECKPOINT, train
 
-    config = _config_from(args)
-    if args.resume and not os.path.exists(os.path.join(args.out, "checkpoint.npz")):
+    exists = os.path.exists(os.path.join(args.out, CHECKPOINT))
+    if args.resume and not exists:
         raise UserError(f"--resume: no checkpoint in {args.out!r}")
-    if not args.resume and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
+    if not args.resume and exists:
         raise UserError(f"{args.out!r} already holds a run; use --resume to continue it "
                         f"or choose another --out")
+    given = _given(args)
+    config = _resumed_config(given, args.out) if args.resume else _new_config(given)
     # Training checks losses, thetas and gradients for non-finite values itself (and stops or
     # skips); numpy's overflow warnings on the way there would only clutter the report.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -167,8 +282,9 @@ def cmd_evaluate(args):
     _, _, x_test, y_test = load_dataset(config.distortion, config.data, 1, config.test_size,
                                         config.seed)
     error, loss = evaluate(model, x_test, y_test)
+    model_name = config.model if config.transform is None else f"{config.model} {config.transform}"
     print(f"test error {error:.2f}% (loss {loss:.4f}) on {len(x_test)} samples, "
-          f"{config.model} {config.transform} {config.distortion}, epoch {state['epoch']}")
+          f"{model_name} {config.distortion}, epoch {state['epoch']}")
     if args.json:
         payload = {"run": os.path.abspath(args.run_dir), "epoch": state["epoch"],
                    "test_error": error, "test_loss": loss, "test_size": len(x_test),
@@ -189,7 +305,10 @@ def cmd_experiment(args):
     """Handler of ``stnref experiment``: the paper's Table 1 grid on a stated budget."""
     from .experiment import run_experiment
 
-    run_experiment(args)
+    sizes = [None if s == ALL else s for s in (args.train_size, args.test_size)]
+    run_experiment(args.models, args.transforms, args.distortions, args.seeds, args.epochs,
+                   *sizes, _check_data_option(args.data), args.out, jobs=args.jobs,
+                   dry_run=args.dry_run)
     return 0
 
 
@@ -240,28 +359,37 @@ def cmd_reference(args):
 
 def build_parser():
     """The ``argparse`` parser of the ``stnref`` command (errors raise :class:`UserError`)."""
+    from .demo import DEMO_DIR
     from .train import TrainConfig
 
     defaults = TrainConfig()
     parser = _Parser(prog="stnref", description="Spatial Transformer Networks in NumPy: "
-                     "train and evaluate the paper's networks, benchmark, export golden vectors.")
+                     "train and evaluate the paper's networks, benchmark, check other "
+                     "implementations.")
     parser.add_argument("--version", action="version", version=f"stnref {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a network of the paper on distorted digits")
+    p = sub.add_parser("train", help="train a network of the paper on distorted digits",
+                       argument_default=argparse.SUPPRESS)
     _add_train_options(p, defaults)
-    p.add_argument("--out", required=True, metavar="RUN_DIR")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="the run's directory: checkpoint.npz and metrics.json")
+    p.add_argument("--resume", action="store_true", default=False,
+                   help="continue the run in --out with its own options (--epochs may grow)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="print the test error of a trained run")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON (default: none)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="FCN vs ST-FCN on built-in RTS digits, with figures (~3 min)")
-    p.add_argument("--out", default="stnref-demo", metavar="DIR")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p = sub.add_parser("demo", help="FCN vs ST-FCN on built-in RTS digits, with figures "
+                       "(about half a minute)")
+    p.add_argument("--out", default=DEMO_DIR, metavar="DIR",
+                   help="where the two runs and the figures go, replacing an earlier demo's "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="default: %(default)s")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("experiment", help="the paper's Table 1 grid on a stated budget")
@@ -269,17 +397,20 @@ def build_parser():
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("bench", help="time the sampler (against PyTorch when installed)")
-    p.add_argument("--rounds", type=_positive_int, default=7)
-    p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
+    p.add_argument("--rounds", type=_positive_int, default=7,
+                   help="interleaved rounds per case (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
+                   help="default: %(default)s")
     p.add_argument("--quick", action="store_true", help="skip the per-mode table")
     p.add_argument("--scaling", action="store_true", help="add the cost-scaling table")
     p.add_argument("--large", action="store_true", help="add the (1, 1, 1024, 1024) shape")
     p.add_argument("--markdown", metavar="FILE",
-                   help="also write the report to FILE (between its bench markers, if it has them)")
+                   help="also write the report to FILE, between its bench markers if it has "
+                        "them (default: none)")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("reference", help="golden vectors for other implementations")
-    rsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = sub.add_parser("reference", help="golden vectors and a diagnosis for other implementations")
+    rsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
     r = rsub.add_parser("export", help="write the golden cases to DIR")
     r.add_argument("directory", metavar="DIR")
     r = rsub.add_parser("check", help="compare RESULTS (laid out like DIR) with the golden cases")
@@ -291,7 +422,7 @@ def build_parser():
                    help="fn(U, grid) -> V on NumPy arrays, importable from the current directory")
     r.add_argument("--backward", metavar="MODULE:FUNCTION",
                    help="backward(dV, U, grid) -> (dU, dgrid) (default: forward only)")
-    r.add_argument("--json", metavar="FILE", help="also write the diagnosis as JSON")
+    r.add_argument("--json", metavar="FILE", help="also write the diagnosis as JSON (default: none)")
     p.set_defaults(func=cmd_reference)
     return parser
 
@@ -300,14 +431,20 @@ def main(argv=None):
     """Entry point of the ``stnref`` console script; returns the exit status."""
     from .train import TrainingError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv:  # no command: the usage and the list of commands, as a user error
+        print(parser.format_help(), file=sys.stderr, end="")
+        return EXIT_USAGE
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
         return args.func(args)
     except UserError as err:
         print(f"stnref: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingError as err:
-        print(f"stnref: training stopped: {err}", file=sys.stderr)
+        print(f"stnref: training stopped: {err.problem}; {err.on_disk}; "
+              f"--on-nonfinite skip skips such steps", file=sys.stderr)
         return EXIT_TRAINING
     except (ValueError, TypeError, OSError) as err:
         message = str(err) or type(err).__name__

@@ -1,21 +1,35 @@
 """``stnref experiment``: the paper's Table 1 grid on a stated budget.
 
-Runs every (distortion, model, transform, seed) cell with the same training
-budget, writes ``results.json`` and ``results.md`` (mean test error over
-seeds, beside the paper's numbers), and skips cells already finished in the
-output directory, so an interrupted experiment continues where it stopped.
+Every (distortion, model, transform, seed) cell is one training run in
+``OUT/<distortion>/<model>[-<transform>]-seed<seed>``.  Before anything runs, each
+cell's config is compared with what its directory already holds: a cell with the same
+config is skipped when finished and resumed when not (a larger ``--epochs`` extends it),
+and any other difference is refused, naming the cell, the option, what is stored and
+what was asked -- so a results table never mixes budgets.  The plan (cells, budget, and
+a time estimate from a short measured step rate) is printed first; ``dry_run`` stops
+there.  Cells run in ``jobs`` worker processes, each with one BLAS thread, so a cell's
+results are bit-identical whatever ``jobs`` is.  ``results.json`` and ``results.md`` hold
+the mean test error over seeds beside the paper's numbers.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import dataclasses
+import io
 import json
+import math
+import multiprocessing
 import os
+import time
 
 import numpy as np
 
 from .._io import atomic_write_bytes
-from ..data import load_dataset
-from .train import METRICS, TrainConfig, train
+from ..data import split_sizes
+from ..nn import cross_entropy
+from .train import CHECKPOINT, Progress, TrainConfig, input_size, make_model, read_run, train
 
 # Table 1 of the paper, test error % (R, RTS, P, E), and the TC column.
 PAPER_TABLE = {
@@ -29,6 +43,11 @@ PAPER_TABLE = {
     ("st-cnn", "tps"): {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
 }
 PAPER_TC_TRANSFORM = "affine"  # the paper reports one ST number per model for TC
+# The environment of every worker: one BLAS thread, whatever the number of workers.
+BLAS_ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                          "MKL_NUM_THREADS", "BLIS_NUM_THREADS")}
+RATE_STEPS = 3       # timed training steps per kind of cell, after one untimed step
+EVAL_SHARE = 1 / 3   # an evaluation forward costs about this much of a training step per sample
 
 
 def cells(models, transforms):
@@ -53,64 +72,247 @@ def cells(models, transforms):
     return rows
 
 
-def _finished(run_dir, epochs):
-    path = os.path.join(run_dir, METRICS)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        metrics = json.load(f)
-    return metrics if len(metrics.get("epochs", [])) >= epochs else None
+@dataclasses.dataclass
+class Cell:
+    """One training run of the grid and what its directory holds."""
+
+    distortion: str
+    model: str
+    transform: str | None
+    seed: int
+    run_dir: str
+    config: TrainConfig                # what this experiment asks for, sizes resolved
+    done_epochs: int = 0               # already trained in run_dir
+    status: str = "new"                # "new", "resume", "extend" or "done"
+
+    @property
+    def name(self):
+        return self.model if self.transform is None else f"{self.model}-{self.transform}"
 
 
-def run_experiment(args, print_fn=print):
-    """Run the grid of models x transforms x distortions x seeds described by ``args``.
+def _differences(stored, asked):
+    """``["option: stored X, asked Y", ...]`` for every field but ``epochs``."""
+    out = []
+    for field in dataclasses.fields(TrainConfig):
+        a, b = getattr(stored, field.name), getattr(asked, field.name)
+        if field.name != "epochs" and a != b:
+            out.append(f"{field.name.replace('_', '-')}: stored {a!r}, asked {b!r}")
+    return out
+
+
+def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out):
+    """The cells of the grid, each compared with what ``out`` already holds.
 
     Parameters
     ----------
-    args : argparse.Namespace
-        As parsed with :func:`add_arguments`.
+    models, transforms, distortions : sequence of str
+    seeds : int
+        Seeds ``0 .. seeds - 1`` per cell.
+    epochs : int
+    train_size, test_size : int or None
+        None: every sample of the source.
+    data : str or None
+        MNIST directory; None: the built-in digits.
+    out : str
+
+    Returns
+    -------
+    list of Cell
+
+    Raises
+    ------
+    ValueError
+        A cell directory holding a run of another config (naming the cell, the option,
+        the stored and the asked value), or more epochs than asked; sizes beyond the data.
+    """
+    n_train, n_test = split_sizes(data)
+    for name, asked, have in (("--train-size", train_size, n_train), ("--test-size", test_size, n_test)):
+        if asked is not None and data is not None and asked > have:
+            raise ValueError(f"{name} {asked}: the data has {have} samples (or use 'all')")
+    out_cells, conflicts = [], []
+    for distortion in distortions:
+        for seed in range(seeds):
+            for model, transform in cells(models, transforms):
+                config = TrainConfig(model=model, transform=transform, distortion=distortion,
+                                     data=data, epochs=epochs, seed=seed,
+                                     train_size=n_train if train_size is None else train_size,
+                                     test_size=n_test if test_size is None else test_size).validated()
+                name = model if transform is None else f"{model}-{transform}"
+                run_dir = os.path.join(out, distortion, f"{name}-seed{seed}")
+                cell = Cell(distortion, model, transform, seed, run_dir, config)
+                if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+                    stored, state, _, _ = read_run(run_dir)
+                    cell.done_epochs = state["epoch"]
+                    diffs = _differences(stored, config)
+                    if cell.done_epochs > epochs:
+                        diffs.append(f"epochs: {cell.done_epochs} already trained, asked {epochs}")
+                    if diffs:
+                        conflicts.append(f"{run_dir} holds a run of another config ({'; '.join(diffs)})")
+                    elif cell.done_epochs == epochs and stored.epochs == epochs:
+                        cell.status = "done"
+                    else:
+                        cell.status = "extend" if epochs > stored.epochs else "resume"
+                out_cells.append(cell)
+    if conflicts:
+        more = f" (and {len(conflicts) - 1} more cells)" if len(conflicts) > 1 else ""
+        raise ValueError(f"{conflicts[0]}{more}; use the same options, or another --out")
+    return out_cells
+
+
+def step_seconds(config, steps=RATE_STEPS):
+    """Measured seconds of one training step of ``config``'s model on random data.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    steps : int
+
+    Returns
+    -------
+    float
+    """
+    model = make_model(config)
+    side = input_size(config.distortion)
+    x = np.random.default_rng(0).random((config.batch_size, 1, side, side), dtype=np.float32)
+    y = np.arange(config.batch_size) % 10
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        model.zero_grad()
+        _, dlogits = cross_entropy(model.forward(x), y)
+        model.backward(dlogits)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[1:]))
+
+
+def estimate_seconds(todo, jobs):
+    """Estimated wall time of the cells ``todo`` on ``jobs`` processes, from measured step rates.
+
+    Parameters
+    ----------
+    todo : list of Cell
+    jobs : int
+
+    Returns
+    -------
+    float
+    """
+    rates, total = {}, []
+    for cell in todo:
+        c = cell.config
+        kind = (c.model, c.transform, c.distortion)
+        if kind not in rates:
+            rates[kind] = step_seconds(c)
+        steps = math.ceil(c.train_size / c.batch_size) + EVAL_SHARE * c.test_size / c.batch_size
+        total.append((c.epochs - cell.done_epochs) * steps * rates[kind])
+    total.sort(reverse=True)                       # longest first, as the pool would take them
+    load = [0.0] * max(1, min(jobs, len(total)))
+    for seconds in total:
+        load[load.index(min(load))] += seconds
+    return max(load) if total else 0.0
+
+
+def _describe_seconds(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
+
+
+@contextlib.contextmanager
+def _environment(values):
+    """``os.environ`` with ``values`` set, restored afterwards (workers inherit it at start)."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_cell(config, run_dir, resume):
+    """Train one cell quietly (in a worker process); its metrics."""
+    return train(config, run_dir, resume=resume, progress=Progress(io.StringIO()))
+
+
+def run_experiment(models, transforms, distortions, seeds, epochs, train_size, test_size, data,
+                   out, jobs=None, dry_run=False, print_fn=print):
+    """Run (or plan) the grid of models x transforms x distortions x seeds.
+
+    Parameters
+    ----------
+    models, transforms, distortions : sequence of str
+    seeds, epochs : int
+    train_size, test_size : int or None
+        Samples per split (None: all of the source).
+    data : str or None
+        MNIST directory (stored absolute); None: the built-in digits.
+    out : str
+    jobs : int, optional
+        Worker processes (default: the machine's cores), each with one BLAS thread.
+    dry_run : bool
+        Print the plan and stop.
     print_fn : callable
 
     Returns
     -------
-    dict
+    dict or None
         ``{"budget": {...}, "cells": {"<model>|<distortion>": {"errors", "seconds_per_epoch"}}}``,
-        also written to ``results.json`` beside ``results.md``.
+        also written to ``results.json`` beside ``results.md``; None for a dry run.
     """
-    os.makedirs(args.out, exist_ok=True)
-    rows = cells(args.models, args.transforms)
+    jobs = jobs or os.cpu_count() or 1
+    data = None if data is None else os.path.abspath(data)
+    grid = plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out)
+    todo = [c for c in grid if c.status != "done"]
+    counts = {s: sum(c.status == s for c in grid) for s in ("new", "resume", "extend", "done")}
+    first = grid[0].config if grid else None
+    print_fn(f"plan: {len(grid)} cells in {out} ({counts['new']} new, {counts['resume']} to resume, "
+             f"{counts['extend']} to extend, {counts['done']} done); {epochs} epochs on "
+             f"{first.train_size if first else '-'} training samples, tested on "
+             f"{first.test_size if first else '-'}, {seeds} seed(s), "
+             f"{'built-in digits' if data is None else data}")
+    if todo:
+        width = min(jobs, len(todo))
+        print_fn(f"estimated {_describe_seconds(estimate_seconds(todo, width))} on {width} "
+                 f"process(es) (from {RATE_STEPS} measured steps of each kind of cell)")
+    if dry_run:
+        for cell in grid:
+            print_fn(f"  {cell.status:7s} {cell.run_dir}")
+        return None
+    os.makedirs(out, exist_ok=True)
     results = {}
-    for distortion in args.distortions:
-        for seed in range(args.seeds):
-            data = None
-            for model, transform in rows:
-                name = model if transform is None else f"{model}-{transform}"
-                run_dir = os.path.join(args.out, distortion, f"{name}-seed{seed}")
-                metrics = _finished(run_dir, args.epochs)
-                if metrics is None:
-                    if data is None:
-                        data = load_dataset(distortion, args.data, args.train_size, args.test_size, seed)
-                    print_fn(f"[{distortion}] {name} seed {seed}")
-                    config = TrainConfig(model=model, transform=transform or "affine",
-                                         distortion=distortion, data=args.data, epochs=args.epochs,
-                                         train_size=args.train_size, test_size=args.test_size,
-                                         seed=seed)
-                    if os.path.exists(os.path.join(run_dir, "checkpoint.npz")):
-                        metrics = train(config, run_dir, resume=True, data=data)
-                    else:
-                        metrics = train(config, run_dir, data=data)
+    finished = {c.run_dir: None for c in grid}
+    start = time.perf_counter()
+    if todo:
+        context = multiprocessing.get_context("spawn")
+        with _environment(BLAS_ONE_THREAD), concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(jobs, len(todo)), mp_context=context) as pool:
+            futures = {pool.submit(_run_cell, c.config, c.run_dir, c.status != "new"): c
+                       for c in todo}
+            for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                cell = futures[future]
+                metrics = future.result()
+                finished[cell.run_dir] = metrics
                 last = metrics["epochs"][-1]
-                cell = results.setdefault(f"{name}|{distortion}", {"errors": [], "seconds_per_epoch": []})
-                cell["errors"].append(last["test_error"])
-                cell["seconds_per_epoch"].append(
-                    float(np.mean([e["seconds"] for e in metrics["epochs"]])))
-    budget = {"epochs": args.epochs, "train_size": args.train_size, "test_size": args.test_size,
-              "seeds": args.seeds, "data": args.data or "built-in digits"}
+                print_fn(f"[{n}/{len(todo)}] {cell.distortion} {cell.name} seed {cell.seed}: "
+                         f"test error {last['test_error']:.2f}% "
+                         f"({time.perf_counter() - start:.0f} s since start)")
+    for cell in grid:
+        metrics = finished[cell.run_dir]
+        if metrics is None:
+            metrics = {"epochs": read_run(cell.run_dir)[2]}
+        entry = results.setdefault(f"{cell.name}|{cell.distortion}", {"errors": [], "seconds_per_epoch": []})
+        entry["errors"].append(metrics["epochs"][-1]["test_error"])
+        entry["seconds_per_epoch"].append(float(np.mean([e["seconds"] for e in metrics["epochs"]])))
+    budget = {"epochs": epochs, "train_size": first.train_size, "test_size": first.test_size,
+              "seeds": seeds, "data": data or "built-in digits"}
     payload = {"budget": budget, "cells": results}
-    atomic_write_bytes(os.path.join(args.out, "results.json"),
+    atomic_write_bytes(os.path.join(out, "results.json"),
                        (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-    text = markdown(results, rows, args.distortions, budget)
-    atomic_write_bytes(os.path.join(args.out, "results.md"), text.encode())
+    text = markdown(results, cells(models, transforms), distortions, budget)
+    atomic_write_bytes(os.path.join(out, "results.md"), text.encode())
     print_fn(text)
     return payload
 

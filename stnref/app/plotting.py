@@ -59,9 +59,44 @@ def save_pairs(path, inputs, outputs, titles=("input", "transformed"), columns=4
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             if r == 0:
                 ax.set_title(titles[j], fontsize=8)
+    _save(plt, fig, path)
+    return True
+
+
+def save_curves(path, curves, ylabel="test error (%)"):
+    """Save per-epoch curves, one line per run, as a PNG.
+
+    Parameters
+    ----------
+    path : str
+        Destination PNG (written atomically).
+    curves : dict of str to sequence of float
+        Run name -> one value per epoch (epoch 1 first).
+    ylabel : str
+
+    Returns
+    -------
+    bool
+        False when matplotlib is not installed (nothing is written).
+    """
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    for name, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(plt, fig, path)
+    return True
+
+
+def _save(plt, fig, path):
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_open(path) as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
-    return True

@@ -36,7 +36,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
-RUN_FORMAT = 1           # version of the checkpoint layout
+RUN_FORMAT = 2           # version of the checkpoint layout (1: before resolved configs)
 EVAL_BATCH = 500         # test-set forward passes, samples per batch
 PROGRESS_SECONDS = 10.0  # period of plain progress lines when not on a terminal
 OPTIMIZERS = ("sgd", "adam")
@@ -44,45 +44,70 @@ ON_NONFINITE = ("stop", "skip")
 
 
 class TrainingError(RuntimeError):
-    """Training stopped (non-finite loss or theta); the last good checkpoint is kept."""
+    """Training stopped (non-finite loss, theta or gradient); the last good checkpoint is kept.
+
+    Attributes
+    ----------
+    problem : str
+        What was non-finite, and where (epoch, batch).
+    on_disk : str
+        What the run directory holds now: the last checkpoint's progress, or that none
+        was written.
+    """
+
+    def __init__(self, problem, on_disk):
+        super().__init__(f"{problem}; {on_disk}; on_nonfinite='skip' skips such steps")
+        self.problem = problem
+        self.on_disk = on_disk
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that determines a training run (stored in its checkpoint and metrics).
 
+    :meth:`validated` checks every field and resolves the ones left to their
+    defaults, so the stored config states exactly what ran: a field that means
+    nothing for the model or optimiser is ``None`` (``transform`` and
+    ``loc_lr_scale`` for FCN and CNN, ``momentum`` for Adam), and giving it a
+    value there is an error rather than being ignored.
+
     Attributes
     ----------
     model : {"fcn", "cnn", "st-fcn", "st-cnn"}
-    transform : str
-        A registry name (``stnref.registry.TRANSFORMS``); used by ST models.
+    transform : str or None
+        ST models: a registry name (``stnref.registry.TRANSFORMS``; None: "affine").
+        FCN and CNN have no transformer: None.
     distortion : {"none", "r", "rts", "p", "e", "tc"}
     data : str or None
-        Directory with MNIST-format IDX files; None uses the built-in digits.
+        Directory with MNIST-format IDX files, stored as an absolute path; None uses
+        the built-in digits.
     epochs : int
         Total number of epochs (also when resuming).
     batch_size : int
     lr : float
         Base learning rate.  The default (Adam, 2e-3) was chosen by measurement:
         see ``docs/results.md``.
-    loc_lr_scale : float
-        Learning-rate multiplier of the localisation networks.  With Adam the
-        update size does not scale with the gradient, and a smaller rate only
-        slows the transformer down (measured in ``docs/results.md``); with SGD a
-        scale of 0.1 is the usual choice (the paper used 1/10 on SVHN).
-    momentum : float
-        SGD momentum (ignored by Adam).
+    loc_lr_scale : float or None
+        ST models: learning-rate multiplier of the localisation networks (None: 1).
+        With Adam the update size does not scale with the gradient, and a smaller
+        rate only slows the transformer down (measured in ``docs/results.md``); with
+        SGD a scale of 0.1 is the usual choice (the paper used 1/10 on SVHN).
+        FCN and CNN: None.
+    momentum : float or None
+        SGD momentum (None: 0.9).  Adam: None.
     optimizer : {"sgd", "adam"}
     schedule : str
         Learning-rate schedule, :func:`stnref.nn.parse_schedule`'s text form
         with lengths in epochs: ``"constant"`` (the default), ``"step:E[:GAMMA]"``,
         ``"cosine[:E[:FINAL]]"``, ``"warmup:E"``, or terms joined by ``+``
         (multiplied), e.g. ``"warmup:1+cosine"``.  The rate of a step is
-        ``lr`` times the schedule at the step's position in the run; ``cosine``
-        without E spans ``epochs`` (so a resume that raises ``epochs``
-        stretches what is left of it).
+        ``lr`` times the schedule at the step's position in the run.  A ``cosine``
+        without E spans the run's ``epochs``; :meth:`validated` writes that length
+        in (``"cosine"`` with 10 epochs is stored as ``"cosine:10"``), so a resume
+        that raises ``epochs`` keeps the schedule the run started with.
     train_size, test_size : int or None
-        Use the first this many samples of each split (None: all).
+        Use the first this many samples of each split (None: all).  :func:`train`
+        stores the number it used.
     seed : int
     clip_norm : float or None
         Gradient-norm clipping threshold.
@@ -93,14 +118,14 @@ class TrainConfig:
     """
 
     model: str = "st-fcn"
-    transform: str = "affine"
+    transform: str | None = None
     distortion: str = "rts"
     data: str | None = None
     epochs: int = 10
     batch_size: int = 64
     lr: float = 0.002
-    loc_lr_scale: float = 1.0
-    momentum: float = 0.9
+    loc_lr_scale: float | None = None
+    momentum: float | None = None
     optimizer: str = "adam"
     schedule: str = "constant"
     train_size: int | None = 20_000
@@ -111,10 +136,16 @@ class TrainConfig:
     on_nonfinite: str = "stop"
 
     def validated(self):
-        """Return ``self`` after checking every field (ValueError/TypeError naming it)."""
+        """A checked copy with every default resolved (ValueError/TypeError naming a field).
+
+        Returns
+        -------
+        TrainConfig
+            ``transform`` "affine", ``loc_lr_scale`` 1 and ``momentum`` 0.9 where they
+            apply and were left None; ``data`` absolute.
+        """
         fn = "TrainConfig"
         _checks.check_choice(self.model, "model", fn, MODEL_NAMES)
-        _checks.check_choice(self.transform, "transform", fn, TRANSFORMS)
         _checks.check_choice(self.distortion, "distortion", fn, DISTORTIONS)
         _checks.check_choice(self.optimizer, "optimizer", fn, OPTIMIZERS)
         _checks.check_choice(self.on_nonfinite, "on_nonfinite", fn, ON_NONFINITE)
@@ -124,19 +155,43 @@ class TrainConfig:
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 _checks.check_int(getattr(self, name), name, fn, minimum=1)
-        for name in ("lr", "loc_lr_scale", "momentum") + (("clip_norm",) if self.clip_norm is not None else ()):
+        resolved = {}
+        transformer = self.model.startswith("st-")
+        for name, applies, default, why in (
+                ("transform", transformer, "affine", f"model {self.model!r} has no transformer"),
+                ("loc_lr_scale", transformer, 1.0, f"model {self.model!r} has no localisation network"),
+                ("momentum", self.optimizer == "sgd", 0.9, f"optimizer {self.optimizer!r} has no momentum")):
             value = getattr(self, name)
+            if not applies and value is not None:
+                raise ValueError(f"{fn}: {name}={value!r} means nothing here: {why}")
+            resolved[name] = default if applies and value is None else value
+        if transformer:
+            _checks.check_choice(resolved["transform"], "transform", fn, TRANSFORMS)
+        for name in ("lr", "loc_lr_scale", "momentum", "clip_norm"):
+            value = resolved.get(name, getattr(self, name))
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{fn}: expected {name} to be a finite number >= 0, got {value!r}")
         if self.lr == 0:
             raise ValueError(f"{fn}: expected lr > 0, got {self.lr!r}")
-        if self.data is not None and not os.path.isdir(self.data):
-            raise ValueError(f"{fn}: data directory {self.data!r} does not exist")
+        if self.data is not None:
+            if not isinstance(self.data, (str, os.PathLike)):
+                raise TypeError(f"{fn}: expected data to be a directory path or None, got {self.data!r}")
+            data = os.path.abspath(os.fspath(self.data))
+            if os.path.isfile(data):
+                raise ValueError(f"{fn}: data {data!r} is a file; expected the directory holding the "
+                                 f"four MNIST IDX files (plain or .gz)")
+            if not os.path.isdir(data):
+                raise ValueError(f"{fn}: data directory {data!r} does not exist")
+            resolved["data"] = data
         try:
             parse_schedule(self.schedule, 1, self.epochs)
         except (TypeError, ValueError) as err:
             raise type(err)(f"{fn}: invalid schedule {self.schedule!r}: {err}") from err
-        return self
+        resolved["schedule"] = "+".join(f"cosine:{self.epochs}" if term.strip() == "cosine"
+                                        else term.strip() for term in self.schedule.split("+"))
+        return dataclasses.replace(self, **resolved)
 
 
 def input_size(distortion):
@@ -310,6 +365,55 @@ def _write_metrics(run_dir, config, metrics):
     atomic_write_bytes(os.path.join(run_dir, METRICS), text.encode())
 
 
+def read_run(run_dir):
+    """What ``RUN_DIR/checkpoint.npz`` says about a run, without building its model.
+
+    Parameters
+    ----------
+    run_dir : str
+
+    Returns
+    -------
+    config : TrainConfig
+        Validated; a run of the first checkpoint layout is read as it ran.
+    state : dict
+        Progress: ``epoch`` (completed), ``step`` within the next epoch, running sums.
+    metrics : list of dict
+        One entry per completed epoch.
+    arrays : dict of str to ndarray
+        ``model.<name>`` and ``optim.<name>`` state.
+
+    Raises
+    ------
+    ValueError
+        No checkpoint, an unreadable or lying file, a checkpoint of another format, an
+        invalid config or inconsistent progress: one message naming the file.
+    """
+    path = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.exists(path):
+        raise ValueError(f"no checkpoint in {run_dir!r} (expected {path})")
+    arrays, metadata = load_checkpoint(path)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = metadata.get("config")
+    if metadata.get("format") == 1 and isinstance(saved, dict):
+        saved = _from_format_1(saved)
+    elif metadata.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path} has format {metadata.get('format')!r}, expected {RUN_FORMAT}")
+    if not isinstance(saved, dict) or set(saved) != fields:
+        keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        raise ValueError(f"{path} has config keys {keys}, expected {sorted(fields)}")
+    try:
+        config = TrainConfig(**saved).validated()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} holds an invalid config: {err}") from None
+    missing = [k for k in ("state", "metrics") if k not in metadata]
+    stray = sorted(k for k in arrays if not k.startswith(("model.", "optim.")))
+    if missing or stray:
+        raise ValueError(f"{path} lacks metadata {missing} or has unknown arrays {stray}")
+    _check_progress(metadata["state"], metadata["metrics"], config, path)
+    return config, metadata["state"], metadata["metrics"], arrays
+
+
 def load_run(run_dir):
     """Restore a run from ``RUN_DIR/checkpoint.npz``.
 
@@ -330,31 +434,51 @@ def load_run(run_dir):
     Raises
     ------
     ValueError
-        No checkpoint, a checkpoint of another format, or one that does not fit
-        the model its config describes.
+        As :func:`read_run`, or arrays that do not fit the model its config describes.
     """
-    path = os.path.join(run_dir, CHECKPOINT)
-    if not os.path.exists(path):
-        raise ValueError(f"load_run(): no checkpoint in {run_dir!r} (expected {path})")
-    arrays, metadata = load_checkpoint(path)
-    if metadata.get("format") != RUN_FORMAT:
-        raise ValueError(f"load_run(): {path} has format {metadata.get('format')!r}, expected {RUN_FORMAT}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    saved = metadata.get("config", {})
-    if isinstance(saved, dict) and set(saved) == fields - {"schedule"}:
-        saved = {**saved, "schedule": "constant"}  # a run from before schedules: constant rate
-    if set(saved) != fields:
-        raise ValueError(f"load_run(): {path} has config keys {sorted(saved)}, expected {sorted(fields)}")
-    config = TrainConfig(**saved).validated()
-    missing = [k for k in ("state", "metrics") if k not in metadata]
-    stray = sorted(k for k in arrays if not k.startswith(("model.", "optim.")))
-    if missing or stray:
-        raise ValueError(f"load_run(): {path} lacks metadata {missing} or has unknown arrays {stray}")
+    config, state, metrics, arrays = read_run(run_dir)
     model = make_model(config)
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
     optimizer = make_optimizer(config, model)
     optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
-    return config, model, optimizer, metadata["state"], metadata["metrics"]
+    return config, model, optimizer, state, metrics
+
+
+def _from_format_1(saved):
+    """A config of the first run format: no schedule (constant), and every field stored, even
+    those that meant nothing for the model or optimiser (now None)."""
+    saved = {"schedule": "constant", **saved}
+    if not str(saved.get("model", "")).startswith("st-"):
+        saved.update(transform=None, loc_lr_scale=None)
+    if saved.get("optimizer") == "adam":
+        saved["momentum"] = None
+    return saved
+
+
+STATE_COUNTS = ("epoch", "step", "wrong", "counted")
+
+
+def _check_progress(state, metrics, config, path):
+    """The stored progress is what :func:`train` writes: counts in range, one metrics entry per
+    completed epoch (a damaged or hand-edited checkpoint is one ValueError, not a crash later)."""
+    problem = None
+    if not isinstance(state, dict) or not isinstance(metrics, list):
+        problem = "state is not an object or metrics not a list"
+    elif any(not isinstance(state.get(k), int) or isinstance(state.get(k), bool) or state[k] < 0
+             for k in STATE_COUNTS):
+        problem = f"state counts {[state.get(k) for k in STATE_COUNTS]} are not integers >= 0"
+    elif not all(isinstance(state.get(k), (int, float)) and math.isfinite(state[k])
+                 for k in ("loss_sum", "seconds")):
+        problem = "state sums are not finite numbers"
+    elif not isinstance(state.get("skipped"), list):
+        problem = "state has no list of skipped steps"
+    elif state["epoch"] > config.epochs or len(metrics) != state["epoch"]:
+        problem = (f"{state['epoch']} completed epochs of {config.epochs}, with "
+                   f"{len(metrics)} metrics entries")
+    elif not all(isinstance(m, dict) and m.get("epoch") == e + 1 for e, m in enumerate(metrics)):
+        problem = "metrics entries are not one per epoch, in order"
+    if problem:
+        raise ValueError(f"load_run(): {path} holds inconsistent progress: {problem}")
 
 
 def _check_data(data, config):
@@ -375,6 +499,15 @@ def _check_data(data, config):
                              f"got {y.dtype} {y.shape}")
         out += [x, y]
     return out
+
+
+def _with_sizes(config, n_train, n_test):
+    """``config`` with the numbers of samples the run uses (a given size must be that number)."""
+    for name, n in (("train_size", n_train), ("test_size", n_test)):
+        asked = getattr(config, name)
+        if asked is not None and asked != n:
+            raise ValueError(f"train(): config.{name}={asked}, but the data has {n} samples")
+    return dataclasses.replace(config, train_size=n_train, test_size=n_test)
 
 
 def _nonfinite_forward(model, x, err):
@@ -421,7 +554,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     Parameters
     ----------
     config : TrainConfig
-        Ignored when resuming, except ``epochs`` (the new total).
+        When resuming only ``epochs`` is read: the new total, at least the epochs
+        already trained (more extends the run); everything else is the run's own.
     run_dir : str
         Output directory (created if missing).
     resume : bool
@@ -443,21 +577,28 @@ def train(config, run_dir, resume=False, progress=None, data=None):
         A non-finite loss or theta with ``on_nonfinite="stop"``.
     """
     progress = progress or Progress()
+    checkpoint = os.path.join(run_dir, CHECKPOINT)
     if resume:
-        epochs = config.epochs
+        epochs = _checks.check_int(config.epochs, "epochs", "train", minimum=1)
         config, model, optimizer, state, metrics = load_run(run_dir)
-        config.epochs = epochs
+        if epochs < state["epoch"]:
+            raise ValueError(f"train(): epochs={epochs}, but the run in {run_dir!r} has already "
+                             f"trained {state['epoch']} epochs")
+        config = dataclasses.replace(config, epochs=epochs).validated()
+        saved = (state["epoch"], state["step"])
     else:
-        model = make_model(config.validated())
+        config = config.validated()
+        model = make_model(config)
         optimizer = make_optimizer(config, model)
         state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "wrong": 0, "counted": 0, "seconds": 0.0,
                  "skipped": []}
         metrics = []
-    config.validated()
+        saved = None
     if data is None:
         data = load_dataset(config.distortion, config.data, config.train_size, config.test_size,
                             config.seed)
     x_train, y_train, x_test, y_test = _check_data(data, config)
+    config = _with_sizes(config, len(x_train), len(x_test))
     os.makedirs(run_dir, exist_ok=True)
     for name in (CHECKPOINT, METRICS):  # left by a process killed while writing
         remove_stale(os.path.join(run_dir, name))
@@ -492,8 +633,9 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                 state["skipped"].append([epoch, step + 1])
             else:
                 progress.done(f"stopped: {problem}")
-                raise TrainingError(f"{problem}; the last good checkpoint in {run_dir} is kept "
-                                    f"(use on_nonfinite='skip' to skip such steps)")
+                on_disk = (f"{checkpoint} holds the run after epoch {saved[0]}, batch {saved[1]}"
+                           if saved else "no checkpoint was written")
+                raise TrainingError(problem, on_disk)
             seen += len(y)
             state["step"] = step + 1
             elapsed = time.perf_counter() - t0
@@ -507,6 +649,7 @@ def train(config, run_dir, resume=False, progress=None, data=None):
             if state["step"] % config.checkpoint_every == 0 and state["step"] < steps:
                 state["seconds"] = time.perf_counter() - t0
                 _save(run_dir, model, optimizer, config, state, metrics)
+                saved = (state["epoch"], state["step"])
         seconds = time.perf_counter() - t0
         test_error, _ = evaluate(model, x_test, y_test)
         metrics.append({
@@ -523,6 +666,7 @@ def train(config, run_dir, resume=False, progress=None, data=None):
             f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)")
         state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, counted=0, seconds=0.0)
         _save(run_dir, model, optimizer, config, state, metrics)
+        saved = (epoch, 0)
         _write_metrics(run_dir, config, metrics)
         wrote = True
     if not wrote:  # nothing left to train: repair a metrics.json lost to a crash after the save

@@ -7,9 +7,9 @@ import os
 from .. import _checks
 from .digits import MNIST_SIZE, _check_seed, _digits
 from .distortions import _OUT_SIZES, DISTORTIONS, _distort
-from .idx import load_mnist
+from .idx import _mnist_files, load_mnist, read_idx
 
-__all__ = ["load_dataset"]
+__all__ = ["load_dataset", "split_sizes"]
 
 # Seeds for load_dataset: (seed, split, stage).  Tags are nonzero because SeedSequence
 # pads entropy with zeros, so (seed, 0) would equal (seed,).
@@ -21,6 +21,26 @@ DEFAULT_SIZES = {TRAIN: 60_000, TEST: 10_000}
 def _split_size(value, name, fn):
     """``None`` (the whole split) or a positive int."""
     return None if value is None else _checks.check_int(value, name, fn, minimum=1)
+
+
+def split_sizes(data_dir=None):
+    """How many training and test samples :func:`load_dataset` gives when a size is None.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike, optional
+        Directory with the MNIST IDX files; None: the built-in digits.
+
+    Returns
+    -------
+    (int, int)
+        Training and test samples: the labels in the files (only the label files are
+        read), or 60,000 and 10,000 built-in digits.
+    """
+    if data_dir is None:
+        return DEFAULT_SIZES[TRAIN], DEFAULT_SIZES[TEST]
+    found = _mnist_files(os.fspath(data_dir), "split_sizes")
+    return len(read_idx(found["train_labels"])), len(read_idx(found["test_labels"]))
 
 
 def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=None, seed=0):
@@ -35,7 +55,9 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
         :func:`synthetic_digits` supplies 60,000 training and 10,000 test digits
         from seeds distinct per split.
     train_size, test_size : int, optional
-        Keep only the first this many samples of each split (default: all).
+        Keep only the first this many samples of each split (default: all).  With MNIST
+        files, more than a file holds is a ``ValueError`` naming the count available; the
+        built-in digits are generated, so any number can be asked for.
     seed : int, default 0
         Seeds digits and distortions, distinct per split.
 
@@ -68,6 +90,11 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
         if x_tr.shape[1:] != (MNIST_SIZE, MNIST_SIZE) or x_te.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
             raise ValueError(f"{fn}(): expected 28x28 images in {os.fspath(data_dir)!r}, "
                              f"got {x_tr.shape[1:]} (train) and {x_te.shape[1:]} (test)")
+        for name, size, have, what in (("train_size", sizes[TRAIN], len(x_tr), "training"),
+                                       ("test_size", sizes[TEST], len(x_te), "test")):
+            if size is not None and size > have:
+                raise ValueError(f"{fn}(): {name}={size} is more than the {have} {what} images "
+                                 f"in {os.fspath(data_dir)!r}")
         splits = {TRAIN: (x_tr[:sizes[TRAIN]], y_tr[:sizes[TRAIN]]),
                   TEST: (x_te[:sizes[TEST]], y_te[:sizes[TEST]])}
     out = []

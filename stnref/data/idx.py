@@ -166,6 +166,16 @@ def _find_mnist_file(directory, stem):
     return None
 
 
+def _mnist_files(directory, fn):
+    """``{key: path}`` of the four MNIST files in ``directory``; FileNotFoundError listing
+    every missing one."""
+    found = {key: _find_mnist_file(directory, stem) for key, stem in MNIST_FILES.items()}
+    missing = [MNIST_FILES[k] + "[.gz]" for k, v in found.items() if v is None]
+    if missing:
+        raise FileNotFoundError(f"{fn}(): missing in {directory!r}: {', '.join(missing)}")
+    return found
+
+
 def load_mnist(directory):
     """Load the four MNIST IDX files (plain or ``.gz``) from ``directory``.
 
@@ -193,10 +203,7 @@ def load_mnist(directory):
     """
     fn = "load_mnist"
     directory = os.fspath(directory)
-    found = {key: _find_mnist_file(directory, stem) for key, stem in MNIST_FILES.items()}
-    missing = [MNIST_FILES[k] + "[.gz]" for k, v in found.items() if v is None]
-    if missing:
-        raise FileNotFoundError(f"{fn}(): missing in {directory!r}: {', '.join(missing)}")
+    found = _mnist_files(directory, fn)
     out = []
     for split in ("train", "test"):
         img_path, lab_path = found[f"{split}_images"], found[f"{split}_labels"]

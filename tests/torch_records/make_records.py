@@ -423,18 +423,18 @@ def optim_family():
 
 # --------------------------------------------------------------------------- networks
 
-NETWORKS = (("fcn", 28, "affine"), ("cnn", 28, "affine"), ("st-fcn", 42, "affine"),
+NETWORKS = (("fcn", 28, None), ("cnn", 28, None), ("st-fcn", 42, "affine"),
             ("st-cnn", 28, "attention"))
 
 
 def networks_family():
     cases, arrays = [], {}
     for n, (name, size, transform) in enumerate(NETWORKS):
-        case_id = f"{name}-{size}-{transform}"
+        case_id = f"{name}-{size}" + (f"-{transform}" if transform else "")
         torch.manual_seed(seed_of(case_id) % 2**31)
         # the widths stnref solves for the parameter budget, read off its state dict
         state = build_model(name, transform, input_size=size).state_dict()
-        twin = torch_twin.twin_of(name, state, size, transform=transform, load=False)
+        twin = torch_twin.twin_of(name, state, size, transform=transform or "affine", load=False)
         if name.startswith("st-"):
             with torch.no_grad():
                 reg = twin[0].loc[-1]

@@ -1,0 +1,389 @@
+"""The command line never ignores what the user asked for.
+
+Every option is honoured exactly, refused with one line and exit 2 naming the option, the
+stored or available value and what was asked, or -- ``--epochs`` on ``--resume`` -- done and
+reported.  A stored config is what ran: re-running it gives the same run, bit for bit.  A fuzz
+test drives random option combinations and resumes and checks all of that on each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_cli import assert_user_error, run_cli, run_main
+
+from stnref.app import cli
+from stnref.app.train import CHECKPOINT, METRICS, Progress, read_run, train
+from stnref.data import write_idx
+
+TINY = ["--train-size", "48", "--test-size", "16", "--batch-size", "16"]
+N_TRAIN, N_TEST = 48, 16        # images in the tiny MNIST directory
+
+
+@pytest.fixture(scope="module")
+def mnist(tmp_path_factory):
+    """A directory of the four MNIST files with 48 training and 16 test images."""
+    root = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", N_TRAIN), ("t10k", N_TEST)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), np.uint8))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, np.uint8))
+    return root
+
+
+def stored(run_dir):
+    return read_run(str(run_dir))[0]
+
+
+def quiet_train(config, run_dir, resume=False):
+    import io
+    return train(config, str(run_dir), resume=resume, progress=Progress(io.StringIO()))
+
+
+# ----------------------------------------------------------------------------- train, new runs
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--model", "fcn", "--transform", "tps"], ["--transform tps", "model fcn has no spatial transformer"]),
+    (["--model", "cnn", "--loc-lr-scale", "0.1"], ["--loc-lr-scale 0.1", "st-fcn and st-cnn"]),
+    (["--optimizer", "adam", "--momentum", "0.5"], ["--momentum 0.5", "--optimizer sgd"]),
+    (["--momentum", "0.5"], ["--momentum 0.5", "optimizer adam"]),          # adam is the default
+    (["--schedule", "cosine:x"], ["invalid schedule 'cosine:x'"]),
+])
+def test_options_meaningless_for_the_run_are_refused(tmp_path, capsys, args, fragments):
+    out = tmp_path / "run"
+    assert_user_error(run_main(capsys, "train", *TINY, *args, "--out", out), *fragments)
+    assert not out.exists()
+
+
+def test_sizes_beyond_the_files_are_refused_with_the_count(tmp_path, capsys, mnist):
+    out = tmp_path / "run"
+    proc = run_main(capsys, "train", "--data", mnist, "--train-size", "1000", "--test-size", "16",
+                    "--out", out)
+    assert_user_error(proc, "--train-size 1000", f"holds {N_TRAIN} training images", "'all'")
+    proc = run_main(capsys, "train", "--data", mnist, "--train-size", "48", "--test-size", "20000",
+                    "--out", out)
+    assert_user_error(proc, "--test-size 20000", f"holds {N_TEST} test images")
+    assert not out.exists()
+
+
+def test_all_uses_every_sample_and_stores_the_count(tmp_path, capsys, mnist):
+    out = tmp_path / "run"
+    proc = run_main(capsys, "train", "--model", "fcn", "--data", mnist, "--train-size", "all",
+                    "--test-size", "all", "--batch-size", "16", "--epochs", "1", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    config = stored(out)
+    assert (config.train_size, config.test_size) == (N_TRAIN, N_TEST)
+    assert json.loads((out / METRICS).read_text())["config"]["train_size"] == N_TRAIN
+
+
+def test_data_is_stored_absolute_and_evaluate_works_from_elsewhere(tmp_path, mnist):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mnist").symlink_to(mnist)
+    proc = run_cli("train", "--model", "fcn", "--data", "mnist", *TINY, "--epochs", "1",
+                   "--out", "run", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert stored(work / "run").data == str(work / "mnist")
+    proc = run_cli("evaluate", work / "run", cwd=tmp_path)             # another directory
+    assert proc.returncode == 0, proc.stderr
+    assert "fcn rts" in proc.stdout and "affine" not in proc.stdout  # no transform for an FCN
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: d / "mnist.gz", "a file; give the directory"),
+    (lambda d: d / "nowhere", "no such directory"),
+])
+def test_data_that_is_not_a_directory(tmp_path, capsys, make, fragment):
+    path = make(tmp_path)
+    if path.suffix == ".gz":
+        path.write_bytes(b"\x1f\x8b")
+    assert_user_error(run_main(capsys, "train", "--data", path, "--out", tmp_path / "r"), fragment)
+
+
+def test_a_diverging_run_says_what_is_on_disk(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = run_main(capsys, "train", "--model", "fcn", "--lr", "1e30", *TINY, "--out", out)
+    assert proc.returncode == cli.EXIT_TRAINING, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "no checkpoint was written" in line and "--on-nonfinite skip" in line
+    assert "on_nonfinite=" not in line and not (out / CHECKPOINT).exists()
+
+
+def test_a_run_that_diverges_after_a_checkpoint_names_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "1", "--out", out).returncode == 0
+    arrays, meta = __import__("stnref").load_checkpoint(out / CHECKPOINT)
+    meta["config"]["epochs"] = 2
+    arrays = {k: (np.full_like(v, 1e30) if k.startswith("model.") else v) for k, v in arrays.items()}
+    __import__("stnref").save_checkpoint(out / CHECKPOINT, arrays, meta)
+    proc = run_main(capsys, "train", "--resume", "--out", out)
+    assert proc.returncode == cli.EXIT_TRAINING
+    assert f"{out / CHECKPOINT} holds the run after epoch 1, batch 0" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- train --resume
+
+@pytest.fixture
+def fcn_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "2", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--model", "st-fcn"], ["--model st-fcn", "trained with model fcn"]),
+    (["--lr", "0.01"], ["--lr 0.01", "trained with lr 0.002"]),
+    (["--train-size", "32"], ["--train-size 32", "trained with train-size 48"]),
+    (["--schedule", "cosine"], ["--schedule cosine", "trained with schedule constant"]),
+    (["--epochs", "1"], ["--epochs 1", "is set to 2 epochs (2 trained)", "can only grow"]),
+    (["--transform", "tps"], ["--transform tps", "trained with transform None"]),
+])
+def test_resume_refuses_a_different_option(fcn_run, capsys, args, fragments):
+    before = (fcn_run / CHECKPOINT).read_bytes()
+    assert_user_error(run_main(capsys, "train", "--resume", "--out", fcn_run, *args), *fragments)
+    assert (fcn_run / CHECKPOINT).read_bytes() == before
+
+
+def test_resume_accepts_the_same_options_and_extends_epochs(fcn_run, capsys):
+    proc = run_main(capsys, "train", "--resume", "--out", fcn_run, "--model", "fcn", "--lr", "0.002",
+                    "--epochs", "3", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert f"extending {fcn_run} from 2 to 3 epochs (2 trained)" in proc.stdout
+    assert "after 3 epochs" in proc.stdout
+    assert stored(fcn_run).epochs == 3
+    assert len(json.loads((fcn_run / METRICS).read_text())["epochs"]) == 3
+
+
+# ----------------------------------------------------------------------------- files on disk
+
+def _lying_member(path):
+    """Rewrite the first weight's .npy header to claim 10^12 elements (the data stays small)."""
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    name = next(m for m in members if m.startswith("model.") and m.endswith(".weight.npy"))[:-4]
+    data = members[f"{name}.npy"]
+    head_len = data.index(b"\n") + 1
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    header["shape"] = (10**6, 10**6)
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    members[f"{name}.npy"] = buf.getvalue() + data[head_len:]
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, payload in members.items():
+            zf.writestr(member, payload)
+
+
+@pytest.mark.parametrize("command", [["evaluate", "{run}"], ["train", "--resume", "--out", "{run}"]])
+def test_a_lying_checkpoint_is_one_line(fcn_run, capsys, command):
+    _lying_member(fcn_run / CHECKPOINT)
+    proc = run_main(capsys, *[c.format(run=fcn_run) for c in command])
+    assert_user_error(proc, "header claims shape (1000000, 1000000)")
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda m: m["config"].update(lr="fast"), "invalid config"),
+    (lambda m: m["state"].update(epoch=99), "inconsistent progress"),
+    (lambda m: m.update(metrics="none"), "inconsistent progress"),
+    (lambda m: m["config"].pop("seed"), "config keys"),
+])
+def test_damaged_run_metadata_is_one_line(fcn_run, capsys, edit, fragment):
+    import stnref
+    arrays, meta = stnref.load_checkpoint(fcn_run / CHECKPOINT)
+    edit(meta)
+    stnref.save_checkpoint(fcn_run / CHECKPOINT, arrays, meta)
+    assert_user_error(run_main(capsys, "evaluate", fcn_run), fragment)
+
+
+# ----------------------------------------------------------------------------- help and messages
+
+def test_bare_stnref_prints_usage_and_the_commands(capsys):
+    proc = run_main(capsys)
+    assert proc.returncode == cli.EXIT_USAGE
+    assert proc.stderr.startswith("usage: stnref")
+    for command in ("train", "evaluate", "demo", "experiment", "bench", "reference"):
+        assert f"\n    {command}" in proc.stderr, command
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subparsers(sub))
+
+
+def test_every_option_states_its_default():
+    """Each optional argument with a value says what it is when not given."""
+    undocumented = []
+    for name, sub in _subparsers(cli.build_parser()):
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue                     # positional, flags (--quick), --out, --help
+            if "default" not in (action.help or ""):
+                undocumented.append(f"{name} {action.option_strings[0]}")
+    assert not undocumented, undocumented
+
+
+def test_the_demo_writes_where_git_ignores_it():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ignored = open(os.path.join(root, ".gitignore"), encoding="utf-8").read().split()
+    demo = cli.build_parser().parse_args(["demo"]).out
+    assert demo == os.path.join("runs", "demo") and "/runs/" in ignored
+
+
+# ----------------------------------------------------------------------------- experiment
+
+GRID = ["--models", "fcn", "st-fcn", "--transforms", "affine", "--distortions", "r",
+        "--epochs", "1", "--train-size", "32", "--test-size", "16"]
+
+
+def test_experiment_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "exp"
+    proc = run_main(capsys, "experiment", *GRID, "--out", out, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("plan: 2 cells") and "estimated" in proc.stdout
+    assert "new" in proc.stdout and not out.exists()
+
+
+def test_experiment_refuses_a_cell_of_another_config(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert run_main(capsys, "experiment", *GRID, "--out", out, "--jobs", "1").returncode == 0
+    changed = [a if a != "32" else "24" for a in GRID]                     # --train-size 24
+    proc = run_main(capsys, "experiment", *changed, "--out", out)
+    assert_user_error(proc, "holds a run of another config", "train-size: stored 32, asked 24",
+                      "and 1 more cells")
+    proc = run_main(capsys, "experiment", *[a if a != "1" else "2" for a in GRID], "--out", out,
+                    "--jobs", "1")                                       # --epochs 2: extend
+    assert proc.returncode == 0, proc.stderr
+    assert "2 to extend" in proc.stdout
+    assert stored(out / "r" / "fcn-seed0").epochs == 2
+
+
+def test_experiment_cells_do_not_depend_on_jobs(tmp_path, capsys):
+    import stnref
+    runs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert run_main(capsys, "experiment", *GRID, "--out", out, "--jobs", jobs).returncode == 0
+        runs[jobs] = out
+    for cell in ("r/fcn-seed0", "r/st-fcn-affine-seed0"):
+        a, meta_a = stnref.load_checkpoint(runs["1"] / cell / CHECKPOINT)
+        b, meta_b = stnref.load_checkpoint(runs["2"] / cell / CHECKPOINT)
+        assert all(a[k].tobytes() == b[k].tobytes() for k in a), cell
+        strip = [{k: v for k, v in e.items() if k not in ("seconds", "samples_per_s")}
+                 for e in meta_a["metrics"]]
+        assert strip == [{k: v for k, v in e.items() if k not in ("seconds", "samples_per_s")}
+                         for e in meta_b["metrics"]]
+
+
+# ----------------------------------------------------------------------------- fuzz
+
+OPTIONAL = {
+    "--transform": st.sampled_from(["affine", "attention", "projective", "tps"]),
+    "--loc-lr-scale": st.sampled_from(["0.5", "1"]),
+    "--momentum": st.sampled_from(["0", "0.8"]),
+    "--lr": st.sampled_from(["0.001", "0.003"]),
+    "--schedule": st.sampled_from(["constant", "cosine", "step:1:0.5", "warmup:1+cosine"]),
+    "--clip-norm": st.sampled_from(["none", "1.5"]),
+    "--seed": st.sampled_from(["0", "3"]),
+    "--batch-size": st.sampled_from(["16", "24"]),
+    "--distortion": st.sampled_from(["none", "r"]),
+}
+
+
+@st.composite
+def option_sets(draw):
+    args = ["--model", draw(st.sampled_from(["fcn", "st-fcn"])),
+            "--optimizer", draw(st.sampled_from(["adam", "sgd"])),
+            "--epochs", draw(st.sampled_from(["1", "2"]))]
+    for flag, values in OPTIONAL.items():
+        if draw(st.booleans()):
+            args += [flag, draw(values)]
+    sizes = draw(st.sampled_from([("all", "all"), ("32", "16"), ("48", "8")]))
+    return args + ["--train-size", sizes[0], "--test-size", sizes[1]]
+
+
+def expected_refusal(args):
+    """Why these options must be refused, or None."""
+    opts = dict(zip(args[::2], args[1::2]))
+    if opts["--model"] == "fcn" and ("--transform" in opts or "--loc-lr-scale" in opts):
+        return "no spatial transformer"
+    if opts["--optimizer"] == "adam" and "--momentum" in opts:
+        return "has no momentum"
+    return None
+
+
+def check_stored_is_what_was_asked(config, args, mnist):
+    opts = dict(zip(args[::2], args[1::2]))
+    assert config.model == opts["--model"] and config.optimizer == opts["--optimizer"]
+    assert config.data == str(mnist)
+    assert config.train_size == (N_TRAIN if opts["--train-size"] == "all" else int(opts["--train-size"]))
+    assert config.test_size == (N_TEST if opts["--test-size"] == "all" else int(opts["--test-size"]))
+    assert config.transform == (opts.get("--transform", "affine") if config.model == "st-fcn" else None)
+    assert config.momentum == (float(opts.get("--momentum", 0.9)) if config.optimizer == "sgd" else None)
+    if "--schedule" in opts:
+        asked = opts["--schedule"].replace("cosine", f"cosine:{opts['--epochs']}")   # span pinned
+        assert config.schedule == asked
+    for flag, field, parse in (("--lr", "lr", float),
+                               ("--seed", "seed", int), ("--batch-size", "batch_size", int),
+                               ("--distortion", "distortion", str), ("--loc-lr-scale", "loc_lr_scale", float)):
+        if flag in opts:
+            assert getattr(config, field) == parse(opts[flag]), flag
+    if "--clip-norm" in opts:
+        assert config.clip_norm == (None if opts["--clip-norm"] == "none" else float(opts["--clip-norm"]))
+
+
+@settings(max_examples=12)
+@given(args=option_sets(), more=st.sampled_from([None, "same", "grow", "other"]))
+def test_fuzz_every_stored_config_is_what_ran(tmp_path_factory, mnist, args, more):
+    import stnref
+    root = tmp_path_factory.mktemp("fuzz")
+    out = root / "run"
+    argv = ["train", *args, "--data", mnist, "--out", out]
+    proc = _main(argv)
+    refusal = expected_refusal(args)
+    if refusal:
+        assert proc[0] == cli.EXIT_USAGE and refusal in proc[2], proc
+        assert not out.exists()
+        return
+    assert proc[0] == 0, proc
+    config = stored(out)
+    check_stored_is_what_was_asked(config, args, mnist)
+    if more is not None:
+        opts = dict(zip(args[::2], args[1::2]))
+        extra = {"same": ["--lr", str(config.lr)], "grow": ["--epochs", str(config.epochs + 1)],
+                 "other": ["--seed", str(config.seed + 1)]}[more]
+        code, _, err = _main(["train", "--resume", "--out", out, *extra])
+        if more == "other":
+            assert code == cli.EXIT_USAGE and "--seed" in err
+        else:
+            assert code == 0, err
+            config = stored(out)
+            assert config.epochs == int(opts["--epochs"]) + (more == "grow")
+    # the stored config, run again from scratch by the library, is the same run to the bit
+    again = root / "again"
+    quiet_train(dataclasses.replace(config), again)
+    a, meta_a = stnref.load_checkpoint(out / CHECKPOINT)
+    b, meta_b = stnref.load_checkpoint(again / CHECKPOINT)
+    assert meta_a["config"] == meta_b["config"]
+    assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def _main(argv):
+    """``cli.main`` in-process, with stdout and stderr captured: ``(code, out, err)``."""
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
