@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _checks
 from .nn import Linear, Module, Sequential
+from .nn.module import _Container
 from .registry import _resolve_transform
 from .sampling import _sample, _sample_backward
 
@@ -158,7 +159,7 @@ class SpatialTransformer(Module):
         return dU_sampler + dU_loc
 
 
-class Parallel(Module):
+class Parallel(_Container):
     """Run modules on the same input and concatenate their outputs along channels (axis 1).
 
     The paper's multi-transformer networks: e.g. two spatial transformers side by
@@ -181,21 +182,9 @@ class Parallel(Module):
     """
 
     def __init__(self, *modules):
-        super().__init__()
         if not modules:
             raise ValueError("Parallel(): expected at least one module, got none")
-        for i, m in enumerate(modules):
-            self.add_module(str(i), m)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __getitem__(self, index):
-        mods = list(self._modules.values())
-        index = _checks.check_int(index, "index", "Parallel.__getitem__")
-        if not -len(mods) <= index < len(mods):
-            raise IndexError(f"Parallel.__getitem__(): index {index} out of range for length {len(mods)}")
-        return mods[index]
+        super().__init__(*modules)
 
     def forward(self, x):
         """``x -> concatenate([m(x) for m in modules], axis=1)``."""

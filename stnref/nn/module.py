@@ -394,13 +394,8 @@ class Flatten(Module):
         return dy.reshape(shape)
 
 
-class Sequential(Module):
-    """Chain of modules named ``"0", "1", ...`` (torch.nn.Sequential).
-
-    Indexable (``seq[0]``, ``seq[-1]``), ``len(seq)``, iterable.  A module may
-    appear more than once (``Sequential(f, f)`` applies ``f`` twice, with one
-    set of parameters whose gradients sum over both uses).
-    """
+class _Container(Module):
+    """Children named ``"0", "1", ...`` in order: indexable, ``len``, iterable."""
 
     def __init__(self, *modules):
         super().__init__()
@@ -412,13 +407,23 @@ class Sequential(Module):
 
     def __getitem__(self, index):
         mods = list(self._modules.values())
-        index = check_int(index, "index", "Sequential.__getitem__")
+        fn = f"{type(self).__name__}.__getitem__"
+        index = check_int(index, "index", fn)
         if not -len(mods) <= index < len(mods):
-            raise IndexError(f"Sequential.__getitem__(): index {index} out of range for length {len(mods)}")
+            raise IndexError(f"{fn}(): index {index} out of range for length {len(mods)}")
         return mods[index]
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class Sequential(_Container):
+    """Chain of modules named ``"0", "1", ...`` (torch.nn.Sequential).
+
+    Indexable (``seq[0]``, ``seq[-1]``), ``len(seq)``, iterable.  A module may
+    appear more than once (``Sequential(f, f)`` applies ``f`` twice, with one
+    set of parameters whose gradients sum over both uses).
+    """
 
     def forward(self, x):
         for m in self._modules.values():
