@@ -163,6 +163,16 @@ def test_resume_accepts_the_same_options_and_extends_epochs(fcn_run, capsys):
     assert len(json.loads((fcn_run / METRICS).read_text())["epochs"]) == 3
 
 
+def test_extending_a_finished_schedule_says_at_what_rate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "1", "--schedule",
+                    "cosine", "--out", out).returncode == 0
+    assert stored(out).schedule == "cosine:1"
+    proc = run_main(capsys, "train", "--resume", "--out", out, "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "under the run's schedule cosine:1, the added epochs start at 0 x the base rate" in proc.stdout
+
+
 # ----------------------------------------------------------------------------- files on disk
 
 def _lying_member(path):

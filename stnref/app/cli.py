@@ -243,8 +243,14 @@ def _resumed_config(given, run_dir):
         raise UserError(f"--epochs {epochs}: the run in {run_dir} is set to {stored.epochs} epochs "
                         f"({state['epoch']} trained); --epochs can only grow on --resume")
     if epochs > stored.epochs:
+        from ..nn import parse_schedule
+
         print(f"extending {run_dir} from {stored.epochs} to {epochs} epochs "
               f"({state['epoch']} trained)")
+        rate = parse_schedule(stored.schedule, 1, epochs)(stored.epochs)
+        if rate != 1:
+            print(f"note: under the run's schedule {stored.schedule}, the added epochs start "
+                  f"at {rate:.3g} x the base rate")
     return dataclasses.replace(stored, epochs=epochs)
 
 
