@@ -223,6 +223,7 @@ def make_model(config):
         ``build_model(config.model, config.transform, ...)`` with every spatial
         transformer's ``input_grad`` off (it sits on the data).
     """
+    config = config.validated()
     model = build_model(config.model, config.transform, input_size(config.distortion),
                         rng=np.random.default_rng([config.seed, 0]), dtype=np.float32)
     for st in transformers(model):
@@ -266,6 +267,7 @@ def make_optimizer(config, model):
     stnref.nn.SGD or stnref.nn.Adam
         With ``lr_scale`` = ``config.loc_lr_scale`` on every localisation network.
     """
+    config = config.validated()
     scales = {p: config.loc_lr_scale for p in localisation_prefixes(model)}
     if config.optimizer == "adam":
         return Adam(model, lr=config.lr, lr_scale=scales)
