@@ -1,20 +1,18 @@
 """Golden-vector reference: reproducible export, self-check, live agreement, failure reports."""
 
-import importlib.util
 import io
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from examples import load_example
 
 from stnref import reference
 from stnref.reference import check, compute_outputs, export
 from stnref.reference.golden import MODES, PADDINGS, RULES, SAMPLER_OPS
 
-ADAPTER = Path(__file__).resolve().parents[1] / "docs" / "examples" / "reference_adapter.py"
 SAMPLER_COMBOS = {(k, m, p, ac) for k in (2, 3) for m in MODES for p in PADDINGS
                   for ac in (False, True) if not (m == "bicubic" and k == 3)}
 
@@ -182,9 +180,7 @@ def test_check_without_manifest_and_bad_versions(tmp_path):
 
 def test_adapter_results_pass_the_check(golden, tmp_path):
     # with torch installed this is a parity test of the whole golden set against PyTorch
-    spec = importlib.util.spec_from_file_location("reference_adapter", ADAPTER)
-    adapter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(adapter)
+    adapter = load_example("reference_adapter")
     used = adapter.run(golden, tmp_path / "results", "torch", log=io.StringIO())
     ok, _, text = _run_check(golden, tmp_path / "results")
     assert ok, text

@@ -6,28 +6,22 @@ equation (and so with ``stnref.grid_sample``), including points far outside and 
 the zero ring's edge.  The wrong scatter it shows (fancy-index ``+=``) must be wrong.
 """
 
-import importlib
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from examples import load_example
 
 import stnref
 from stnref import equations
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 TOL = 1e-12  # same sums in another order, float64, relative to the output's scale
 
 
 @pytest.fixture(scope="module")
 def steps():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        yield importlib.import_module("sampler_steps")
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    return load_example("sampler_steps")
 
 
 def cases():
@@ -86,7 +80,7 @@ def test_the_timing_table_runs(steps, monkeypatch, capsys):
 def test_the_page_points_at_code_that_exists(steps):
     """docs/sampler.md names the private functions and tables of stnref/sampling.py that do
     each step; renaming one must update the page."""
-    root = EXAMPLES.parent.parent
+    root = Path(__file__).resolve().parent.parent
     page = (root / "docs" / "sampler.md").read_text(encoding="utf-8")
     code = (root / "stnref" / "sampling.py").read_text(encoding="utf-8")
     named = set(re.findall(r"`(_[A-Za-z]\w*)", page))

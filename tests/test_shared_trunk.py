@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
 import numpy as np
 import pytest
+from examples import load_example
 
 from stnref import TRANSFORMS, affine_grid
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 GRID_TOL = 1e-15        # the new grid against affine_grid on the maps both can express
 
 
 @pytest.fixture(scope="module")
 def example():
-    import sys
-
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        yield importlib.import_module("shared_trunk")
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    return load_example("shared_trunk")
 
 
 @pytest.fixture(scope="module")

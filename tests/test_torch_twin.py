@@ -1,27 +1,23 @@
 """stnref's ST-CNN / ST-FCN against their PyTorch twins (docs/examples/torch_twin.py), float64."""
 
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from stnref.nn.losses import cross_entropy  # noqa: E402
-from stnref.networks import build_model  # noqa: E402
+from examples import load_example  # noqa: E402
 
-TWIN_PATH = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples" / "torch_twin.py"
+from stnref.networks import build_model  # noqa: E402
+from stnref.nn.losses import cross_entropy  # noqa: E402
+
 # Same float64 arithmetic in a different order: observed differences are ~1e-15.
 TWIN_TOL = 1e-10
 
 
 @pytest.fixture(scope="module")
 def twin_module():
-    spec = importlib.util.spec_from_file_location("torch_twin", TWIN_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("torch_twin")
 
 
 @pytest.mark.parametrize("name, size, transform", [
@@ -76,10 +72,7 @@ def test_compare_reports_tiny_differences(twin_module):
 
 def test_training_steps_example_runs_both_steps(capsys):
     # docs/examples/training_steps.py: one round of each network's step, stnref and twin
-    path = TWIN_PATH.parent / "training_steps.py"
-    spec = importlib.util.spec_from_file_location("training_steps", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("training_steps")
     ours, theirs = module.measure("st-fcn", "r", rounds=1, warmup=0)
     assert ours > 0 and theirs > 0
     module.main(["--rounds", "1"])
