@@ -601,6 +601,7 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                             config.seed)
     x_train, y_train, x_test, y_test = _check_data(data, config)
     config = _with_sizes(config, len(x_train), len(x_test))
+    created = not os.path.exists(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     for name in (CHECKPOINT, METRICS):  # left by a process killed while writing
         remove_stale(os.path.join(run_dir, name))
@@ -637,6 +638,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                 progress.done(f"stopped: {problem}")
                 on_disk = (f"{checkpoint} holds the run after epoch {saved[0]}, batch {saved[1]}"
                            if saved else "no checkpoint was written")
+                if created and not os.listdir(run_dir):
+                    os.rmdir(run_dir)       # nothing was written: leave no empty run behind
                 raise TrainingError(problem, on_disk)
             seen += len(y)
             state["step"] = step + 1
