@@ -187,24 +187,10 @@ def _given(args):
     return given
 
 
-def _check_sizes(given, data):
-    """Sizes beyond what the MNIST files hold are refused with the count available."""
-    from ..data import split_sizes
-
-    if data is None:
-        return
-    for field, have in zip(("train_size", "test_size"), split_sizes(data)):
-        asked = given.get(field)
-        if asked is not None and asked > have:
-            raise UserError(f"{FLAGS[field]} {asked}: {data} holds {have} "
-                            f"{'training' if field == 'train_size' else 'test'} images "
-                            f"(ask for at most {have}, or 'all')")
-
-
 def _new_config(given):
     """The config of a new run: the options given over TrainConfig's defaults, checked with
     the flags' names; meaningless options are refused, not ignored."""
-    from .train import TrainConfig
+    from .train import TrainConfig, check_sizes
 
     config = TrainConfig(**given)
     if not config.model.startswith("st-"):
@@ -215,8 +201,8 @@ def _new_config(given):
     if config.optimizer != "sgd" and "momentum" in given:
         raise UserError(f"--momentum {given['momentum']}: optimizer {config.optimizer} has no "
                         f"momentum (--momentum is for --optimizer sgd)")
-    _check_sizes(given, config.data)
     try:
+        check_sizes(config.train_size, config.test_size, config.data)
         return config.validated()
     except (TypeError, ValueError) as err:
         raise UserError(str(err)) from None

@@ -27,9 +27,17 @@ import time
 import numpy as np
 
 from .._io import atomic_write_bytes
-from ..data import split_sizes
 from ..nn import cross_entropy
-from .train import CHECKPOINT, Progress, TrainConfig, input_size, make_model, read_run, train
+from .train import (
+    CHECKPOINT,
+    Progress,
+    TrainConfig,
+    check_sizes,
+    input_size,
+    make_model,
+    read_run,
+    train,
+)
 
 # Table 1 of the paper, test error % (R, RTS, P, E), and the TC column.
 PAPER_TABLE = {
@@ -125,10 +133,7 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
         A cell directory holding a run of another config (naming the cell, the option,
         the stored and the asked value), or more epochs than asked; sizes beyond the data.
     """
-    n_train, n_test = split_sizes(data)
-    for name, asked, have in (("--train-size", train_size, n_train), ("--test-size", test_size, n_test)):
-        if asked is not None and data is not None and asked > have:
-            raise ValueError(f"{name} {asked}: the data has {have} samples (or use 'all')")
+    n_train, n_test = check_sizes(train_size, test_size, data)
     out_cells, conflicts = [], []
     for distortion in distortions:
         for seed in range(seeds):

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import _checks
 from .._io import atomic_write_bytes, remove_stale
-from ..data import DISTORTIONS, load_dataset
+from ..data import DISTORTIONS, load_dataset, split_sizes
 from ..networks import MODEL_NAMES, build_model
 from ..nn import SGD, Adam, Batches, clip_grad_norm, cross_entropy, parse_schedule
 from ..registry import TRANSFORMS
@@ -501,6 +501,36 @@ def _check_data(data, config):
                              f"got {y.dtype} {y.shape}")
         out += [x, y]
     return out
+
+
+def check_sizes(train_size, test_size, data):
+    """Refuse more samples than the MNIST files in ``data`` hold, naming the flag and the count.
+
+    Parameters
+    ----------
+    train_size, test_size : int or None
+        None: every sample.
+    data : str or None
+        MNIST directory; None (the built-in digits, generated on demand) accepts any size.
+
+    Returns
+    -------
+    (int, int)
+        The samples available in each split (:func:`stnref.data.split_sizes`).
+
+    Raises
+    ------
+    ValueError
+        ``--train-size N: DIR holds M training images (ask for at most M, or 'all')``.
+    """
+    available = split_sizes(data)
+    if data is not None:
+        for flag, asked, have, what in (("--train-size", train_size, available[0], "training"),
+                                        ("--test-size", test_size, available[1], "test")):
+            if asked is not None and asked > have:
+                raise ValueError(f"{flag} {asked}: {data} holds {have} {what} images "
+                                 f"(ask for at most {have}, or 'all')")
+    return available
 
 
 def _with_sizes(config, n_train, n_test):
