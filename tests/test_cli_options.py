@@ -246,7 +246,8 @@ def test_every_option_states_its_default():
 
 def test_the_demo_writes_where_git_ignores_it():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ignored = open(os.path.join(root, ".gitignore"), encoding="utf-8").read().split()
+    with open(os.path.join(root, ".gitignore"), encoding="utf-8") as f:
+        ignored = f.read().split()
     demo = cli.build_parser().parse_args(["demo"]).out
     assert demo == os.path.join("runs", "demo") and "/runs/" in ignored
 
