@@ -196,6 +196,8 @@ FAKES = {
     "wrap": (lambda U, g: fake(U, g, padding="wrap"), "padding", ("padding", "wrap")),
     "constant 0.5": (lambda U, g: fake(U, g, fill=0.5), "padding", ("fill", 0.5)),
     "NaN -> 0": (nan_to_zero, None, ("non_finite", {"nan": "0", "+inf": "NaN", "-inf": "NaN"})),
+    "nearest rounding down": (lambda U, g: fake(U, g, kernel="nearest", rounding=np.floor),
+                              "nearest rounding", ("nearest_rounding", "down (floor)")),
 }
 # what each fake does apart from its one broken convention
 BASE = {"kernel": "bilinear", "axis_order": "xy", "coordinates": "align_corners=False", "padding": "zeros",
@@ -203,6 +205,7 @@ BASE = {"kernel": "bilinear", "axis_order": "xy", "coordinates": "align_corners=
 FAKE_BASE = {
     "A = -0.5": {"kernel": "bicubic", "padding": "border"},
     "half-up ties": {"kernel": "nearest", "nearest_rounding": "half up"},
+    "nearest rounding down": {"kernel": "nearest", "nearest_rounding": "down (floor)"},
     "clamped bicubic border": {"kernel": "bicubic", "padding": "border", "coordinates": "align_corners=True"},
     "float32 arithmetic": {"padding": "border", "coordinates": "align_corners=True", "precision": "float32"},
     "pixel coordinates": {"kernel": "bicubic", "coordinates": "pixel coordinates, i = x"},
@@ -242,6 +245,32 @@ def test_unknown_kernel_is_none_of_these_and_a_difference():
     d = diagnose(cosine)
     assert d.kernel == "none of these" and d.padding == "border"
     assert d.coordinates == "align_corners=False" and "kernel" in topics(d)
+    assert not d.matches_pytorch
+
+
+@pytest.mark.parametrize("align_corners, mode, padding", [(True, "nearest", "border"),
+                                                           (False, "mirror", "reflection about centres")])
+def test_a_b_spline_that_does_not_interpolate_is_identified(align_corners, mode, padding):
+    """Its knots do not read their own pixels; ramp images tell the coordinates."""
+    def fn(U, grid):
+        H, W = U.shape[2:]
+        ix, iy = unnormalise(grid[..., 0], W, align_corners), unnormalise(grid[..., 1], H, align_corners)
+        return np.stack([np.stack([ndimage.map_coordinates(plane, [y, x], order=3, mode=mode,
+                                                           prefilter=False) for plane in image])
+                         for image, x, y in zip(U, ix, iy)])
+
+    d = diagnose(fn)
+    assert d.kernel == "cubic B-spline (not interpolating)"
+    assert d.coordinates == f"align_corners={align_corners}" and d.axis_order == "xy"
+    assert (d.padding, d.padded) == (padding, "taps")
+    assert "kernel" in topics(d) and not d.matches_pytorch
+
+
+def test_a_sampler_that_is_not_a_function_of_its_inputs_stops_the_diagnosis():
+    rng = np.random.default_rng(0)
+    d = diagnose(lambda U, g: rng.standard_normal((*U.shape[:2], *g.shape[1:3])))
+    assert d.differences == [d.differences[0]] and "not deterministic" in d.differences[0]
+    assert (d.kernel, d.coordinates, d.padding) == ("unknown", "unknown", "unknown")
     assert not d.matches_pytorch
 
 
@@ -304,6 +333,7 @@ def test_backwards_are_told_apart(name, backward, knots, duplicates):
     assert d.backward["gradient of fn"].startswith("yes")  # right away from kinks in every case
     ok = knots == "right-sided" and duplicates == "accumulate"
     assert d.matches_pytorch == ok, d.differences
+    assert d.backward["matches_pytorch"] == ok                 # kinks included
     sections = {"left-sided": "§4.1", "keep one of them": "§6.2"}
     for value in (knots, duplicates):
         if value in sections:
@@ -369,6 +399,16 @@ def test_wrong_shape_is_a_finding_not_a_traceback():
     assert d.kernel == "unknown" and d.calls == 1
     assert "returned V of shape (2, 3, 3, 1), expected (2, 3, 3, 4)" in d.differences[0]
     assert "verdict:" in d.report()
+
+
+def test_none_and_a_lone_array_are_named_as_such():
+    d = diagnose(lambda U, grid: None)
+    assert "returned None, expected V of shape (2, 3, 3, 4)" in d.differences[0]
+    d = diagnose(grid_sample, lambda dV, U, grid: grid_sample_backward(dV, U, grid)[0])
+    assert any("backward returned ndarray, expected (dU, dgrid)" in line for line in d.differences)
+    assert not any("backward backward" in line for line in d.differences)
+    d = diagnose(grid_sample, lambda dV, U, grid: (None, None))
+    assert any("backward returned None, expected dU" in line for line in d.differences)
 
 
 @pytest.mark.parametrize("failure", [ValueError("no"), MemoryError(), ZeroDivisionError()],

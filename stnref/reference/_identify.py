@@ -7,7 +7,7 @@ PyTorch's settings are one corner of the space, the rest is what other implement
 ===========  ==========================================================================
 coordinates  ``i = a x + b`` on each axis: ``align_corners`` True or False
              (docs/conventions.md §3.1), pixel coordinates, three other unnormalisations
-kernel       nearest (four tie rules), bilinear, Keys cubic convolution with any ``A``,
+kernel       nearest (four tie rules, or rounding down), bilinear, Keys cubic convolution with any ``A``,
              cubic B-spline (interpolating, as ``scipy.ndimage`` order 3, or not)
 padding      zeros, a constant, a constant beyond the edge pixels without blending,
              border, reflection about pixel centres or edges, wrap (period ``size`` or
@@ -122,7 +122,9 @@ ROUNDINGS = {
     "half up": lambda i: np.floor(i + 0.5),
     "half away from zero": lambda i: np.copysign(np.floor(np.abs(i) + 0.5), i),
     "half down": lambda i: np.ceil(i - 0.5),
+    "down (floor)": np.floor,  # not a tie rule: a nearest that truncates (told by the kernel probe)
 }
+TIE_RULES = tuple(r for r in ROUNDINGS if r.startswith("half"))
 
 
 # --------------------------------------------------------------------------- paddings
@@ -343,6 +345,9 @@ class _Box:
         return why
 
     def _array(self, x, shape, what, probe):
+        if x is None:
+            return None, self._fail(probe, f"returned None, expected {what} of shape {tuple(shape)} "
+                                           f"(docs/conventions.md §1.1)")
         try:
             x = np.asarray(x)
         except Exception as err:  # noqa: BLE001 -- e.g. a tensor that needs .detach()
@@ -370,7 +375,7 @@ class _Box:
         if why:
             return None, why
         if not isinstance(out, (tuple, list)) or len(out) != 2:
-            return None, self._fail(probe, f"backward returned {type(out).__name__}, expected (dU, dgrid)")
+            return None, self._fail(probe, f"returned {type(out).__name__}, expected (dU, dgrid)")
         dU, why = self._array(out[0], U.shape, "dU", probe)
         dgrid, why2 = self._array(out[1], grid.shape, "dgrid", probe)
         return (None, why or why2) if why or why2 else ((dU, dgrid), None)
@@ -440,6 +445,12 @@ def _probe_layout(run):
         run.d.differences.append(f"fn(U {U.shape}, grid {grid.shape}) {why}; nothing else could be "
                                  f"probed")
         return False
+    again, _ = run.box.sample(U, grid, "layout")
+    if again is None or not np.array_equal(V, again, equal_nan=True):
+        change = "fails" if again is None else f"differs by up to {np.nanmax(np.abs(V - again)):.3g}"
+        run.d.differences.append(f"fn is not deterministic: a second call on the same (U, grid) "
+                                 f"{change}; nothing else could be probed")
+        return False
     run.d.evidence["layout"] = f"fn(U {U.shape}, grid {grid.shape}) returned {V.shape} {sorted(run.box.dtypes)}"
     return True
 
@@ -479,6 +490,15 @@ def _probe_coordinates(run):
         if len(fits) > 1:
             run.d.notes.append("coordinates: also consistent with " +
                                ", ".join(f"{s[2]} ({s[3]})" for s in fits[1:]))
+    elif (ramp := _ramp_conventions(run)) is not None:
+        run.geo, err, others = ramp
+        best = min(scores) if scores else None
+        run.d.evidence["coordinates"] = (
+            "no named convention reads the knots" + (f" (best {best[2]}: {best[0]:.1e})" if best else "")
+            + f"; interior points of ramp images read their own coordinates under {run.geo.name} "
+            f"({run.geo.order}) to {err:.1e}: the kernel reproduces lines but does not interpolate")
+        if others:
+            run.d.notes.append("coordinates: also consistent with " + ", ".join(others))
     else:
         run.geo = _estimate_coordinates(run)
         if run.geo is None:
@@ -493,6 +513,32 @@ def _probe_coordinates(run):
     run.d.coordinates = run.geo.name
     run.d.axis_order = run.geo.order
     return True
+
+
+def _ramp_conventions(run):
+    """``(geometry, error, other fits)`` of the named convention under which ramp images
+    (``U = column``, ``U = row``) read their coordinates at interior points, or None.
+
+    Every kernel that reproduces straight lines does (bilinear, Keys, B-splines, interpolating
+    or not), two pixels away from the border.
+    """
+    H, W = 9, 13
+    cols, rows = np.meshgrid(np.arange(W, dtype=float), np.arange(H, dtype=float))
+    U = np.stack([cols, rows])[None]
+    ix, iy = run.rng.uniform(2, W - 3, (1, 16)), run.rng.uniform(2, H - 3, (1, 16))
+    fits = []
+    for name in CONVENTIONS:
+        for order in ("xy", "yx"):
+            V = run.sample(U, ix, iy, "coordinates", _Geometry(name, order))
+            if V is not None:
+                err = max(float(np.abs(V[0, 0] - ix).max()), float(np.abs(V[0, 1] - iy).max()))
+                if err <= TOL_ID:
+                    fits.append((err, name, order))
+    if not fits:
+        return None
+    fits.sort()
+    err, name, order = fits[0]
+    return _Geometry(name, order), err, [f"{f[1]} ({f[2]})" for f in fits[1:]]
 
 
 def _ramp_fit(g, v, n):
@@ -605,6 +651,11 @@ def _probe_kernel(run):
         else:
             pred, use = kernel.weight(dx, a) * kernel.weight(dy, a), np.ones_like(tie)
         errors[name] = float(np.abs(r - pred)[use].max())
+    # a nearest that truncates reads pixel c on [c, c + 1): a box shifted by half a pixel
+    floor = float(np.abs(r - (dx >= 0) * (dx < 1) * (dy >= 0) * (dy < 1)).max())
+    if floor < errors["nearest"]:
+        errors["nearest"] = floor
+        run.d.nearest_rounding = "down (floor)"
     best = min(errors, key=errors.get)
     others = ", ".join(f"{k}: {v:.1e}" for k, v in sorted(errors.items(), key=lambda kv: kv[1]) if k != best)
     fitted = f" with A = {a:.6g}" if best == "bicubic" else ""
@@ -617,7 +668,10 @@ def _probe_kernel(run):
     run.d.kernel = best
     if best == "bicubic":
         run.cubic_fit, run.d.cubic_a = a, round(a, 6)
-    run.d.nearest_rounding = UNKNOWN if best == "nearest" else "n/a"
+    if best != "nearest":
+        run.d.nearest_rounding = "n/a"
+    elif run.d.nearest_rounding != "down (floor)":
+        run.d.nearest_rounding = UNKNOWN  # the ties probe tells
 
 
 def _model_kernel(run):
@@ -641,7 +695,9 @@ def _probe_padding(run):
     fill = float(np.median(observed[outside]))
     kernel = _model_kernel(run)
     base = Behaviour(kernel, fill=fill, cubic_a=run.cubic_fit or CUBIC_A,
-                     pads="taps" if "cubic" in kernel else "coordinate")
+                     pads="taps" if "cubic" in kernel else "coordinate",
+                     rounding=run.d.nearest_rounding if run.d.nearest_rounding in ROUNDINGS
+                     else "half to even")
     errors = {}
     for name, padding in PADDINGS.items():
         if name == "constant" and abs(fill) <= TOL_ID:
@@ -685,7 +741,7 @@ def _probe_padding(run):
 
 def _probe_ties(run):
     """Nearest only: pixel coordinates ``k + 1/2`` inside (and outside) the image."""
-    if run.d.kernel != "nearest":
+    if run.d.kernel != "nearest" or run.d.nearest_rounding == "down (floor)":
         return
     H, W = run.geo.sizes()
     U = run.image(H, W)
@@ -697,14 +753,14 @@ def _probe_ties(run):
         return
     inside = ((ix >= 0) & (ix <= W - 1) & (iy >= 0) & (iy <= H - 1))[0]
     err_in, err_all = {}, {}
-    for rule in ROUNDINGS:
+    for rule in TIE_RULES:
         diff = np.abs(V[0, 0] - model_sample(U, ix, iy, run.behaviour._replace(rounding=rule))[0, 0])
         err_in[rule], err_all[rule] = float(diff[inside].max()), float(diff.max())
-    fits = [r for r in ROUNDINGS if err_in[r] <= TOL_ID]
+    fits = [r for r in TIE_RULES if err_in[r] <= TOL_ID]
     narrowed = [r for r in fits if err_all[r] <= TOL_ID] or fits
     run.d.evidence["nearest ties"] = (f"{int(inside.sum())} ties inside the image and {int((~inside).sum())} "
                                       f"outside: " + ", ".join(f"{r}: {err_in[r]:.1e}/{err_all[r]:.1e}"
-                                                               for r in ROUNDINGS))
+                                                               for r in TIE_RULES))
     if not narrowed:
         run.d.nearest_rounding = "none of these"
         return
