@@ -275,7 +275,10 @@ def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_
         copy of the module as given for every evaluation, so a random layer
         (``Dropout`` and its ``rng``) draws the same mask in each, and the
         module's parameters, gradients, pending forwards and random state stay
-        as they were.
+        as they were.  The copies hold random gradients before their backward,
+        and what the backward adds is checked: one that overwrites them
+        (``set_grad`` instead of ``add_grad``) fails, as it would when the
+        module is shared or gradients are accumulated.
     x : ndarray (N, ...), float32 or float64
         The input, of the shape ``module.forward`` takes; checked in float64.
     eps, atol, rtol, full_max, n_directions, seed
@@ -289,16 +292,18 @@ def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_
     GradcheckResult
         One :class:`ArgReport` (max abs / rel error, worst index, the analytic
         and numeric values there) named ``"input"`` -- left out when the module
-        returns no input gradient, like a ``SpatialTransformer`` with
-        ``input_grad=False`` -- then one per entry of ``module.params`` (a shared
-        array once), in that order.
+        returns no input gradient and says so, like a ``SpatialTransformer``
+        with ``input_grad=False`` -- then one per entry of ``module.params`` (a
+        shared array once), in that order.
 
     Raises
     ------
     TypeError
         ``module`` not a Module, ``x`` not a float array, an option of the wrong type.
     ValueError
-        ``module`` in eval mode, or an option out of range.
+        ``module`` in eval mode, an option out of range, or a ``backward`` that
+        returns None (no module in it has ``input_grad=False``) or a gradient of the
+        wrong shape.
 
     Examples
     --------
@@ -332,12 +337,23 @@ def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_
     def forward(x, *values):
         return fresh(values).forward(x)
 
+    # gradients already held: a backward must add to them, so what it overwrites shows
+    rng = np.random.default_rng((seed, 1))    # a stream apart from gradcheck's cotangents
+    held = [rng.standard_normal(p.shape) for p in base.params.values()]
+    # only a module that says so (input_grad False, here or below) may return no input gradient
+    input_grad = all(getattr(m, "input_grad", True) is not False for m in base.modules())
+
     def vjp(u, x, *values):
         twin = fresh(values)
         twin.forward(x)
+        for g, h in zip(twin.grads.values(), held):
+            g[...] = h
         dx = twin.backward(u)
-        grads = twin.grads
-        return (dx, *(grads[k] for k in names))
+        if dx is None and input_grad:
+            raise ValueError(f"{fn}(): {type(module).__name__}.backward returned None, expected the "
+                             f"input gradient of shape {x.shape} (only a module with input_grad=False "
+                             f"returns None)")
+        return (dx, *(twin.grads[k] - h for k, h in zip(names, held)))
 
     inputs = [x, *base.params.values()]
     return gradcheck(forward, vjp, inputs, names=["input", *names], eps=eps, atol=atol, rtol=rtol,

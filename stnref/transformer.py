@@ -124,19 +124,20 @@ class SpatialTransformer(Module):
         U = _checks.float_array(U, "U", fn)
         _checks.check_ndim(U, "U", fn, (4,), "(N, C, H, W)")
         N = U.shape[0]
-        out = self.loc.forward(U)
-        if np.shape(out) != (N, self.theta_size):
-            raise ValueError(
-                f"{fn}(): expected the localisation network to return shape "
-                f"({N}, {self.theta_size}), got {np.shape(out)}"
-            )
-        theta = out.astype(U.dtype, copy=False).reshape(N, *self.theta_shape)
-        size = self._size(U)
-        grid = self.transform.grid(theta, size, self.align_corners)    # (N, H_out, W_out, 2)
-        # in training, the sampler's taps are kept for the backward, which then skips
-        # recomputing them (about 32 bytes per output point for bilinear float32)
-        V, taps = _sample(U, grid, self.mode, self.padding_mode, self.align_corners,
-                          keep=self.training)
+        with self._undone_on_error():
+            out = self.loc.forward(U)
+            if np.shape(out) != (N, self.theta_size):
+                raise ValueError(
+                    f"{fn}(): expected the localisation network to return shape "
+                    f"({N}, {self.theta_size}), got {np.shape(out)}"
+                )
+            theta = out.astype(U.dtype, copy=False).reshape(N, *self.theta_shape)
+            size = self._size(U)
+            grid = self.transform.grid(theta, size, self.align_corners)    # (N, H_out, W_out, 2)
+            # in training, the sampler's taps are kept for the backward, which then skips
+            # recomputing them (about 32 bytes per output point for bilinear float32)
+            V, taps = _sample(U, grid, self.mode, self.padding_mode, self.align_corners,
+                              keep=self.training)
         self.last_theta = theta.copy()
         return self.save_for_backward(V, U, theta, grid, taps)
 
@@ -189,13 +190,14 @@ class Parallel(_Container):
     def forward(self, x):
         """``x -> concatenate([m(x) for m in modules], axis=1)``."""
         fn = "Parallel.forward"
-        outs = [m.forward(x) for m in self._modules.values()]
-        rest = {(o.ndim, o.shape[:1] + o.shape[2:]) for o in outs}
-        if len(rest) != 1 or outs[0].ndim < 2:
-            raise ValueError(
-                f"{fn}(): expected outputs that differ only in axis 1, got shapes "
-                f"{[o.shape for o in outs]}"
-            )
+        with self._undone_on_error():
+            outs = [m.forward(x) for m in self._modules.values()]
+            rest = {(o.ndim, o.shape[:1] + o.shape[2:]) for o in outs}
+            if len(rest) != 1 or outs[0].ndim < 2:
+                raise ValueError(
+                    f"{fn}(): expected outputs that differ only in axis 1, got shapes "
+                    f"{[o.shape for o in outs]}"
+                )
         return self.save_for_backward(np.concatenate(outs, axis=1), [o.shape[1] for o in outs])
 
     # Backward of y = [f_1(x), ..., f_k(x)] stacked along channels:

@@ -173,6 +173,16 @@ def test_extending_a_finished_schedule_says_at_what_rate(tmp_path, capsys):
     assert "under the run's schedule cosine:1, the added epochs start at 0 x the base rate" in proc.stdout
 
 
+def test_the_rate_of_added_epochs_counts_the_run_s_steps(tmp_path, capsys):
+    """48 samples in batches of 16: 3 steps an epoch; step:1.5 decays every round(4.5) = 4
+    steps, so step 9, where a fourth epoch starts, runs at 0.1^2."""
+    out = tmp_path / "run"
+    assert run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "3", "--schedule",
+                    "step:1.5", "--out", out).returncode == 0
+    proc = run_main(capsys, "train", "--resume", "--out", out, "--epochs", "4")
+    assert "the added epochs start at 0.01 x the base rate" in proc.stdout, proc.stdout
+
+
 # ----------------------------------------------------------------------------- files on disk
 
 def _lying_member(path):
@@ -212,6 +222,26 @@ def test_damaged_run_metadata_is_one_line(fcn_run, capsys, edit, fragment):
     edit(meta)
     stnref.save_checkpoint(fcn_run / CHECKPOINT, arrays, meta)
     assert_user_error(run_main(capsys, "evaluate", fcn_run), fragment)
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["reference", "diagnose", "no_such_module:fn", "--json", "{missing}/d.json"], "--json"),
+    (["reference", "diagnose", "stnref:grid_sample", "--json", "{tmp}"], "--json"),
+    (["bench", "--quick", "--markdown", "{missing}/b.md"], "--markdown"),
+    (["evaluate", "{missing}", "--json", "{missing}/e.json"], "--json"),
+])
+def test_an_output_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch,
+                                                                          argv, option):
+    from stnref.app import bench
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("the bench ran"))
+    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in argv]
+    assert_user_error(run_main(capsys, *argv), option)
+
+
+def test_check_against_a_missing_results_directory_is_one_line(tmp_path, capsys):
+    assert run_main(capsys, "reference", "export", tmp_path / "golden").returncode == 0
+    assert_user_error(run_main(capsys, "reference", "check", tmp_path / "golden", tmp_path / "none"),
+                      "results directory", "does not exist")
 
 
 # ----------------------------------------------------------------------------- help and messages

@@ -155,11 +155,19 @@ def test_step_updates_live_arrays_in_place():
     (lambda n: Adam(n, betas=(0.9, 1.0)), ValueError),
     (lambda n: Adam(n, betas=0.9), TypeError),
     (lambda n: Adam(n, eps=float("nan")), ValueError),
+    (lambda n: Adam(n, eps=0.0), ValueError),
     (lambda n: clip_grad_norm(n, -1.0), ValueError),
 ])
 def test_bad_arguments(make, exc):
     with pytest.raises(exc):
         make(_Net())
+
+
+@pytest.mark.parametrize("opt", [SGD, Adam])
+def test_an_lr_scale_prefix_that_matches_nothing_is_refused(opt):
+    """A typo (or a model nested one level deeper: '0.loc.') would otherwise leave the rate as is."""
+    with pytest.raises(ValueError, match=r"lr_scale prefix 'lock\.' matches no parameter.*loc\.0\.weight"):
+        opt(_Net(), lr=0.1, lr_scale={"loc.": 0.1, "lock.": 0.1})
 
 
 def test_lr_setter_validates():

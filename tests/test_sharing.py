@@ -312,6 +312,77 @@ def test_gradcheck_module_catches_a_wrong_input_gradient():
     assert str(result).splitlines()[1].startswith("input ")
 
 
+class _OverwritingGradient(Linear):
+    """Right on its own, wrong when shared or accumulated: replaces the gradient it should add to."""
+
+    def backward(self, dy):
+        held = {k: g.copy() for k, g in self.grads.items()}
+        dx = super().backward(dy)
+        for k, g in self.grads.items():
+            self.set_grad(k, g - held[k])
+        return dx
+
+
+class _ForgetsTheInputGradient(Linear):
+    def backward(self, dy):
+        super().backward(dy)
+
+
+def test_gradcheck_module_catches_a_backward_that_overwrites_the_gradients():
+    layer = _OverwritingGradient(3, 2, rng=np.random.default_rng(24))
+    result = gradcheck_module(layer, np.random.default_rng(25).standard_normal((4, 3)))
+    assert {a.name: a.ok for a in result.args} == {"input": True, "weight": False, "bias": False}
+
+
+def test_gradcheck_module_refuses_a_backward_that_returns_no_input_gradient():
+    with pytest.raises(ValueError, match=r"gradcheck_module\(\): _ForgetsTheInputGradient\.backward "
+                                         r"returned None, expected the input gradient of shape \(4, 3\)"):
+        gradcheck_module(_ForgetsTheInputGradient(3, 2), np.ones((4, 3)))
+
+
+class _Picky(Module):
+    """Refuses inputs with a negative first entry, after its predecessor has saved its forward."""
+
+    def forward(self, x):
+        if x.flat[0] < 0:
+            raise ValueError("_Picky.forward(): negative")
+        return self.save_for_backward(x)
+
+    def backward(self, dy):
+        return self.pop_saved(dy)[0]
+
+
+@pytest.mark.parametrize("call", ["call", "forward"])
+def test_a_forward_that_raises_leaves_nothing_pending(call):
+    """Sequential(lin, picky): after lin(xb) and a failed lin(xa), the backward is xb's."""
+    lin = Linear(2, 2, rng=np.random.default_rng(26))
+    lin.weight[...] = np.eye(2)
+    model = Sequential(lin, _Picky())
+    run = model if call == "call" else model.forward
+    xb, xa = np.array([[1.0, 2.0]]), np.array([[-5.0, 7.0]])
+    run(xb)
+    with pytest.raises(ValueError, match="negative"):
+        run(xa)
+    assert [len(m._pending) for m in model.modules()] == [1, 1, 1]
+    model.backward(np.ones((1, 2)))
+    np.testing.assert_array_equal(lin.grads["weight"], np.ones((2, 1)) * xb)
+
+
+def test_a_transformer_whose_sampler_fails_leaves_its_localisation_net_clean(monkeypatch):
+    import stnref.transformer
+    st = _st()
+    U = np.random.default_rng(27).standard_normal((2, 2, 5, 6))
+    st(U)
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("the sampler's taps")
+
+    monkeypatch.setattr(stnref.transformer, "_sample", out_of_memory)
+    with pytest.raises(MemoryError):
+        st.forward(U)                            # the loc net has run and saved its forward
+    assert all(len(m._pending) == 1 for m in st.modules())
+
+
 def test_gradcheck_module_leaves_the_module_as_it_was():
     drop = Dropout(0.5, rng=np.random.default_rng(19))
     net = Sequential(Linear(4, 4, dtype=np.float32, rng=np.random.default_rng(20)), drop)

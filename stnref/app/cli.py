@@ -149,14 +149,22 @@ def _add_experiment_options(p):
                    help="print the plan and the time estimate, train nothing")
 
 
-def _write_json(path, payload, option):
-    """Write ``payload`` as JSON to ``path`` atomically; a path that cannot be written is a
-    :class:`UserError` naming ``option``."""
+def _check_output_file(path, option):
+    """Refuse, before any work, an output file ``path`` whose directory is missing or that is
+    a directory: a :class:`UserError` naming ``option``."""
+    if path is None:
+        return
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UserError(f"{option}: {path!r} is a directory; give a file name")
     if not os.path.isdir(parent):
         raise UserError(f"{option}: directory {parent!r} does not exist")
+
+
+def _write_json(path, payload, option):
+    """Write ``payload`` as JSON to ``path`` atomically; a path that cannot be written is a
+    :class:`UserError` naming ``option``."""
+    _check_output_file(path, option)
     try:
         atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
     except OSError as err:
@@ -233,7 +241,8 @@ def _resumed_config(given, run_dir):
 
         print(f"extending {run_dir} from {stored.epochs} to {epochs} epochs "
               f"({state['epoch']} trained)")
-        rate = parse_schedule(stored.schedule, 1, epochs)(stored.epochs)
+        steps = math.ceil(stored.train_size / stored.batch_size)     # as train() counts them
+        rate = parse_schedule(stored.schedule, steps, epochs)(stored.epochs * steps)
         if rate != 1:
             print(f"note: under the run's schedule {stored.schedule}, the added epochs start "
                   f"at {rate:.3g} x the base rate")
@@ -270,6 +279,7 @@ def cmd_evaluate(args):
     from ..data import load_dataset
     from .train import evaluate, load_run
 
+    _check_output_file(args.json, "--json")
     config, model, _, state, _ = load_run(args.run_dir)
     _, _, x_test, y_test = load_dataset(config.distortion, config.data, 1, config.test_size,
                                         config.seed)
@@ -310,12 +320,16 @@ def cmd_bench(args):
 
     from .bench import SHAPES, run, write_report
 
+    _check_output_file(args.markdown, "--markdown")
     dtypes = {"float32": (np.float32,), "float64": (np.float64,),
               "both": (np.float32, np.float64)}[args.dtype]
     report = run(SHAPES, dtypes, rounds=args.rounds, modes=not args.quick, scaling=args.scaling,
                  large=args.large)
     if args.markdown:
-        write_report(args.markdown, report)
+        try:
+            write_report(args.markdown, report)
+        except OSError as err:
+            raise UserError(f"--markdown: cannot write {args.markdown!r}: {err.strerror or err}") from None
     return 0
 
 
@@ -334,6 +348,7 @@ def cmd_reference(args):
     if args.action == "diagnose":
         from ..reference.diagnosis import load_callable
 
+        _check_output_file(args.json, "--json")
         try:
             fn = load_callable(args.function)
             backward = load_callable(args.backward) if args.backward else None

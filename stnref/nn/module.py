@@ -22,6 +22,9 @@ Layer protocol (shared with :mod:`stnref.transformer`)
   used several times in one forward goes back through every use.  Containers
   call their children's backwards in the reverse order of their forwards.
   In eval mode a forward saves nothing, and a backward is a ``ValueError``.
+  A forward that raises leaves nothing pending, in the module or below it
+  (:meth:`Module.__call__` and the containers undo what it saved), so a later
+  backward cannot go back through a failed forward's inputs.
 * ``backward(dy)`` adds the parameter gradients to ``grads``
   (:meth:`Module.add_grad`, PyTorch's accumulation) and returns ``dx``;
   :meth:`Module.zero_grad` resets them and drops pending forwards.
@@ -37,6 +40,7 @@ Layer protocol (shared with :mod:`stnref.transformer`)
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 from collections.abc import Mapping
 
@@ -142,6 +146,7 @@ class Module:
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_pending", collections.deque(maxlen=MAX_PENDING))
         object.__setattr__(self, "_dropped", 0)
+        object.__setattr__(self, "_saves", 0)  # forwards saved so far: what a failure undoes
         object.__setattr__(self, "training", True)
 
     # -- registration -------------------------------------------------------
@@ -229,6 +234,17 @@ class Module:
     def children(self):
         """``(name, module)`` pairs of the direct children, in registration order."""
         return list(self._modules.items())
+
+    def modules(self):
+        """This module and every module below it, each once, parents first (a list)."""
+        found = {}
+        stack = [self]
+        while stack:
+            m = stack.pop()
+            if id(m) not in found:
+                found[id(m)] = m
+                stack.extend(reversed(m._modules.values()))
+        return list(found.values())
 
     # -- views --------------------------------------------------------------
     def _registrations(self, prefix=""):
@@ -336,7 +352,21 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
     def __call__(self, x):
-        return self.forward(x)
+        with self._undone_on_error():
+            return self.forward(x)
+
+    @contextlib.contextmanager
+    def _undone_on_error(self):
+        """If the block raises, drop the forwards saved in it, here and below."""
+        marks = [(m, m._saves) for m in self.modules()]
+        try:
+            yield
+        except BaseException:
+            for m, saves in marks:
+                for _ in range(min(m._saves - saves, len(m._pending))):
+                    m._pending.pop()
+                m._saves = saves
+            raise
 
     def save_for_backward(self, y, *values):
         """Keep ``values`` for the backward of the forward whose output is ``y``; return ``y``.
@@ -350,6 +380,7 @@ class Module:
             if len(self._pending) == self._pending.maxlen:
                 self._dropped += 1
             self._pending.append((np.shape(y), values))
+            self._saves += 1
         return y
 
     def pop_saved(self, dy, name="dy"):
@@ -426,8 +457,9 @@ class Sequential(_Container):
     """
 
     def forward(self, x):
-        for m in self._modules.values():
-            x = m.forward(x)
+        with self._undone_on_error():
+            for m in self._modules.values():
+                x = m.forward(x)
         return self.save_for_backward(x)
 
     # Chain rule: back through the children in reverse order.

@@ -61,9 +61,14 @@ class _Optimizer:
             if not isinstance(prefix, str):
                 raise TypeError(f"{fn}(): expected lr_scale keys to be str prefixes, got {prefix!r}")
             _check_real(scale, f"lr_scale[{prefix!r}]", fn)
+        params = module.params
+        for prefix in lr_scale:
+            if not any(name.startswith(prefix) for name in params):
+                shown = ", ".join(list(params)[:6]) + (", ..." if len(params) > 6 else "")
+                raise ValueError(f"{fn}(): lr_scale prefix {prefix!r} matches no parameter of the "
+                                 f"module (its parameters: {shown or 'none'})")
         self.lr_scale = lr_scale
         self.step_count = 0
-        params = module.params
         self._state = {
             buf: {k: np.zeros_like(p) for k, p in params.items()} for buf in self._buffers
         }
@@ -129,7 +134,8 @@ class SGD(_Optimizer):
     weight_decay : float >= 0
         Added to the gradient as ``wd * p`` (before momentum), as PyTorch.
     lr_scale : dict[str, float], optional
-        Name prefix -> learning-rate multiplier, e.g. ``{"loc.": 0.1}``.
+        Name prefix -> learning-rate multiplier, e.g. ``{"loc.": 0.1}``; the longest
+        matching prefix applies, and a prefix that matches no parameter is a ``ValueError``.
     """
 
     _buffers = ("momentum_buffer",)
@@ -164,7 +170,7 @@ class Adam(_Optimizer):
     weight_decay : float >= 0
         Added to the gradient (coupled L2, not AdamW), as PyTorch's Adam.
     lr_scale : dict[str, float], optional
-        Name prefix -> learning-rate multiplier.
+        Name prefix -> learning-rate multiplier, as in :class:`SGD`.
     """
 
     _buffers = ("exp_avg", "exp_avg_sq")
@@ -177,6 +183,8 @@ class Adam(_Optimizer):
             _check_real(b, f"betas[{i}]", fn, maximum=1.0, open_max=True) for i, b in enumerate(betas)
         )
         self.eps = _check_real(eps, "eps", fn)
+        if self.eps == 0.0:  # a parameter whose gradient is still 0 would become 0 / 0
+            raise ValueError(f"{fn}(): expected finite eps > 0, got 0.0")
         self.weight_decay = _check_real(weight_decay, "weight_decay", fn)
         super().__init__(module, lr, lr_scale, fn)
 

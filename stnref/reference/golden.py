@@ -534,7 +534,7 @@ def check(golden_dir, results_dir, out=sys.stdout):
     Raises
     ------
     ValueError
-        ``golden_dir`` has no readable manifest.
+        ``golden_dir`` has no readable manifest, or ``results_dir`` is not a directory.
     """
     fn = "check"
     golden_dir, results_dir = os.fspath(golden_dir), os.fspath(results_dir)
@@ -545,6 +545,9 @@ def check(golden_dir, results_dir, out=sys.stdout):
         cases = manifest["cases"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{fn}(): cannot read the golden manifest {manifest_path!r}: {err}") from err
+    if not os.path.isdir(results_dir):
+        raise ValueError(f"{fn}(): results directory {results_dir!r} does not exist (expected one "
+                         f"<case id>.npz per case, written by your implementation)")
     width = max([len(c["id"]) for c in cases] + [len("case")])
     print(f"{'case':<{width}}  result  {'max abs':>10}  {'max rel':>10}  notes", file=out)
     n_pass = 0
