@@ -99,7 +99,7 @@ def rotation(deg, scale=1.0, tx=0.0, ty=0.0):
 
 
 def example_thetas():
-    """One θ per transform of §3.2, each a visible but moderate warp."""
+    """One θ per transform of paper §3.2, each a visible but moderate warp."""
     rng = np.random.default_rng(SEED)
     points = stnref.tps_control_points(16)
     return {

@@ -5,15 +5,15 @@ Every forward has a hand-derived backward; semantics follow PyTorch's
 
 - eqs. (1)-(7) as plain code, the definition everything else is tested against:
   :mod:`stnref.equations`
-- §3.1 localisation networks: :mod:`stnref.localisation`
-- §3.2 grid generators: :func:`affine_grid`, :func:`attention_grid`,
+- paper §3.1 localisation networks: :mod:`stnref.localisation`
+- paper §3.2 grid generators: :func:`affine_grid`, :func:`attention_grid`,
   :func:`projective_grid`, :func:`tps_grid` (:mod:`stnref.grids`); by name:
   :data:`TRANSFORMS` (:mod:`stnref.registry`)
-- §3.3 sampler: :func:`grid_sample`, :func:`grid_sample_backward` (:mod:`stnref.sampling`);
+- paper §3.3 sampler: :func:`grid_sample`, :func:`grid_sample_backward` (:mod:`stnref.sampling`);
   forward mode and double backward: :mod:`stnref.second_order`
-- §3.4 the spatial transformer layer: :class:`SpatialTransformer`, :class:`Parallel`
+- paper §3.4 the spatial transformer layer: :class:`SpatialTransformer`, :class:`Parallel`
   (:mod:`stnref.transformer`)
-- §4.1 the paper's networks: :func:`build_model` (:mod:`stnref.networks`); data:
+- paper §4.1 the paper's networks: :func:`build_model` (:mod:`stnref.networks`); data:
   :mod:`stnref.data`; layers, losses, optimisers: :mod:`stnref.nn`
 
 Tools: :func:`gradcheck` and :func:`gradcheck_module` (finite differences), :mod:`stnref.reference` (golden vectors

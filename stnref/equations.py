@@ -27,10 +27,12 @@ to :mod:`stnref.sampling` one step at a time.
 Coordinates are normalised, ``-1`` the left/top and ``+1`` the right/bottom of
 the image; the paper leaves open how they map to the pixel indices ``m``, ``n``
 of eq. (3), and stnref uses PyTorch's rule, :func:`pixel_coordinate`
-(docs/conventions.md §3.1).  Everything is computed in float64 and returned in
-the input's dtype.  Arguments are checked as everywhere in stnref (a wrong type,
-shape or size is a ``TypeError`` / ``ValueError`` naming the function and the
-argument); those few lines come first in each function and are not the maths.
+(docs/conventions.md §3.1).  The functions that take arrays compute in float64
+and return the input's dtype, and check their arguments as everywhere in stnref
+(a wrong type, shape or size, or a non-finite theta, is a ``TypeError`` /
+``ValueError`` naming the function and the argument); those few lines come first
+in each function and are not the maths.  The kernels and :func:`pixel_coordinate`
+are the bare formulas, applied to what they are given.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def affine_grid(theta, size, align_corners=False):
     array([-0.5, -0.5])
     """
     theta = _checks.float_array(theta, "theta", "affine_grid")
+    _checks.check_finite(theta, "theta", "affine_grid")
     N, C, H, W = _checks.check_size(size, "size", "affine_grid", (4,))
     if theta.shape != (N, 2, 3):
         raise ValueError(f"affine_grid(): expected theta of shape ({N}, 2, 3), got {theta.shape}")
@@ -129,6 +132,7 @@ def attention_theta(s, tx, ty):
     Parameters
     ----------
     s, tx, ty : array_like, shape (N,)
+        Finite, of one float dtype (lists of floats are float64).
 
     Returns
     -------
@@ -140,7 +144,13 @@ def attention_theta(s, tx, ty):
     array([[[ 0.5 ,  0.  ,  0.25],
             [ 0.  ,  0.5 , -0.25]]])
     """
-    s, tx, ty = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (s, tx, ty)))
+    fn, names = "attention_theta", ("s", "tx", "ty")
+    s, tx, ty = (_checks.float_array(a, name, fn) for a, name in zip((s, tx, ty), names))
+    for a, name in zip((s, tx, ty), names):
+        _checks.check_finite(a, name, fn)
+        if a.ndim != 1 or a.shape != s.shape or a.dtype != s.dtype:
+            raise ValueError(f"{fn}(): expected s, tx, ty of one shape (N,) and one dtype, got {name} "
+                             f"{a.dtype} {a.shape} and s {s.dtype} {s.shape}")
     zero = np.zeros_like(s)
     return np.stack([np.stack([s, zero, tx], axis=-1),
                      np.stack([zero, s, ty], axis=-1)], axis=-2)
@@ -241,12 +251,13 @@ def sample(U, grid, kernel="bilinear", align_corners=False):
     k = kernel if callable(kernel) else KERNELS[_checks.check_choice(kernel, "kernel", "sample", KERNELS)]
     N, C, H, W = U.shape
     _checks.check_budget(grid.shape[:3] + (H, W), "sample", "weights")
+    dtype, U, grid = U.dtype, U.astype(np.float64), grid.astype(np.float64)
     x_s = pixel_coordinate(grid[..., 0], W, align_corners)[..., None, None]  # (N, H', W', 1, 1)
     y_s = pixel_coordinate(grid[..., 1], H, align_corners)[..., None, None]
     m, n = np.arange(W), np.arange(H)[:, None]                               # (W,), (H, 1)
     weights = k(x_s - m) * k(y_s - n)                                         # (N, H', W', H, W)
-    V = np.einsum("nchw,nijhw->ncij", U.astype(np.float64), weights)
-    return V.astype(U.dtype)
+    V = np.einsum("nchw,nijhw->ncij", U, weights)
+    return V.astype(dtype)
 
 
 def sample_backward(dV, U, grid, align_corners=False):
@@ -280,6 +291,7 @@ def sample_backward(dV, U, grid, align_corners=False):
     dV = _checks.check_dV(dV, U, grid, "sample_backward")
     N, C, H, W = U.shape
     _checks.check_budget(grid.shape[:3] + (H, W), "sample_backward", "weights")
+    dtype, dV, U, grid = U.dtype, dV.astype(np.float64), U.astype(np.float64), grid.astype(np.float64)
     x_s = pixel_coordinate(grid[..., 0], W, align_corners)[..., None, None]  # (N, H', W', 1, 1)
     y_s = pixel_coordinate(grid[..., 1], H, align_corners)[..., None, None]
     m, n = np.arange(W), np.arange(H)[:, None]
@@ -292,4 +304,4 @@ def sample_backward(dV, U, grid, align_corners=False):
     scale_x, scale_y = ((W - 1) / 2, (H - 1) / 2) if align_corners else (W / 2, H / 2)
     dgrid = np.stack([scale_x * np.einsum("ncij,ncij->nij", dV, dV_dx),
                       scale_y * np.einsum("ncij,ncij->nij", dV, dV_dy)], axis=-1)
-    return dU.astype(U.dtype), dgrid.astype(grid.dtype)
+    return dU.astype(dtype), dgrid.astype(dtype)

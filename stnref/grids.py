@@ -617,7 +617,7 @@ def tps_matrix(height, width, control_points=None, align_corners=False):
 
 
 def tps_grid(theta, size, control_points=None, align_corners=False):
-    """Thin-plate-spline grid (paper §3.2 and the 16-point TPS of §4.1).
+    """Thin-plate-spline grid (paper §3.2 and the 16-point TPS of paper §4.1).
 
     ``T_theta(p) = a_0 + a_1 x_t + a_2 y_t + sum_k c_k U(|p - P_k|)`` with
     ``U(r) = r^2 log r^2``, the exact interpolant with ``T_theta(P_k) = theta_k``.

@@ -29,7 +29,7 @@ __all__ = ["MODEL_NAMES", "build_model", "count_parameters", "target_parameters"
 
 MODEL_NAMES = ("fcn", "cnn", "st-fcn", "st-cnn")
 
-# Paper appendix (§4.1): every CNN classifier is conv 9x9 -> max-pool 2 -> conv 7x7 ->
+# Paper appendix (paper §4.1): every CNN classifier is conv 9x9 -> max-pool 2 -> conv 7x7 ->
 # max-pool 2 -> softmax layer; the baseline CNN has 32 then 64 filters (the paper's range is
 # 32-64), and an ST-CNN's classifier keeps the 1:2 ratio with fewer filters.  Convolutions
 # use 'same' padding (k // 2), so any classifier input from 4x4 up works (21x21 and 30x30
@@ -115,7 +115,7 @@ def target_parameters(input_size=28, n_classes=10, in_channels=1):
 
 def build_model(name, transform=None, input_size=28, n_classes=10, rng=None,
                 dtype=np.float64, *, in_channels=1):
-    """Build a distorted-MNIST network of the paper (§4.1 and its appendix).
+    """Build a distorted-MNIST network of paper §4.1 and its appendix.
 
     Parameters
     ----------

@@ -1,9 +1,9 @@
 """The spatial transformer layer (paper §3, Fig. 2, and §3.4).
 
 :class:`SpatialTransformer` chains the three parts of Fig. 2 -- a localisation
-network ``theta = f_loc(U)`` (§3.1, :mod:`stnref.localisation`), a grid generator
-``T_theta`` from the transform registry (§3.2, :mod:`stnref.registry`) and the
-sampler (§3.3, :mod:`stnref.sampling`) -- and back-propagates through all three.
+network ``theta = f_loc(U)`` (paper §3.1, :mod:`stnref.localisation`), a grid generator
+``T_theta`` from the transform registry (paper §3.2, :mod:`stnref.registry`) and the
+sampler (paper §3.3, :mod:`stnref.sampling`) -- and back-propagates through all three.
 :class:`Parallel` runs several modules on one input and stacks their outputs
 along channels (the paper's multi-transformer models, e.g. 2xST-FCN); its
 children may share modules (one localisation trunk under two transformers).

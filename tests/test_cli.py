@@ -1,6 +1,6 @@
 """The ``stnref`` command line: ``python -m stnref`` in a subprocess, and ``cli.main`` in-process.
 
-Contract (``stnref/cli.py``): ``--help`` works for every subcommand; a user error
+Contract (``stnref/app/cli.py``): ``--help`` works for every subcommand; a user error
 prints exactly one line ``stnref: error: ...`` on stderr and exits 2, never a
 traceback; a smoke training run writes ``metrics.json`` (documented schema) and a
 loadable ``checkpoint.npz``; ``evaluate --json`` writes JSON; ``reference

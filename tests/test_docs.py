@@ -105,7 +105,8 @@ API_MODULES = (
     "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn",
     "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
     "stnref.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",
-    "stnref.gradcheck", "stnref.reference", "stnref.app.bench", "stnref.app.plotting",
+    "stnref.gradcheck", "stnref.reference", "stnref.reference.diagnosis", "stnref.app.bench",
+    "stnref.app.plotting",
 )
 NUMPYDOC_SECTION = re.compile(r"^\s*(\w+)\n\s*-{3,}\s*$", re.MULTILINE)
 

@@ -74,7 +74,37 @@ def test_attention_theta_is_stnref_attention_grid(seed, align_corners):
 
 
 def test_attention_theta_is_the_matrix_of_eq_2():
-    np.testing.assert_array_equal(E.attention_theta(2.0, 3.0, 4.0), [[2, 0, 3], [0, 2, 4]])
+    np.testing.assert_array_equal(E.attention_theta([2.0], [3.0], [4.0]), [[[2, 0, 3], [0, 2, 4]]])
+    assert E.attention_theta(*np.ones((3, 2), np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("args, match", [
+    (([np.nan], [0.0], [0.0]), r"attention_theta\(\): expected finite s, got nan at index \(0,\)"),
+    (([1.0, 2.0], [0.0], [0.0]), r"attention_theta\(\): expected s, tx, ty of one shape \(N,\)"),
+    ((1.0, 0.0, 0.0), r"attention_theta\(\): expected s, tx, ty of one shape \(N,\)"),
+])
+def test_attention_theta_checks_its_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        E.attention_theta(*args)
+
+
+def test_affine_grid_refuses_a_non_finite_theta():
+    with pytest.raises(ValueError, match=r"affine_grid\(\): expected finite theta, got inf"):
+        E.affine_grid(np.array([[[1.0, 0, np.inf], [0, 1, 0]]]), (1, 1, 2, 2))
+
+
+def test_float32_is_computed_in_float64_and_returned_as_float32():
+    """The plain functions work in float64 whatever they are given (the module's promise)."""
+    rng = np.random.default_rng(5)
+    U, grid, dV = (rng.standard_normal(s).astype(np.float32) for s in ((2, 2, 4, 5), (2, 3, 3, 2),
+                                                                        (2, 2, 3, 3)))
+    f64 = [a.astype(np.float64) for a in (dV, U, grid)]
+    V = E.sample(U, grid)
+    assert V.dtype == np.float32
+    np.testing.assert_array_equal(V, E.sample(*f64[1:]).astype(np.float32))
+    for got, ref in zip(E.sample_backward(dV, U, grid), E.sample_backward(*f64)):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, ref.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- kernels, eqs. (4), (5)

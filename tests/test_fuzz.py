@@ -989,7 +989,7 @@ if second_order is not None:
 @pytest.mark.parametrize("name", sorted(THETA_CALLS))
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_theta_rejected(name, bad):
-    """STYLE §5: a non-finite theta is a ValueError naming theta and the bad value."""
+    """docs/conventions.md §2.5: a non-finite theta is a ValueError naming theta and the bad value."""
     fn, make = THETA_CALLS[name]
     theta = make()
     theta.flat[-1] = bad

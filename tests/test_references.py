@@ -27,7 +27,7 @@ SOURCES = sorted(p for top in ("stnref", "tests", "docs") for p in (ROOT / top).
 # Paths that exist only on a developer's machine (assembled so this file does not match itself).
 OUTSIDE = re.compile("|".join([r"CONVENTIONS" + r"\.md", r"\.\./" + "shared", "/" + "work/",
                                "/" + "home/", "/" + "root/"]))
-CITED_PATH = re.compile(r"(?<![\w/.-])((?:docs|tests)/[\w/.-]+\.(?:md|py|png))")
+CITED_PATH = re.compile(r"(?<![\w/.-])((?:docs|tests|stnref)/[\w/.-]+\.(?:md|py|png))")
 # "conventions §4.1", "conventions.md §3-6", "(conventions.md#..)" is a link (test_docs checks it);
 # a run of sections "§3.2, §4.1, §4.3" or a range "§3.2–3.5" after one citation counts in full.
 CITATION = re.compile(r"conventions(?:\.md)?`?\)?\s*((?:§\s*[\d.]+(?:\s*[-–]\s*[\d.]+)?(?:,\s*)?)+)")

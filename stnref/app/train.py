@@ -1,4 +1,4 @@
-"""Training and evaluation of the paper's networks (§4.1), with exact resume.
+"""Training and evaluation of the paper's networks (paper §4.1), with exact resume.
 
 :func:`train` runs seeded mini-batch training and writes, in ``RUN_DIR``:
 

@@ -44,7 +44,7 @@ def split_sizes(data_dir=None):
 
 
 def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=None, seed=0):
-    """Train and test sets for one distortion of §4.1, built-in digits or MNIST files.
+    """Train and test sets for one distortion of paper §4.1, built-in digits or MNIST files.
 
     Parameters
     ----------

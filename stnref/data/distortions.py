@@ -1,4 +1,4 @@
-"""The paper's distortions of §4.1 (R, RTS, P, E, TC), made with stnref's own grids and sampler.
+"""The distortions of paper §4.1 (R, RTS, P, E, TC), made with stnref's own grids and sampler.
 
 :func:`distort` warps any ``(n, 28, 28)`` digit source.  Each distortion draws its
 parameters per chunk of :data:`~stnref.data.digits.CHUNK` samples from its own

@@ -3,7 +3,8 @@
 ``fn(U, grid) -> V`` is any sampler on NumPy arrays in stnref's layouts -- ``U`` is
 ``(N, C, H, W)`` float64, ``grid`` ``(N, H', W', 2)`` normalised ``(x, y)``, ``V``
 ``(N, C, H', W')`` -- with the mode and padding bound by the caller.  :func:`diagnose`
-probes it with designed inputs and decides each property on its own evidence:
+probes it with designed inputs and decides each property on its own evidence (§:
+sections of docs/conventions.md):
 
 =============  =================================================  ==============================
 property       probe                                              decided by
