@@ -5,13 +5,16 @@ from __future__ import annotations
 import gzip
 import os
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
 
+import stnref
 from stnref.data import digits as data
 from stnref.data import (
-    DISTORTIONS, distort, load_dataset, load_mnist, read_idx, synthetic_digits, write_idx,
+    DISTORTIONS, distort, load_dataset, load_mnist, read_idx, split_sizes, synthetic_digits,
+    write_idx,
 )
 from stnref import affine_grid, grid_sample
 from stnref.grids import tps_control_points
@@ -20,6 +23,8 @@ OUT_SIZES = {"none": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
 PX = 2.0 / 28                      # normalised units per 28x28 source pixel
 CENTROID_TOL_PX = 0.35             # bilinear resampling moves a blob's centroid by less
 FAST_FAIL_S = 1.0                  # a lying header must be rejected at once
+IDX_REFUSE_PEAK_BYTES = 1 << 20    # traced peak of refusing an IDX file over the budget
+IDX_CUT_PEAK_BYTES = 8 << 20       # ... of keeping a few hundred images of a big one
 
 
 @pytest.fixture(scope="module")
@@ -354,13 +359,36 @@ def test_idx_rejects_bad_files(tmp_path, case, suffix):
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_idx_lying_header_fails_fast(tmp_path, suffix):
-    # claims 10^12 images of 1x1 (and then 10^9 images of 1000 x 1000): only 100 bytes follow
-    for dims in [(10**6, 10**6, 1), (10**9, 1000, 1000)]:
+    # claims 10^9 images of 1x1 (within the element budget), 10^12 of 1x1 and 10^9 of
+    # 1000 x 1000 (over it): only 100 bytes follow.  A plain file's size is checked first; a
+    # .gz header over the budget is refused before decompressing anything.
+    for dims, gz_message in [((10**9, 1, 1), "truncated"), ((10**6, 10**6, 1), "over the budget"),
+                             ((10**9, 1000, 1000), "over the budget")]:
         path = _write_raw(tmp_path, f"lie{suffix}", _raw_idx(8, dims, bytes(100)))
         start = time.perf_counter()
-        with pytest.raises(ValueError, match="truncated"):
+        with pytest.raises(ValueError, match=gz_message if suffix else "truncated"):
             read_idx(path)
         assert time.perf_counter() - start < FAST_FAIL_S
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_over_budget_refused_before_allocating(tmp_path, suffix):
+    """Decoded IDX data had no element budget: a 760 KB .gz of 10^6 zero images took 3.9 GB."""
+    n = 10_000                                        # 7.8 MB decoded, 8 KB compressed
+    path = _write_raw(tmp_path, f"big{suffix}", _raw_idx(8, (n, 28, 28), bytes(n * 784)))
+    previous = stnref.set_max_elements(n * 784 - 1)
+    try:
+        tracemalloc.start()
+        with pytest.raises(ValueError, match=rf"read_idx\(\): IDX file .*big{suffix}' of shape "
+                                             rf"\({n}, 28, 28\) .* over the budget") as info:
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        stnref.set_max_elements(previous)
+    assert str(path) in str(info.value)
+    assert peak < IDX_REFUSE_PEAK_BYTES
+    assert read_idx(path).shape == (n, 28, 28)        # the default budget accepts it
 
 
 def test_idx_not_gzip(tmp_path):
@@ -452,6 +480,78 @@ def test_load_dataset_from_files(tmp_path):
     np.testing.assert_array_equal(y_tr, arrays["train-labels-idx1-ubyte"][:7])
     x_tr, _, x_te, _ = load_dataset("rts", data_dir=tmp_path, test_size=4)
     assert x_tr.shape == (30, 1, 42, 42) and x_te.shape == (4, 1, 42, 42)
+
+
+def _big_mnist(directory, suffix, n_train=20_000, n_random=500):
+    """MNIST files of ``n_train`` training images, the first ``n_random`` random, then zeros."""
+    rng = np.random.default_rng(2)
+    images = np.zeros((n_train, 28, 28), np.uint8)
+    images[:n_random] = rng.integers(0, 256, (n_random, 28, 28), dtype=np.uint8)
+    arrays = {"train-images-idx3-ubyte": images,
+              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (40, 28, 28), dtype=np.uint8),
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, 40, dtype=np.uint8)}
+    for name, a in arrays.items():
+        _write_raw(directory, name + suffix, _raw_idx(8, a.shape, a.tobytes()))
+    return arrays
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_load_dataset_small_request_from_big_files(tmp_path, suffix):
+    """The whole split was converted to float32 before train_size was applied (3.9 GB of RSS
+    for 500 images of a 10^6-image file): now only the kept images are allocated, and they
+    are the same arrays as cutting the whole split."""
+    arrays = _big_mnist(tmp_path, suffix)
+    tracemalloc.start()
+    try:
+        x_tr, y_tr, x_te, y_te = load_dataset("none", tmp_path, 300, 30, seed=5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < IDX_CUT_PEAK_BYTES                   # the whole split is 62.7 MB of float32
+    full = load_mnist(tmp_path)
+    for got, whole, n in ((x_tr[:, 0], full[0], 300), (y_tr, full[1], 300),
+                          (x_te[:, 0], full[2], 30), (y_te, full[3], 30)):
+        assert got.dtype == whole.dtype and got.tobytes() == whole[:n].tobytes()
+    np.testing.assert_array_equal(y_tr, arrays["train-labels-idx1-ubyte"][:300])
+
+
+def test_load_dataset_cut_is_the_same_selection(tmp_path):
+    """Asking for a prefix gives the first samples of the whole split, distorted alike."""
+    _big_mnist(tmp_path, ".gz", n_train=2100, n_random=2100)
+    whole = load_dataset("rts", tmp_path, None, None, seed=7)
+    cut = load_dataset("rts", tmp_path, 1500, 9, seed=7)
+    for a, b in zip(cut, whole):
+        assert a.tobytes() == b[:len(a)].tobytes()
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_load_dataset_cut_still_checks_whole_files(tmp_path, suffix):
+    """Keeping a prefix does not skip checking the rest: labels past it, the payload's length."""
+    arrays = _big_mnist(tmp_path, suffix, n_train=300, n_random=300)
+    labels = arrays["train-labels-idx1-ubyte"].copy()
+    labels[-1] = 10
+    write_idx(tmp_path / ("train-labels-idx1-ubyte" + suffix), labels)
+    with pytest.raises(ValueError, match="0-9"):
+        load_dataset("none", tmp_path, 5, 5)
+    write_idx(tmp_path / ("train-labels-idx1-ubyte" + suffix), arrays["train-labels-idx1-ubyte"])
+    images = _raw_idx(8, (300, 28, 28), arrays["train-images-idx3-ubyte"].tobytes())
+    _write_raw(tmp_path, "train-images-idx3-ubyte" + suffix, images[:-1])
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.*truncated"):
+        load_dataset("none", tmp_path, 5, 5)
+
+
+def test_mnist_file_both_plain_and_gz_refused(tmp_path):
+    """With both train-images-idx3-ubyte and its .gz the plain one was silently used."""
+    _fake_mnist(tmp_path, gz=False)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.full((30, 28, 28), 9, np.uint8))
+    plain, gz = (str(tmp_path / "train-images-idx3-ubyte"), str(tmp_path / "train-images-idx3-ubyte.gz"))
+    for fn, call in (("load_mnist", lambda: load_mnist(tmp_path)),
+                     ("load_mnist", lambda: load_dataset("none", tmp_path, 2, 2)),
+                     ("split_sizes", lambda: split_sizes(tmp_path))):
+        with pytest.raises(ValueError, match=rf"{fn}\(\): both .* exist") as info:
+            call()
+        assert plain in str(info.value) and gz in str(info.value)
 
 
 def test_load_dataset_errors(tmp_path):

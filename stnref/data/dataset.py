@@ -7,7 +7,7 @@ import os
 from .. import _checks
 from .digits import MNIST_SIZE, _check_seed, _digits
 from .distortions import _OUT_SIZES, DISTORTIONS, _distort
-from .idx import _mnist_files, load_mnist, read_idx
+from .idx import _load_mnist, _mnist_files, read_idx
 
 __all__ = ["load_dataset", "split_sizes"]
 
@@ -56,7 +56,8 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
         from seeds distinct per split.
     train_size, test_size : int, optional
         Keep only the first this many samples of each split (default: all).  With MNIST
-        files, more than a file holds is a ``ValueError`` naming the count available; the
+        files, more than a file holds is a ``ValueError`` naming the count available, and
+        only the kept images are allocated (every file is still checked whole); the
         built-in digits are generated, so any number can be asked for.
     seed : int, default 0
         Seeds digits and distortions, distinct per split.
@@ -86,17 +87,16 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
                                  (seed, split, STAGE_DIGITS), MNIST_SIZE)
                   for split in (TRAIN, TEST)}
     else:
-        x_tr, y_tr, x_te, y_te = load_mnist(data_dir)
+        x_tr, y_tr, x_te, y_te = _load_mnist(data_dir, (sizes[TRAIN], sizes[TEST]))
         if x_tr.shape[1:] != (MNIST_SIZE, MNIST_SIZE) or x_te.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
             raise ValueError(f"{fn}(): expected 28x28 images in {os.fspath(data_dir)!r}, "
                              f"got {x_tr.shape[1:]} (train) and {x_te.shape[1:]} (test)")
         for name, size, have, what in (("train_size", sizes[TRAIN], len(x_tr), "training"),
                                        ("test_size", sizes[TEST], len(x_te), "test")):
-            if size is not None and size > have:
+            if size is not None and size > have:   # then the whole split was kept
                 raise ValueError(f"{fn}(): {name}={size} is more than the {have} {what} images "
                                  f"in {os.fspath(data_dir)!r}")
-        splits = {TRAIN: (x_tr[:sizes[TRAIN]], y_tr[:sizes[TRAIN]]),
-                  TEST: (x_te[:sizes[TEST]], y_te[:sizes[TEST]])}
+        splits = {TRAIN: (x_tr, y_tr), TEST: (x_te, y_te)}
     out = []
     for split in (TRAIN, TEST):
         images, labels = splits[split]

@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 
+from .. import _checks
 from .._io import atomic_open
 from .digits import NUM_CLASSES
 
@@ -62,14 +63,18 @@ def _read_header(f, path):
     return tuple(int(d) for d in dims)
 
 
-def _read_gz_payload(f, count, path):
-    """Read exactly ``count`` bytes in bounded chunks (never trusting ``count`` to allocate)."""
+def _read_gz_payload(f, count, keep, path):
+    """Read the ``count`` data bytes in bounded chunks (never trusting ``count`` to allocate),
+    keeping the first ``keep``: the rest is decompressed and dropped, so the stream's length
+    and CRC are checked all the same."""
     buf = bytearray()
-    while len(buf) < count:
-        piece = f.read(min(IDX_READ_CHUNK, count - len(buf)))
+    seen = 0
+    while seen < count:
+        piece = f.read(min(IDX_READ_CHUNK, count - seen))
         if not piece:
-            raise _idx_error(path, f"truncated: header claims {count} data bytes, found {len(buf)}")
-        buf += piece
+            raise _idx_error(path, f"truncated: header claims {count} data bytes, found {seen}")
+        buf += piece[:keep - len(buf)]
+        seen += len(piece)
     extra = len(f.read(IDX_READ_CHUNK))
     if extra:
         raise _idx_error(path, f"oversized: {'at least ' if extra == IDX_READ_CHUNK else ''}{extra} "
@@ -83,8 +88,10 @@ def read_idx(path):
     Only uint8 images (magic ``0x00000803``, 3-D) and labels (``0x00000801``, 1-D)
     are accepted; dimensions are big-endian int32 and must be positive, and the
     payload must be exactly their product in bytes.  A plain file's size is
-    checked before anything is allocated; a ``.gz`` stream is read in bounded
-    chunks, so a header claiming 10^12 images fails at the end of the data.
+    checked before anything is allocated; so is the element budget
+    (:func:`stnref.set_max_elements`), which a ``.gz`` file's header must meet
+    before anything is decompressed.  A ``.gz`` stream is then read in bounded
+    chunks, so a header claiming more than the stream holds fails at its end.
 
     Parameters
     ----------
@@ -98,19 +105,32 @@ def read_idx(path):
     ------
     ValueError
         Naming the file and the mismatch: wrong magic, unsupported dtype code,
-        non-positive dimensions, truncated or oversized payload, bad gzip data.
+        non-positive dimensions, more elements than the budget, truncated or
+        oversized payload, bad gzip data.
+    """
+    return _read_idx(path)[1]
+
+
+def _read_idx(path, limit=None):
+    """:func:`read_idx`, keeping only the first ``limit`` records (all if None).
+
+    The whole file is checked as by :func:`read_idx`, but only the kept records are
+    allocated.  Returns ``(shape, data)``: the file's shape and the kept records, of
+    shape ``(min(n, limit), ...)``.
     """
     path = os.fspath(path)
     if path.endswith(".gz"):
         try:
             with gzip.open(path, "rb") as f:
                 shape = _read_header(f, path)
-                data = _read_gz_payload(f, math.prod(shape), path)
+                _check_idx_budget(shape, path)
+                keep = _kept(shape, limit)
+                data = _read_gz_payload(f, math.prod(shape), math.prod(keep), path)
         except (OSError, EOFError, zlib.error) as err:
             if isinstance(err, FileNotFoundError):
                 raise
             raise _idx_error(path, f"bad gzip data ({err})") from err
-        return data.reshape(shape)
+        return shape, data.reshape(keep)
     with open(path, "rb") as f:
         shape = _read_header(f, path)
         header = 4 + 4 * len(shape)
@@ -121,7 +141,19 @@ def read_idx(path):
         if actual > count:
             raise _idx_error(path, f"oversized: {actual - count} bytes after the {count} data bytes "
                                    f"the header claims")
-        return np.fromfile(f, dtype=np.uint8, count=count).reshape(shape)
+        _check_idx_budget(shape, path)
+        keep = _kept(shape, limit)
+        return shape, np.fromfile(f, dtype=np.uint8, count=math.prod(keep)).reshape(keep)
+
+
+def _check_idx_budget(shape, path):
+    """Refuse a file of more elements than the budget, as any other stnref output."""
+    _checks.check_budget(shape, "read_idx", f"IDX file {path!r}")
+
+
+def _kept(shape, limit):
+    """The shape of the first ``limit`` records of an array of ``shape`` (all if None)."""
+    return shape if limit is None else (min(shape[0], limit), *shape[1:])
 
 
 def write_idx(path, array):
@@ -158,18 +190,20 @@ def write_idx(path, array):
             raw.write(payload)
 
 
-def _find_mnist_file(directory, stem):
-    for name in (stem, stem + ".gz"):
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+def _find_mnist_file(directory, stem, fn):
+    """The path of ``stem`` or ``stem.gz`` in ``directory`` (None if neither); ValueError if
+    both exist, since nothing says which one is meant."""
+    found = [path for path in (os.path.join(directory, stem), os.path.join(directory, stem + ".gz"))
+             if os.path.isfile(path)]
+    if len(found) == 2:
+        raise ValueError(f"{fn}(): both {found[0]!r} and {found[1]!r} exist; remove one of them")
+    return found[0] if found else None
 
 
 def _mnist_files(directory, fn):
     """``{key: path}`` of the four MNIST files in ``directory``; FileNotFoundError listing
-    every missing one."""
-    found = {key: _find_mnist_file(directory, stem) for key, stem in MNIST_FILES.items()}
+    every missing one, ValueError if one is there both plain and ``.gz``."""
+    found = {key: _find_mnist_file(directory, stem, fn) for key, stem in MNIST_FILES.items()}
     missing = [MNIST_FILES[k] + "[.gz]" for k, v in found.items() if v is None]
     if missing:
         raise FileNotFoundError(f"{fn}(): missing in {directory!r}: {', '.join(missing)}")
@@ -183,8 +217,8 @@ def load_mnist(directory):
     ----------
     directory : str or os.PathLike
         Holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-        ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally
-        with ``.gz`` (a plain file is preferred when both exist).
+        ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each either plain
+        or with ``.gz`` (both is an error).
 
     Returns
     -------
@@ -198,23 +232,34 @@ def load_mnist(directory):
     FileNotFoundError
         Listing every missing file.
     ValueError
-        A bad IDX file, images/labels count mismatch, labels outside 0-9,
-        image files of the wrong rank.
+        A bad IDX file (:func:`read_idx`), a file both plain and ``.gz``,
+        images/labels count mismatch, labels outside 0-9, image files of the wrong
+        rank.
+    """
+    return _load_mnist(directory)
+
+
+def _load_mnist(directory, sizes=(None, None)):
+    """:func:`load_mnist`, keeping only the first ``sizes`` (train, test) samples (all if None).
+
+    Every file is checked whole, but only the kept images are allocated and converted.
     """
     fn = "load_mnist"
     directory = os.fspath(directory)
     found = _mnist_files(directory, fn)
     out = []
-    for split in ("train", "test"):
+    for split, size in zip(("train", "test"), sizes):
         img_path, lab_path = found[f"{split}_images"], found[f"{split}_labels"]
-        images, labels = read_idx(img_path), read_idx(lab_path)
-        if images.ndim != 3 or labels.ndim != 1:
+        (img_shape, images), (lab_shape, labels) = _read_idx(img_path, size), _read_idx(lab_path)
+        if len(img_shape) != 3 or len(lab_shape) != 1:
             raise ValueError(f"{fn}(): expected 3-D images in {img_path!r} and 1-D labels in "
-                             f"{lab_path!r}, got shapes {images.shape} and {labels.shape}")
-        if len(images) != len(labels):
-            raise ValueError(f"{fn}(): {img_path!r} has {len(images)} images but {lab_path!r} "
-                             f"has {len(labels)} labels")
+                             f"{lab_path!r}, got shapes {img_shape} and {lab_shape}")
+        if img_shape[0] != lab_shape[0]:
+            raise ValueError(f"{fn}(): {img_path!r} has {img_shape[0]} images but {lab_path!r} "
+                             f"has {lab_shape[0]} labels")
         if labels.max() >= NUM_CLASSES:
             raise ValueError(f"{fn}(): labels in {lab_path!r} must be 0-9, got {int(labels.max())}")
-        out += [images.astype(np.float32) / np.float32(PIXEL_MAX), labels.astype(np.int64)]
+        pixels = images.astype(np.float32)
+        pixels /= np.float32(PIXEL_MAX)
+        out += [pixels, labels[:len(images)].astype(np.int64)]
     return tuple(out)
