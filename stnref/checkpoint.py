@@ -119,15 +119,20 @@ def save_checkpoint(path, arrays, metadata):
             _write_member(zf, METADATA_KEY, np.array(text))
 
 
-def _check_members(path, fn):
+def _check_members(path, fn, what="checkpoint"):
     """Check every member's ``.npy`` header against the bytes the member holds, before any
     array is allocated: a header claiming 10^12 elements in a small file is refused here,
-    not discovered as a ``MemoryError`` (``docs/conventions.md`` §8.3)."""
+    not discovered as a ``MemoryError`` (``docs/conventions.md`` §8.3).
+
+    Returns ``{array name: (shape, dtype)}`` from the headers (the metadata member included).
+    """
     if not zipfile.is_zipfile(path):
-        return  # numpy's reader names what it is instead (a bare .npy, a pickle, a cut file)
+        raise ValueError(f"{fn}(): cannot read {what} {path!r}: not an .npz archive (a zip "
+                         f"of .npy arrays): a bare .npy, a truncated archive or another file")
+    headers = {}
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
-            where = f"{fn}(): checkpoint {path!r}, member {info.filename!r}"
+            where = f"{fn}(): {what} {path!r}, member {info.filename!r}"
             if not info.filename.endswith(".npy"):
                 raise ValueError(f"{where}: not an .npy array")
             if info.compress_type != zipfile.ZIP_STORED and \
@@ -151,14 +156,57 @@ def _check_members(path, fn):
                 raise ValueError(f"{where}: header claims shape {shape} of {dtype} "
                                  f"({data_bytes} bytes) but the member holds "
                                  f"{info.file_size - header_bytes} bytes")
+            headers[info.filename[:-4]] = (tuple(shape), dtype)
+    return headers
 
 
-def load_checkpoint(path):
+def _check_expected(path, headers, metadata, expect, fn):
+    """Compare the headers with ``expect(metadata)`` (name -> shape) before reading arrays."""
+    expected = expect(metadata)
+    headers = {k: shape for k, (shape, _) in headers.items() if k != METADATA_KEY}
+    missing = sorted(k for k in expected if k not in headers)
+    unexpected = sorted(k for k in headers if k not in expected)
+    wrong = [f"{k}: header claims shape {headers[k]}, expected {tuple(expected[k])}"
+             for k in expected if k in headers and headers[k] != tuple(expected[k])]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{fn}(): checkpoint {path!r} does not hold what its metadata describes: "
+                         f"missing arrays {missing[:5]}, unexpected arrays {unexpected[:5]}, "
+                         f"{'; '.join(wrong[:3]) or 'no shape mismatch'}")
+
+
+def _read_metadata(zf, path, fn):
+    """The metadata member alone (its header already checked), as a dict."""
+    with zf.open(f"{METADATA_KEY}.npy") as member:
+        text = np.lib.format.read_array(member, allow_pickle=False)
+    return _parse_metadata(text, path, fn)
+
+
+def _parse_metadata(text, path, fn):
+    if text is None or text.shape != () or text.dtype.kind != "U":
+        raise ValueError(
+            f"{fn}(): checkpoint {path!r} has no metadata (a 0-d string array {METADATA_KEY!r})"
+        )
+    try:
+        metadata = json.loads(str(text))
+    except ValueError as err:
+        raise ValueError(f"{fn}(): checkpoint {path!r} has invalid metadata JSON: {err}") from err
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{fn}(): checkpoint {path!r} metadata is not a JSON object")
+    return metadata
+
+
+def load_checkpoint(path, expect=None):
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Parameters
     ----------
     path : str or os.PathLike
+    expect : callable, optional
+        ``expect(metadata) -> {name: shape}``: the arrays the metadata says the file
+        holds (e.g. a model's ``state_dict`` shapes for the config it stores).  Compared
+        with the members' headers before any array is read, so a member of the wrong
+        shape -- however small its compressed size -- is refused without being
+        allocated.  ``expect`` may raise ``ValueError`` itself (invalid metadata).
 
     Returns
     -------
@@ -178,31 +226,23 @@ def load_checkpoint(path):
     if not os.path.isfile(path):
         raise ValueError(f"{fn}(): checkpoint file {path!r} does not exist")
     try:
-        _check_members(path, fn)
+        headers = _check_members(path, fn)
+        if expect is not None:
+            if METADATA_KEY not in headers:
+                raise ValueError(f"{fn}(): checkpoint {path!r} has no metadata (a 0-d string "
+                                 f"array {METADATA_KEY!r})")
+            with zipfile.ZipFile(path) as zf:
+                _check_expected(path, headers, _read_metadata(zf, path, fn), expect, fn)
     except (OSError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"{fn}(): cannot read checkpoint {path!r}: {err}") from err
     try:
         with open(path, "rb") as f:  # ours to close, also when numpy fails half-way
-            loaded = np.load(f, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-                raise ValueError("not an .npz archive")
-            with loaded as npz:
+            with np.load(f, allow_pickle=False) as npz:
                 # Reading every member here surfaces truncation, CRC errors and pickles now.
                 arrays = {name: npz[name] for name in npz.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as err:
         raise ValueError(f"{fn}(): cannot read checkpoint {path!r}: {err}") from err
-    text = arrays.pop(METADATA_KEY, None)
-    if text is None or text.shape != () or text.dtype.kind != "U":
-        raise ValueError(
-            f"{fn}(): checkpoint {path!r} has no metadata (a 0-d string array {METADATA_KEY!r})"
-        )
-    try:
-        metadata = json.loads(str(text))
-    except ValueError as err:
-        raise ValueError(f"{fn}(): checkpoint {path!r} has invalid metadata JSON: {err}") from err
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{fn}(): checkpoint {path!r} metadata is not a JSON object")
-    return arrays, metadata
+    return arrays, _parse_metadata(arrays.pop(METADATA_KEY, None), path, fn)
 
 
 def load_into(module, arrays):

@@ -14,12 +14,14 @@ The fakes are written here, independently of the hypotheses inside ``diagnose``.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from stnref import grid_sample, grid_sample_backward
+from stnref.app import cli
 from stnref.reference import Diagnosis, diagnose
 from stnref.reference.diagnosis import TORCH_NON_FINITE, load_callable
 
@@ -419,6 +421,43 @@ def test_a_sampler_that_always_raises_is_a_finding(failure):
 
     d = diagnose(broken)
     assert not d.matches_pytorch and type(failure).__name__ in d.differences[0]
+
+
+@pytest.mark.parametrize("code", [0, 3, "stop"])
+def test_a_sampler_that_calls_sys_exit_is_a_finding(code):
+    """sys.exit(0) inside the black box ended ``stnref reference diagnose`` with status 0
+    ("matches PyTorch") and no output."""
+    def exits(U, grid):
+        sys.exit(code)
+
+    d = diagnose(exits)
+    assert not d.matches_pytorch and f"raised SystemExit: {code};" in d.differences[0]
+    d = diagnose(grid_sample, lambda dV, U, grid: sys.exit(0))
+    assert not d.matches_pytorch
+    assert any("backward raised SystemExit: 0" in line for line in d.differences), d.differences
+
+
+def test_keyboard_interrupt_still_stops_the_diagnosis():
+    def interrupted(U, grid):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        diagnose(interrupted)
+
+
+def test_sys_exit_through_the_cli_is_exit_1_with_the_finding(tmp_path, monkeypatch, capsys):
+    (tmp_path / "exiting_sampler_mod.py").write_text("import sys\ndef fn(U, grid):\n    sys.exit(0)\n")
+    (tmp_path / "exiting_import_mod.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("exiting_sampler_mod", "exiting_import_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert cli.main(["reference", "diagnose", "exiting_sampler_mod:fn"]) == 1
+    out, err = capsys.readouterr()
+    assert "raised SystemExit: 0" in out and "verdict:" in out and err == ""
+    assert cli.main(["reference", "diagnose", "exiting_import_mod:fn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stnref: error: load_callable(): cannot import module 'exiting_import_mod'")
+    assert "SystemExit: 0" in err and err.count("\n") == 1
 
 
 def test_one_failing_probe_does_not_end_the_run():

@@ -2,16 +2,21 @@
 
 import io
 import json
+import math
 import os
+import re
 import shutil
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
 from examples import load_example
 
 from stnref import reference
+from stnref.app import cli
 from stnref.reference import check, compute_outputs, export
-from stnref.reference.golden import MODES, PADDINGS, RULES, SAMPLER_OPS
+from stnref.reference.golden import MODES, PADDINGS, RULES, SAMPLER_OPS, _compare
 
 SAMPLER_COMBOS = {(k, m, p, ac) for k in (2, 3) for m in MODES for p in PADDINGS
                   for ac in (False, True) if not (m == "bicubic" and k == 3)}
@@ -224,3 +229,192 @@ def test_compute_outputs_size_from_json_list():
                                {"theta": theta, "dgrid": dgrid})
     for key in ("grid", "dtheta"):
         np.testing.assert_array_equal(as_list[key], as_tuple[key])
+
+
+# --------------------------------------------------------------------------- audit regressions
+
+def _npy_header(shape, descr="<f8"):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _write_npz(path, members, compression=zipfile.ZIP_STORED):
+    """An .npz whose members are raw bytes: name -> header + data, as a writer may lie."""
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        for name, raw in members.items():
+            zf.writestr(f"{name}.npy", raw)
+
+
+def _write_deflated_zeros(path, name, shape):
+    """An honest .npz member of float64 zeros of ``shape``, deflated ~1000:1, written in chunks."""
+    nbytes, chunk = math.prod(shape) * 8, bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf, \
+            zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+        member.write(_npy_header(shape))
+        for start in range(0, nbytes, len(chunk)):
+            member.write(chunk[:nbytes - start])
+
+
+def test_result_headers_are_checked_before_any_array_is_read(golden, tmp_path):
+    """A header claiming 10^12 elements was a MemoryError traceback; a 128 MB member deflated to
+    about 130 kB of the wrong shape was read whole before the shape was compared."""
+    results = _results_copy(golden, tmp_path)
+    lying, huge, bare, ints = ("affine_grid-2d-noac", "grid_sample-2d-bilinear-zeros-noac",
+                               "attention_grid-2d-noac", "tps_grid-2d-noac")
+    _write_npz(results / f"{lying}.npz", {"grid": _npy_header((10**6, 10**6))})
+    _write_deflated_zeros(results / f"{huge}.npz", "V", (4096, 4096))
+    assert os.path.getsize(results / f"{huge}.npz") < 1e6
+    with open(results / f"{bare}.npz", "wb") as f:  # a bare .npy, which numpy.load reads whole
+        f.write(_npy_header((10**6, 10**6)))
+    dtheta = _load(golden / f"{ints}.npz")["dtheta"]
+    _write_npz(results / f"{ints}.npz", {"grid": _npy_header((1,)) + bytes(8),
+                                         "dtheta": _npy_header(dtheta.shape, "<i8") + bytes(dtheta.nbytes)})
+    tracemalloc.start()
+    try:
+        ok, lines, _ = _run_check(golden, results)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not ok and peak < 32e6, peak
+    assert "header claims shape (1000000, 1000000) of float64" in lines[lying]
+    assert "V: header claims shape (4096, 4096), expected (2, 2, 3, 4)" in lines[huge]
+    assert "not an .npz archive" in lines[bare]
+    assert "dtheta: header claims dtype int64, expected a float array" in lines[ints]
+    assert "grid: header claims shape (1,), expected (2, 3, 4, 2)" in lines[ints]
+    assert sum(" FAIL " in line for line in lines.values()) == 4
+
+
+def test_golden_files_are_read_through_the_same_checks(golden, tmp_path):
+    golden_copy = _results_copy(golden, tmp_path)
+    shutil.copy(golden / "manifest.json", golden_copy)
+    _write_npz(golden_copy / "affine_grid-2d-ac.npz", {"grid": _npy_header((10**6, 10**6)),
+                                                      "dtheta": _npy_header((2,)) + bytes(16)})
+    ok, lines, _ = _run_check(golden_copy, golden)
+    assert not ok and sum(" FAIL " in line for line in lines.values()) == 1
+    assert "golden affine_grid-2d-ac.npz: unreadable:" in lines["affine_grid-2d-ac"]
+    assert "header claims shape (1000000, 1000000)" in lines["affine_grid-2d-ac"]
+
+
+def _golden_with_manifest(golden, directory, edit):
+    """``directory``: a copy of the first two golden cases whose manifest ``edit(manifest)`` changed."""
+    directory.mkdir()
+    with open(golden / "manifest.json", encoding="utf-8") as f:
+        manifest = json.load(f)
+    manifest["cases"] = manifest["cases"][:2]
+    for case in manifest["cases"]:
+        shutil.copy(golden / case["file"], directory)
+    manifest = edit(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def _set(case_key, value, index=0):
+    def edit(manifest):
+        case = manifest["cases"][index]
+        if value is _DELETE:
+            del case[case_key]
+        else:
+            case[case_key] = value
+        return manifest
+    return edit
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: {**m, "cases": []}, r"expected 'cases' to be a non-empty list of cases, got \[\]"),
+    (lambda m: {**m, "cases": {"a": 1}}, r"expected 'cases' to be a non-empty list of cases, got \{'a': 1\}"),
+    (lambda m: {"version": 1}, r"expected 'cases' to be a non-empty list of cases, got None"),
+    (lambda m: m["cases"], r"expected a JSON object, got list"),
+    (lambda m: {**m, "cases": [1]}, r"case 0: expected an object, got int"),
+    (_set("id", _DELETE, 1), r"case 1: expected 'id' to be a non-empty string, got None"),
+    (_set("file", 7), r"case 0: expected 'file' to be a non-empty string, got 7"),
+    (_set("file", "../elsewhere.npz"), r"case 0: expected 'file' to be a file name without a directory, got '../elsewhere.npz'"),
+    (_set("outputs", {}), r"case 0: expected 'outputs' to be a non-empty object of output arrays, got \{\}"),
+    (_set("outputs", _DELETE), r"case 0: expected 'outputs' to be a non-empty object of output arrays, got None"),
+    (_set("tolerance", _DELETE), r"case 0: expected 'tolerance' to be an object .*, got None"),
+    (_set("tolerance", {}), r"case 0: tolerance of output 'dtheta': expected a tolerance .*, got NoneType"),
+    (_set("tolerance", {"dtheta": {"atol": -1, "rtol": 0}, "grid": {"atol": 0, "rtol": 0}}),
+     r"case 0: tolerance of output 'dtheta': expected atol to be a finite number >= 0, got -1"),
+    (_set("tolerance", {"dtheta": {"atol": 0}, "grid": {"atol": 0, "rtol": 0}}),
+     r"case 0: tolerance of output 'dtheta': expected rtol to be a finite number >= 0, got None"),
+    (_set("tolerance", {"dtheta": {"atol": 0, "rtol": float("nan")}, "grid": {"atol": 0, "rtol": 0}}),
+     r"case 0: .* expected rtol to be a finite number >= 0, got nan"),
+    (_set("tolerance", {"dtheta": {"atol": "1e-3", "rtol": 0}, "grid": {"atol": 0, "rtol": 0}}),
+     r"case 0: .* expected atol to be a finite number >= 0, got '1e-3'"),
+    (_set("tolerance", {"dtheta": {"atol": True, "rtol": 0}, "grid": {"atol": 0, "rtol": 0}}),
+     r"case 0: .* expected atol to be a finite number >= 0, got True"),
+    (_set("tolerance", {"dtheta": {"atol": 10**400, "rtol": 0}, "grid": {"atol": 0, "rtol": 0}}),
+     r"case 0: .* expected atol to be a finite number >= 0, got 1000"),
+], ids=["empty", "dict", "no-cases", "list", "case-not-object", "no-id", "file-int", "file-path",
+        "no-outputs", "outputs-missing", "no-tolerance", "tolerance-missing-output", "atol-negative",
+        "rtol-missing", "rtol-nan", "atol-string", "atol-bool", "atol-huge-int"])
+def test_manifest_is_validated_up_front(golden, tmp_path, edit, message):
+    """Empty cases passed 0/0, outputs {} passed, a missing id or tolerance was a KeyError, a dict
+    of cases a TypeError: each is now one ValueError naming the manifest and the problem."""
+    directory = _golden_with_manifest(golden, tmp_path / "edited", edit)
+    manifest = str(directory / "manifest.json")
+    with pytest.raises(ValueError, match=rf"^check\(\): golden manifest {re.escape(repr(manifest))}: {message}"):
+        check(directory, golden, out=io.StringIO())
+
+
+def test_zero_tolerances_demand_exact_agreement(golden, tmp_path):
+    """atol = rtol = 0 was a ZeroDivisionError (atol / rtol); it is exact agreement, and rtol = 0
+    with atol > 0 a purely absolute rule."""
+    def tolerances(atol, rtol):
+        def edit(manifest):
+            for case in manifest["cases"]:
+                case["tolerance"] = {n: {"atol": atol, "rtol": rtol} for n in case["outputs"]}
+            return manifest
+        return edit
+
+    results = _results_copy(golden, tmp_path)
+    target = "affine_grid-2d-noac"
+    arrays = _load(results / f"{target}.npz")
+    arrays["grid"] = arrays["grid"].copy()
+    arrays["grid"][0, 0, 0, 0] = np.nextafter(arrays["grid"][0, 0, 0, 0], 2.0)
+    exact = _golden_with_manifest(golden, tmp_path / "exact", tolerances(0, 0))
+    ok, lines, _ = _run_check(exact, golden)
+    assert ok and all(" PASS " in line for line in lines.values())
+    np.savez(results / f"{target}.npz", **arrays)
+    ok, lines, _ = _run_check(exact, results)
+    assert not ok and " FAIL " in lines[target] and "grid: off by" in lines[target]
+    assert len(lines) == 2 and sum(" FAIL " in line for line in lines.values()) == 1
+    ok, lines, _ = _run_check(_golden_with_manifest(golden, tmp_path / "abs", tolerances(1e-12, 0)),
+                              results)
+    assert ok, lines
+
+
+def test_an_infinite_golden_value_is_matched_exactly():
+    """With golden inf the bound atol + rtol * |golden| was inf, so any finite result passed."""
+    tol = {"atol": 1e-10, "rtol": 1e-10}
+    golden = np.array([1.0, np.inf, -np.inf])
+    assert _compare(golden, golden.copy(), tol)[0]
+    ok, max_abs, _, why = _compare(golden, np.array([1.0, 5.0, -np.inf]), tol)
+    assert not ok and max_abs == np.inf and "at (1,) (golden inf, result 5)" in why
+    assert not _compare(golden, -golden, {"atol": 0, "rtol": 0})[0]
+
+
+def test_results_that_are_a_file_are_not_a_directory(golden, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ValueError, match=r"check\(\): results directory .*afile' is not a directory"):
+        check(golden, afile, out=io.StringIO())
+    with pytest.raises(ValueError, match=r"results directory .*nowhere' does not exist"):
+        check(golden, tmp_path / "nowhere", out=io.StringIO())
+
+
+def test_cli_check_errors_are_one_line(golden, tmp_path, capsys):
+    directory = _golden_with_manifest(golden, tmp_path / "edited", _set("tolerance", _DELETE))
+    for args in ([directory, golden], [golden, directory / "manifest.json"]):
+        capsys.readouterr()
+        assert cli.main(["reference", "check", *map(str, args)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("stnref: error: check(): ") and err.count("\n") == 1, err
+    results = _results_copy(golden, tmp_path)
+    _write_npz(results / "affine_grid-2d-noac.npz", {"grid": _npy_header((10**6, 10**6))})
+    assert cli.main(["reference", "check", str(golden), str(results)]) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and "header claims shape (1000000, 1000000)" in out

@@ -337,7 +337,10 @@ class _Box:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return f(*(a.copy() for a in args)), None
-        except Exception as err:  # noqa: BLE001 -- the black box may raise anything: a finding
+        except KeyboardInterrupt:
+            raise
+        # the black box may raise anything, even SystemExit (the CLI would exit 0): a finding
+        except BaseException as err:  # noqa: BLE001
             return None, self._fail(probe, f"raised {_describe_error(err)}")
 
     def _fail(self, probe, why):

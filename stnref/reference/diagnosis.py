@@ -720,7 +720,10 @@ def load_callable(spec):
         sys.path.insert(0, os.getcwd())
     try:
         obj = importlib.import_module(modname)
-    except Exception as err:  # any import failure, reported the same way
+    except KeyboardInterrupt:
+        raise
+    # any import failure, reported the same way; even SystemExit (the CLI would exit 0)
+    except BaseException as err:
         raise ValueError(f"{fn}(): cannot import module {modname!r} of {spec!r}: "
                          f"{_describe_error(err)}") from err
     finally:

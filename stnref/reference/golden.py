@@ -27,13 +27,14 @@ import json
 import os
 import sys
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
 from .. import _checks, grids
 from .._io import atomic_write_bytes
-from ..checkpoint import save_checkpoint
+from ..checkpoint import _check_members, save_checkpoint
 from ..sampling import grid_sample, grid_sample_backward
 from ..second_order import grid_sample_double_backward, grid_sample_jvp
 
@@ -466,16 +467,60 @@ def export(directory, version=REFERENCE_VERSION):
 
 # --------------------------------------------------------------------------- check
 
-def _read_npz(path):
-    """Every array of an ``.npz`` (never unpickled), or raise ValueError with the reason."""
+def _header_problem(headers, name, shape):
+    """Why output ``name`` cannot be compared, from its ``.npy`` header alone; or None.
+
+    ``headers`` maps member names to ``(shape, dtype)``.  Nothing is allocated: a missing
+    member, a non-float dtype or a shape other than ``shape`` (None: any) is found before
+    the array is read.
+    """
+    if name not in headers:
+        return f"missing array {name!r}"
+    found, dtype = headers[name]
+    if dtype.kind != "f":
+        return f"{name}: header claims dtype {dtype}, expected a float array"
+    if shape is not None and found != shape:
+        return f"{name}: header claims shape {found}, expected {shape}"
+    return None
+
+
+def _read_outputs(path, shapes):
+    """Read the output arrays of one case file, each ``.npy`` header checked before it is read.
+
+    Every member's header is first checked against the bytes the member holds
+    (:func:`stnref.checkpoint._check_members`: no lying sizes, no objects), then each
+    named member's against a float dtype and its expected shape.  Only the named
+    members are read (``allow_pickle=False``).
+
+    Parameters
+    ----------
+    path : str
+        An ``.npz`` file.
+    shapes : dict of str to tuple or None
+        Output name -> the shape its header must claim (None: any shape).
+
+    Returns
+    -------
+    arrays : dict of str to ndarray
+        The outputs whose headers qualified.
+    problems : list of str
+        One per output that is missing or whose header claims a non-float dtype or
+        another shape.
+
+    Raises
+    ------
+    ValueError
+        ``"unreadable: ..."``: not an ``.npz`` archive, corrupt, or a member whose
+        header lies about its size or holds objects.
+    """
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy array
-            raise ValueError("not an .npz archive")
-        with loaded as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError) as err:
+        headers = _check_members(path, "check", "file")
+        with np.load(path, allow_pickle=False) as npz:
+            why = {name: _header_problem(headers, name, shape) for name, shape in shapes.items()}
+            arrays = {name: npz[name] for name in shapes if why[name] is None}
+    except (OSError, EOFError, ValueError, RuntimeError, zipfile.BadZipFile, zlib.error) as err:
         raise ValueError(f"unreadable: {err}") from err
+    return arrays, [problem for problem in why.values() if problem]
 
 
 def _compare(golden, result, tol):
@@ -493,11 +538,15 @@ def _compare(golden, result, tol):
     with np.errstate(invalid="ignore"):
         err = np.where(both, np.abs(r - g), 0.0)
         err = np.where(both & (r == g), 0.0, err)  # equal infinities
-    # relative to |golden|, floored where the absolute tolerance dominates (no 1e300 for golden 0)
-    rel = err / np.maximum(np.abs(np.where(both, g, 0.0)), tol["atol"] / tol["rtol"])
+    scale = np.abs(np.where(np.isfinite(g), g, 0.0))  # an infinite golden value is matched exactly
+    # relative to |golden|, floored where the absolute tolerance dominates (no 1e300 for golden 0);
+    # no floor when rtol = 0 (an absolute or an exact rule), and a zero error is 0, never 0 / 0
+    floor = tol["atol"] / tol["rtol"] if tol["rtol"] > 0 else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(err > 0, err / np.maximum(scale, floor), 0.0)
     max_abs = float(err.max()) if err.size else 0.0
     max_rel = float(rel.max()) if rel.size else 0.0
-    bad = err > tol["atol"] + tol["rtol"] * np.abs(np.where(both, g, 0.0))
+    bad = err > tol["atol"] + tol["rtol"] * scale
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         return False, max_abs, max_rel, (f"off by {err[where]:.3e} at {where} "
@@ -505,14 +554,99 @@ def _compare(golden, result, tol):
     return True, max_abs, max_rel, ""
 
 
+def _tolerance_problem(tol):
+    """Why ``tol`` is not ``{"atol": a, "rtol": r}`` with finite a, r >= 0; or None."""
+    if not isinstance(tol, dict):
+        return f"expected a tolerance {{'atol': ..., 'rtol': ...}}, got {type(tol).__name__}"
+    for key in ("atol", "rtol"):
+        value = tol.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not 0 <= value <= sys.float_info.max:  # refuses NaN, inf and ints beyond float
+            return f"expected {key} to be a finite number >= 0, got {value!r}"
+    return None
+
+
+def _case_problem(case):
+    """Why a manifest ``case`` cannot be checked (a missing or malformed key); or None."""
+    if not isinstance(case, dict):
+        return f"expected an object, got {type(case).__name__}"
+    for key in ("id", "file"):
+        if not isinstance(case.get(key), str) or not case[key]:
+            return f"expected {key!r} to be a non-empty string, got {case.get(key)!r}"
+    if os.path.basename(case["file"]) != case["file"] or case["file"] in (".", ".."):
+        return f"expected 'file' to be a file name without a directory, got {case['file']!r}"
+    outputs, tolerance = case.get("outputs"), case.get("tolerance")
+    if not isinstance(outputs, dict) or not outputs:
+        return f"expected 'outputs' to be a non-empty object of output arrays, got {outputs!r}"
+    if not isinstance(tolerance, dict):
+        return f"expected 'tolerance' to be an object (output name -> atol, rtol), got {tolerance!r}"
+    for name in sorted(outputs):
+        problem = _tolerance_problem(tolerance.get(name))
+        if problem:
+            return f"tolerance of output {name!r}: {problem}"
+    return None
+
+
+def _read_manifest(path):
+    """The manifest at ``path`` with its cases validated, or ValueError naming the problem."""
+    fn = "check"
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{fn}(): cannot read the golden manifest {path!r}: {err}") from err
+    if not isinstance(manifest, dict):  # a file's content, not an argument: ValueError
+        raise ValueError(f"{fn}(): golden manifest {path!r}: expected a JSON object, got "  # noqa: TRY004
+                         f"{type(manifest).__name__}")
+    cases = manifest.get("cases")
+    if not isinstance(cases, list) or not cases:
+        raise ValueError(f"{fn}(): golden manifest {path!r}: expected 'cases' to be a non-empty "
+                         f"list of cases, got {repr(cases)[:80]}")
+    for i, case in enumerate(cases):
+        problem = _case_problem(case)
+        if problem:
+            raise ValueError(f"{fn}(): golden manifest {path!r}: case {i}: {problem}")
+    return manifest
+
+
+def _check_case(case, golden_dir, results_dir):
+    """(problems, max abs error, max rel error) of one validated manifest case."""
+    file = case["file"]
+    if not os.path.isfile(os.path.join(results_dir, file)):
+        return [f"missing file {file}"], 0.0, 0.0
+    names = sorted(case["outputs"])
+    try:
+        golden, problems = _read_outputs(os.path.join(golden_dir, file), dict.fromkeys(names))
+    except ValueError as err:
+        return [f"golden {file}: {err}"], 0.0, 0.0
+    if problems:
+        return [f"golden {file}: {problem}" for problem in problems], 0.0, 0.0
+    try:
+        result, problems = _read_outputs(os.path.join(results_dir, file),
+                                         {name: golden[name].shape for name in names})
+    except ValueError as err:
+        return [f"{file}: {err}"], 0.0, 0.0
+    max_abs = max_rel = 0.0
+    for name in sorted(result):
+        ok, a, r, why = _compare(golden[name], result[name], case["tolerance"][name])
+        max_abs, max_rel = np.nanmax([max_abs, a]), np.nanmax([max_rel, r])
+        if not ok:
+            problems.append(f"{name}: {why}")
+    return problems, max_abs, max_rel
+
+
 def check(golden_dir, results_dir, out=sys.stdout):
     """Compare ``results_dir`` against the golden cases in ``golden_dir``; print a table.
 
     For every case of ``golden_dir/manifest.json`` the file of the same name in
-    ``results_dir`` is loaded (``allow_pickle=False``) and each output array
+    ``results_dir`` is opened (``allow_pickle=False``) and each output array
     named in the manifest is compared with the golden one: same shape, NaN at
     exactly the golden NaN positions, and ``|result - golden| <= atol + rtol *
-    |golden|`` with the case's tolerances.  Extra arrays are ignored.
+    |golden|`` with the case's tolerances (both 0: exact agreement).  Extra
+    arrays are ignored.  Every ``.npy`` header, golden or result, is checked
+    against the bytes its member holds, and a result's against a float dtype and
+    the golden shape, before the array is read: a header claiming a huge shape is
+    a failure of the case, never an allocation.
 
     Parameters
     ----------
@@ -523,59 +657,43 @@ def check(golden_dir, results_dir, out=sys.stdout):
         implementation under test (see ``docs/examples/reference_adapter.py``).
     out : file-like, default sys.stdout
         Where the per-case table goes: case id, PASS/FAIL, max abs error, max
-        relative error (``err / max(|golden|, atol / rtol)``), and for a failure
-        what failed, where, and the rule the case pins.
+        relative error (``err / max(|golden|, atol / rtol)``; ``err / |golden|``
+        when ``rtol`` is 0), and for a failure what failed, where, and the rule
+        the case pins.
 
     Returns
     -------
     bool
-        True only if every case passes; a missing file or array is a failure.
+        True only if every case passes; a missing, unreadable or mis-shaped file
+        or array is a failure.
 
     Raises
     ------
     ValueError
-        ``golden_dir`` has no readable manifest, or ``results_dir`` is not a directory.
+        ``golden_dir`` has no readable manifest; the manifest's ``cases`` is not a
+        non-empty list of cases with ``id``, ``file`` (a plain file name),
+        non-empty ``outputs`` and a ``tolerance`` of finite ``atol >= 0`` and
+        ``rtol >= 0`` per output; or ``results_dir`` is not a directory.
     """
     fn = "check"
     golden_dir, results_dir = os.fspath(golden_dir), os.fspath(results_dir)
-    manifest_path = os.path.join(golden_dir, MANIFEST_NAME)
-    try:
-        with open(manifest_path, encoding="utf-8") as f:
-            manifest = json.load(f)
-        cases = manifest["cases"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{fn}(): cannot read the golden manifest {manifest_path!r}: {err}") from err
+    manifest = _read_manifest(os.path.join(golden_dir, MANIFEST_NAME))
     if not os.path.isdir(results_dir):
-        raise ValueError(f"{fn}(): results directory {results_dir!r} does not exist (expected one "
-                         f"<case id>.npz per case, written by your implementation)")
+        state = "is not a directory" if os.path.exists(results_dir) else "does not exist"
+        raise ValueError(f"{fn}(): results directory {results_dir!r} {state} (expected a directory "
+                         f"of one <case id>.npz per case, written by your implementation)")
+    cases = manifest["cases"]
     width = max([len(c["id"]) for c in cases] + [len("case")])
     print(f"{'case':<{width}}  result  {'max abs':>10}  {'max rel':>10}  notes", file=out)
     n_pass = 0
     for case in cases:
-        problems, max_abs, max_rel = [], 0.0, 0.0
-        path = os.path.join(results_dir, case["file"])
-        if not os.path.isfile(path):
-            problems.append(f"missing file {case['file']}")
-        else:
-            try:
-                golden = _read_npz(os.path.join(golden_dir, case["file"]))
-                result = _read_npz(path)
-            except ValueError as err:
-                result = None
-                problems.append(f"{case['file']}: {err}")
-            for name in sorted(case["outputs"]) if result is not None else ():
-                if name not in result:
-                    problems.append(f"missing array {name!r}")
-                    continue
-                ok, a, r, why = _compare(golden[name], result[name], case["tolerance"][name])
-                max_abs, max_rel = np.nanmax([max_abs, a]), np.nanmax([max_rel, r])
-                if not ok:
-                    problems.append(f"{name}: {why}")
-        passed = not problems
-        n_pass += passed
-        notes = "" if passed else "; ".join(problems) + (
-            f" | pins: {case['rule']}" if case.get("rule") else " | general position")
-        print(f"{case['id']:<{width}}  {'PASS' if passed else 'FAIL':<6}  {max_abs:10.3e}  "
+        problems, max_abs, max_rel = _check_case(case, golden_dir, results_dir)
+        n_pass += not problems
+        notes = ""
+        if problems:
+            pins = f"pins: {case['rule']}" if case.get("rule") else "general position"
+            notes = f"{'; '.join(problems)} | {pins}"
+        print(f"{case['id']:<{width}}  {'FAIL' if problems else 'PASS':<6}  {max_abs:10.3e}  "
               f"{max_rel:10.3e}  {notes}".rstrip(), file=out)
     print(f"{n_pass}/{len(cases)} cases passed (reference version {manifest.get('version')})", file=out)
     return n_pass == len(cases)
