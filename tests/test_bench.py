@@ -1,6 +1,7 @@
 """The benchmark harness: measurements are well-formed; reports refresh between markers."""
 
 import numpy as np
+import pytest
 
 from stnref.app import bench
 
@@ -24,6 +25,25 @@ def test_write_report_keeps_the_page_around_the_markers(tmp_path):
     bench.write_report(str(path), "new tables\n")
     assert path.read_text() == (f"analysis\n{bench.BEGIN_MARK}\nnew tables\n{bench.END_MARK}\n"
                                 "more analysis\n")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("My notes\n", "exists without one pair of the markers"),
+    (f"notes\n{bench.BEGIN_MARK}\nold\n", "exists without one pair of the markers"),
+    (f"{bench.END_MARK}\n{bench.BEGIN_MARK}\n", "exists without one pair of the markers"),
+    (b"\xff\xfe notes", "is not UTF-8 text"),
+])
+def test_bench_never_overwrites_a_page_without_markers(tmp_path, capsys, monkeypatch, content, fragment):
+    """Refused before the benchmark runs; the file is left as it was."""
+    from test_cli import assert_user_error, run_main
+    path = tmp_path / "notes.md"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = path.read_bytes()
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("the bench ran"))
+    assert_user_error(run_main(capsys, "bench", "--quick", "--markdown", path), "--markdown", fragment)
+    with pytest.raises(ValueError, match=fragment):
+        bench.write_report(str(path), "tables")
+    assert path.read_bytes() == before
 
 
 def test_write_report_creates_a_page(tmp_path):

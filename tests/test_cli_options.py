@@ -117,6 +117,17 @@ def test_a_diverging_run_says_what_is_on_disk(tmp_path, capsys):
     assert "on_nonfinite=" not in line and not out.exists()   # no empty run left behind
 
 
+def test_a_run_with_non_finite_weights_is_evaluated_with_a_note(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "2", "--lr", "1e300",
+                    "--on-nonfinite", "skip", "--out", out)
+    assert proc.returncode == 0 and "no step trained" in proc.stderr + proc.stdout
+    proc = run_main(capsys, "evaluate", out, "--json", out / "e.json")
+    assert proc.returncode == 0 and not proc.stderr            # no numpy warning either
+    assert "parameter arrays of the run hold non-finite values" in proc.stdout
+    assert json.loads((out / "e.json").read_text())["test_loss"] is None   # valid JSON, no NaN
+
+
 def test_a_run_that_diverges_after_a_checkpoint_names_it(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "1", "--out", out).returncode == 0
@@ -146,11 +157,24 @@ def fcn_run(tmp_path, capsys):
     (["--schedule", "cosine"], ["--schedule cosine", "trained with schedule constant"]),
     (["--epochs", "1"], ["--epochs 1", "is set to 2 epochs (2 trained)", "can only grow"]),
     (["--transform", "tps"], ["--transform tps", "trained with transform None"]),
+    (["--clip-norm", "none"], ["--clip-norm none", "trained with clip-norm 10.0"]),
 ])
 def test_resume_refuses_a_different_option(fcn_run, capsys, args, fragments):
     before = (fcn_run / CHECKPOINT).read_bytes()
     assert_user_error(run_main(capsys, "train", "--resume", "--out", fcn_run, *args), *fragments)
     assert (fcn_run / CHECKPOINT).read_bytes() == before
+
+
+def test_resume_accepts_the_run_s_schedule_written_another_way(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "1", "--schedule",
+                    "cosine+warmup:1", "--out", out).returncode == 0
+    assert stored(out).schedule == "cosine:1+warmup:1"
+    for spec in ("cosine+warmup:1", " cosine:1.0 + warmup:1 "):
+        proc = run_main(capsys, "train", "--resume", "--out", out, "--schedule", spec)
+        assert proc.returncode == 0, proc.stderr
+    assert_user_error(run_main(capsys, "train", "--resume", "--out", out, "--schedule", "cosine:2"),
+                      "--schedule cosine:2", "trained with schedule cosine:1+warmup:1")
 
 
 def test_resume_accepts_the_same_options_and_extends_epochs(fcn_run, capsys):
@@ -203,6 +227,57 @@ def _lying_member(path):
             zf.writestr(member, payload)
 
 
+def _swap_member(path, shape):
+    """Replace the first weight by a consistent member of another shape (honest header)."""
+    import io
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    name = next(m for m in members if m.startswith("model.") and m.endswith(".weight.npy"))
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.zeros(shape))
+    members[name] = buf.getvalue()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member, payload in members.items():
+            zf.writestr(member, payload)
+    return name[:-4]
+
+
+@pytest.mark.parametrize("command", [["evaluate", "{run}"], ["train", "--resume", "--out", "{run}"]])
+def test_a_member_of_another_shape_is_refused_by_its_header(fcn_run, capsys, monkeypatch, command):
+    """Checked against the model the config describes before any array is read (a deflated
+    member of zeros can declare gigabytes in a small file)."""
+    name = _swap_member(fcn_run / CHECKPOINT, (250_000,))
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__",
+                        lambda *a: pytest.fail("an array was read before the headers were checked"))
+    proc = run_main(capsys, *[c.format(run=fcn_run) for c in command])
+    assert_user_error(proc, "does not hold what its metadata describes",
+                      f"{name}: header claims shape (250000,), expected")
+
+
+def test_random_bytes_are_not_an_npz_archive(fcn_run, capsys):
+    (fcn_run / CHECKPOINT).write_bytes(np.random.default_rng(0).bytes(5000))
+    assert_user_error(run_main(capsys, "evaluate", fcn_run), "not an .npz archive")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--data", "", "--out", "{tmp}/r"], "--data: expected a path, got ''"),
+    (["train", "--out", ""], "--out: expected a path, got ''"),
+    (["evaluate", ""], "RUN_DIR: expected a path, got ''"),
+    (["evaluate", "{tmp}", "--json", " "], "--json: expected a path, got ' '"),
+    (["bench", "--quick", "--markdown", ""], "--markdown: expected a path, got ''"),
+    (["reference", "export", ""], "DIR: expected a path, got ''"),
+    (["train", "--optimizer", "sgd", "--momentum", "1.5", "--out", "{tmp}/r"],
+     "--momentum: expected a number in [0, 1), got '1.5'"),
+    (["train", "--out", "{tmp}/afile"], "--out {tmp}/afile: a file, not a directory"),
+    (["demo", "--out", "{tmp}/afile"], "--out {tmp}/afile: a file, not a directory"),
+    (["reference", "export", "{tmp}/afile"], "DIR {tmp}/afile: a file, not a directory"),
+])
+def test_empty_paths_files_for_directories_and_out_of_range_values_are_refused(tmp_path, capsys, argv, fragment):
+    (tmp_path / "afile").write_text("not a directory")
+    assert_user_error(run_main(capsys, *[a.format(tmp=tmp_path) for a in argv]),
+                      fragment.format(tmp=tmp_path))
+
+
 @pytest.mark.parametrize("command", [["evaluate", "{run}"], ["train", "--resume", "--out", "{run}"]])
 def test_a_lying_checkpoint_is_one_line(fcn_run, capsys, command):
     _lying_member(fcn_run / CHECKPOINT)
@@ -215,6 +290,11 @@ def test_a_lying_checkpoint_is_one_line(fcn_run, capsys, command):
     (lambda m: m["state"].update(epoch=99), "inconsistent progress"),
     (lambda m: m.update(metrics="none"), "inconsistent progress"),
     (lambda m: m["config"].pop("seed"), "config keys"),
+    (lambda m: m["config"].update(train_size=None), "a run stores the sizes it used"),
+    (lambda m: m["state"].update(step=10**6), "step 1000000 of epoch 3, which has 3 steps"),
+    (lambda m: m["state"].update(counted=10**6), "inconsistent progress"),
+    (lambda m: m["metrics"][0].pop("test_error"), "metrics entries are not objects of the numbers"),
+    (lambda m: m["metrics"][1].update(train_loss="x"), "metrics entries are not objects of the numbers"),
 ])
 def test_damaged_run_metadata_is_one_line(fcn_run, capsys, edit, fragment):
     import stnref

@@ -19,6 +19,7 @@ from stnref.app.train import (
     epoch_order,
     evaluate,
     load_run,
+    read_run,
     train,
 )
 
@@ -284,3 +285,18 @@ def test_skipped_steps_are_left_out_of_the_epoch_means(tmp_path, tiny_data):
     assert len(meta["state"]["skipped"]) == 1
     assert np.isfinite(epoch["train_loss"]) and 0 < epoch["train_loss"] < 3
     assert 0 <= epoch["train_error"] <= 100
+
+
+def test_an_epoch_whose_every_step_was_skipped_reports_no_training_loss(tmp_path, tiny_data):
+    """Not a loss of 0 and an error of 0 %: nothing trained, and the run says so."""
+    x, y, xt, yt = tiny_data
+    x = np.full_like(x[:64], np.nan)                           # every batch is poisoned
+    config = TrainConfig(model="fcn", distortion="none", epochs=2, on_nonfinite="skip", seed=4,
+                         **{**TINY, "train_size": 64})
+    stream = io.StringIO()
+    epochs = train(config, str(tmp_path), data=(x, y[:64], xt, yt), progress=Progress(stream))["epochs"]
+    assert [(e["train_loss"], e["train_error"]) for e in epochs] == [(None, None)] * 2
+    steps = -(-64 // config.batch_size)
+    assert "no step trained, test error" in stream.getvalue()
+    assert f"{steps} of {steps} steps skipped (non-finite)" in stream.getvalue()
+    assert read_run(str(tmp_path))[2] == epochs                # a valid run, read back as written

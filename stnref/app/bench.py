@@ -262,12 +262,38 @@ BEGIN_MARK = "<!-- stnref bench: begin -->"
 END_MARK = "<!-- stnref bench: end -->"
 
 
+def _existing_text(path):
+    """The text of ``path`` ("" if it does not exist), refusing what write_report must not
+    overwrite: a file that is not UTF-8, or has text but not one pair of bench markers."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError:
+        raise ValueError(f"write_report(): {path!r} is not UTF-8 text; give a new file or a page "
+                         f"with the bench markers") from None
+    start, end = text.find(BEGIN_MARK), text.find(END_MARK)
+    pair = start >= 0 and end > start and text.count(BEGIN_MARK) == text.count(END_MARK) == 1
+    if text.strip() and not pair:
+        raise ValueError(f"write_report(): {path!r} exists without one pair of the markers "
+                         f"{BEGIN_MARK} ... {END_MARK}, between which the tables go; give a new "
+                         f"file, or add the markers where the tables belong")
+    return text
+
+
+def check_report_target(path):
+    """Refuse, before a benchmark runs, a ``--markdown`` file :func:`write_report` would refuse."""
+    _existing_text(path)
+
+
 def write_report(path, report):
-    """Write ``report`` into ``path`` (atomically), between the bench markers if it has them.
+    """Write ``report`` into ``path`` (atomically), between the bench markers.
 
     A page such as ``docs/performance.md`` keeps its hand-written analysis
-    around the markers and gets fresh tables on every run; a file without
-    markers (or a new one) receives the report alone.
+    around the markers and gets fresh tables on every run; a new (or empty)
+    file receives the report alone.  An existing file without one pair of
+    markers, or not UTF-8, is refused (``ValueError``): it is never overwritten.
 
     Parameters
     ----------
@@ -280,13 +306,9 @@ def write_report(path, report):
     None
     """
     block = f"{BEGIN_MARK}\n{report.rstrip()}\n{END_MARK}"
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = ""
+    text = _existing_text(path)
     start, end = text.find(BEGIN_MARK), text.find(END_MARK)
-    if start >= 0 and end > start:
+    if start >= 0:
         text = text[:start] + block + text[end + len(END_MARK):]
     else:
         text = f"# stnref benchmarks\n\n{block}\n"

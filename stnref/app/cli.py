@@ -49,7 +49,15 @@ _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a positive finite number")
 _nonnegative_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
+_momentum = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 ALL = "all"
+
+
+def _path(text):
+    """An argparse type: a non-empty path (an empty one would silently mean '.')."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+    return text
 
 
 def _or_word(parse, word, value):
@@ -89,18 +97,20 @@ def _add_train_options(p, defaults):
                    help="the transformer's transform; st-fcn and st-cnn only (default: affine)")
     p.add_argument("--distortion", choices=DISTORTIONS,
                    help=f"distortion of the digits, paper §4.1 (default: {d.distortion})")
-    p.add_argument("--data", metavar="DIR",
+    p.add_argument("--data", type=_path, metavar="DIR",
                    help="directory with the four MNIST-format IDX files, plain or .gz "
                         "(default: built-in digits)")
     p.add_argument("--epochs", type=_positive_int,
                    help=f"total epochs; with --resume, at least the run's own, to extend it "
                         f"(default: {d.epochs})")
-    p.add_argument("--batch-size", type=_positive_int, help=f"default: {d.batch_size}")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help=f"samples per step; the last batch of an epoch holds the rest "
+                        f"(default: {d.batch_size})")
     p.add_argument("--lr", type=_positive_float, help=f"base learning rate (default: {d.lr})")
     p.add_argument("--loc-lr-scale", type=_positive_float,
                    help="learning-rate multiplier of the localisation net; st-fcn and st-cnn "
                         "only (default: 1)")
-    p.add_argument("--momentum", type=_nonnegative_float,
+    p.add_argument("--momentum", type=_momentum,
                    help="momentum; --optimizer sgd only (default: 0.9)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default: {d.optimizer}")
     p.add_argument("--schedule", metavar="SPEC",
@@ -127,8 +137,8 @@ def _add_experiment_options(p):
     p.add_argument("--models", nargs="+", choices=("fcn", "cnn", "st-fcn", "st-cnn"),
                    default=["fcn", "cnn", "st-fcn", "st-cnn"], help="default: %(default)s")
     p.add_argument("--transforms", nargs="+", choices=("affine", "projective", "tps"),
-                   default=["affine", "projective", "tps"],
-                   help="transforms of the ST models (default: %(default)s)")
+                   help="transforms of the ST models; st-fcn and st-cnn only "
+                        "(default: ['affine', 'projective', 'tps'])")
     p.add_argument("--distortions", nargs="+", choices=("r", "rts", "p", "e", "tc"),
                    default=["r", "rts", "p", "e"], help="default: %(default)s")
     p.add_argument("--seeds", type=_positive_int, default=1,
@@ -138,9 +148,9 @@ def _add_experiment_options(p):
                    help="training samples per cell (default: %(default)s)")
     p.add_argument("--test-size", type=_size, default=5_000, metavar="N|all",
                    help="test samples per cell (default: %(default)s)")
-    p.add_argument("--data", metavar="DIR",
+    p.add_argument("--data", type=_path, metavar="DIR",
                    help="directory with MNIST-format IDX files (default: built-in digits)")
-    p.add_argument("--out", required=True, metavar="DIR",
+    p.add_argument("--out", type=_path, required=True, metavar="DIR",
                    help="results and one run directory per cell; re-running resumes matching cells")
     p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
                    help="cells trained at once, in worker processes with one BLAS thread each; "
@@ -159,6 +169,12 @@ def _check_output_file(path, option):
         raise UserError(f"{option}: {path!r} is a directory; give a file name")
     if not os.path.isdir(parent):
         raise UserError(f"{option}: directory {parent!r} does not exist")
+
+
+def _check_output_dir(path, option):
+    """Refuse, before any work, an output directory ``path`` that is a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{option} {path}: a file, not a directory; give a directory")
 
 
 def _write_json(path, payload, option):
@@ -216,6 +232,19 @@ def _new_config(given):
         raise UserError(str(err)) from None
 
 
+def _same_schedule(spec, stored):
+    """Whether ``spec`` is ``stored.schedule`` written another way ("cosine" for "cosine:10",
+    "cosine:2.0" for "cosine:2", spaces): the same schedule over the run's steps."""
+    from ..nn import parse_schedule
+
+    steps = math.ceil(stored.train_size / stored.batch_size)
+    try:
+        mine = parse_schedule(spec, steps, stored.epochs)
+    except (TypeError, ValueError):
+        return False
+    return mine == parse_schedule(stored.schedule, steps, stored.epochs)
+
+
 def _resumed_config(given, run_dir):
     """The stored config of ``run_dir``, with ``--epochs`` raised if given; every other option
     given must be what the run was trained with (one line naming it otherwise)."""
@@ -228,8 +257,11 @@ def _resumed_config(given, run_dir):
         have = getattr(stored, field)
         if field in ("train_size", "test_size") and asked is None:      # 'all'
             asked = split_sizes(stored.data)[field == "test_size"]
+        if field == "schedule" and _same_schedule(asked, stored):
+            continue
         if asked != have:
-            shown = "all" if given[field] is None and field.endswith("_size") else asked
+            shown = {"train_size": "all", "test_size": "all", "clip_norm": "none"}.get(field, asked) \
+                if given[field] is None else asked
             raise UserError(f"{FLAGS[field]} {shown}: the run in {run_dir} was trained with "
                             f"{field.replace('_', '-')} {have}; a resumed run keeps its options "
                             f"(only --epochs may grow)")
@@ -255,6 +287,7 @@ def cmd_train(args):
 
     from .train import CHECKPOINT, train
 
+    _check_output_dir(args.out, "--out")
     exists = os.path.exists(os.path.join(args.out, CHECKPOINT))
     if args.resume and not exists:
         raise UserError(f"--resume: no checkpoint in {args.out!r}")
@@ -283,14 +316,21 @@ def cmd_evaluate(args):
     config, model, _, state, _ = load_run(args.run_dir)
     _, _, x_test, y_test = load_dataset(config.distortion, config.data, 1, config.test_size,
                                         config.seed)
-    error, loss = evaluate(model, x_test, y_test)
+    import numpy as np
+
+    with np.errstate(all="ignore"):    # non-finite weights are reported below, not warned about
+        error, loss = evaluate(model, x_test, y_test)
     model_name = config.model if config.transform is None else f"{config.model} {config.transform}"
     print(f"test error {error:.2f}% (loss {loss:.4f}) on {len(x_test)} samples, "
           f"{model_name} {config.distortion}, epoch {state['epoch']}")
+    bad = [k for k, p in model.params.items() if not np.isfinite(p).all()]
+    if bad:
+        print(f"note: {len(bad)} of {len(model.params)} parameter arrays of the run hold non-finite "
+              f"values ({bad[0]}, ...): the test error is that of a broken model")
     if args.json:
         payload = {"run": os.path.abspath(args.run_dir), "epoch": state["epoch"],
-                   "test_error": error, "test_loss": loss, "test_size": len(x_test),
-                   "config": dataclasses.asdict(config)}
+                   "test_error": error, "test_loss": loss if math.isfinite(loss) else None,
+                   "test_size": len(x_test), "config": dataclasses.asdict(config)}
         _write_json(args.json, payload, "--json")
     return 0
 
@@ -299,6 +339,7 @@ def cmd_demo(args):
     """Handler of ``stnref demo``: FCN vs ST-FCN on built-in RTS digits, with figures."""
     from .demo import run_demo
 
+    _check_output_dir(args.out, "--out")
     run_demo(args.out, seed=args.seed)
     return 0
 
@@ -318,9 +359,14 @@ def cmd_bench(args):
     """Handler of ``stnref bench``: time the sampler, optionally writing a markdown report."""
     import numpy as np
 
-    from .bench import SHAPES, run, write_report
+    from .bench import SHAPES, check_report_target, run, write_report
 
     _check_output_file(args.markdown, "--markdown")
+    try:
+        if args.markdown:
+            check_report_target(args.markdown)
+    except ValueError as err:
+        raise UserError(f"--markdown: {err}") from None
     dtypes = {"float32": (np.float32,), "float64": (np.float64,),
               "both": (np.float32, np.float64)}[args.dtype]
     report = run(SHAPES, dtypes, rounds=args.rounds, modes=not args.quick, scaling=args.scaling,
@@ -342,6 +388,7 @@ def cmd_reference(args):
     from .. import reference
 
     if args.action == "export":
+        _check_output_dir(args.directory, "DIR")
         reference.export(args.directory)
         print(f"wrote golden cases to {args.directory}")
         return 0
@@ -380,20 +427,20 @@ def build_parser():
     p = sub.add_parser("train", help="train a network of the paper on distorted digits",
                        argument_default=argparse.SUPPRESS)
     _add_train_options(p, defaults)
-    p.add_argument("--out", required=True, metavar="RUN_DIR",
+    p.add_argument("--out", type=_path, required=True, metavar="RUN_DIR",
                    help="the run's directory: checkpoint.npz and metrics.json")
     p.add_argument("--resume", action="store_true", default=False,
                    help="continue the run in --out with its own options (--epochs may grow)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="print the test error of a trained run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--json", metavar="FILE", help="also write the result as JSON (default: none)")
+    p.add_argument("run_dir", type=_path, metavar="RUN_DIR")
+    p.add_argument("--json", type=_path, metavar="FILE", help="also write the result as JSON (default: none)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="FCN vs ST-FCN on built-in RTS digits, with figures "
                        "(about half a minute)")
-    p.add_argument("--out", default=DEMO_DIR, metavar="DIR",
+    p.add_argument("--out", type=_path, default=DEMO_DIR, metavar="DIR",
                    help="where the two runs and the figures go, replacing an earlier demo's "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="default: %(default)s")
@@ -411,7 +458,7 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="skip the per-mode table")
     p.add_argument("--scaling", action="store_true", help="add the cost-scaling table")
     p.add_argument("--large", action="store_true", help="add the (1, 1, 1024, 1024) shape")
-    p.add_argument("--markdown", metavar="FILE",
+    p.add_argument("--markdown", type=_path, metavar="FILE",
                    help="also write the report to FILE, between its bench markers if it has "
                         "them (default: none)")
     p.set_defaults(func=cmd_bench)
@@ -419,27 +466,31 @@ def build_parser():
     p = sub.add_parser("reference", help="golden vectors and a diagnosis for other implementations")
     rsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
     r = rsub.add_parser("export", help="write the golden cases to DIR")
-    r.add_argument("directory", metavar="DIR")
+    r.add_argument("directory", type=_path, metavar="DIR")
     r = rsub.add_parser("check", help="compare RESULTS (laid out like DIR) with the golden cases")
-    r.add_argument("directory", metavar="DIR")
-    r.add_argument("results", metavar="RESULTS")
+    r.add_argument("directory", type=_path, metavar="DIR")
+    r.add_argument("results", type=_path, metavar="RESULTS")
     r = rsub.add_parser("diagnose", help="probe a sampler and say which conventions it follows "
                         "(exit 0 if it matches a PyTorch setting on finite inputs)")
     r.add_argument("function", metavar="MODULE:FUNCTION",
                    help="fn(U, grid) -> V on NumPy arrays, importable from the current directory")
     r.add_argument("--backward", metavar="MODULE:FUNCTION",
                    help="backward(dV, U, grid) -> (dU, dgrid) (default: forward only)")
-    r.add_argument("--json", metavar="FILE", help="also write the diagnosis as JSON (default: none)")
+    r.add_argument("--json", type=_path, metavar="FILE", help="also write the diagnosis as JSON (default: none)")
     p.set_defaults(func=cmd_reference)
     return parser
 
 
 def main(argv=None):
     """Entry point of the ``stnref`` console script; returns the exit status."""
-    from .train import TrainingError
+    try:  # Ctrl-C during the imports is an interruption too, not a traceback
+        from .train import TrainingError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("stnref: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not argv:  # no command: the usage and the list of commands, as a user error
         print(parser.format_help(), file=sys.stderr, end="")
         return EXIT_USAGE

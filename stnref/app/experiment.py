@@ -22,11 +22,14 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import time
 
 import numpy as np
 
+from .._checks import check_budget
 from .._io import atomic_write_bytes
+from ..data import load_dataset
 from ..nn import cross_entropy
 from .train import (
     CHECKPOINT,
@@ -51,6 +54,8 @@ PAPER_TABLE = {
     ("st-cnn", "tps"): {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
 }
 PAPER_TC_TRANSFORM = "affine"  # the paper reports one ST number per model for TC
+TABLE_TRANSFORMS = ("affine", "projective", "tps")  # the ST models' transforms when none are given
+MAX_CELLS = 10_000   # cells of one grid; more is refused before any cell is built
 # The environment of every worker: one BLAS thread, whatever the number of workers.
 BLAS_ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                           "MKL_NUM_THREADS", "BLIS_NUM_THREADS")}
@@ -108,12 +113,68 @@ def _differences(stored, asked):
     return out
 
 
+def _check_paths(out, data):
+    """Refuse an ``out`` that cannot be the experiment's directory and an empty ``data``."""
+    if os.fspath(out) == "":
+        raise ValueError("--out '': expected a directory path")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: a file; give a directory")
+    if data is not None and os.fspath(data) == "":
+        raise ValueError("--data '': expected a directory path")
+
+
+def _grid_rows(models, transforms, distortions, seeds):
+    """The ``(model, transform)`` rows of the grid, refusing before any cell is built a value
+    given twice, transforms without an ST model, and more than ``MAX_CELLS`` cells."""
+    for option, values in (("--models", models), ("--transforms", transforms or ()),
+                           ("--distortions", distortions)):
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if repeated:
+            raise ValueError(f"{option} {' '.join(values)}: {repeated[0]} is given twice; give "
+                             f"each once (a cell is one run directory)")
+    if transforms is not None and not any(m.startswith("st-") for m in models):
+        raise ValueError(f"--transforms {' '.join(transforms)}: no ST model in --models "
+                         f"{' '.join(models)} (--transforms is for st-fcn and st-cnn)")
+    rows = cells(models, TABLE_TRANSFORMS if transforms is None else transforms)
+    per_seed = len(rows) * len(distortions)
+    if per_seed * seeds > MAX_CELLS:
+        raise ValueError(f"--seeds {seeds}: {per_seed * seeds} cells ({per_seed} per seed), over "
+                         f"the limit of {MAX_CELLS}; ask for at most {MAX_CELLS // per_seed} seeds")
+    return rows
+
+
+def _check_data(distortions, n_train, n_test, data):
+    """Refuse what loading a cell's data would: the element budget of the built-in digits,
+    and :func:`~stnref.data.load_dataset`'s own checks on two samples per split."""
+    for distortion in distortions:
+        side = input_size(distortion)
+        for flag, name, n in (("--train-size", "train_size", n_train),
+                              ("--test-size", "test_size", n_test)):
+            if data is None:    # generated on demand, as many as asked: budgeted
+                try:
+                    check_budget((n, side, side), "load_dataset", f"{name} images")
+                except ValueError as err:
+                    raise ValueError(f"{flag} {n}: {err}") from None
+        try:
+            load_dataset(distortion, data, min(n_train, 2), min(n_test, 2))
+        except ValueError as err:
+            raise ValueError(f"--distortions {distortion} with --train-size {n_train} "
+                             f"--test-size {n_test}: {err}") from None
+
+
 def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out):
     """The cells of the grid, each compared with what ``out`` already holds.
 
+    Everything a run of the cells would refuse about the grid, the paths and the data is
+    refused here, before any cell is built or trained.
+
     Parameters
     ----------
-    models, transforms, distortions : sequence of str
+    models, distortions : sequence of str
+        Each value once.
+    transforms : sequence of str or None
+        Transforms of the ST models, each once; None: ``TABLE_TRANSFORMS``.  Given without
+        an ST model in ``models``, they are refused.
     seeds : int
         Seeds ``0 .. seeds - 1`` per cell.
     epochs : int
@@ -131,17 +192,23 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
     ------
     ValueError
         A cell directory holding a run of another config (naming the cell, the option,
-        the stored and the asked value), or more epochs than asked; sizes beyond the data.
+        the stored and the asked value), or more epochs than asked; a repeated value, more
+        than ``MAX_CELLS`` cells; an ``out`` that is a file; sizes beyond the data or the
+        element budget, or data a cell could not load.
     """
-    n_train, n_test = check_sizes(train_size, test_size, data)
+    _check_paths(out, data)
+    rows = _grid_rows(models, transforms, distortions, seeds)
+    available = check_sizes(train_size, test_size, data)
+    n_train = available[0] if train_size is None else train_size
+    n_test = available[1] if test_size is None else test_size
+    _check_data(distortions, n_train, n_test, data)
     out_cells, conflicts = [], []
     for distortion in distortions:
         for seed in range(seeds):
-            for model, transform in cells(models, transforms):
+            for model, transform in rows:
                 config = TrainConfig(model=model, transform=transform, distortion=distortion,
                                      data=data, epochs=epochs, seed=seed,
-                                     train_size=n_train if train_size is None else train_size,
-                                     test_size=n_test if test_size is None else test_size).validated()
+                                     train_size=n_train, test_size=n_test).validated()
                 name = model if transform is None else f"{model}-{transform}"
                 run_dir = os.path.join(out, distortion, f"{name}-seed{seed}")
                 cell = Cell(distortion, model, transform, seed, run_dir, config)
@@ -237,6 +304,12 @@ def _environment(values):
                 os.environ[k] = v
 
 
+def _worker_start():
+    """Ctrl-C reaches every process of the terminal: a worker then ends at once and quietly
+    (its cell resumes from its last checkpoint), and the parent reports the interruption."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+
+
 def _run_cell(config, run_dir, resume):
     """Train one cell quietly (in a worker process); its metrics."""
     return train(config, run_dir, resume=resume, progress=Progress(io.StringIO()))
@@ -248,7 +321,9 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
 
     Parameters
     ----------
-    models, transforms, distortions : sequence of str
+    models, distortions : sequence of str
+    transforms : sequence of str or None
+        None: ``TABLE_TRANSFORMS`` (see :func:`plan`).
     seeds, epochs : int
     train_size, test_size : int or None
         Samples per split (None: all of the source).
@@ -268,8 +343,8 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
         also written to ``results.json`` beside ``results.md``; None for a dry run.
     """
     jobs = jobs or os.cpu_count() or 1
-    data = None if data is None else os.path.abspath(data)
     grid = plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out)
+    data = None if data is None else os.path.abspath(data)
     todo = [c for c in grid if c.status != "done"]
     counts = {s: sum(c.status == s for c in grid) for s in ("new", "resume", "extend", "done")}
     first = grid[0].config if grid else None
@@ -293,17 +368,23 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     if todo:
         context = multiprocessing.get_context("spawn")
         with _environment(BLAS_ONE_THREAD), concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(jobs, len(todo)), mp_context=context) as pool:
+                max_workers=min(jobs, len(todo)), mp_context=context,
+                initializer=_worker_start) as pool:
             futures = {pool.submit(_run_cell, c.config, c.run_dir, c.status != "new"): c
                        for c in todo}
-            for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
-                cell = futures[future]
-                metrics = future.result()
-                finished[cell.run_dir] = metrics
-                last = metrics["epochs"][-1]
-                print_fn(f"[{n}/{len(todo)}] {cell.distortion} {cell.name} seed {cell.seed}: "
-                         f"test error {last['test_error']:.2f}% "
-                         f"({time.perf_counter() - start:.0f} s since start)")
+            try:
+                for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                    cell = futures[future]
+                    metrics = future.result()
+                    finished[cell.run_dir] = metrics
+                    last = metrics["epochs"][-1]
+                    print_fn(f"[{n}/{len(todo)}] {cell.distortion} {cell.name} seed {cell.seed}: "
+                             f"test error {last['test_error']:.2f}% "
+                             f"({time.perf_counter() - start:.0f} s since start)")
+            except KeyboardInterrupt:  # also when only the parent was signalled: end the workers
+                for child in multiprocessing.active_children():
+                    child.terminate()
+                raise
     for cell in grid:
         metrics = finished[cell.run_dir]
         if metrics is None:
@@ -316,7 +397,8 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     payload = {"budget": budget, "cells": results}
     atomic_write_bytes(os.path.join(out, "results.json"),
                        (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-    text = markdown(results, cells(models, transforms), distortions, budget)
+    rows = list(dict.fromkeys((c.model, c.transform) for c in grid))
+    text = markdown(results, rows, distortions, budget)
     atomic_write_bytes(os.path.join(out, "results.md"), text.encode())
     print_fn(text)
     return payload

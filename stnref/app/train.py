@@ -5,7 +5,9 @@
 - ``checkpoint.npz`` -- model, optimiser and progress, written atomically every
   ``checkpoint_every`` steps and at the end of each epoch;
 - ``metrics.json`` -- ``{"config": {...}, "epochs": [{"epoch", "train_loss",
-  "train_error", "test_error", "seconds", "samples_per_s"}, ...]}`` (errors in %).
+  "train_error", "test_error", "seconds", "samples_per_s"}, ...]}`` (errors in %;
+  the training loss and error are over the steps that trained, null for an epoch whose
+  every step was skipped by ``on_nonfinite="skip"``).
 
 Every random choice derives from ``config.seed``: the model's initialisation,
 the data, and the order of epoch ``e`` (:class:`stnref.nn.Batches` with a
@@ -84,6 +86,8 @@ class TrainConfig:
     epochs : int
         Total number of epochs (also when resuming).
     batch_size : int
+        Samples per step, as PyTorch's ``DataLoader``: the last batch of an epoch holds
+        the rest (every sample, in one step, when ``batch_size`` exceeds the training set).
     lr : float
         Base learning rate.  The default (Adam, 2e-3) was chosen by measurement:
         see ``docs/results.md``.
@@ -394,7 +398,25 @@ def read_run(run_dir):
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint in {run_dir!r} (expected {path})")
-    arrays, metadata = load_checkpoint(path)
+
+    def shapes(metadata):
+        # the arrays the stored config implies, checked against the headers before reading
+        config = _stored_config(metadata, path)
+        model = make_model(config)
+        return {**{f"model.{k}": v.shape for k, v in model.state_dict().items()},
+                **{f"optim.{k}": v.shape for k, v in make_optimizer(config, model).state_dict().items()}}
+
+    arrays, metadata = load_checkpoint(path, expect=shapes)
+    config = _stored_config(metadata, path)
+    missing = [k for k in ("state", "metrics") if k not in metadata]
+    if missing:
+        raise ValueError(f"{path} lacks metadata {missing}")
+    _check_progress(metadata["state"], metadata["metrics"], config, path)
+    return config, metadata["state"], metadata["metrics"], arrays
+
+
+def _stored_config(metadata, path):
+    """The validated config of a checkpoint's metadata (a first-format one read as it ran)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = metadata.get("config")
     if metadata.get("format") == 1 and isinstance(saved, dict):
@@ -408,12 +430,10 @@ def read_run(run_dir):
         config = TrainConfig(**saved).validated()
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path} holds an invalid config: {err}") from None
-    missing = [k for k in ("state", "metrics") if k not in metadata]
-    stray = sorted(k for k in arrays if not k.startswith(("model.", "optim.")))
-    if missing or stray:
-        raise ValueError(f"{path} lacks metadata {missing} or has unknown arrays {stray}")
-    _check_progress(metadata["state"], metadata["metrics"], config, path)
-    return config, metadata["state"], metadata["metrics"], arrays
+    if config.train_size is None or config.test_size is None:
+        raise ValueError(f"{path} holds an invalid config: train_size {config.train_size!r} and "
+                         f"test_size {config.test_size!r}; a run stores the sizes it used")
+    return config
 
 
 def load_run(run_dir):
@@ -458,6 +478,11 @@ def _from_format_1(saved):
 
 
 STATE_COUNTS = ("epoch", "step", "wrong", "counted")
+METRIC_KEYS = ("epoch", "train_loss", "train_error", "test_error", "seconds", "samples_per_s")
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_progress(state, metrics, config, path):
@@ -469,16 +494,26 @@ def _check_progress(state, metrics, config, path):
     elif any(not isinstance(state.get(k), int) or isinstance(state.get(k), bool) or state[k] < 0
              for k in STATE_COUNTS):
         problem = f"state counts {[state.get(k) for k in STATE_COUNTS]} are not integers >= 0"
-    elif not all(isinstance(state.get(k), (int, float)) and math.isfinite(state[k])
-                 for k in ("loss_sum", "seconds")):
+    elif not all(_is_number(state.get(k)) for k in ("loss_sum", "seconds")):
         problem = "state sums are not finite numbers"
     elif not isinstance(state.get("skipped"), list):
         problem = "state has no list of skipped steps"
     elif state["epoch"] > config.epochs or len(metrics) != state["epoch"]:
         problem = (f"{state['epoch']} completed epochs of {config.epochs}, with "
                    f"{len(metrics)} metrics entries")
+    elif state["step"] >= (steps := math.ceil(config.train_size / config.batch_size)) or (
+            state["step"] and state["epoch"] == config.epochs):
+        problem = (f"step {state['step']} of epoch {state['epoch'] + 1}, which has {steps} steps "
+                   f"(the run has {config.epochs} epochs)")
+    elif state["counted"] > state["step"] * config.batch_size or state["wrong"] > state["counted"]:
+        problem = (f"{state['wrong']} wrong of {state['counted']} counted samples after "
+                   f"{state['step']} steps of {config.batch_size}")
     elif not all(isinstance(m, dict) and m.get("epoch") == e + 1 for e, m in enumerate(metrics)):
         problem = "metrics entries are not one per epoch, in order"
+    elif not all(sorted(m) == sorted(METRIC_KEYS) and all(
+            _is_number(m[k]) or (m[k] is None and k in ("train_loss", "train_error"))
+            for k in METRIC_KEYS) for m in metrics):
+        problem = f"metrics entries are not objects of the numbers {list(METRIC_KEYS)}"
     if problem:
         raise ValueError(f"load_run(): {path} holds inconsistent progress: {problem}")
 
@@ -687,18 +722,22 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                 saved = (state["epoch"], state["step"])
         seconds = time.perf_counter() - t0
         test_error, _ = evaluate(model, x_test, y_test)
+        counted, skipped = state["counted"], sum(e == epoch for e, _ in state["skipped"])
         metrics.append({
             "epoch": epoch,
-            "train_loss": state["loss_sum"] / max(state["counted"], 1),  # skipped steps excluded
-            "train_error": 100.0 * state["wrong"] / max(state["counted"], 1),
+            # over the steps that trained: None (null) when every step was skipped
+            "train_loss": state["loss_sum"] / counted if counted else None,
+            "train_error": 100.0 * state["wrong"] / counted if counted else None,
             "test_error": test_error,
             "seconds": seconds,
             "samples_per_s": n / seconds if seconds > 0 else 0.0,
         })
+        trained = (f"train loss {metrics[-1]['train_loss']:.4f}, train error "
+                   f"{metrics[-1]['train_error']:.2f}%" if counted else "no step trained")
         progress.done(
-            f"epoch {epoch}/{config.epochs}: train loss {metrics[-1]['train_loss']:.4f}, "
-            f"train error {metrics[-1]['train_error']:.2f}%, test error {test_error:.2f}%, "
-            f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)")
+            f"epoch {epoch}/{config.epochs}: {trained}, test error {test_error:.2f}%, "
+            f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)"
+            + (f", {skipped} of {steps} steps skipped (non-finite)" if skipped else ""))
         state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, counted=0, seconds=0.0)
         _save(run_dir, model, optimizer, config, state, metrics)
         saved = (epoch, 0)
