@@ -437,6 +437,15 @@ def test_a_sampler_that_calls_sys_exit_is_a_finding(code):
     assert any("backward raised SystemExit: 0" in line for line in d.differences), d.differences
 
 
+def test_an_output_whose_conversion_exits_is_a_finding():
+    class Exits:
+        def __array__(self, dtype=None, copy=None):
+            raise SystemExit(0)
+
+    d = diagnose(lambda U, grid: Exits())
+    assert not d.matches_pytorch and "not an array (SystemExit: 0)" in d.differences[0]
+
+
 def test_keyboard_interrupt_still_stops_the_diagnosis():
     def interrupted(U, grid):
         raise KeyboardInterrupt

@@ -353,7 +353,9 @@ class _Box:
                                            f"(docs/conventions.md §1.1)")
         try:
             x = np.asarray(x)
-        except Exception as err:  # noqa: BLE001 -- e.g. a tensor that needs .detach()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # noqa: BLE001 -- e.g. a tensor that needs .detach()
             return None, self._fail(probe, f"returned a {what} that is not an array "
                                            f"({_describe_error(err)})")
         if x.shape != tuple(shape):
