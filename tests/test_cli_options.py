@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import zipfile
 
 import numpy as np
@@ -117,6 +118,18 @@ def test_a_diverging_run_says_what_is_on_disk(tmp_path, capsys):
     assert "on_nonfinite=" not in line and not out.exists()   # no empty run left behind
 
 
+def test_a_run_whose_data_moved_says_so(tmp_path, capsys, mnist):
+    data = tmp_path / "mnist"
+    shutil.copytree(mnist, data)
+    out = tmp_path / "run"
+    assert run_main(capsys, "train", "--model", "fcn", "--distortion", "none", *TINY, "--epochs", "1",
+                    "--data", data, "--out", out).returncode == 0
+    data.rename(tmp_path / "elsewhere")
+    for argv in (["evaluate", out], ["train", "--resume", "--out", out, "--epochs", "2"]):
+        assert_user_error(run_main(capsys, *argv), f"trained on the MNIST files in '{data}'",
+                          "not a directory any more")
+
+
 def test_a_run_with_non_finite_weights_is_evaluated_with_a_note(tmp_path, capsys):
     out = tmp_path / "run"
     proc = run_main(capsys, "train", "--model", "fcn", *TINY, "--epochs", "2", "--lr", "1e300",
@@ -156,13 +169,77 @@ def fcn_run(tmp_path, capsys):
     (["--train-size", "32"], ["--train-size 32", "trained with train-size 48"]),
     (["--schedule", "cosine"], ["--schedule cosine", "trained with schedule constant"]),
     (["--epochs", "1"], ["--epochs 1", "is set to 2 epochs (2 trained)", "can only grow"]),
-    (["--transform", "tps"], ["--transform tps", "trained with transform None"]),
+    (["--transform", "tps"], ["--transform tps", "trained with transform none (does not apply)"]),
+    (["--data", "{tmp}"], ["--data {tmp}", "trained with data none (built-in digits)"]),
     (["--clip-norm", "none"], ["--clip-norm none", "trained with clip-norm 10.0"]),
 ])
 def test_resume_refuses_a_different_option(fcn_run, capsys, args, fragments):
     before = (fcn_run / CHECKPOINT).read_bytes()
-    assert_user_error(run_main(capsys, "train", "--resume", "--out", fcn_run, *args), *fragments)
+    tmp = fcn_run.parent
+    assert_user_error(run_main(capsys, "train", "--resume", "--out", fcn_run,
+                               *[a.format(tmp=tmp) for a in args]),
+                      *[f.format(tmp=tmp) for f in fragments])
     assert (fcn_run / CHECKPOINT).read_bytes() == before
+
+
+def test_resume_may_change_what_a_non_finite_step_does(fcn_run, capsys):
+    """The remedy a stop names: until a step is non-finite, stop and skip train the same."""
+    proc = run_main(capsys, "train", "--resume", "--out", fcn_run, "--on-nonfinite", "skip",
+                    "--epochs", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert stored(fcn_run).on_nonfinite == "skip"
+
+
+@pytest.mark.parametrize("name", [CHECKPOINT, METRICS])
+def test_evaluate_never_writes_its_json_over_the_run(fcn_run, capsys, name):
+    before = (fcn_run / name).read_bytes()
+    assert_user_error(run_main(capsys, "evaluate", fcn_run, "--json", fcn_run / name),
+                      "a file of the run itself")
+    assert (fcn_run / name).read_bytes() == before
+
+
+def test_the_demo_replaces_its_own_runs_only(tmp_path, capsys, monkeypatch):
+    from stnref.app import demo
+    out = tmp_path / "demo"
+    assert run_main(capsys, "train", "--model", "fcn", *TINY, "--out", out / "fcn").returncode == 0
+    before = (out / "fcn" / CHECKPOINT).read_bytes()
+    assert_user_error(run_main(capsys, "demo", "--out", out), "holds a run that is not this demo's")
+    assert (out / "fcn" / CHECKPOINT).read_bytes() == before
+    config = demo.TrainConfig(model="fcn", distortion="rts", epochs=demo.DEMO_EPOCHS,
+                              train_size=demo.DEMO_TRAIN, test_size=demo.DEMO_TEST).validated()
+    other = tmp_path / "old_demo" / "fcn"
+    quiet_train(dataclasses.replace(config, epochs=1, train_size=64, test_size=16), other)
+    demo._clear_previous_demo(str(other), dataclasses.replace(config, epochs=1, train_size=64,
+                                                                test_size=16).validated())
+    assert not (other / CHECKPOINT).exists() and not (other / METRICS).exists()
+
+
+def test_a_directory_another_process_trains_in_is_refused(fcn_run, capsys):
+    """The lock is an flock: held by the process that trains, released when it ends or dies."""
+    from stnref.app import train as train_module
+    if train_module.fcntl is None:
+        pytest.skip("no fcntl: runs are not locked on this platform")
+    fd = train_module._lock(str(fcn_run))                 # as another process training there
+    try:
+        before = (fcn_run / CHECKPOINT).read_bytes()
+        assert_user_error(run_main(capsys, "train", "--resume", "--out", fcn_run, "--epochs", "3"),
+                          "another process is training in")
+        assert (fcn_run / CHECKPOINT).read_bytes() == before
+    finally:
+        train_module._unlock(fd, str(fcn_run))
+    assert run_main(capsys, "train", "--resume", "--out", fcn_run, "--epochs", "3").returncode == 0
+    assert not (fcn_run / train_module.LOCK).exists()
+
+
+def test_a_new_run_never_replaces_another(tmp_path, capsys):
+    """A directory holding metrics.json (or a run) is refused by train() itself, which
+    stnref experiment and stnref demo also use."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / METRICS).write_text('{"mine": 1}')
+    assert_user_error(run_main(capsys, "train", "--model", "fcn", *TINY, "--out", out),
+                      "already holds a run")
+    assert (out / METRICS).read_text() == '{"mine": 1}'
 
 
 def test_resume_accepts_the_run_s_schedule_written_another_way(tmp_path, capsys):
@@ -293,6 +370,8 @@ def test_a_lying_checkpoint_is_one_line(fcn_run, capsys, command):
     (lambda m: m["config"].update(train_size=None), "a run stores the sizes it used"),
     (lambda m: m["state"].update(step=10**6), "step 1000000 of epoch 3, which has 3 steps"),
     (lambda m: m["state"].update(counted=10**6), "inconsistent progress"),
+    (lambda m: m["state"].update(skipped=[7]), "no list of skipped steps"),
+    (lambda m: m["state"].update(skipped=[[9, 1]]), "no list of skipped steps"),
     (lambda m: m["metrics"][0].pop("test_error"), "metrics entries are not objects of the numbers"),
     (lambda m: m["metrics"][1].update(train_loss="x"), "metrics entries are not objects of the numbers"),
 ])

@@ -541,17 +541,27 @@ def test_load_dataset_cut_still_checks_whole_files(tmp_path, suffix):
         load_dataset("none", tmp_path, 5, 5)
 
 
-def test_mnist_file_both_plain_and_gz_refused(tmp_path):
-    """With both train-images-idx3-ubyte and its .gz the plain one was silently used."""
+def test_mnist_file_both_plain_and_gz_that_disagree_is_refused(tmp_path):
+    """With both train-images-idx3-ubyte and a .gz of another size the plain one was silently used."""
     _fake_mnist(tmp_path, gz=False)
-    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.full((30, 28, 28), 9, np.uint8))
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.full((31, 28, 28), 9, np.uint8))
     plain, gz = (str(tmp_path / "train-images-idx3-ubyte"), str(tmp_path / "train-images-idx3-ubyte.gz"))
     for fn, call in (("load_mnist", lambda: load_mnist(tmp_path)),
                      ("load_mnist", lambda: load_dataset("none", tmp_path, 2, 2)),
                      ("split_sizes", lambda: split_sizes(tmp_path))):
-        with pytest.raises(ValueError, match=rf"{fn}\(\): both .* exist") as info:
+        with pytest.raises(ValueError, match=rf"{fn}\(\): .* disagree") as info:
             call()
         assert plain in str(info.value) and gz in str(info.value)
+
+
+def test_mnist_file_both_plain_and_gz_that_agree_reads_the_plain_one(tmp_path):
+    """torchvision's MNIST/raw keeps each .gz beside the file it extracted."""
+    _fake_mnist(tmp_path, gz=False)
+    expected = load_mnist(tmp_path)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        write_idx(tmp_path / f"{name}.gz", read_idx(tmp_path / name))
+    for got, want in zip(load_mnist(tmp_path), expected):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_load_dataset_errors(tmp_path):

@@ -8,13 +8,18 @@ a file.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import os
 
 import numpy as np
 import pytest
 from test_cli import assert_user_error, run_main
 
 from stnref.app import experiment
+from stnref.app.train import Progress, train
+from stnref.checkpoint import load_checkpoint, save_checkpoint
 from stnref.data import write_idx
 
 SMALL = ["--epochs", "1", "--train-size", "48", "--test-size", "16", "--jobs", "1"]
@@ -112,7 +117,7 @@ def test_an_out_that_is_a_file_is_refused_before_planning(tmp_path, capsys):
     path.write_text("not a directory")
     proc = run_main(capsys, "experiment", "--models", "fcn", "--distortions", "r", *SMALL,
                     "--out", path)
-    assert_user_error(proc, f"--out {path}: a file; give a directory")
+    assert_user_error(proc, f"--out {path}: a file, not a directory")
     assert proc.stdout == ""
 
 
@@ -127,9 +132,24 @@ def test_an_empty_path_is_refused(tmp_path, capsys, monkeypatch, option):
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("out, data, refusal", [("", None, "--out ''"), ("exp", "", "--data ''")])
-def test_run_experiment_refuses_an_empty_path(tmp_path, monkeypatch, out, data, refusal):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=refusal):
-        experiment.run_experiment(["fcn"], None, ["r"], 1, 1, 48, 16, data, out, dry_run=True,
-                                  print_fn=lambda line: None)
+def test_a_cell_path_that_is_a_file_is_refused_in_the_plan(tmp_path, capsys):
+    out = tmp_path / "exp"
+    (out / "r").mkdir(parents=True)
+    (out / "r" / "fcn-seed0").write_text("not a run")
+    proc = run_main(capsys, "experiment", "--models", "fcn", "--distortions", "r", *SMALL,
+                    "--out", out, "--dry-run")
+    assert_user_error(proc, "fcn-seed0 is a file, not a cell's run directory")
+
+
+def test_a_cell_set_to_more_epochs_is_never_shortened(tmp_path, capsys):
+    """As stnref train --resume: a cell stored with 3 epochs, 1 trained, is not re-set to 2."""
+    out = tmp_path / "exp"
+    (cell,) = experiment.plan(["fcn"], None, ["r"], 1, 3, 48, 16, None, str(out))
+    train(dataclasses.replace(cell.config, epochs=1), cell.run_dir, progress=Progress(io.StringIO()))
+    path = os.path.join(cell.run_dir, "checkpoint.npz")
+    arrays, meta = load_checkpoint(path)
+    meta["config"]["epochs"] = 3                     # as a 3-epoch run interrupted after epoch 1
+    save_checkpoint(path, arrays, meta)
+    proc = run_main(capsys, "experiment", "--models", "fcn", "--distortions", "r", "--epochs", "2",
+                    *SMALL[2:], "--out", out)
+    assert_user_error(proc, "epochs: stored 3 (1 trained), asked 2")

@@ -253,6 +253,8 @@ def _resumed_config(given, run_dir):
 
     stored, state, _, _ = read_run(run_dir)
     epochs = given.pop("epochs", stored.epochs)
+    # what happens on a non-finite step may change: until one occurs, stop and skip are the same
+    on_nonfinite = given.pop("on_nonfinite", stored.on_nonfinite)
     for field, asked in given.items():
         have = getattr(stored, field)
         if field in ("train_size", "test_size") and asked is None:      # 'all'
@@ -260,11 +262,10 @@ def _resumed_config(given, run_dir):
         if field == "schedule" and _same_schedule(asked, stored):
             continue
         if asked != have:
-            shown = {"train_size": "all", "test_size": "all", "clip_norm": "none"}.get(field, asked) \
-                if given[field] is None else asked
-            raise UserError(f"{FLAGS[field]} {shown}: the run in {run_dir} was trained with "
-                            f"{field.replace('_', '-')} {have}; a resumed run keeps its options "
-                            f"(only --epochs may grow)")
+            raise UserError(f"{FLAGS[field]} {_shown(field, given[field])}: the run in {run_dir} "
+                            f"was trained with {field.replace('_', '-')} {_shown(field, have)}; a "
+                            f"resumed run keeps its options (only --epochs may grow, and "
+                            f"--on-nonfinite may change)")
     if epochs < stored.epochs:
         raise UserError(f"--epochs {epochs}: the run in {run_dir} is set to {stored.epochs} epochs "
                         f"({state['epoch']} trained); --epochs can only grow on --resume")
@@ -278,7 +279,15 @@ def _resumed_config(given, run_dir):
         if rate != 1:
             print(f"note: under the run's schedule {stored.schedule}, the added epochs start "
                   f"at {rate:.3g} x the base rate")
-    return dataclasses.replace(stored, epochs=epochs)
+    return dataclasses.replace(stored, epochs=epochs, on_nonfinite=on_nonfinite)
+
+
+def _shown(field, value):
+    """A config value as the command line spells it (None: the option's word for it)."""
+    if value is not None:
+        return value
+    return {"train_size": "all", "test_size": "all", "clip_norm": "none", "data": "none (built-in digits)",
+            }.get(field, "none (does not apply)")
 
 
 def cmd_train(args):
@@ -288,6 +297,8 @@ def cmd_train(args):
     from .train import CHECKPOINT, train
 
     _check_output_dir(args.out, "--out")
+    if os.path.isdir(os.path.join(args.out, CHECKPOINT)):
+        raise UserError(f"--out {args.out}: its {CHECKPOINT} is a directory, not a checkpoint")
     exists = os.path.exists(os.path.join(args.out, CHECKPOINT))
     if args.resume and not exists:
         raise UserError(f"--resume: no checkpoint in {args.out!r}")
@@ -310,9 +321,12 @@ def cmd_train(args):
 def cmd_evaluate(args):
     """Handler of ``stnref evaluate RUN_DIR [--json FILE]``: print (and save) the test error."""
     from ..data import load_dataset
-    from .train import evaluate, load_run
+    from .train import CHECKPOINT, LOCK, METRICS, evaluate, load_run
 
     _check_output_file(args.json, "--json")
+    if args.json and os.path.realpath(args.json) in {
+            os.path.realpath(os.path.join(args.run_dir, name)) for name in (CHECKPOINT, METRICS, LOCK)}:
+        raise UserError(f"--json {args.json}: a file of the run itself; give another file name")
     config, model, _, state, _ = load_run(args.run_dir)
     _, _, x_test, y_test = load_dataset(config.distortion, config.data, 1, config.test_size,
                                         config.seed)
@@ -321,14 +335,18 @@ def cmd_evaluate(args):
     with np.errstate(all="ignore"):    # non-finite weights are reported below, not warned about
         error, loss = evaluate(model, x_test, y_test)
     model_name = config.model if config.transform is None else f"{config.model} {config.transform}"
+    partial = f" and {state['step']} steps of epoch {state['epoch'] + 1}" if state["step"] else ""
     print(f"test error {error:.2f}% (loss {loss:.4f}) on {len(x_test)} samples, "
-          f"{model_name} {config.distortion}, epoch {state['epoch']}")
+          f"{model_name} {config.distortion}, epoch {state['epoch']}{partial}")
     bad = [k for k, p in model.params.items() if not np.isfinite(p).all()]
     if bad:
         print(f"note: {len(bad)} of {len(model.params)} parameter arrays of the run hold non-finite "
               f"values ({bad[0]}, ...): the test error is that of a broken model")
+    elif not math.isfinite(loss):
+        print(f"note: the model's outputs are not finite on the test set (loss {loss}): the test "
+              f"error is that of a broken model")
     if args.json:
-        payload = {"run": os.path.abspath(args.run_dir), "epoch": state["epoch"],
+        payload = {"run": os.path.abspath(args.run_dir), "epoch": state["epoch"], "step": state["step"],
                    "test_error": error, "test_loss": loss if math.isfinite(loss) else None,
                    "test_size": len(x_test), "config": dataclasses.asdict(config)}
         _write_json(args.json, payload, "--json")
@@ -348,6 +366,7 @@ def cmd_experiment(args):
     """Handler of ``stnref experiment``: the paper's Table 1 grid on a stated budget."""
     from .experiment import run_experiment
 
+    _check_output_dir(args.out, "--out")
     sizes = [None if s == ALL else s for s in (args.train_size, args.test_size)]
     run_experiment(args.models, args.transforms, args.distortions, args.seeds, args.epochs,
                    *sizes, _check_data_option(args.data), args.out, jobs=args.jobs,

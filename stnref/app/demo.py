@@ -9,13 +9,14 @@ and both training curves (23 s of wall time on the 2-core machine of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
 from ..data import load_dataset
 from ..networks import count_parameters
 from .plotting import PLOT_HINT, save_curves, save_pairs
-from .train import TrainConfig, load_run, train, transformers
+from .train import CHECKPOINT, METRICS, TrainConfig, load_run, read_run, train, transformers
 
 DEMO_DIR = os.path.join("runs", "demo")   # a directory the project's .gitignore leaves out
 DEMO_TRAIN = 20_000     # training digits
@@ -23,6 +24,19 @@ DEMO_TEST = 2_000       # test digits
 DEMO_EPOCHS = 10
 DEMO_MODELS = ("fcn", "st-fcn")
 FIGURE_SAMPLES = 16
+
+
+def _clear_previous_demo(run_dir, config):
+    """Remove the run a previous demo left in ``run_dir``; refuse to touch any other run."""
+    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+        return
+    stored = read_run(run_dir)[0]
+    if stored != config:
+        raise ValueError(f"--out: {run_dir} holds a run that is not this demo's ({stored.model}, "
+                         f"{stored.distortion}, seed {stored.seed}); give another --out")
+    for name in (CHECKPOINT, METRICS):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(run_dir, name))
 
 
 def run_demo(out_dir, seed=0, print_fn=print):
@@ -42,15 +56,18 @@ def run_demo(out_dir, seed=0, print_fn=print):
         ``{model name: list of per-epoch metrics}``.
     """
     start = time.perf_counter()
+    configs = {name: TrainConfig(model=name, distortion="rts", epochs=DEMO_EPOCHS,
+                                 train_size=DEMO_TRAIN, test_size=DEMO_TEST, seed=seed).validated()
+               for name in DEMO_MODELS}
+    for name, config in configs.items():
+        _clear_previous_demo(os.path.join(out_dir, name), config)
     os.makedirs(out_dir, exist_ok=True)
     print_fn(f"stnref demo: FCN vs ST-FCN (affine) on built-in RTS digits "
              f"({DEMO_TRAIN} train / {DEMO_TEST} test, {DEMO_EPOCHS} epochs each; "
              f"about half a minute on a 2-core laptop)")
     data = load_dataset("rts", None, DEMO_TRAIN, DEMO_TEST, seed)
     results = {}
-    for name in DEMO_MODELS:
-        config = TrainConfig(model=name, distortion="rts", epochs=DEMO_EPOCHS,
-                             train_size=DEMO_TRAIN, test_size=DEMO_TEST, seed=seed)
+    for name, config in configs.items():
         print_fn(f"training {name} ...")
         results[name] = train(config, os.path.join(out_dir, name), data=data)["epochs"]
 

@@ -27,9 +27,9 @@ import time
 
 import numpy as np
 
-from .._checks import check_budget
 from .._io import atomic_write_bytes
 from ..data import load_dataset
+from ..data.dataset import _check_digit_budget
 from ..nn import cross_entropy
 from .train import (
     CHECKPOINT,
@@ -113,16 +113,6 @@ def _differences(stored, asked):
     return out
 
 
-def _check_paths(out, data):
-    """Refuse an ``out`` that cannot be the experiment's directory and an empty ``data``."""
-    if os.fspath(out) == "":
-        raise ValueError("--out '': expected a directory path")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out}: a file; give a directory")
-    if data is not None and os.fspath(data) == "":
-        raise ValueError("--data '': expected a directory path")
-
-
 def _grid_rows(models, transforms, distortions, seeds):
     """The ``(model, transform)`` rows of the grid, refusing before any cell is built a value
     given twice, transforms without an ST model, and more than ``MAX_CELLS`` cells."""
@@ -147,14 +137,11 @@ def _check_data(distortions, n_train, n_test, data):
     """Refuse what loading a cell's data would: the element budget of the built-in digits,
     and :func:`~stnref.data.load_dataset`'s own checks on two samples per split."""
     for distortion in distortions:
-        side = input_size(distortion)
-        for flag, name, n in (("--train-size", "train_size", n_train),
-                              ("--test-size", "test_size", n_test)):
-            if data is None:    # generated on demand, as many as asked: budgeted
-                try:
-                    check_budget((n, side, side), "load_dataset", f"{name} images")
-                except ValueError as err:
-                    raise ValueError(f"{flag} {n}: {err}") from None
+        if data is None:    # generated on demand, as many as asked: budgeted
+            try:
+                _check_digit_budget(distortion, n_train, n_test)
+            except ValueError as err:
+                raise ValueError(f"--train-size {n_train} --test-size {n_test}: {err}") from None
         try:
             load_dataset(distortion, data, min(n_train, 2), min(n_test, 2))
         except ValueError as err:
@@ -192,11 +179,10 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
     ------
     ValueError
         A cell directory holding a run of another config (naming the cell, the option,
-        the stored and the asked value), or more epochs than asked; a repeated value, more
-        than ``MAX_CELLS`` cells; an ``out`` that is a file; sizes beyond the data or the
-        element budget, or data a cell could not load.
+        the stored and the asked value), or set to more epochs than asked; a cell path that
+        is a file; a repeated value, more than ``MAX_CELLS`` cells; sizes beyond the data or
+        the element budget, or data a cell could not load.
     """
-    _check_paths(out, data)
     rows = _grid_rows(models, transforms, distortions, seeds)
     available = check_sizes(train_size, test_size, data)
     n_train = available[0] if train_size is None else train_size
@@ -212,12 +198,15 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
                 name = model if transform is None else f"{model}-{transform}"
                 run_dir = os.path.join(out, distortion, f"{name}-seed{seed}")
                 cell = Cell(distortion, model, transform, seed, run_dir, config)
-                if os.path.exists(os.path.join(run_dir, CHECKPOINT)):
+                if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+                    conflicts.append(f"{run_dir} is a file, not a cell's run directory")
+                elif os.path.exists(os.path.join(run_dir, CHECKPOINT)):
                     stored, state, _, _ = read_run(run_dir)
                     cell.done_epochs = state["epoch"]
                     diffs = _differences(stored, config)
-                    if cell.done_epochs > epochs:
-                        diffs.append(f"epochs: {cell.done_epochs} already trained, asked {epochs}")
+                    if stored.epochs > epochs:       # as stnref train --resume: epochs only grow
+                        diffs.append(f"epochs: stored {stored.epochs} ({cell.done_epochs} trained), "
+                                     f"asked {epochs}")
                     if diffs:
                         conflicts.append(f"{run_dir} holds a run of another config ({'; '.join(diffs)})")
                     elif cell.done_epochs == epochs and stored.epochs == epochs:

@@ -18,12 +18,18 @@ from any checkpoint ends bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import time
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 import numpy as np
 
@@ -38,6 +44,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.json"
+LOCK = ".lock"  # held (flock) by the process training in a run directory
 RUN_FORMAT = 2           # version of the checkpoint layout (1: before resolved configs)
 EVAL_BATCH = 500         # test-set forward passes, samples per batch
 PROGRESS_SECONDS = 10.0  # period of plain progress lines when not on a terminal
@@ -426,6 +433,10 @@ def _stored_config(metadata, path):
     if not isinstance(saved, dict) or set(saved) != fields:
         keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
         raise ValueError(f"{path} has config keys {keys}, expected {sorted(fields)}")
+    data = saved.get("data")
+    if isinstance(data, str) and not os.path.isdir(data):
+        raise ValueError(f"{path}: the run was trained on the MNIST files in {data!r}, which is not "
+                         f"a directory any more; put them back there to evaluate or resume it")
     try:
         config = TrainConfig(**saved).validated()
     except (TypeError, ValueError) as err:
@@ -496,8 +507,10 @@ def _check_progress(state, metrics, config, path):
         problem = f"state counts {[state.get(k) for k in STATE_COUNTS]} are not integers >= 0"
     elif not all(_is_number(state.get(k)) for k in ("loss_sum", "seconds")):
         problem = "state sums are not finite numbers"
-    elif not isinstance(state.get("skipped"), list):
-        problem = "state has no list of skipped steps"
+    elif not isinstance(state.get("skipped"), list) or not all(
+            isinstance(e, list) and len(e) == 2 and all(type(v) is int and v >= 1 for v in e)
+            and e[0] <= state["epoch"] + 1 for e in state["skipped"]):
+        problem = "state has no list of skipped steps [epoch, batch]"
     elif state["epoch"] > config.epochs or len(metrics) != state["epoch"]:
         problem = (f"{state['epoch']} completed epochs of {config.epochs}, with "
                    f"{len(metrics)} metrics entries")
@@ -615,16 +628,43 @@ def _grad_norm(model, clip_norm):
     return math.sqrt(sum(float(np.vdot(g, g)) for g in model.grads.values()))
 
 
+def _lock(run_dir):
+    """Take ``RUN_DIR/.lock`` for this process, or refuse: two processes training into one
+    directory would overwrite each other's checkpoints.  Returns the descriptor, or None."""
+    if fcntl is None:
+        return None
+    fd = os.open(os.path.join(run_dir, LOCK), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ValueError(f"train(): another process is training in {run_dir!r}; wait for it to "
+                         f"finish or choose another directory") from None
+    return fd
+
+
+def _unlock(fd, run_dir):
+    """Release :func:`_lock` (the lock file goes; releasing twice is harmless)."""
+    if fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(run_dir, LOCK))
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def train(config, run_dir, resume=False, progress=None, data=None):
     """Train ``config`` into ``run_dir`` (or continue it with ``resume``).
 
     Parameters
     ----------
     config : TrainConfig
-        When resuming only ``epochs`` is read: the new total, at least the epochs
-        already trained (more extends the run); everything else is the run's own.
+        When resuming only ``epochs`` (the new total, at least the epochs already
+        trained: more extends the run) and ``on_nonfinite`` are read; everything else is
+        the run's own.
     run_dir : str
-        Output directory (created if missing).
+        Output directory (created if missing).  A new run refuses a directory that holds
+        a run (``checkpoint.npz`` or ``metrics.json``), and any run refuses a directory
+        another process is training in.
     resume : bool
         Continue from ``run_dir/checkpoint.npz``.
     progress : Progress, optional
@@ -647,11 +687,12 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     checkpoint = os.path.join(run_dir, CHECKPOINT)
     if resume:
         epochs = _checks.check_int(config.epochs, "epochs", "train", minimum=1)
+        on_nonfinite = _checks.check_choice(config.on_nonfinite, "on_nonfinite", "train", ON_NONFINITE)
         config, model, optimizer, state, metrics = load_run(run_dir)
         if epochs < state["epoch"]:
             raise ValueError(f"train(): epochs={epochs}, but the run in {run_dir!r} has already "
                              f"trained {state['epoch']} epochs")
-        config = dataclasses.replace(config, epochs=epochs).validated()
+        config = dataclasses.replace(config, epochs=epochs, on_nonfinite=on_nonfinite).validated()
         saved = (state["epoch"], state["step"])
     else:
         config = config.validated()
@@ -668,81 +709,89 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     config = _with_sizes(config, len(x_train), len(x_test))
     created = not os.path.exists(run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    for name in (CHECKPOINT, METRICS):  # left by a process killed while writing
-        remove_stale(os.path.join(run_dir, name))
-    n = len(x_train)
-    steps = math.ceil(n / config.batch_size)
-    schedule = parse_schedule(config.schedule, steps, config.epochs)
-    model.train()
-    sts = transformers(model)
-    wrote = False
-    while state["epoch"] < config.epochs:
-        epoch = state["epoch"] + 1
-        batches = Batches(x_train, y_train, batch_size=config.batch_size,
-                          rng=_epoch_rng(config.seed, epoch))
-        t0 = time.perf_counter() - state["seconds"]
-        seen = state["step"] * config.batch_size
-        for step in range(state["step"], steps):
-            x, y = batches[step]
-            model.zero_grad()    # backward adds to the gradients; also drops a skipped step's forward
-            logits, loss, dlogits, problem = _forward(model, sts, x, y, epoch, step + 1)
-            if problem is None:
-                model.backward(dlogits)
-                norm = _grad_norm(model, config.clip_norm)
-                if not math.isfinite(norm):
-                    problem = f"non-finite gradient at epoch {epoch}, batch {step + 1}"
-            if problem is None:
-                optimizer.lr = config.lr * schedule((epoch - 1) * steps + step)
-                optimizer.step()
-                state["loss_sum"] += loss * len(y)
-                state["wrong"] += int((logits.argmax(axis=1) != y).sum())
-                state["counted"] += len(y)
-            elif config.on_nonfinite == "skip":
-                state["skipped"].append([epoch, step + 1])
-            else:
-                progress.done(f"stopped: {problem}")
-                on_disk = (f"{checkpoint} holds the run after epoch {saved[0]}, batch {saved[1]}"
-                           if saved else "no checkpoint was written")
-                if created and not os.listdir(run_dir):
-                    os.rmdir(run_dir)       # nothing was written: leave no empty run behind
-                raise TrainingError(problem, on_disk)
-            seen += len(y)
-            state["step"] = step + 1
-            elapsed = time.perf_counter() - t0
-            rate = seen / elapsed if elapsed > 0 else 0.0
-            eta = (n - seen) / rate if rate > 0 else 0.0
-            progress.update(
-                f"epoch {epoch}/{config.epochs} step {step + 1}/{steps} "
-                f"loss {state['loss_sum'] / max(state['counted'], 1):.4f} "
-                f"err {100.0 * state['wrong'] / max(state['counted'], 1):5.2f}% "
-                f"{rate:7.0f} samples/s ETA {eta:5.0f}s")
-            if state["step"] % config.checkpoint_every == 0 and state["step"] < steps:
-                state["seconds"] = time.perf_counter() - t0
-                _save(run_dir, model, optimizer, config, state, metrics)
-                saved = (state["epoch"], state["step"])
-        seconds = time.perf_counter() - t0
-        test_error, _ = evaluate(model, x_test, y_test)
-        counted, skipped = state["counted"], sum(e == epoch for e, _ in state["skipped"])
-        metrics.append({
-            "epoch": epoch,
-            # over the steps that trained: None (null) when every step was skipped
-            "train_loss": state["loss_sum"] / counted if counted else None,
-            "train_error": 100.0 * state["wrong"] / counted if counted else None,
-            "test_error": test_error,
-            "seconds": seconds,
-            "samples_per_s": n / seconds if seconds > 0 else 0.0,
-        })
-        trained = (f"train loss {metrics[-1]['train_loss']:.4f}, train error "
-                   f"{metrics[-1]['train_error']:.2f}%" if counted else "no step trained")
-        progress.done(
-            f"epoch {epoch}/{config.epochs}: {trained}, test error {test_error:.2f}%, "
-            f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)"
-            + (f", {skipped} of {steps} steps skipped (non-finite)" if skipped else ""))
-        state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, counted=0, seconds=0.0)
-        _save(run_dir, model, optimizer, config, state, metrics)
-        saved = (epoch, 0)
-        _write_metrics(run_dir, config, metrics)
-        wrote = True
-    if not wrote:  # nothing left to train: repair a metrics.json lost to a crash after the save
-        _write_metrics(run_dir, config, metrics)
-    return {"config": dataclasses.asdict(config), "epochs": metrics}
+    lock = _lock(run_dir)
+    try:
+        if not resume and any(os.path.exists(os.path.join(run_dir, f)) for f in (CHECKPOINT, METRICS)):
+            raise ValueError(f"train(): {run_dir!r} already holds a run ({CHECKPOINT} or {METRICS}); "
+                             f"resume it or choose another directory")
+        for name in (CHECKPOINT, METRICS):  # left by a process killed while writing
+            remove_stale(os.path.join(run_dir, name))
+        n = len(x_train)
+        steps = math.ceil(n / config.batch_size)
+        schedule = parse_schedule(config.schedule, steps, config.epochs)
+        model.train()
+        sts = transformers(model)
+        wrote = False
+        while state["epoch"] < config.epochs:
+            epoch = state["epoch"] + 1
+            batches = Batches(x_train, y_train, batch_size=config.batch_size,
+                              rng=_epoch_rng(config.seed, epoch))
+            t0 = time.perf_counter() - state["seconds"]
+            seen = state["step"] * config.batch_size
+            for step in range(state["step"], steps):
+                x, y = batches[step]
+                model.zero_grad()    # backward adds to the gradients; also drops a skipped step's forward
+                logits, loss, dlogits, problem = _forward(model, sts, x, y, epoch, step + 1)
+                if problem is None:
+                    model.backward(dlogits)
+                    norm = _grad_norm(model, config.clip_norm)
+                    if not math.isfinite(norm):
+                        problem = f"non-finite gradient at epoch {epoch}, batch {step + 1}"
+                if problem is None:
+                    optimizer.lr = config.lr * schedule((epoch - 1) * steps + step)
+                    optimizer.step()
+                    state["loss_sum"] += loss * len(y)
+                    state["wrong"] += int((logits.argmax(axis=1) != y).sum())
+                    state["counted"] += len(y)
+                elif config.on_nonfinite == "skip":
+                    state["skipped"].append([epoch, step + 1])
+                else:
+                    progress.done(f"stopped: {problem}")
+                    on_disk = (f"{checkpoint} holds the run after epoch {saved[0]}, batch {saved[1]}"
+                               if saved else "no checkpoint was written")
+                    if created and set(os.listdir(run_dir)) <= {LOCK}:
+                        _unlock(lock, run_dir)  # nothing was written: leave no empty run behind
+                        os.rmdir(run_dir)
+                    raise TrainingError(problem, on_disk)
+                seen += len(y)
+                state["step"] = step + 1
+                elapsed = time.perf_counter() - t0
+                rate = seen / elapsed if elapsed > 0 else 0.0
+                eta = (n - seen) / rate if rate > 0 else 0.0
+                progress.update(
+                    f"epoch {epoch}/{config.epochs} step {step + 1}/{steps} "
+                    f"loss {state['loss_sum'] / max(state['counted'], 1):.4f} "
+                    f"err {100.0 * state['wrong'] / max(state['counted'], 1):5.2f}% "
+                    f"{rate:7.0f} samples/s ETA {eta:5.0f}s")
+                if state["step"] % config.checkpoint_every == 0 and state["step"] < steps:
+                    state["seconds"] = time.perf_counter() - t0
+                    _save(run_dir, model, optimizer, config, state, metrics)
+                    saved = (state["epoch"], state["step"])
+            seconds = time.perf_counter() - t0
+            test_error, _ = evaluate(model, x_test, y_test)
+            counted, skipped = state["counted"], sum(e == epoch for e, _ in state["skipped"])
+            metrics.append({
+                "epoch": epoch,
+                # over the steps that trained: None (null) when every step was skipped
+                "train_loss": state["loss_sum"] / counted if counted else None,
+                "train_error": 100.0 * state["wrong"] / counted if counted else None,
+                "test_error": test_error,
+                "seconds": seconds,
+                "samples_per_s": n / seconds if seconds > 0 else 0.0,
+            })
+            trained = (f"train loss {metrics[-1]['train_loss']:.4f}, train error "
+                       f"{metrics[-1]['train_error']:.2f}%" if counted else "no step trained")
+            progress.done(
+                f"epoch {epoch}/{config.epochs}: {trained}, test error {test_error:.2f}%, "
+                f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)"
+                + (f", {skipped} of {steps} steps skipped (non-finite)" if skipped else ""))
+            state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, counted=0, seconds=0.0)
+            _save(run_dir, model, optimizer, config, state, metrics)
+            saved = (epoch, 0)
+            _write_metrics(run_dir, config, metrics)
+            wrote = True
+        if not wrote:  # nothing left to train: repair a metrics.json lost to a crash after the save
+            _write_metrics(run_dir, config, metrics)
+        return {"config": dataclasses.asdict(config), "epochs": metrics}
+    finally:
+        _unlock(lock, run_dir)

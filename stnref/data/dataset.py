@@ -43,6 +43,14 @@ def split_sizes(data_dir=None):
     return len(read_idx(found["train_labels"])), len(read_idx(found["test_labels"]))
 
 
+def _check_digit_budget(distortion, train_size, test_size):
+    """Refuse built-in digit splits over the element budget (they are generated as asked)."""
+    side = _OUT_SIZES[distortion]
+    for name, size in (("train_size", train_size), ("test_size", test_size)):
+        if size is not None:
+            _checks.check_budget((size, side, side), "load_dataset", f"{name} images")
+
+
 def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=None, seed=0):
     """Train and test sets for one distortion of paper §4.1, built-in digits or MNIST files.
 
@@ -79,10 +87,7 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
         raise TypeError(f"{fn}(): expected data_dir to be a path (str or os.PathLike) or None, "
                         f"got {type(data_dir).__name__} {data_dir!r}")
     if data_dir is None:
-        side = _OUT_SIZES[distortion]
-        for split, name in ((TRAIN, "train_size"), (TEST, "test_size")):
-            if sizes[split] is not None:
-                _checks.check_budget((sizes[split], side, side), fn, f"{name} images")
+        _check_digit_budget(distortion, sizes[TRAIN], sizes[TEST])
         splits = {split: _digits(DEFAULT_SIZES[split] if sizes[split] is None else sizes[split],
                                  (seed, split, STAGE_DIGITS), MNIST_SIZE)
                   for split in (TRAIN, TEST)}

@@ -190,19 +190,30 @@ def write_idx(path, array):
             raw.write(payload)
 
 
+def _shape_of(path):
+    """The shape an IDX file's header claims (a ``.gz`` one decompressed that far only)."""
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            return _read_header(f, path)
+    except (OSError, EOFError, zlib.error) as err:
+        raise _idx_error(path, f"unreadable header ({err})") from err
+
+
 def _find_mnist_file(directory, stem, fn):
-    """The path of ``stem`` or ``stem.gz`` in ``directory`` (None if neither); ValueError if
-    both exist, since nothing says which one is meant."""
+    """The path of ``stem`` or ``stem.gz`` in ``directory`` (None if neither).  Both may be
+    there (torchvision keeps the download beside what it extracted): the plain file is read
+    if their headers agree, and a ValueError names both if they do not."""
     found = [path for path in (os.path.join(directory, stem), os.path.join(directory, stem + ".gz"))
              if os.path.isfile(path)]
-    if len(found) == 2:
-        raise ValueError(f"{fn}(): both {found[0]!r} and {found[1]!r} exist; remove one of them")
+    if len(found) == 2 and _shape_of(found[0]) != _shape_of(found[1]):
+        raise ValueError(f"{fn}(): {found[0]!r} (shape {_shape_of(found[0])}) and {found[1]!r} "
+                         f"(shape {_shape_of(found[1])}) disagree; remove the one not meant")
     return found[0] if found else None
 
 
 def _mnist_files(directory, fn):
     """``{key: path}`` of the four MNIST files in ``directory``; FileNotFoundError listing
-    every missing one, ValueError if one is there both plain and ``.gz``."""
+    every missing one, ValueError if one is there plain and ``.gz`` with different headers."""
     found = {key: _find_mnist_file(directory, stem, fn) for key, stem in MNIST_FILES.items()}
     missing = [MNIST_FILES[k] + "[.gz]" for k, v in found.items() if v is None]
     if missing:
@@ -217,8 +228,9 @@ def load_mnist(directory):
     ----------
     directory : str or os.PathLike
         Holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-        ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each either plain
-        or with ``.gz`` (both is an error).
+        ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each plain or with
+        ``.gz``; with both, the plain one is read if their headers agree (an error
+        otherwise).
 
     Returns
     -------
@@ -232,7 +244,8 @@ def load_mnist(directory):
     FileNotFoundError
         Listing every missing file.
     ValueError
-        A bad IDX file (:func:`read_idx`), a file both plain and ``.gz``,
+        A bad IDX file (:func:`read_idx`), a file both plain and ``.gz`` with
+        different headers,
         images/labels count mismatch, labels outside 0-9, image files of the wrong
         rank.
     """
