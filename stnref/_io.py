@@ -1,7 +1,12 @@
-"""Atomic file output: a temporary file in the destination's directory, fsync, rename.
+"""Atomic file output and bounded file input.
 
-A crash at any moment leaves either the old file or the complete new one,
-never a half-written file.
+Output: a temporary file in the destination's directory, fsync, rename.  A
+crash at any moment leaves either the old file or the complete new one, never
+a half-written file.  A symlink is written through (its target is replaced, the
+link stays); a FIFO, device, directory or socket is never replaced.
+
+Input: :func:`read_regular_file` reads only a regular file of bounded size, so
+a symlink to ``/dev/zero`` or a FIFO is refused instead of read forever.
 """
 
 from __future__ import annotations
@@ -9,9 +14,38 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import stat
 import tempfile
 
 FILE_MODE = 0o644
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode):
+    """What a file of ``st_mode`` ``mode`` is, for a message: "a FIFO", "a directory", ..."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _destination(path):
+    """The file that writing ``path`` replaces: ``path`` with symlinks resolved.
+
+    Raises
+    ------
+    ValueError
+        The destination exists and is not a regular file (a FIFO, a device, a
+        directory, a socket): replacing it by a regular file would destroy it.
+    """
+    target = os.path.realpath(path)
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(mode):
+        shown = repr(path) if target == os.path.abspath(path) else f"{path!r} (-> {target!r})"
+        raise ValueError(f"atomic_open(): destination {shown}: expected a regular file or a new "
+                         f"file name, got {_kind(mode)}")
+    return target
 
 
 def fsync_directory(directory):
@@ -28,11 +62,17 @@ def fsync_directory(directory):
 
 @contextlib.contextmanager
 def atomic_open(path):
-    """Yield a binary file that replaces ``path`` only if the block completes."""
+    """Yield a binary file that replaces ``path`` only if the block completes.
+
+    A symlink ``path`` is written through: its target is replaced atomically and
+    the link stays.  A destination that exists and is not a regular file is a
+    ``ValueError`` (see :func:`_destination`), raised before anything is written.
+    """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    target = _destination(path)
+    directory = os.path.dirname(target)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
     except OSError as err:  # name the destination, not the temporary file nobody asked for
         raise type(err)(err.errno, f"cannot write {path!r}: {err.strerror}") from err
     try:
@@ -41,7 +81,7 @@ def atomic_open(path):
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -52,12 +92,13 @@ def atomic_open(path):
 def remove_stale(path):
     """Delete temporary files that a killed writer of ``path`` left behind; returns how many.
 
-    Only files named like :func:`atomic_open`'s (``.NAME.*.tmp`` beside ``path``)
-    are touched; call it when no other process is writing ``path``.
+    Only files named like :func:`atomic_open`'s (``.NAME.*.tmp`` beside ``path``,
+    or beside its target if ``path`` is a symlink) are touched; call it when no
+    other process is writing ``path``.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    pattern = os.path.join(glob.escape(directory), f".{glob.escape(os.path.basename(path))}.*.tmp")
+    target = os.path.realpath(path)
+    directory = os.path.dirname(target)
+    pattern = os.path.join(glob.escape(directory), f".{glob.escape(os.path.basename(target))}.*.tmp")
     stale = glob.glob(pattern)
     for name in stale:
         os.remove(name)
@@ -68,3 +109,43 @@ def atomic_write_bytes(path, data):
     """Write ``data`` (bytes) to ``path`` atomically."""
     with atomic_open(path) as f:
         f.write(data)
+
+
+def read_regular_file(path, limit, fn, what):
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    The file (a symlink is followed) is checked with ``os.stat`` before it is
+    opened, so a FIFO is never opened (which would block) and a device such as
+    ``/dev/zero`` is never read; no more than the size checked is read, even if
+    the file grows meanwhile.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    limit : int
+        The largest size accepted, in bytes.
+    fn : str
+        The public function reading the file, named in the error.
+    what : str
+        What the file is, named in the error (e.g. ``"golden manifest"``).
+
+    Returns
+    -------
+    bytes
+
+    Raises
+    ------
+    ValueError
+        ``path`` is not a regular file or is larger than ``limit`` bytes.
+    OSError
+        ``path`` cannot be read (``FileNotFoundError`` if it does not exist).
+    """
+    path = os.fspath(path)
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{fn}(): {what} {path!r}: expected a regular file, got {_kind(info.st_mode)}")
+    if info.st_size > limit:
+        raise ValueError(f"{fn}(): {what} {path!r}: expected at most {limit} bytes, got "
+                         f"{info.st_size} bytes")
+    with open(path, "rb") as f:
+        return f.read(info.st_size)  # the size checked: no more even if the file grows meanwhile

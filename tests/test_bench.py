@@ -1,5 +1,8 @@
 """The benchmark harness: measurements are well-formed; reports refresh between markers."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -44,6 +47,39 @@ def test_bench_never_overwrites_a_page_without_markers(tmp_path, capsys, monkeyp
     with pytest.raises(ValueError, match=fragment):
         bench.write_report(str(path), "tables")
     assert path.read_bytes() == before
+
+
+def _sparse_page(path):
+    with open(path, "wb") as f:
+        f.truncate(bench.PAGE_LIMIT + 1)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+@pytest.mark.parametrize("make, fragment", [
+    (lambda path: path.symlink_to("/dev/null"), "expected a regular file, got a character device"),
+    (_sparse_page, f"expected at most {bench.PAGE_LIMIT} bytes, got {bench.PAGE_LIMIT + 1} bytes"),
+], ids=["device", "too-large"])
+def test_bench_refuses_a_page_that_is_not_a_regular_file_or_too_large(tmp_path, capsys, monkeypatch,
+                                                                      make, fragment):
+    """A symlink to /dev/zero was read whole (MemoryError): refused from a stat, before the run."""
+    from test_cli import assert_user_error, run_main
+    path = tmp_path / "page.md"
+    make(path)
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("the bench ran"))
+    assert_user_error(run_main(capsys, "bench", "--quick", "--markdown", path), "--markdown")
+    with pytest.raises(ValueError, match=re.escape(f"write_report(): page '{path}': {fragment}")):
+        bench.write_report(str(path), "tables")
+
+
+def test_write_report_writes_through_a_symlink(tmp_path):
+    target = tmp_path / "docs" / "performance.md"
+    target.parent.mkdir()
+    target.write_text(f"analysis\n{bench.BEGIN_MARK}\nold\n{bench.END_MARK}\n")
+    link = tmp_path / "page.md"
+    link.symlink_to(target)
+    bench.write_report(str(link), "new tables")
+    assert link.is_symlink()
+    assert target.read_text() == f"analysis\n{bench.BEGIN_MARK}\nnew tables\n{bench.END_MARK}\n"
 
 
 def test_write_report_creates_a_page(tmp_path):

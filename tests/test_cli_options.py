@@ -388,12 +388,15 @@ def test_damaged_run_metadata_is_one_line(fcn_run, capsys, edit, fragment):
     (["reference", "diagnose", "stnref:grid_sample", "--json", "{tmp}"], "--json"),
     (["bench", "--quick", "--markdown", "{missing}/b.md"], "--markdown"),
     (["evaluate", "{missing}", "--json", "{missing}/e.json"], "--json"),
+    (["reference", "diagnose", "stnref:grid_sample", "--json", "{fifo}"], "is not a regular file"),
+    (["bench", "--quick", "--markdown", "/dev/null"], "is not a regular file"),
 ])
 def test_an_output_file_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch,
                                                                           argv, option):
     from stnref.app import bench
     monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("the bench ran"))
-    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in argv]
+    os.mkfifo(tmp_path / "fifo")
+    argv = [a.format(missing=tmp_path / "missing", tmp=tmp_path, fifo=tmp_path / "fifo") for a in argv]
     assert_user_error(run_main(capsys, *argv), option)
 
 

@@ -276,6 +276,23 @@ def test_a_sampler_that_is_not_a_function_of_its_inputs_stops_the_diagnosis():
     assert not d.matches_pytorch
 
 
+def test_a_sampler_that_differs_only_in_the_last_bits_between_calls_is_still_identified():
+    """Multi-threaded reductions: two calls on the same input differ by an ulp, not by what tells
+    conventions apart (TOL_ID); a note, and the diagnosis goes on."""
+    rng = np.random.default_rng(0)
+
+    def jittery(U, grid):
+        V = grid_sample(U, grid, "bilinear", "zeros", False)
+        return V * (1 + rng.choice([-1.0, 0.0, 1.0], V.shape) * 2.0**-52)
+
+    d = diagnose(jittery)
+    assert d.closest == {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}, d.report()
+    assert d.differences == [] and d.matches_pytorch
+    notes = [n for n in d.notes if n.startswith("not bitwise deterministic")]
+    assert len(notes) == 1 and "two calls on the same input differ by up to " in notes[0], d.notes
+    assert 0 < float(notes[0].rsplit(" ", 1)[1]) < 1e-14
+
+
 def test_another_unnormalisation_is_estimated_as_scale_and_offset():
     def shifted(U, grid):  # i = (x + 1)/2 size - 0.3: neither align_corners nor pixel coordinates
         H, W = U.shape[2:]
@@ -400,7 +417,15 @@ def test_wrong_shape_is_a_finding_not_a_traceback():
     assert isinstance(d, Diagnosis) and not d.matches_pytorch
     assert d.kernel == "unknown" and d.calls == 1
     assert "returned V of shape (2, 3, 3, 1), expected (2, 3, 3, 4)" in d.differences[0]
-    assert "verdict:" in d.report()
+    assert "verdict:" in d.report() and d.report().endswith("\n(1 call of fn)")
+
+
+def test_the_report_counts_calls_of_fn_and_of_backward_only_when_given():
+    fn, backward = stnref_box("bilinear", "zeros", False)
+    alone, both = diagnose(fn), diagnose(fn, backward)
+    assert alone.report().splitlines()[-1] == f"({alone.calls} calls of fn)"
+    assert both.report().splitlines()[-1] == f"({both.calls} calls of fn and backward)"
+    assert both.calls > alone.calls > 1
 
 
 def test_none_and_a_lone_array_are_named_as_such():

@@ -1,4 +1,6 @@
-"""Atomic file output (``stnref._io``): the old file or the complete new one, never a mix.
+"""Atomic file output (``stnref._io``): the old file or the complete new one, never a mix;
+a symlink is written through, a FIFO, device, directory or socket never replaced.  Bounded
+input: only a regular file of bounded size is read.
 
 IDX reading and its rejection of bad files are tested in tests/test_data.py.
 """
@@ -7,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -106,10 +110,93 @@ def test_missing_directory(tmp_path):
 def test_destination_is_a_directory(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "keep").write_bytes(OLD)
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match=r"atomic_open\(\): destination '.*/d': .*, got a directory$"):
         _io.atomic_write_bytes(tmp_path / "d", NEW)
     assert (tmp_path / "d" / "keep").read_bytes() == OLD
     assert _leftovers(tmp_path) == []
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    """The link's target is replaced atomically (its temp file beside the target); the link stays."""
+    (tmp_path / "pages").mkdir()
+    target = tmp_path / "pages" / "page.md"
+    target.write_bytes(OLD)
+    link = tmp_path / "link.md"
+    link.symlink_to(target)
+    _io.atomic_write_bytes(link, NEW)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == NEW
+    dangling = tmp_path / "dangling.md"
+    dangling.symlink_to(tmp_path / "pages" / "new.md")
+    _io.atomic_write_bytes(dangling, OLD)                       # creates the link's target
+    assert dangling.is_symlink() and (tmp_path / "pages" / "new.md").read_bytes() == OLD
+    assert _leftovers(tmp_path) == _leftovers(tmp_path / "pages") == []
+
+
+def test_remove_stale_looks_beside_a_symlinks_target(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / ".c.npz.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "link.npz").symlink_to(tmp_path / "real" / "c.npz")
+    assert _io.remove_stale(tmp_path / "link.npz") == 1
+    assert os.listdir(tmp_path / "real") == []
+
+
+def _fifo(path):
+    os.mkfifo(path)
+
+
+def _socket(path):
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+
+
+def _device(path):  # a character device like /dev/null, made here: never the real one
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    except (PermissionError, AttributeError):
+        pytest.skip("creating a device node needs root (and POSIX)")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX special files")
+@pytest.mark.parametrize("make, kind", [(_fifo, "a FIFO"), (_socket, "a socket"),
+                                        (_device, "a character device")])
+@pytest.mark.parametrize("via_link", [False, True], ids=["direct", "symlink"])
+def test_a_special_file_is_never_replaced(tmp_path, make, kind, via_link):
+    """Replacing a FIFO or a device (``--json /dev/full`` as root) by a regular file is refused,
+    naming the path and what it is, before anything is written."""
+    special = tmp_path / "special"
+    make(special)
+    mode = os.lstat(special).st_mode
+    path = tmp_path / "link" if via_link else special
+    if via_link:
+        path.symlink_to(special)
+    with pytest.raises(ValueError, match=rf"atomic_open\(\): destination '{re.escape(str(path))}'.*: expected a "
+                                         rf"regular file or a new file name, got {kind}$"):
+        _io.atomic_write_bytes(path, NEW)
+    assert os.lstat(special).st_mode == mode and path.is_symlink() == via_link
+    assert _leftovers(tmp_path) == []
+
+
+def test_read_regular_file(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_bytes(NEW)
+    assert _io.read_regular_file(path, len(NEW), "f", "thing") == NEW
+    with pytest.raises(ValueError, match=rf"f\(\): thing '{re.escape(str(path))}': expected at most {len(NEW) - 1} "
+                                         rf"bytes, got {len(NEW)} bytes"):
+        _io.read_regular_file(path, len(NEW) - 1, "f", "thing")
+    with pytest.raises(FileNotFoundError):
+        _io.read_regular_file(tmp_path / "missing", 10, "f", "thing")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX special files")
+def test_read_regular_file_refuses_fifos_and_devices_without_reading(tmp_path):
+    """A FIFO is never opened (that would block); /dev/zero is never read (that never ends)."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    for name, kind in (("fifo", "a FIFO"), ("zero", "a character device")):
+        with pytest.raises(ValueError, match=rf"f\(\): thing '.*{name}': expected a regular file, "
+                                             rf"got {kind}$"):
+            _io.read_regular_file(tmp_path / name, 10, "f", "thing")
 
 
 def test_fsync_directory_tolerates_missing_directory(tmp_path):

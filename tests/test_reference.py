@@ -16,6 +16,7 @@ from examples import load_example
 from stnref import reference
 from stnref.app import cli
 from stnref.reference import check, compute_outputs, export
+from stnref.reference import golden as golden_module
 from stnref.reference.golden import MODES, PADDINGS, RULES, SAMPLER_OPS, _compare
 
 SAMPLER_COMBOS = {(k, m, p, ac) for k in (2, 3) for m in MODES for p in PADDINGS
@@ -64,8 +65,8 @@ def test_export_is_byte_identical(golden, tmp_path):
         assert (golden / name).read_bytes() == (again / name).read_bytes(), name
 
 
-def test_check_of_golden_against_itself_passes(golden, manifest):
-    ok, lines, text = _run_check(golden, golden)
+def test_check_of_a_copy_of_golden_passes(golden, manifest, tmp_path):
+    ok, lines, text = _run_check(golden, _results_copy(golden, tmp_path))
     assert ok, text
     assert set(lines) == {c["id"] for c in manifest["cases"]}
     assert all(" PASS " in line for line in lines.values())
@@ -404,6 +405,56 @@ def test_results_that_are_a_file_are_not_a_directory(golden, tmp_path):
         check(golden, afile, out=io.StringIO())
     with pytest.raises(ValueError, match=r"results directory .*nowhere' does not exist"):
         check(golden, tmp_path / "nowhere", out=io.StringIO())
+
+
+def test_results_that_are_the_golden_directory_are_refused(golden, tmp_path):
+    """Checking the golden files against themselves passes everything and proves nothing."""
+    (tmp_path / "link").symlink_to(golden)
+    for results in (golden, tmp_path / "link", golden / ".." / golden.name):
+        with pytest.raises(ValueError, match=r"check\(\): results directory .*: the results "
+                                             r"directory is the golden directory"):
+            check(golden, results, out=io.StringIO())
+
+
+def _golden_whose_manifest_is(golden, directory, make):
+    """``directory``: a copy of the golden files whose manifest ``make(path)`` created."""
+    shutil.copytree(golden, directory)
+    os.remove(directory / "manifest.json")
+    make(directory / "manifest.json")
+    return directory
+
+
+def _sparse(size):
+    def make(path):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    return make
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.symlink_to("/dev/null"), "expected a regular file, got a character device"),
+    (_sparse(golden_module.MANIFEST_LIMIT + 1),
+     f"expected at most {golden_module.MANIFEST_LIMIT} bytes, got {golden_module.MANIFEST_LIMIT + 1} bytes"),
+], ids=["device", "too-large"])
+def test_a_manifest_that_is_not_a_regular_file_or_too_large_is_refused_unread(golden, tmp_path,
+                                                                               capsys, make, message):
+    """A symlink to /dev/zero was read forever (MemoryError), a FIFO blocked: refused from a stat."""
+    directory = _golden_whose_manifest_is(golden, tmp_path / "odd", make)
+    manifest = str(directory / "manifest.json")
+    with pytest.raises(ValueError, match=rf"^check\(\): golden manifest {re.escape(repr(manifest))}: "
+                                         rf"{message}$"):
+        check(directory, golden, out=io.StringIO())
+    assert cli.main(["reference", "check", str(directory), str(golden)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stnref: error: check(): golden manifest") and err.count("\n") == 1, err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+def test_a_manifest_that_is_a_fifo_is_refused_without_blocking(golden, tmp_path):
+    directory = _golden_whose_manifest_is(golden, tmp_path / "fifo", os.mkfifo)
+    with pytest.raises(ValueError, match=r"golden manifest .*: expected a regular file, got a FIFO$"):
+        check(directory, golden, out=io.StringIO())
 
 
 def test_cli_check_errors_are_one_line(golden, tmp_path, capsys):

@@ -368,6 +368,22 @@ def test_a_forward_that_raises_leaves_nothing_pending(call):
     np.testing.assert_array_equal(lin.grads["weight"], np.ones((2, 1)) * xb)
 
 
+def test_a_failed_forward_at_the_pending_limit_restores_the_evicted_forward():
+    """A full stack of pending forwards: the failed forward's save pushed the oldest out; the
+    undo puts it back, so no forward counts as dropped and every backward still pairs."""
+    lin = Linear(2, 2, rng=np.random.default_rng(28))
+    lin.weight[...], lin.bias[...] = np.eye(2), 0.0             # a negative input reaches _Picky
+    xs = np.random.default_rng(29).uniform(1.0, 2.0, (MAX_PENDING, 1, 2))
+    for x in xs:
+        lin(x)
+    with pytest.raises(ValueError, match="negative"):
+        Sequential(lin, _Picky())(np.array([[-5.0, 7.0]]))
+    assert (len(lin._pending), lin._dropped) == (MAX_PENDING, 0)
+    for _ in range(MAX_PENDING):
+        lin.backward(np.ones((1, 2)))
+    np.testing.assert_allclose(lin.grads["weight"], np.ones((2, 1)) * xs.sum(axis=0), rtol=1e-14)
+
+
 def test_a_transformer_whose_sampler_fails_leaves_its_localisation_net_clean(monkeypatch):
     import stnref.transformer
     st = _st()

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import scipy
 
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, read_regular_file
 from ..grids import affine_grid, affine_grid_backward
 from ..sampling import grid_sample, grid_sample_backward
 
@@ -26,6 +26,7 @@ LARGE_SHAPE = (1, 1, 1024, 1024)
 MODES = tuple((m, p) for m in ("bilinear", "nearest", "bicubic")
               for p in ("zeros", "border", "reflection"))
 SCALING_SIDES = (28, 60, 128, 256, 512, 1024)
+PAGE_LIMIT = 16 * 2**20  # bytes: the largest --markdown page read (docs/performance.md is ~10 KB)
 
 
 def _torch():
@@ -264,10 +265,10 @@ END_MARK = "<!-- stnref bench: end -->"
 
 def _existing_text(path):
     """The text of ``path`` ("" if it does not exist), refusing what write_report must not
-    overwrite: a file that is not UTF-8, or has text but not one pair of bench markers."""
+    overwrite: not a regular file (a FIFO, a device), over PAGE_LIMIT bytes, not UTF-8, or
+    text without one pair of bench markers.  A symlink is followed (and written through)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_regular_file(path, PAGE_LIMIT, "write_report", "page").decode("utf-8")
     except FileNotFoundError:
         return ""
     except UnicodeDecodeError:
@@ -293,7 +294,9 @@ def write_report(path, report):
     A page such as ``docs/performance.md`` keeps its hand-written analysis
     around the markers and gets fresh tables on every run; a new (or empty)
     file receives the report alone.  An existing file without one pair of
-    markers, or not UTF-8, is refused (``ValueError``): it is never overwritten.
+    markers, not UTF-8, not a regular file or over ``PAGE_LIMIT`` bytes is refused
+    (``ValueError``): it is never overwritten.  A symlink's target is rewritten;
+    the link stays.
 
     Parameters
     ----------

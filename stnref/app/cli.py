@@ -164,9 +164,12 @@ def _check_output_file(path, option):
     a directory: a :class:`UserError` naming ``option``."""
     if path is None:
         return
-    parent = os.path.dirname(os.path.abspath(path))
+    parent = os.path.dirname(os.path.realpath(path))
     if os.path.isdir(path):
         raise UserError(f"{option}: {path!r} is a directory; give a file name")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"{option}: {path!r} is not a regular file (a FIFO, a device, ...); give a "
+                        f"file name")
     if not os.path.isdir(parent):
         raise UserError(f"{option}: directory {parent!r} does not exist")
 

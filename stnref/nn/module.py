@@ -146,7 +146,6 @@ class Module:
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_pending", collections.deque(maxlen=MAX_PENDING))
         object.__setattr__(self, "_dropped", 0)
-        object.__setattr__(self, "_saves", 0)  # forwards saved so far: what a failure undoes
         object.__setattr__(self, "training", True)
 
     # -- registration -------------------------------------------------------
@@ -357,15 +356,19 @@ class Module:
 
     @contextlib.contextmanager
     def _undone_on_error(self):
-        """If the block raises, drop the forwards saved in it, here and below."""
-        marks = [(m, m._saves) for m in self.modules()]
+        """If the block raises, restore the pending forwards, here and below, as they were.
+
+        Each module's stack (at most ``MAX_PENDING`` references) and dropped count are
+        kept, so a forward evicted by a save of the failed block comes back too.
+        """
+        marks = [(m, tuple(m._pending), m._dropped) for m in self.modules()]
         try:
             yield
         except BaseException:
-            for m, saves in marks:
-                for _ in range(min(m._saves - saves, len(m._pending))):
-                    m._pending.pop()
-                m._saves = saves
+            for m, pending, dropped in marks:
+                m._pending.clear()
+                m._pending.extend(pending)
+                m._dropped = dropped
             raise
 
     def save_for_backward(self, y, *values):
@@ -380,7 +383,6 @@ class Module:
             if len(self._pending) == self._pending.maxlen:
                 self._dropped += 1
             self._pending.append((np.shape(y), values))
-            self._saves += 1
         return y
 
     def pop_saved(self, dy, name="dy"):

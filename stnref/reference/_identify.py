@@ -442,6 +442,14 @@ class _Run:
 
 # --------------------------------------------------------------------------- probes: forward
 
+def _call_gap(V, again):
+    """The largest ``|V - again|`` of two calls on the same input: 0 if they agree bitwise
+    (NaN where NaN), inf if NaNs or infinities sit in different places."""
+    same = (V == again) | (np.isnan(V) & np.isnan(again))
+    gap = np.abs(V[~same] - again[~same])
+    return np.max(gap, initial=0.0) if np.isfinite(gap).all() else np.inf
+
+
 def _probe_layout(run):
     U = run.image(5, 7, N=2, C=3)
     grid = run.rng.uniform(-0.5, 0.5, (2, 3, 4, 2))
@@ -451,11 +459,15 @@ def _probe_layout(run):
                                  f"probed")
         return False
     again, _ = run.box.sample(U, grid, "layout")
-    if again is None or not np.array_equal(V, again, equal_nan=True):
-        change = "fails" if again is None else f"differs by up to {np.nanmax(np.abs(V - again)):.3g}"
+    gap = np.inf if again is None else _call_gap(V, again)
+    if gap > TOL_ID * max(1.0, np.max(np.abs(V[np.isfinite(V)]), initial=0.0)):
+        change = "fails" if again is None else f"differs by up to {gap:.3g}"
         run.d.differences.append(f"fn is not deterministic: a second call on the same (U, grid) "
                                  f"{change}; nothing else could be probed")
         return False
+    if gap > 0:  # e.g. a multi-threaded reduction: last bits only, well below what tells rivals apart
+        run.d.notes.append(f"not bitwise deterministic: two calls on the same input differ by up "
+                           f"to {gap:.3g}")
     run.d.evidence["layout"] = f"fn(U {U.shape}, grid {grid.shape}) returned {V.shape} {sorted(run.box.dtypes)}"
     return True
 

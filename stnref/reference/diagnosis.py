@@ -133,7 +133,7 @@ class Diagnosis:
     evidence : dict
         Property -> the measurements it was decided on.
     calls : int
-        Number of calls made to ``fn`` and ``backward``.
+        Number of calls made to ``fn`` and (if it was probed) ``backward``.
     """
 
     kernel: str = UNKNOWN
@@ -191,7 +191,8 @@ class Diagnosis:
         text += [f"  - {d}" for d in self.differences]
         text += [f"note: {n}" for n in self.notes]
         text += ["", "evidence:"] + [f"  {k}: {v}" for k, v in self.evidence.items()]
-        text += [f"({self.calls} call{'s' * (self.calls != 1)} of fn and backward)"]
+        of = "fn and backward" if self.backward is not None else "fn"  # backward: probed, so called
+        text += [f"({self.calls} call{'s' * (self.calls != 1)} of {of})"]
         return "\n".join(text)
 
     __str__ = report

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import _checks, grids
-from .._io import atomic_write_bytes
+from .._io import atomic_write_bytes, read_regular_file
 from ..checkpoint import _check_members, save_checkpoint
 from ..sampling import grid_sample, grid_sample_backward
 from ..second_order import grid_sample_double_backward, grid_sample_jvp
@@ -43,6 +43,7 @@ __all__ = ["MANIFEST_NAME", "REFERENCE_VERSION", "check", "compute_outputs", "ex
 REFERENCE_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
+MANIFEST_LIMIT = 64 * 2**20  # bytes; the version-1 manifest is about 100 KB
 FORMAT_NAME = "stnref-golden"
 # Tolerances per dtype: |result - golden| <= atol * scale + rtol * |golden| elementwise, with
 # scale = max(1, max |golden|) of that array.  float64: the parity target of docs/conventions.md §6.3.
@@ -590,10 +591,9 @@ def _case_problem(case):
 def _read_manifest(path):
     """The manifest at ``path`` with its cases validated, or ValueError naming the problem."""
     fn = "check"
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as err:
+    try:  # a FIFO, a device or a file over MANIFEST_LIMIT is refused before anything is read
+        manifest = json.loads(read_regular_file(path, MANIFEST_LIMIT, fn, "golden manifest").decode())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{fn}(): cannot read the golden manifest {path!r}: {err}") from err
     if not isinstance(manifest, dict):  # a file's content, not an argument: ValueError
         raise ValueError(f"{fn}(): golden manifest {path!r}: expected a JSON object, got "  # noqa: TRY004
@@ -673,7 +673,10 @@ def check(golden_dir, results_dir, out=sys.stdout):
         ``golden_dir`` has no readable manifest; the manifest's ``cases`` is not a
         non-empty list of cases with ``id``, ``file`` (a plain file name),
         non-empty ``outputs`` and a ``tolerance`` of finite ``atol >= 0`` and
-        ``rtol >= 0`` per output; or ``results_dir`` is not a directory.
+        ``rtol >= 0`` per output; the manifest is not a regular file (a FIFO, a
+        device) or is larger than ``MANIFEST_LIMIT`` bytes; ``results_dir`` is not a
+        directory, or is ``golden_dir`` itself (the same directory after
+        resolving symlinks).
     """
     fn = "check"
     golden_dir, results_dir = os.fspath(golden_dir), os.fspath(results_dir)
@@ -682,6 +685,10 @@ def check(golden_dir, results_dir, out=sys.stdout):
         state = "is not a directory" if os.path.exists(results_dir) else "does not exist"
         raise ValueError(f"{fn}(): results directory {results_dir!r} {state} (expected a directory "
                          f"of one <case id>.npz per case, written by your implementation)")
+    if os.path.realpath(results_dir) == os.path.realpath(golden_dir):
+        raise ValueError(f"{fn}(): results directory {results_dir!r}: the results directory is the "
+                         f"golden directory {golden_dir!r}; expected the directory your "
+                         f"implementation wrote its <case id>.npz files to")
     cases = manifest["cases"]
     width = max([len(c["id"]) for c in cases] + [len("case")])
     print(f"{'case':<{width}}  result  {'max abs':>10}  {'max rel':>10}  notes", file=out)
