@@ -188,6 +188,15 @@ def test_resume_may_change_what_a_non_finite_step_does(fcn_run, capsys):
                     "--epochs", "3")
     assert proc.returncode == 0, proc.stderr
     assert stored(fcn_run).on_nonfinite == "skip"
+    quiet_train(dataclasses.replace(stored(fcn_run), epochs=4), fcn_run, resume=True)
+    assert stored(fcn_run).on_nonfinite == "skip"          # the library keeps the run's own
+
+
+def test_a_resume_that_trains_nothing_keeps_checkpoint_and_metrics_agreeing(fcn_run, capsys):
+    assert run_main(capsys, "train", "--resume", "--out", fcn_run, "--on-nonfinite",
+                    "skip").returncode == 0
+    on_disk = json.loads((fcn_run / METRICS).read_text())["config"]
+    assert on_disk == dataclasses.asdict(stored(fcn_run)) and on_disk["on_nonfinite"] == "skip"
 
 
 @pytest.mark.parametrize("name", [CHECKPOINT, METRICS])
@@ -205,13 +214,18 @@ def test_the_demo_replaces_its_own_runs_only(tmp_path, capsys, monkeypatch):
     before = (out / "fcn" / CHECKPOINT).read_bytes()
     assert_user_error(run_main(capsys, "demo", "--out", out), "holds a run that is not this demo's")
     assert (out / "fcn" / CHECKPOINT).read_bytes() == before
-    config = demo.TrainConfig(model="fcn", distortion="rts", epochs=demo.DEMO_EPOCHS,
-                              train_size=demo.DEMO_TRAIN, test_size=demo.DEMO_TEST).validated()
-    other = tmp_path / "old_demo" / "fcn"
-    quiet_train(dataclasses.replace(config, epochs=1, train_size=64, test_size=16), other)
-    demo._clear_previous_demo(str(other), dataclasses.replace(config, epochs=1, train_size=64,
-                                                                test_size=16).validated())
-    assert not (other / CHECKPOINT).exists() and not (other / METRICS).exists()
+    config = demo.TrainConfig(model="fcn", distortion="rts", epochs=1, train_size=64,
+                              test_size=16).validated()
+    old = tmp_path / "old_demo"
+    for name in ("fcn", "st-fcn"):
+        quiet_train(dataclasses.replace(config, model=name).validated(), old / name)
+    configs = {name: dataclasses.replace(config, model=name).validated() for name in ("fcn", "st-fcn")}
+    foreign = dict(configs, **{"st-fcn": dataclasses.replace(configs["st-fcn"], seed=7)})
+    with pytest.raises(ValueError, match=r"st-fcn holds a run that is not this demo's \(seed 0\)"):
+        demo._clear_previous_demo(str(old), foreign)     # nothing is removed before refusing
+    assert (old / "fcn" / CHECKPOINT).exists() and (old / "st-fcn" / CHECKPOINT).exists()
+    demo._clear_previous_demo(str(old), configs)
+    assert not any((old / n / f).exists() for n in configs for f in (CHECKPOINT, METRICS))
 
 
 def test_a_directory_another_process_trains_in_is_refused(fcn_run, capsys):
@@ -226,9 +240,10 @@ def test_a_directory_another_process_trains_in_is_refused(fcn_run, capsys):
                           "another process is training in")
         assert (fcn_run / CHECKPOINT).read_bytes() == before
     finally:
-        train_module._unlock(fd, str(fcn_run))
+        os.close(fd)                                     # the other process ends
     assert run_main(capsys, "train", "--resume", "--out", fcn_run, "--epochs", "3").returncode == 0
-    assert not (fcn_run / train_module.LOCK).exists()
+    fd = train_module._lock(str(fcn_run))     # the file stays: a later process locks the same one
+    os.close(fd)
 
 
 def test_a_new_run_never_replaces_another(tmp_path, capsys):

@@ -153,3 +153,16 @@ def test_a_cell_set_to_more_epochs_is_never_shortened(tmp_path, capsys):
     proc = run_main(capsys, "experiment", "--models", "fcn", "--distortions", "r", "--epochs", "2",
                     *SMALL[2:], "--out", out)
     assert_user_error(proc, "epochs: stored 3 (1 trained), asked 2")
+
+
+def test_a_cell_resumed_with_another_on_nonfinite_still_counts_as_the_cell(tmp_path, capsys):
+    """stnref experiment has no --on-nonfinite: a cell whose run changed it is not another config."""
+    out = tmp_path / "exp"
+    assert run_main(capsys, "experiment", "--models", "fcn", "--distortions", "r", *SMALL,
+                    "--out", out).returncode == 0
+    cell = out / "r" / "fcn-seed0"
+    assert run_main(capsys, "train", "--resume", "--out", cell, "--on-nonfinite", "skip",
+                    "--epochs", "2").returncode == 0
+    proc = run_main(capsys, "experiment", "--models", "fcn", "--distortions", "r", "--epochs", "2",
+                    *SMALL[2:], "--out", out)
+    assert proc.returncode == 0, proc.stderr

@@ -313,7 +313,7 @@ def cmd_train(args):
     # Training checks losses, thetas and gradients for non-finite values itself (and stops or
     # skips); numpy's overflow warnings on the way there would only clutter the report.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        result = train(config, args.out, resume=args.resume)
+        result = train(config, args.out, resume=args.resume, on_nonfinite=config.on_nonfinite)
     last = result["epochs"][-1] if result["epochs"] else None
     if last is not None:
         print(f"test error {last['test_error']:.2f}% after {last['epoch']} epochs; "

@@ -10,6 +10,7 @@ and both training curves (23 s of wall time on the 2-core machine of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 
@@ -26,17 +27,20 @@ DEMO_MODELS = ("fcn", "st-fcn")
 FIGURE_SAMPLES = 16
 
 
-def _clear_previous_demo(run_dir, config):
-    """Remove the run a previous demo left in ``run_dir``; refuse to touch any other run."""
-    if not os.path.exists(os.path.join(run_dir, CHECKPOINT)):
-        return
-    stored = read_run(run_dir)[0]
-    if stored != config:
-        raise ValueError(f"--out: {run_dir} holds a run that is not this demo's ({stored.model}, "
-                         f"{stored.distortion}, seed {stored.seed}); give another --out")
-    for name in (CHECKPOINT, METRICS):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(run_dir, name))
+def _clear_previous_demo(out_dir, configs):
+    """Remove the runs a previous demo left in ``out_dir``; refuse, before removing anything,
+    if any of them is another run (naming what differs)."""
+    held = [name for name in configs if os.path.exists(os.path.join(out_dir, name, CHECKPOINT))]
+    for name in held:
+        stored = dataclasses.asdict(read_run(os.path.join(out_dir, name))[0])
+        differ = [f"{k} {v!r}" for k, v in stored.items() if v != getattr(configs[name], k)]
+        if differ:
+            raise ValueError(f"--out: {os.path.join(out_dir, name)} holds a run that is not this "
+                             f"demo's ({', '.join(differ)}); give another --out")
+    for name in held:
+        for file in (CHECKPOINT, METRICS):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out_dir, name, file))
 
 
 def run_demo(out_dir, seed=0, print_fn=print):
@@ -59,8 +63,7 @@ def run_demo(out_dir, seed=0, print_fn=print):
     configs = {name: TrainConfig(model=name, distortion="rts", epochs=DEMO_EPOCHS,
                                  train_size=DEMO_TRAIN, test_size=DEMO_TEST, seed=seed).validated()
                for name in DEMO_MODELS}
-    for name, config in configs.items():
-        _clear_previous_demo(os.path.join(out_dir, name), config)
+    _clear_previous_demo(out_dir, configs)
     os.makedirs(out_dir, exist_ok=True)
     print_fn(f"stnref demo: FCN vs ST-FCN (affine) on built-in RTS digits "
              f"({DEMO_TRAIN} train / {DEMO_TEST} test, {DEMO_EPOCHS} epochs each; "

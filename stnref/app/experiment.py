@@ -104,11 +104,12 @@ class Cell:
 
 
 def _differences(stored, asked):
-    """``["option: stored X, asked Y", ...]`` for every field but ``epochs``."""
+    """``["option: stored X, asked Y", ...]`` for every field but ``epochs`` and
+    ``on_nonfinite`` (which a resumed run may change)."""
     out = []
     for field in dataclasses.fields(TrainConfig):
         a, b = getattr(stored, field.name), getattr(asked, field.name)
-        if field.name != "epochs" and a != b:
+        if field.name not in ("epochs", "on_nonfinite") and a != b:
             out.append(f"{field.name.replace('_', '-')}: stored {a!r}, asked {b!r}")
     return out
 

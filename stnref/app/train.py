@@ -629,38 +629,43 @@ def _grad_norm(model, clip_norm):
 
 
 def _lock(run_dir):
-    """Take ``RUN_DIR/.lock`` for this process, or refuse: two processes training into one
-    directory would overwrite each other's checkpoints.  Returns the descriptor, or None."""
+    """Take the ``flock`` of ``RUN_DIR/.lock`` for this process, or refuse: two processes
+    training into one directory would overwrite each other's checkpoints.  The file stays
+    (deleting it would let a process waiting on the old one and a new one both lock).
+    Returns the descriptor, or None where files cannot be locked (no ``fcntl``, or a file
+    system without locks)."""
     if fcntl is None:
         return None
     fd = os.open(os.path.join(run_dir, LOCK), os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         os.close(fd)
         raise ValueError(f"train(): another process is training in {run_dir!r}; wait for it to "
                          f"finish or choose another directory") from None
+    except OSError:  # ENOLCK, EOPNOTSUPP: this file system has no locks
+        os.close(fd)
+        return None
     return fd
 
 
-def _unlock(fd, run_dir):
-    """Release :func:`_lock` (the lock file goes; releasing twice is harmless)."""
-    if fd is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(run_dir, LOCK))
-        with contextlib.suppress(OSError):
-            os.close(fd)
+def _remove_new_run_dir(run_dir, lock):
+    """Remove the run directory this process created and wrote nothing to but its lock."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(run_dir, LOCK))
+    if lock is not None:
+        os.close(lock)
+    os.rmdir(run_dir)
 
 
-def train(config, run_dir, resume=False, progress=None, data=None):
+def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=None):
     """Train ``config`` into ``run_dir`` (or continue it with ``resume``).
 
     Parameters
     ----------
     config : TrainConfig
-        When resuming only ``epochs`` (the new total, at least the epochs already
-        trained: more extends the run) and ``on_nonfinite`` are read; everything else is
-        the run's own.
+        When resuming only ``epochs`` is read: the new total, at least the epochs already
+        trained (more extends the run); everything else is the run's own.
     run_dir : str
         Output directory (created if missing).  A new run refuses a directory that holds
         a run (``checkpoint.npz`` or ``metrics.json``), and any run refuses a directory
@@ -672,6 +677,10 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     data : tuple, optional
         ``(x_train, y_train, x_test, y_test)`` to use instead of loading them
         (callers that train several models on one dataset).
+    on_nonfinite : {"stop", "skip"}, optional
+        What a non-finite step does from now on (None: ``config``'s, or the run's own when
+        resuming).  Until a step is non-finite the two train alike, so a resumed run may
+        change it and its stored config stays true.
 
     Returns
     -------
@@ -687,14 +696,17 @@ def train(config, run_dir, resume=False, progress=None, data=None):
     checkpoint = os.path.join(run_dir, CHECKPOINT)
     if resume:
         epochs = _checks.check_int(config.epochs, "epochs", "train", minimum=1)
-        on_nonfinite = _checks.check_choice(config.on_nonfinite, "on_nonfinite", "train", ON_NONFINITE)
         config, model, optimizer, state, metrics = load_run(run_dir)
+        on_nonfinite = config.on_nonfinite if on_nonfinite is None else _checks.check_choice(
+            on_nonfinite, "on_nonfinite", "train", ON_NONFINITE)
         if epochs < state["epoch"]:
             raise ValueError(f"train(): epochs={epochs}, but the run in {run_dir!r} has already "
                              f"trained {state['epoch']} epochs")
         config = dataclasses.replace(config, epochs=epochs, on_nonfinite=on_nonfinite).validated()
         saved = (state["epoch"], state["step"])
     else:
+        if on_nonfinite is not None:
+            config = dataclasses.replace(config, on_nonfinite=on_nonfinite)
         config = config.validated()
         model = make_model(config)
         optimizer = make_optimizer(config, model)
@@ -750,8 +762,8 @@ def train(config, run_dir, resume=False, progress=None, data=None):
                     on_disk = (f"{checkpoint} holds the run after epoch {saved[0]}, batch {saved[1]}"
                                if saved else "no checkpoint was written")
                     if created and set(os.listdir(run_dir)) <= {LOCK}:
-                        _unlock(lock, run_dir)  # nothing was written: leave no empty run behind
-                        os.rmdir(run_dir)
+                        _remove_new_run_dir(run_dir, lock)   # nothing was written
+                        lock = None
                     raise TrainingError(problem, on_disk)
                 seen += len(y)
                 state["step"] = step + 1
@@ -790,8 +802,10 @@ def train(config, run_dir, resume=False, progress=None, data=None):
             saved = (epoch, 0)
             _write_metrics(run_dir, config, metrics)
             wrote = True
-        if not wrote:  # nothing left to train: repair a metrics.json lost to a crash after the save
+        if not wrote:  # nothing left to train: repair a metrics.json lost to a crash after the
+            _save(run_dir, model, optimizer, config, state, metrics)    # save; both as stored now
             _write_metrics(run_dir, config, metrics)
         return {"config": dataclasses.asdict(config), "epochs": metrics}
     finally:
-        _unlock(lock, run_dir)
+        if lock is not None:
+            os.close(lock)  # releases the flock
