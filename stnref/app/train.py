@@ -379,7 +379,10 @@ def _write_metrics(run_dir, config, metrics):
 
 
 def read_run(run_dir):
-    """What ``RUN_DIR/checkpoint.npz`` says about a run, without building its model.
+    """What ``RUN_DIR/checkpoint.npz`` says about a run: config, progress, metrics, arrays.
+
+    The arrays' headers are checked against the model and optimiser the stored config
+    builds before any array is read (:func:`stnref.load_checkpoint`'s ``expect``).
 
     Parameters
     ----------
