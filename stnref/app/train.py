@@ -405,24 +405,32 @@ def read_run(run_dir):
         No checkpoint, an unreadable or lying file, a checkpoint of another format, an
         invalid config or inconsistent progress: one message naming the file.
     """
+    return _read_run(run_dir)[:4]
+
+
+def _read_run(run_dir):
+    """:func:`read_run`, and the model and optimiser its config built to check the headers
+    (fresh: the arrays are not loaded into them)."""
     path = os.path.join(run_dir, CHECKPOINT)
     if not os.path.exists(path):
         raise ValueError(f"no checkpoint in {run_dir!r} (expected {path})")
+    built = {}
 
     def shapes(metadata):
         # the arrays the stored config implies, checked against the headers before reading
-        config = _stored_config(metadata, path)
-        model = make_model(config)
+        built["config"] = config = _stored_config(metadata, path)
+        built["model"] = model = make_model(config)
+        built["optimizer"] = optimizer = make_optimizer(config, model)
         return {**{f"model.{k}": v.shape for k, v in model.state_dict().items()},
-                **{f"optim.{k}": v.shape for k, v in make_optimizer(config, model).state_dict().items()}}
+                **{f"optim.{k}": v.shape for k, v in optimizer.state_dict().items()}}
 
     arrays, metadata = load_checkpoint(path, expect=shapes)
-    config = _stored_config(metadata, path)
     missing = [k for k in ("state", "metrics") if k not in metadata]
     if missing:
         raise ValueError(f"{path} lacks metadata {missing}")
-    _check_progress(metadata["state"], metadata["metrics"], config, path)
-    return config, metadata["state"], metadata["metrics"], arrays
+    _check_progress(metadata["state"], metadata["metrics"], built["config"], path)
+    return (built["config"], metadata["state"], metadata["metrics"], arrays, built["model"],
+            built["optimizer"])
 
 
 def _stored_config(metadata, path):
@@ -472,10 +480,8 @@ def load_run(run_dir):
     ValueError
         As :func:`read_run`, or arrays that do not fit the model its config describes.
     """
-    config, state, metrics, arrays = read_run(run_dir)
-    model = make_model(config)
+    config, state, metrics, arrays, model, optimizer = _read_run(run_dir)
     model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-    optimizer = make_optimizer(config, model)
     optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
     return config, model, optimizer, state, metrics
 
