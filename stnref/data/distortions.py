@@ -23,8 +23,8 @@ RTS_ANGLE_MAX_DEG = 45.0
 RTS_SCALE_RANGE = (0.7, 1.2)
 RTS_CANVAS = 42
 P_SCALE_RANGE = (0.75, 1.0)
-P_CORNER_STD_PX = 5.0
-P_TRIES = 4                   # corner draws per sample; ~1.3 % of single draws fold the image
+P_CORNER_STD_PX = 5.0         # each corner stretched along its diagonal (outward > 0) by N(0, this)
+P_TRIES = 4                   # corner draws per sample; a draw that folds the image is redrawn
 E_SCALE_RANGE = (0.75, 1.0)
 E_CONTROL_STD_PX = 1.5
 E_CONTROL_POINTS = 16
@@ -117,7 +117,9 @@ def _homography(src, dst):
 def _distort_p(rng, images):
     m = len(images)
     scale = rng.uniform(*P_SCALE_RANGE, size=CHUNK)[:m]
-    tries = rng.normal(0.0, P_CORNER_STD_PX, size=(CHUNK, P_TRIES, 4, 2))[:m]
+    # each corner moves along its diagonal, away from the centre for a positive draw
+    stretch = rng.normal(0.0, P_CORNER_STD_PX, size=(CHUNK, P_TRIES, 4))[:m]
+    tries = stretch[..., None] * (_CORNERS / np.sqrt(2.0))       # (m, P_TRIES, 4, 2) pixels
     # where the scaled image's corners land in the output (normalised output coordinates)
     moved = scale[:, None, None, None] * _CORNERS + tries * _px_to_norm(MNIST_SIZE)
     # keep the first draw whose corners form a convex quadrilateral (same orientation as
@@ -127,12 +129,15 @@ def _distort_p(rng, images):
     turn = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]
     convex = (turn > 0).all(axis=2)                               # (m, P_TRIES)
     pick = np.argmax(convex, axis=1)
-    noise_px = np.where(convex.any(axis=1)[:, None, None], tries[np.arange(m), pick], 0.0)
+    kept = convex.any(axis=1)
+    stretch_px = np.where(kept[:, None], stretch[np.arange(m), pick], 0.0)
+    noise_px = np.where(kept[:, None, None], tries[np.arange(m), pick], 0.0)
     corners = scale[:, None, None] * _CORNERS + noise_px * _px_to_norm(MNIST_SIZE)
     # the grid maps output to source, so solve for the homography corners -> image corners
     theta = _homography(corners, np.broadcast_to(_CORNERS, corners.shape))
     out = _sample(images, grids.projective_grid(theta, (m, 1, MNIST_SIZE, MNIST_SIZE)))
-    return out, {"scale": scale, "corner_noise_px": noise_px, "corners": corners, "theta": theta}
+    return out, {"scale": scale, "corner_stretch_px": stretch_px, "corner_noise_px": noise_px,
+                 "corners": corners, "theta": theta}
 
 
 def _distort_e(rng, images):
