@@ -92,7 +92,7 @@ def test_a_redistorted_run_resumes_bit_identical(tmp_path, stop_after):
 
 def test_redistort_refuses_given_data(tmp_path):
     data = load_dataset("r", None, 96, 32)
-    with pytest.raises(ValueError, match="redistort draws every epoch's distortions"):
+    with pytest.raises(ValueError, match="redistort draws each epoch.s distortions itself"):
         train(TrainConfig(model="fcn", distortion="r", epochs=1, redistort=True, **SMALL),
               str(tmp_path), data=data, progress=Progress(io.StringIO()))
 

@@ -121,13 +121,10 @@ class TrainConfig:
         Use the first this many samples of each split (None: all).  :func:`train`
         stores the number it used.
     redistort : bool
-        Draw the training images' distortions anew every epoch
-        (:func:`stnref.data.dataset.distort_epoch`; epoch 1 is the fixed set), so the
-        network sees each digit distorted ``epochs`` ways.
+        Every epoch draws its own distortions of the training digits (epoch 1: the fixed set).
     validation : bool
-        Evaluate on held-out training digits instead of the test set: the
-        ``test_size`` training digits after the first ``train_size``
-        (:func:`stnref.data.load_dataset`), for choosing settings without the test set.
+        Evaluate on the ``test_size`` training digits after the first ``train_size``, not
+        the test set (:func:`stnref.data.load_dataset`), to choose settings.
     seed : int
     clip_norm : float or None
         Gradient-norm clipping threshold.
@@ -455,7 +452,7 @@ def _stored_config(metadata, path):
         saved = _from_format_1(saved)
     elif metadata.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} has format {metadata.get('format')!r}, expected {RUN_FORMAT}")
-    if isinstance(saved, dict):   # runs from before these options trained this way
+    if isinstance(saved, dict):   # runs from before these options trained without them
         saved = {"redistort": False, "validation": False, **saved}
     if not isinstance(saved, dict) or set(saved) != fields:
         keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
@@ -591,8 +588,7 @@ def check_sizes(train_size, test_size, data, validation=False):
     Returns
     -------
     (int, int)
-        The samples available in each split (:func:`stnref.data.split_sizes`); with
-        ``validation``, the training digits that are not held out and the held-out ones.
+        The samples available in each split (:func:`stnref.data.split_sizes`), or not held out and held out.
 
     Raises
     ------
@@ -604,9 +600,8 @@ def check_sizes(train_size, test_size, data, validation=False):
         held_out = split_sizes(None)[1] if test_size is None else test_size
         if data is not None and (train_size or 1) + held_out > available[0]:
             raise ValueError(f"--validation holds out --test-size {held_out} of the {available[0]} "
-                             f"training images in {data}, which leaves "
-                             f"{max(available[0] - held_out, 0)} to train on"
-                             + (f", not --train-size {train_size}" if train_size else ""))
+                             f"training images in {data}: at most {available[0] - held_out} "
+                             f"remain to train on, asked {train_size or 'all'}")
         return available[0] - held_out, held_out
     if data is not None:
         for flag, asked, have, what in (("--train-size", train_size, available[0], "training"),
@@ -754,12 +749,10 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
     if data is None:
         data = load_dataset(config.distortion, config.data, config.train_size, config.test_size,
                             config.seed, config.validation)
-        if config.redistort:
-            digits = load_digits(config.data, config.train_size, config.test_size, config.seed,
-                                 config.validation)[0]
+        digits = load_digits(config.data, config.train_size, config.test_size, config.seed,
+                             config.validation)[0] if config.redistort else None
     elif config.redistort:
-        raise ValueError("train(): redistort draws every epoch's distortions of the digits it loads "
-                         "itself; it cannot train on given data")
+        raise ValueError("train(): redistort draws each epoch's distortions itself; it cannot use data=")
     x_train, y_train, x_test, y_test = _check_data(data, config)
     config = _with_sizes(config, len(x_train), len(x_test))
     created = not os.path.exists(run_dir)
