@@ -39,10 +39,11 @@ import numpy as np
 import scipy.sparse
 
 from . import _checks
+from . import sampler_settings as settings
+from .sampler_settings import CUBIC_A, FILL_VALUE, TAPS
 
-__all__ = ["grid_sample", "grid_sample_backward", "CUBIC_A"]
+__all__ = ["grid_sample", "grid_sample_backward", "keys", "CUBIC_A"]
 
-CUBIC_A = -0.75  # Keys cubic convolution parameter; PyTorch's value
 CHUNK = 1 << 15  # grid points per chunk: temporaries stay cache-sized, memory bounded
 DIRECT_TAPS = 4  # up to this many taps per point, S's columns are written in place
 
@@ -175,15 +176,18 @@ def _pad_reflection(i, size, align_corners, flavour):
 
 
 class _Padding(NamedTuple):
-    coord: object         # (i, size, align_corners, flavour) -> (coordinate, multiplier or None)
-    zero_outside: bool    # out-of-range taps read 0, so far-away coordinates may be clamped
+    """A padding's maps ``(i, size, align_corners, flavour) -> (padded, multiplier or None)``."""
+
+    coord: object   # for settings that pad the continuous coordinate (sampler_settings.COORDINATE)
+    tap: object     # for settings that pad each integer tap; None: a tap outside the image
+                    # reads the fill (the ring), so far-away coordinates may be clamped
 
 
-# Bilinear/nearest apply the coordinate map to the continuous coordinate; bicubic to each tap.
+# Which map a setting uses is a column of stnref.sampler_settings.SETTINGS.
 _PADDINGS = {
-    "zeros": _Padding(_pad_identity, True),
-    "border": _Padding(_pad_border, False),
-    "reflection": _Padding(_pad_reflection, False),
+    "zeros": _Padding(_pad_identity, None),
+    "border": _Padding(_pad_border, _pad_border),
+    "reflection": _Padding(_pad_reflection, _pad_reflection),
 }
 
 
@@ -198,112 +202,167 @@ class _Taps(NamedTuple):
     ddw: list            # d^2 w / d coordinate^2 of each tap (None: zero or order < 2)
 
 
-def _nearest(i, order):
+def _nearest(i, order, cubic_a):
     # np.rint rounds half to even, as PyTorch's nearbyint
     base = np.rint(i)
     return _Taps(base, (0,), [np.ones_like(i)], None, None)
 
 
-def _linear(i, order):
+def _linear(i, order, cubic_a):
     base = np.floor(i)  # at an integer the right-hand cell: right-sided derivative
     t = np.subtract(i, base, out=i)
     one = i.dtype.type(1)
     return _Taps(base, (0, 1), [one - t, t], [-one, one], None)
 
 
-def _cubic(i, order):
+# Keys' cubic convolution kernel, k1 on |d| <= 1 and k2 on 1 < |d| < 2, and their first and
+# second derivatives, as Horner steps in place in the order (and so with the roundings) of
+# PyTorch's bicubic: k1(x) = ((A+2) x - (A+3)) x x + 1,  k2(x) = ((A x - 5A) x + 8A) x - 4A.
+# ``A`` has the dtype of ``x``.
+
+def _k1(x, A):
+    dt = x.dtype.type
+    r = x * (A + dt(2))
+    r -= A + dt(3)
+    r *= x
+    r *= x
+    r += dt(1)
+    return r
+
+
+def _k2(x, A):
+    dt = x.dtype.type
+    r = x * A
+    r -= dt(5) * A
+    r *= x
+    r += dt(8) * A
+    r *= x
+    r -= dt(4) * A
+    return r
+
+
+def _dk1(x, A):  # (3 (A+2) x - 2 (A+3)) x
+    dt = x.dtype.type
+    r = x * (dt(3) * (A + dt(2)))
+    r -= dt(2) * (A + dt(3))
+    r *= x
+    return r
+
+
+def _dk2(x, A):  # (3A x - 10A) x + 8A
+    dt = x.dtype.type
+    r = x * (dt(3) * A)
+    r -= dt(10) * A
+    r *= x
+    r += dt(8) * A
+    return r
+
+
+def _ddk1(x, A):  # 6 (A+2) x - 2 (A+3)
+    dt = x.dtype.type
+    r = x * (dt(6) * (A + dt(2)))
+    r -= dt(2) * (A + dt(3))
+    return r
+
+
+def _ddk2(x, A):  # 6A x - 10A
+    dt = x.dtype.type
+    r = x * (dt(6) * A)
+    r -= dt(10) * A
+    return r
+
+
+def keys(d, a=CUBIC_A):
+    """Keys' cubic convolution kernel ``k(d)`` with parameter ``a``, as the sampler evaluates it.
+
+    ``((a+2)|d| - (a+3)) |d|^2 + 1`` for ``|d| <= 1``, ``((a|d| - 5a)|d| + 8a)|d| - 4a`` for
+    ``1 < |d| < 2``, else 0: the Horner forms and roundings of PyTorch's bicubic, in the dtype
+    of ``d`` (float64 for other input).  The plain statement is
+    :func:`stnref.equations.cubic_kernel`.
+
+    Parameters
+    ----------
+    d : array_like
+        Distances from the sample point to the taps.
+    a : float, default CUBIC_A
+
+    Returns
+    -------
+    ndarray
+        ``k(d)``, shape and float dtype of ``d``.
+
+    Examples
+    --------
+    >>> keys(np.array([0.0, 0.5, 1.5, 2.0]))
+    array([ 1.     ,  0.59375, -0.09375,  0.     ])
+    """
+    d = np.asarray(d)
+    d = np.abs(d if d.dtype.kind == "f" else d.astype(np.float64))
+    A = d.dtype.type(a)
+    return np.where(d <= 1, _k1(d, A), np.where(d < 2, _k2(d, A), d.dtype.type(0)))
+
+
+def _cubic(i, order, cubic_a):
     """Keys cubic convolution weights of taps ``floor(i) - 1 .. floor(i) + 2``.
 
-    With ``t = i - floor(i)`` the tap distances are ``1 + t, t, 1 - t, 2 - t``;
-    ``k1(x) = ((A+2) x - (A+3)) x^2 + 1`` for ``|x| <= 1`` and
-    ``k2(x) = ((A x - 5A) x + 8A) x - 4A`` for ``1 < |x| < 2``.
+    With ``t = i - floor(i)`` the tap distances are ``1 + t, t, 1 - t, 2 - t``: the
+    outer two on ``k2``, the inner two on ``k1``.
     """
     dt = i.dtype.type
-    A = dt(CUBIC_A)
+    A = dt(cubic_a)
     base = np.floor(i)
     t = i - base
-
-    # Horner steps in place, in the order (and so with the roundings) of
-    # k1(x) = ((A+2) x - (A+3)) x x + 1,  k2(x) = ((A x - 5A) x + 8A) x - 4A
-    # and their derivatives written the same way
-    def k1(x):
-        r = x * (A + dt(2))
-        r -= A + dt(3)
-        r *= x
-        r *= x
-        r += dt(1)
-        return r
-
-    def k2(x):
-        r = x * A
-        r -= dt(5) * A
-        r *= x
-        r += dt(8) * A
-        r *= x
-        r -= dt(4) * A
-        return r
-
-    def dk1(x):  # d k1 / d x = (3 (A+2) x - 2 (A+3)) x
-        r = x * (dt(3) * (A + dt(2)))
-        r -= dt(2) * (A + dt(3))
-        r *= x
-        return r
-
-    def dk2(x):  # (3A x - 10A) x + 8A
-        r = x * (dt(3) * A)
-        r -= dt(10) * A
-        r *= x
-        r += dt(8) * A
-        return r
-
-    def ddk1(x):  # 6 (A+2) x - 2 (A+3)
-        r = x * (dt(6) * (A + dt(2)))
-        r -= dt(2) * (A + dt(3))
-        return r
-
-    def ddk2(x):  # 6A x - 10A
-        r = x * (dt(6) * A)
-        r -= dt(10) * A
-        return r
-
     x0, x1, x2, x3 = t + dt(1), t, dt(1) - t, dt(2) - t
-    w = [k2(x0), k1(x1), k1(x2), k2(x3)]
+    w = [_k2(x0, A), _k1(x1, A), _k1(x2, A), _k2(x3, A)]
     # d/dt of the distances is (+1, +1, -1, -1); derivatives only up to ``order``
-    dw = [dk2(x0), dk1(x1), -dk1(x2), -dk2(x3)] if order >= 1 else None
-    ddw = [ddk2(x0), ddk1(x1), ddk1(x2), ddk2(x3)] if order >= 2 else None
+    dw = [_dk2(x0, A), _dk1(x1, A), -_dk1(x2, A), -_dk2(x3, A)] if order >= 1 else None
+    ddw = [_ddk2(x0, A), _ddk1(x1, A), _ddk1(x2, A), _ddk2(x3, A)] if order >= 2 else None
     return _Taps(base, (-1, 0, 1, 2), w, dw, ddw)
 
 
 class _Kernel(NamedTuple):
-    taps: object           # (coordinate, a temporary it may overwrite; order) -> _Taps
+    taps: object           # (coordinate, a temporary it may overwrite; order, cubic_a) -> _Taps
     offsets: tuple         # tap offsets from the base, lo .. hi
-    pads_coordinate: bool  # padding on the continuous coordinate (else on each tap)
-    dims: tuple            # supported spatial dimensionalities
 
     @property
     def ring(self):
-        """Zero ring around U wide enough for every tap of a clamped coordinate."""
+        """Ring of fill pixels around U wide enough for every tap of a clamped coordinate."""
         return self.offsets[-1] - self.offsets[0] + 1
 
 
 _KERNELS = {
-    "nearest": _Kernel(_nearest, (0,), True, (2, 3)),
-    "bilinear": _Kernel(_linear, (0, 1), True, (2, 3)),
-    "bicubic": _Kernel(_cubic, (-1, 0, 1, 2), False, (2,)),
+    "nearest": _Kernel(_nearest, (0,)),
+    "bilinear": _Kernel(_linear, (0, 1)),
+    "bicubic": _Kernel(_cubic, (-1, 0, 1, 2)),
 }
 
 
-def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
+class _Options(NamedTuple):
+    """A validated setting, resolved to the tables above."""
+
+    mode: str
+    kernel: _Kernel
+    padding: _Padding
+    pads_taps: bool       # the padding acts on each integer tap, not on the coordinate
+    align_corners: bool
+    fill: float           # value of the ring around U: what a tap outside the image reads
+    cubic_a: float
+
+
+def _check_inputs(U, grid, mode, padding_mode, align_corners, fn, fill_value=FILL_VALUE,
+                  cubic_a=CUBIC_A):
+    """Validated ``U``, ``grid`` and :class:`_Options` (the rules: stnref.sampler_settings)."""
     U, grid = _checks.check_U_grid(U, grid, fn, (4, 5))
-    _checks.check_choice(mode, "mode", fn, _KERNELS)
-    _checks.check_choice(padding_mode, "padding_mode", fn, _PADDINGS)
+    fill_value, cubic_a = settings.check(mode, padding_mode, fn, k=U.ndim - 2,
+                                         fill_value=fill_value, cubic_a=cubic_a)
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
-    if U.ndim - 2 not in _KERNELS[mode].dims:
-        raise ValueError(f"{fn}(): mode={mode!r} supports 4-D input only, got {U.ndim}-D U {U.shape}")
     _checks.check_budget((U.shape[0], U.shape[1], *grid.shape[1:-1]), fn, "V")
-    # U may be a broadcast view: its zero-ringed copy (and dU) are real allocations
+    # U may be a broadcast view: its ringed copy (and dU) are real allocations
     _checks.check_budget((U.shape[0], U.shape[1], *_padded_shape(U.shape, mode)), fn, "padded U")
-    return U, grid, align_corners
+    opts = _Options(mode, _KERNELS[mode], _PADDINGS[padding_mode],
+                    settings.SETTINGS[mode, padding_mode].pads == TAPS, align_corners,
+                    fill_value, cubic_a)
+    return U, grid, opts
 
 
 # --------------------------------------------------------------------------- taps
@@ -318,28 +377,29 @@ class _Axis(NamedTuple):
     ddw: list           # per tap d^2 w / d g^2, or None (zero)
 
 
-def _axis(coord, size, stride, kernel, padding, align_corners, order, flavour):
+def _axis(coord, size, stride, opts, order, flavour):
     """Unnormalise, pad and expand one coordinate into kernel taps (steps 1-3 above).
 
     Derivatives with respect to the normalised coordinate ``g`` follow the
     chain rule ``d/dg = s * multiplier * d/di`` through the unnormalisation
     scale ``s`` and the padding multiplier (0 on clip borders, -1 per fold).
-    Offsets exclude the zero ring, which the caller adds once per point.
+    Offsets exclude the ring, which the caller adds once per point.
     """
-    i, s = flavour.unnormalize(coord, size, align_corners)
+    kernel, padding = opts.kernel, opts.padding
+    i, s = flavour.unnormalize(coord, size, opts.align_corners)
     mult = None
-    if kernel.pads_coordinate:
-        i, mult = padding.coord(i, size, align_corners, flavour)
-    if padding.zero_outside:
+    if not opts.pads_taps:
+        i, mult = padding.coord(i, size, opts.align_corners, flavour)
+    if padding.tap is None:
         # Beyond this window every tap is out of range: clamping changes nothing
         # but keeps indices in the ring (and 1e30 from overflowing int64).
         np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0], out=i)
-    taps = kernel.taps(i, order)
+    taps = kernel.taps(i, order, opts.cubic_a)
     first, idx = None, None
-    if kernel.pads_coordinate or padding.zero_outside:
+    if not opts.pads_taps or padding.tap is None:
         first = taps.base + i.dtype.type(taps.offsets[0]) if taps.offsets[0] else taps.base
-    else:  # border / reflection bicubic: each integer tap is padded on its own
-        idx = [padding.coord(taps.base + i.dtype.type(o), size, align_corners, flavour)[0]
+    else:  # each integer tap is padded on its own
+        idx = [padding.tap(taps.base + i.dtype.type(o), size, opts.align_corners, flavour)[0]
                .astype(np.int64)
                * stride for o in taps.offsets]
     scale = s if mult is None else s * mult
@@ -397,25 +457,24 @@ class _Chunk(NamedTuple):
     offsets: list       # per tap combination: row offset from base, or the explicit rows
 
 
-def _chunk(coords, start, stop, U_shape, padded, mode, padding_mode, align_corners, order):
+def _chunk(coords, start, stop, U_shape, padded, opts, order):
     """Taps of points ``start:stop`` along every axis, and the rows of their tap product.
 
     ``start:stop`` lies within one image or covers whole images (:func:`_chunks`).
     """
     k = coords.shape[1]
     P = coords.shape[0] // U_shape[0] if U_shape[0] else 0
-    kernel, padding = _KERNELS[mode], _PADDINGS[padding_mode]
     strides = _strides(padded)
-    axes = [_axis(coords[start:stop, a], U_shape[-1 - a], strides[a], kernel, padding,
-                  align_corners, order, _FLAVOURS[k]) for a in range(k)]
+    axes = [_axis(coords[start:stop, a], U_shape[-1 - a], strides[a], opts, order, _FLAVOURS[k])
+            for a in range(k)]
     combos = _combos(axes)
     if axes[0].idx is None:
         base = _add_origins(_rows([ax.first for ax in axes], strides, padded),
-                            start, stop, P, padded, mode)
+                            start, stop, P, padded, opts.mode)
         offsets = [sum(c[a] * strides[a] for a in range(k)) for c in combos]
         return _Chunk(axes, base, offsets)
     rows = [_add_origins(functools.reduce(np.add, (axes[a].idx[c[a]] for a in range(k))),
-                         start, stop, P, padded, mode) for c in combos]
+                         start, stop, P, padded, opts.mode) for c in combos]
     return _Chunk(axes, None, rows)
 
 
@@ -495,23 +554,28 @@ def _contract(axes, vals, order):
     return level[0]
 
 
-def _planes(U, padded):
-    """Copy ``U`` (N, C, *spatial) into a zero ring, channel-major: (C, N * prod(padded)).
+def _planes(U, padded, fill=FILL_VALUE):
+    """Copy ``U`` (N, C, *spatial) into a ring of ``fill``, channel-major: (C, N * prod(padded)).
 
-    For C = 1 the result is 1-D, so tap values and weights are both (m,).
+    The ring is what a tap outside the image reads: 0, or ``fill_value`` with
+    ``padding_mode="constant"``.  For C = 1 the result is 1-D, so tap values and weights
+    are both (m,).
     """
     N, C = U.shape[:2]
     k = U.ndim - 2
     ring = (padded[0] - U.shape[2]) // 2
-    out = np.zeros((C, N, *padded), dtype=U.dtype)
+    if fill == 0 and math.copysign(1.0, fill) > 0:
+        out = np.zeros((C, N, *padded), dtype=U.dtype)
+    else:
+        out = np.full((C, N, *padded), fill, dtype=U.dtype)
     out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = U.swapaxes(0, 1)
     out = out.reshape(C, N * math.prod(padded))
     return out[0] if C == 1 else out
 
 
-def _padded_rows(U, padded):
+def _padded_rows(U, padded, fill=FILL_VALUE):
     """:func:`_planes` channels-last, ``(N * prod(padded), C)``: one row per padded pixel."""
-    planes = _planes(U, padded)
+    planes = _planes(U, padded, fill)
     return np.ascontiguousarray(planes.reshape(U.shape[1], planes.shape[-1]).T)
 
 
@@ -543,13 +607,13 @@ class _Plan(NamedTuple):
     padded: tuple         # spatial shape of the padded U (see _padded_rows)
 
 
-def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
+def _plan(U_shape, grid, opts, order):
     """Dense taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
     k = grid.shape[-1]
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
-    padded = _padded_shape(U_shape, mode)
-    chunk = _chunk(coords, 0, M, U_shape, padded, mode, padding_mode, align_corners, order)
+    padded = _padded_shape(U_shape, opts.mode)
+    chunk = _chunk(coords, 0, M, U_shape, padded, opts, order)
     axes = chunk.axes
     combos = _combos(axes)
     if chunk.base is not None:
@@ -644,18 +708,16 @@ def _sample(U, grid, mode, padding_mode, align_corners, keep):
     The kept taps carry their grid derivatives too (order 1), so a backward on
     the same ``U`` and ``grid`` skips recomputing them; they are read-only.
     """
-    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners,
-                                           "grid_sample")
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, "grid_sample")
     N, C = U.shape[:2]
     padded = _padded_shape(U.shape, mode)
-    planes = _planes(U, padded)                           # (C, R) or (R,) for C = 1
+    planes = _planes(U, padded, opts.fill)                # (C, R) or (R,) for C = 1
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     V = np.empty(planes.shape[:-1] + (M,), dtype=U.dtype)  # (C, M) or (M,)
     kept = [] if keep else None
     for start, stop in _chunks(N, M // N if N else 0):
-        chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode, align_corners,
-                       order=1 if keep else 0)
+        chunk = _chunk(coords, start, stop, U.shape, padded, opts, order=1 if keep else 0)
         V[..., start:stop] = _contract(chunk.axes, _gather(planes, chunk), order=0)[0]
         if keep:
             kept.append(chunk)
@@ -705,14 +767,14 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
     """:func:`grid_sample_backward`, reusing the taps ``kept`` by :func:`_sample` on the same
     ``U`` and ``grid`` (None: recompute them)."""
     fn = "grid_sample_backward"
-    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
     dV = _checks.check_dV(dV, U, grid, fn)
     need_dU = _checks.check_bool(need_dU, "need_dU", fn)
 
     N, C = U.shape[:2]
     k = U.ndim - 2
     padded = _padded_shape(U.shape, mode)
-    planes = _planes(U, padded)
+    planes = _planes(U, padded, opts.fill)
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     g = dV.swapaxes(0, 1).reshape(C, M)                    # (C, M)
@@ -720,8 +782,8 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
         g = np.where(bad, 0, g)
     if C == 1:
         g = g[0]
-    smooth = _KERNELS[mode].taps is not _nearest
-    T = len(_KERNELS[mode].offsets) ** k
+    smooth = opts.kernel.taps is not _nearest
+    T = len(opts.kernel.offsets) ** k
     R = planes.shape[-1]
     index = np.int32 if max(R, M * T) < INT_MAX else np.int64  # int32: scipy's fast path
     dgrid = np.zeros((M, k), dtype=grid.dtype)
@@ -733,8 +795,7 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
             tap_data = np.empty((T, min(CHUNK, M)), dtype=U.dtype)
     for number, (start, stop) in enumerate(_chunks(N, M // N if N else 0)):
         if kept is None:
-            chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode,
-                           align_corners, order=1)
+            chunk = _chunk(coords, start, stop, U.shape, padded, opts, order=1)
         else:
             chunk = kept[number]
         if need_dU:
@@ -771,7 +832,7 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
         )
         dU_rows = np.asarray(S.T @ (g if C == 1 else g.T), dtype=U.dtype)  # (R,) or (R, C)
         dU_rows = dU_rows.reshape(N, *padded, C)
-        ring = _KERNELS[mode].ring
+        ring = opts.kernel.ring
         inner = (slice(None),) + (slice(ring, -ring),) * k
         dU = np.ascontiguousarray(np.moveaxis(dU_rows[inner], -1, 1))
     if bad is not None:

@@ -135,12 +135,12 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
     array([[[[0.5]]]])
     """
     fn = "grid_sample_jvp"
-    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
     tU = _check_like(tU, U, "tU", "U", fn)
     tgrid = _check_like(tgrid, grid, "tgrid", "grid", fn)
     N, C = U.shape[:2]
     k = U.ndim - 2
-    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=1)
+    plan = _plan(U.shape, grid, opts, order=1)
     M = plan.rows.shape[0]
     tV_rows = np.zeros((M, C), dtype=U.dtype)
     if tU is not None:
@@ -218,14 +218,14 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     array([0.25, 0.  ])
     """
     fn = "grid_sample_double_backward"
-    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
     dV = _checks.check_dV(dV, U, grid, fn)
     g_dU = _check_like(g_dU, U, "g_dU", "U", fn)
     g_dgrid = _check_like(g_dgrid, grid, "g_dgrid", "grid", fn)
 
     N, C = U.shape[:2]
     k = U.ndim - 2
-    plan = _plan(U.shape, grid, mode, padding_mode, align_corners, order=2)
+    plan = _plan(U.shape, grid, opts, order=2)
     M, T = plan.rows.shape
     n_rows = N * int(np.prod(plan.padded))
     dV_rows = np.moveaxis(dV, 1, -1).reshape(M, C)

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from . import _checks
+from . import sampler_settings as settings
 from .nn import Linear, Module, Sequential
 from .nn.module import _Container
 from .registry import _resolve_transform
@@ -25,8 +26,6 @@ from .sampling import _sample, _sample_backward
 
 __all__ = ["Parallel", "SpatialTransformer", "localisation_prefixes"]
 
-MODES = ("bilinear", "nearest", "bicubic")
-PADDING_MODES = ("zeros", "border", "reflection")
 
 def _regression_layer(loc, fn):
     """The last ``Linear`` of ``loc`` (descending into trailing ``Sequential`` containers)."""
@@ -96,8 +95,8 @@ class SpatialTransformer(Module):
         self.theta_shape = tuple(self.transform.theta_shape)
         self.theta_size = math.prod(self.theta_shape)
         self.out_size = None if out_size is None else _checks.check_size(out_size, "out_size", fn, (2,))
-        self.mode = _checks.check_choice(mode, "mode", fn, MODES)
-        self.padding_mode = _checks.check_choice(padding_mode, "padding_mode", fn, PADDING_MODES)
+        settings.check(mode, padding_mode, fn, k=2)   # the layer samples 4-D input
+        self.mode, self.padding_mode = mode, padding_mode
         self.align_corners = _checks.check_bool(align_corners, "align_corners", fn)
         self.input_grad = _checks.check_bool(input_grad, "input_grad", fn)
         regression = _regression_layer(loc, fn)

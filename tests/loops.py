@@ -24,6 +24,13 @@ import math
 import numpy as np
 
 KEYS_A = -0.75  # Keys cubic convolution parameter (PyTorch's); restated here, not imported
+MODES = ("nearest", "bilinear", "bicubic")          # what these loops implement
+PADDINGS = ("zeros", "border", "reflection")
+
+
+def implements(mode, padding_mode):
+    """Whether the loops below evaluate this setting (the parity coverage of the loop oracle)."""
+    return mode in MODES and padding_mode in PADDINGS
 
 
 def keys(d, A=KEYS_A):

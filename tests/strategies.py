@@ -2,8 +2,8 @@
 
 In the spirit of PyTorch's OpInfo, :func:`sampler_cases` draws a complete call of
 ``grid_sample`` -- dimension (4-D or 5-D), shape (size-1 axes and non-square
-included), kernel, padding and ``align_corners`` (bicubic only in 4-D) -- plus
-``U``, ``grid`` and a cotangent ``dV``.  Arrays are drawn from a
+included), kernel, padding and ``align_corners``, from the settings of
+``stnref.sampler_settings`` -- plus ``U``, ``grid`` and a cotangent ``dV``.  Arrays are drawn from a
 ``numpy.random.Generator`` seeded by hypothesis, so every example is
 reproducible and shrinking acts on the seed and the shape.
 
@@ -22,8 +22,9 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-MODES = ("bilinear", "nearest", "bicubic")
-PADDINGS = ("zeros", "border", "reflection")
+from stnref.sampler_settings import MODES, PADDING_MODES, SETTINGS, TAPS, combinations
+
+PADDINGS = PADDING_MODES
 MAX_SPATIAL = 6   # every spatial size of U and of the grid is in 1..MAX_SPATIAL
 MAX_NC = 3        # N and C are in 1..MAX_NC
 GRID_RANGE = 3.0  # normalised coordinates uniform in [-GRID_RANGE, GRID_RANGE]: well outside [-1, 1]
@@ -35,10 +36,10 @@ FAR_COORDS = (-1e3, -50.0, -7.25, 7.75, 50.0, 1e3)  # far outside: several refle
 MAX_REDRAWS = 200  # rejection rounds before a grid is declared impossible (never reached in practice)
 
 
-def combos(dims=(2, 3)):
-    """Every valid ``(k, mode, padding_mode, align_corners)``; bicubic is 2-D only."""
-    return [(k, m, p, ac) for k in dims for m in MODES for p in PADDINGS for ac in (False, True)
-            if not (m == "bicubic" and k == 3)]
+def combos(dims=(2, 3), pytorch=None):
+    """Every supported ``(k, mode, padding_mode, align_corners)`` (``pytorch``: True, only
+    PyTorch's settings; False, only the others; None, all)."""
+    return [(k, m, p, ac) for k, m, p in combinations(dims, pytorch) for ac in (False, True)]
 
 
 def combo_id(combo):
@@ -100,13 +101,13 @@ def kinks_of(size, mode, padding_mode, align_corners):
         half-pixel bands with ``align_corners=False`` (edge value, zero slope);
         their ends are a fold and a clip border.
 
-    Bicubic pads taps, not the coordinate, so for it the only kinks are the
-    integers (the tap set changes there; the weights are C1 across them, but
-    the padded tap indices are not).
+    A setting that pads taps, not the coordinate (bicubic), has only the
+    integers as kinks (the tap set changes there; the weights are C1 across
+    them, but the padded tap indices are not).
     """
     info = {"integers": True, "half_integers": mode == "nearest",
             "folds": None, "clip": None, "bands": None}
-    if mode == "bicubic":
+    if SETTINGS[mode, padding_mode].pads == TAPS:
         return info
     if padding_mode in ("border", "reflection"):
         info["clip"] = (0.0, float(size - 1))
@@ -157,7 +158,7 @@ def kink_distance(i, size, mode, padding_mode, align_corners):
     if info["folds"] is not None:
         low, span = info["folds"]
         d = np.minimum(d, _dist_to_lattice(i, span, low))
-    if mode == "bicubic":
+    if SETTINGS[mode, padding_mode].pads == TAPS:
         return d
     p = padded_coordinate(i, size, padding_mode, align_corners)
     if info["clip"] is not None:
@@ -267,15 +268,15 @@ def sampler_cases(draw, dims=(2, 3), modes=MODES, paddings=PADDINGS, align=(Fals
     Parameters
     ----------
     dims, modes, paddings, align
-        The options to draw from (pass one value each to pin a combination).
-        Bicubic is only drawn with ``k = 2``.
+        The options to draw from (pass one value each to pin a combination); a
+        dimension is drawn among those the setting supports.
     grids : {"smooth", "kinky"}
         ``"smooth"``: :func:`smooth_grid` (for finite differences and oracles);
         ``"kinky"``: :func:`kinky_grid` (exact integers, halves, far points).
     """
     mode = draw(st.sampled_from(modes))
-    k = draw(st.sampled_from([d for d in dims if not (mode == "bicubic" and d == 3)]))
     padding_mode = draw(st.sampled_from(paddings))
+    k = draw(st.sampled_from([d for d in dims if d in SETTINGS[mode, padding_mode].dims]))
     align_corners = draw(st.sampled_from(align))
     u_shape, g_shape = draw(shapes(k, max_spatial, max_nc))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))

@@ -420,7 +420,7 @@ def test_4_bicubic_overshoots_the_data_range_not_clamped():
 
 
 def test_4_bicubic_on_5d_is_a_value_error():
-    with pytest.raises(ValueError, match=r"mode='bicubic' supports 4-D input only"):
+    with pytest.raises(ValueError, match=r"mode='bicubic' with padding_mode='zeros' supports 4-D U \(2 spatial dimensions\) only, got 5-D U"):
         grid_sample(np.zeros((1, 1, 2, 2, 2)), np.zeros((1, 1, 1, 1, 3)), mode="bicubic")
 
 

@@ -37,7 +37,7 @@ SCIPY_MODE = {
     ("reflection", False): "reflect", ("reflection", True): "mirror",
 }
 SCIPY_ORDER = {"nearest": 0, "bilinear": 1}
-COMBOS = [c for c in combos() if c[1] != "bicubic"]
+COMBOS = [c for c in combos() if c[1] in SCIPY_ORDER and (c[2], c[3]) in SCIPY_MODE]  # scipy has these
 
 
 def scipy_grid_sample(U, grid, mode, padding_mode, align_corners):

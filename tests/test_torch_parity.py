@@ -23,7 +23,7 @@ F = torch.nn.functional
 
 PARITY_TOL = 1e-10   # float64, relative to the output's scale (docs/conventions.md §6.3)
 F32_TOL = 1e-5       # float32 forward, relative to the data scale
-ALL = combos()
+ALL = combos(pytorch=True)   # the settings PyTorch has (stnref.sampler_settings)
 ALL_IDS = [combo_id(c) for c in ALL]
 
 
