@@ -1,6 +1,6 @@
 """Forward mode and second order: JVPs of the sampler and the grids, and the sampler's double backward.
 
-Everything builds on the sampler's shared plan (``stnref.sampling._plan``): for
+Everything builds on the sampler's taps gathered into one dense plan (:func:`_plan`): for
 each grid point ``m`` and tap ``t`` it holds the row ``rows[m, t]`` of the
 zero-ringed, channels-last copy of ``U``, the weight ``W[m, t]``, its first
 derivatives ``dW_a = dW/dg_a`` and second derivatives ``ddW_ab`` with respect to
@@ -22,11 +22,15 @@ output and in every grid-shaped result at that point, no contribution to any
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse
 
 from . import _checks, grids
-from .sampling import _check_inputs, _padded_rows, _plan, _to_channels_first
+from .sampler_settings import FILL_VALUE
+from .sampling import _check_inputs, _chunk, _combos, _flat_coords, _padded_shape, _planes
 
 __all__ = [
     "affine_grid_jvp",
@@ -39,6 +43,73 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
+
+def _padded_rows(U, padded, fill=FILL_VALUE):
+    """:func:`_planes` channels-last, ``(N * prod(padded), C)``: one row per padded pixel."""
+    planes = _planes(U, padded, fill)
+    return np.ascontiguousarray(planes.reshape(U.shape[1], planes.shape[-1]).T)
+
+
+def _to_channels_first(rows, N, spatial):
+    """(N * P, C) -> (N, C, *spatial), contiguous."""
+    C = rows.shape[1]
+    return np.ascontiguousarray(np.moveaxis(rows.reshape(N, *spatial, C), -1, 1))
+
+
+class _Plan(NamedTuple):
+    """All taps of all points at once (the sampler's chunks hold a few thousand)."""
+
+    rows: np.ndarray      # (M, T) int64 row of each tap in the padded channels-last U
+    weights: np.ndarray   # (M, T) interpolation weight of each tap (0 at bad points)
+    dweights: list        # per axis (x, y[, z]): (M, T) d weight / d grid coordinate, or None
+    ddweights: dict       # (a, b), a <= b: (M, T) d^2 weight / d g_a d g_b (absent: 0), or None
+    bad: np.ndarray       # (M,) bool, grid point with a non-finite coordinate, or None
+    padded: tuple         # spatial shape of the padded U (see _padded_rows)
+
+
+def _plan(U_shape, grid, opts, order):
+    """Dense taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
+    k = grid.shape[-1]
+    coords, bad = _flat_coords(grid)
+    M = coords.shape[0]
+    padded = _padded_shape(U_shape, opts.mode)
+    chunk = _chunk(coords, 0, M, U_shape, padded, opts, order)
+    axes = chunk.axes
+    combos = _combos(axes)
+    if chunk.base is not None:
+        rows = np.stack([chunk.base + off for off in chunk.offsets], axis=1)
+    else:
+        rows = np.stack(chunk.offsets, axis=1)
+
+    def product(factor):  # factor(a, o) -> per-axis factor; stacked over tap combinations
+        return np.stack([np.broadcast_to(functools.reduce(np.multiply, [factor(a, c[a]) for a in range(k)]), (M,))
+                         for c in combos], axis=1)
+
+    weights = product(lambda a, o: axes[a].w[o])
+    dweights = ddweights = None
+    if order >= 1 and axes[0].dw is not None:
+        # d W / d g_a = dw_a * prod_{b != a} w_b
+        dweights = [product(lambda b, o, a=a: axes[b].dw[o] if b == a else axes[b].w[o])
+                    for a in range(k)]
+    if order >= 2 and axes[0].dw is not None:
+        # d^2 W / d g_a d g_b: ddw_a prod w (a == b), dw_a dw_b prod w (a != b); bilinear has ddw = 0
+        ddweights = {}
+        for a in range(k):
+            for b in range(a, k):
+                if a == b and axes[a].ddw is None:
+                    continue
+
+                def factor(c, o, a=a, b=b):
+                    if c == a == b:
+                        return axes[c].ddw[o]
+                    return axes[c].dw[o] if c in (a, b) else axes[c].w[o]
+
+                ddweights[a, b] = product(factor)
+    if bad is not None:
+        weights = np.where(bad[:, None], 0, weights)
+    return _Plan(rows, weights, dweights, ddweights, bad, padded)
+
+
 
 def _check_like(x, ref, name, ref_name, fn):
     """``x`` as a float array with the shape and dtype of ``ref``; None stays None."""
