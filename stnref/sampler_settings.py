@@ -6,7 +6,9 @@ One row per ``(mode, padding_mode)`` pair of :func:`stnref.grid_sample`:
 * ``pads`` -- where the padding acts (docs/conventions.md §3): on the continuous coordinate
   before the kernel (``"coordinate"``, PyTorch's nearest and bilinear) or on each integer
   tap of the kernel (``"taps"``, PyTorch's bicubic).  It is a property of the pair, not of
-  the kernel: a new padding may pad taps under every kernel;
+  the kernel: wrap pads taps under every kernel.  For zeros and constant the two readings
+  coincide (the coordinate is left alone, every tap outside the image reads the fill);
+  the column follows PyTorch's description of zeros;
 * ``pytorch_dims`` -- the dimensionalities in which ``torch.nn.functional.grid_sample``
   has the same setting (empty: PyTorch does not have it).
 
@@ -29,8 +31,9 @@ True
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
+
+from . import _checks
 
 __all__ = [
     "COORDINATE", "CUBIC_A", "CUBIC_MODES", "FILL_PADDINGS", "FILL_VALUE", "MODES", "PADDING_MODES",
@@ -57,12 +60,18 @@ _ROWS = (
     ("bilinear", "zeros",      (2, 3), COORDINATE, (2, 3)),
     ("bilinear", "border",     (2, 3), COORDINATE, (2, 3)),
     ("bilinear", "reflection", (2, 3), COORDINATE, (2, 3)),
+    ("bilinear", "constant",   (2, 3), COORDINATE, ()),
+    ("bilinear", "wrap",       (2, 3), TAPS,       ()),
     ("nearest",  "zeros",      (2, 3), COORDINATE, (2, 3)),
     ("nearest",  "border",     (2, 3), COORDINATE, (2, 3)),
     ("nearest",  "reflection", (2, 3), COORDINATE, (2, 3)),
-    ("bicubic",  "zeros",      (2,),   TAPS,       (2,)),
-    ("bicubic",  "border",     (2,),   TAPS,       (2,)),
-    ("bicubic",  "reflection", (2,),   TAPS,       (2,)),
+    ("nearest",  "constant",   (2, 3), COORDINATE, ()),
+    ("nearest",  "wrap",       (2, 3), TAPS,       ()),
+    ("bicubic",  "zeros",      (2, 3), TAPS,       (2,)),
+    ("bicubic",  "border",     (2, 3), TAPS,       (2,)),
+    ("bicubic",  "reflection", (2, 3), TAPS,       (2,)),
+    ("bicubic",  "constant",   (2, 3), TAPS,       ()),
+    ("bicubic",  "wrap",       (2, 3), TAPS,       ()),
 )
 SETTINGS = {(row[0], row[1]): Setting(*row) for row in _ROWS}
 MODES = tuple(dict.fromkeys(m for m, _ in SETTINGS))
@@ -71,7 +80,7 @@ PYTORCH_MODES = tuple(dict.fromkeys(s.mode for s in SETTINGS.values() if s.pytor
 PYTORCH_PADDING_MODES = tuple(dict.fromkeys(s.padding_mode for s in SETTINGS.values()
                                             if s.pytorch_dims))
 CUBIC_MODES = ("bicubic",)     # the modes with a Keys parameter cubic_a
-FILL_PADDINGS = ()             # the paddings that read fill_value
+FILL_PADDINGS = ("constant",)  # the paddings that read fill_value
 
 
 def combinations(dims=(2, 3), pytorch=None):
@@ -124,21 +133,12 @@ def _choice(value, name, fn, choices):
         raise ValueError(f"{fn}(): expected {name} to be one of {allowed}, got {value!r}")
 
 
-def _real(value, name, fn):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}(): expected {name} to be a real number, got "
-                        f"{type(value).__name__} {value!r}")
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{fn}(): expected a finite {name}, got {value}")
-    return value
-
-
 def _layout(k):
     return f"{k + 2}-D U ({k} spatial dimensions)"
 
 
-def check(mode, padding_mode, fn, *, k=None, fill_value=FILL_VALUE, cubic_a=CUBIC_A):
+def check(mode, padding_mode, fn, *, k=None, fill_value=FILL_VALUE, cubic_a=CUBIC_A,
+          fill_arguments=()):
     """Validate a sampler setting against the table; return ``(fill_value, cubic_a)`` as floats.
 
     Parameters
@@ -153,6 +153,9 @@ def check(mode, padding_mode, fn, *, k=None, fill_value=FILL_VALUE, cubic_a=CUBI
         Finite; another value than the default only with a padding of :data:`FILL_PADDINGS`.
     cubic_a : real, default CUBIC_A
         Finite; another value than the default only with a mode of :data:`CUBIC_MODES`.
+    fill_arguments : sequence of str, default ()
+        Arguments given about the fill value (its tangent, cotangent or gradient), as the
+        caller names them (``"need_dfill_value=True"``); refused without a fill padding.
 
     Returns
     -------
@@ -175,16 +178,17 @@ def check(mode, padding_mode, fn, *, k=None, fill_value=FILL_VALUE, cubic_a=CUBI
     """
     _choice(mode, "mode", fn, MODES)
     _choice(padding_mode, "padding_mode", fn, PADDING_MODES)
-    fill_value = _real(fill_value, "fill_value", fn)
-    cubic_a = _real(cubic_a, "cubic_a", fn)
+    fill_value = _checks.check_finite_real(fill_value, "fill_value", fn)
+    cubic_a = _checks.check_finite_real(cubic_a, "cubic_a", fn)
     row = SETTINGS[mode, padding_mode]
     if k is not None and k not in row.dims:
         supported = " or ".join(_layout(d) for d in row.dims)
         raise ValueError(f"{fn}(): mode={mode!r} with padding_mode={padding_mode!r} supports "
                          f"{supported} only, got {_layout(k)}")
-    if fill_value != FILL_VALUE and padding_mode not in FILL_PADDINGS:
-        paddings = " or ".join(f"padding_mode={p!r}" for p in FILL_PADDINGS) or "no padding_mode"
-        raise ValueError(f"{fn}(): fill_value={fill_value!r} applies only with {paddings}, "
+    given = ([f"fill_value={fill_value!r}"] if fill_value != FILL_VALUE else []) + list(fill_arguments)
+    if given and padding_mode not in FILL_PADDINGS:
+        paddings = " or ".join(f"padding_mode={p!r}" for p in FILL_PADDINGS)
+        raise ValueError(f"{fn}(): {given[0]} applies only with {paddings}, "
                          f"got padding_mode={padding_mode!r}")
     if cubic_a != CUBIC_A and mode not in CUBIC_MODES:
         modes = " or ".join(f"mode={m!r}" for m in CUBIC_MODES)

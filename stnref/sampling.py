@@ -4,27 +4,31 @@ This is the engineered version of :func:`stnref.equations.sample` and
 :func:`stnref.equations.sample_backward` -- eqs. (3)-(7) as plain code, which
 visit every input pixel for every output pixel.  It computes the same numbers
 (tested to 1e-12) and follows PyTorch's ``grid_sample`` to the last rounding
-rule (docs/conventions.md §3-6); ``docs/sampler.md`` derives it from the plain
-version step by step.  One pipeline serves every kernel, padding and dimension:
+rule in every setting PyTorch has (docs/conventions.md §3-6); ``docs/sampler.md``
+derives it from the plain version step by step.  The settings (modes, paddings,
+ranks, where each padding acts) are one table, :mod:`stnref.sampler_settings`.
+One pipeline serves every kernel, padding and dimension:
 
 1. unnormalise each grid coordinate to a pixel coordinate ``ix`` (``iy``, ``iz``)
    with the arithmetic of PyTorch's CPU kernel for that dimension (``_FLAVOURS``);
-2. bilinear / nearest: apply the padding to the continuous coordinate
-   (``_PADDINGS``), keeping its derivative multiplier;
+2. settings that pad the coordinate: apply the padding to the continuous
+   coordinate (``_PADDINGS``), keeping its derivative multiplier;
 3. the kernel (``_KERNELS``) turns the coordinate into the few integer taps where
    ``k(x_s - m)`` is non-zero, with weights ``w(t)`` and derivatives ``dw/dt``;
-   bicubic pads each integer tap instead;
-4. taps index a copy of ``U`` surrounded by a zero ring as wide as the kernel
-   (``_planes``), so every tap is in bounds and an out-of-range tap reads 0;
-   with zeros padding, far-away coordinates are clamped into the ring;
+   settings that pad taps pad each integer tap instead;
+4. taps index a copy of ``U`` surrounded by a ring of the fill value (0 unless
+   ``padding_mode="constant"``) as wide as the kernel (``_planes``), so every tap is
+   in bounds and an out-of-range tap reads the fill; with zeros or constant padding,
+   far-away coordinates are clamped into the ring;
 5. the taps of all axes form a tensor product (4 bilinear taps in 2-D, 8
-   trilinear in 3-D, 16 bicubic): contiguous taps are read as shifted views
+   trilinear, 16 bicubic, 64 tricubic): contiguous taps are read as shifted views
    from one base index per point (``_gather``), and the weighted sum is taken
    one axis at a time (``_contract``).
 
 Points are processed in chunks of ``CHUNK``, so temporaries stay small.  The
 backward re-gathers the taps for ``dgrid`` (eq. 7) and scatters ``dV`` back with
-a sparse product ``dU = S^T dV`` (eq. 6; duplicate points accumulate).
+a sparse product ``dU = S^T dV`` (eq. 6; duplicate points accumulate); what the
+scatter puts in the ring is the gradient of the fill value.
 Derivations: ``docs/derivations/sampling.md``.
 """
 from __future__ import annotations
@@ -175,6 +179,17 @@ def _pad_reflection(i, size, align_corners, flavour):
     return res, mult * sign
 
 
+def _pad_wrap(m, size, align_corners, flavour):
+    """Integer taps modulo ``size`` (exact for integer-valued floats); period ``size`` pixels.
+
+    An infinite tap (a pixel coordinate overflowed from a finite grid value) has no
+    remainder: it reads pixel 0, as a reflected NaN does.
+    """
+    with np.errstate(invalid="ignore"):
+        r = np.mod(m, m.dtype.type(size))
+    return np.fmax(r, 0), None
+
+
 class _Padding(NamedTuple):
     """A padding's maps ``(i, size, align_corners, flavour) -> (padded, multiplier or None)``."""
 
@@ -188,6 +203,8 @@ _PADDINGS = {
     "zeros": _Padding(_pad_identity, None),
     "border": _Padding(_pad_border, _pad_border),
     "reflection": _Padding(_pad_reflection, _pad_reflection),
+    "constant": _Padding(_pad_identity, None),
+    "wrap": _Padding(None, _pad_wrap),
 }
 
 
@@ -350,11 +367,14 @@ class _Options(NamedTuple):
 
 
 def _check_inputs(U, grid, mode, padding_mode, align_corners, fn, fill_value=FILL_VALUE,
-                  cubic_a=CUBIC_A):
+                  cubic_a=CUBIC_A, fill_arguments=()):
     """Validated ``U``, ``grid`` and :class:`_Options` (the rules: stnref.sampler_settings)."""
     U, grid = _checks.check_U_grid(U, grid, fn, (4, 5))
     fill_value, cubic_a = settings.check(mode, padding_mode, fn, k=U.ndim - 2,
-                                         fill_value=fill_value, cubic_a=cubic_a)
+                                         fill_value=fill_value, cubic_a=cubic_a,
+                                         fill_arguments=fill_arguments)
+    _checks.check_representable(fill_value, "fill_value", U.dtype, fn)
+    _checks.check_representable(cubic_a, "cubic_a", U.dtype, fn)
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     _checks.check_budget((U.shape[0], U.shape[1], *grid.shape[1:-1]), fn, "V")
     # U may be a broadcast view: its ringed copy (and dU) are real allocations
@@ -394,7 +414,12 @@ def _axis(coord, size, stride, opts, order, flavour):
         # Beyond this window every tap is out of range: clamping changes nothing
         # but keeps indices in the ring (and 1e30 from overflowing int64).
         np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0], out=i)
-    taps = kernel.taps(i, order, opts.cubic_a)
+    if padding.tap is None or not opts.pads_taps:
+        taps = kernel.taps(i, order, opts.cubic_a)
+    else:
+        # unclamped: a pixel coordinate overflowed to +-inf has NaN weights (conventions §5.1)
+        with np.errstate(invalid="ignore"):
+            taps = kernel.taps(i, order, opts.cubic_a)
     first, idx = None, None
     if not opts.pads_taps or padding.tap is None:
         first = taps.base + i.dtype.type(taps.offsets[0]) if taps.offsets[0] else taps.base
@@ -584,7 +609,8 @@ def _chunks(N, P):
 
 # --------------------------------------------------------------------------- public API
 
-def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
+def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=False, *,
+                fill_value=FILL_VALUE, cubic_a=CUBIC_A):
     """Sample ``U`` at the points of ``grid``, paper eq. (3): ``V_i = sum_nm U_nm k(x_i - m) k(y_i - n)``.
 
     Parameters
@@ -596,12 +622,19 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
         and +1 the right/bottom of ``U``.  Same dtype as ``U``.
     mode : {"bilinear", "nearest", "bicubic"}
         Kernel: eq. (5) (trilinear in 3-D), eq. (4) with ties to even, or Keys
-        cubic convolution with ``A = -0.75`` (4-D only).
-    padding_mode : {"zeros", "border", "reflection"}
-        Value of out-of-range points: 0, the nearest edge pixel, or the image
-        reflected about its border.
+        cubic convolution (tricubic in 3-D: 64 taps).
+    padding_mode : {"zeros", "border", "reflection", "constant", "wrap"}
+        What a point outside ``U`` reads: 0, the nearest edge pixel, the image
+        reflected about its border, ``fill_value``, or the image repeated with a
+        period of its size (docs/conventions.md §3).
     align_corners : bool, default False
         True: -1 and +1 are the centres of the corner pixels; False: their outer edges.
+    fill_value : float, default 0.0
+        Finite; the value of every pixel outside ``U`` with ``padding_mode="constant"``
+        (refused with another padding), so ``"zeros"`` is ``"constant"`` with 0.
+    cubic_a : float, default -0.75
+        Finite; Keys' parameter ``A`` of ``mode="bicubic"`` (refused with another mode).
+        PyTorch and OpenCV use -0.75, PIL, scikit-image and MATLAB -0.5.
 
     Returns
     -------
@@ -612,14 +645,18 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     Raises
     ------
     TypeError
-        Non-float ``U`` or ``grid``, or different dtypes.
+        Non-float ``U`` or ``grid``, different dtypes, a non-number ``fill_value``
+        or ``cubic_a``.
     ValueError
-        Wrong ranks or shapes, batch mismatch, unknown mode or padding,
-        bicubic on 5-D input.
+        Wrong ranks or shapes, batch mismatch, unknown mode or padding, a
+        non-finite ``fill_value`` or ``cubic_a``, or one the setting does not have
+        (the rules: :mod:`stnref.sampler_settings`).
 
     Notes
     -----
-    Matches ``torch.nn.functional.grid_sample`` (rules: docs/conventions.md §3-5).
+    Matches ``torch.nn.functional.grid_sample`` in the settings PyTorch has
+    (:func:`stnref.sampler_settings.is_pytorch`; rules: docs/conventions.md §3-5);
+    the others are specified in docs/conventions.md §3.9, §3.10, §4.4 and §4.5.
     The plain version of eq. (3) is :func:`stnref.equations.sample`.
 
     Examples
@@ -630,17 +667,22 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     >>> grid = np.array([[[[0.0, 0.0]]]])  # the centre of the image
     >>> grid_sample(U, grid)
     array([[[[1.5]]]])
+    >>> grid_sample(U, grid + 2.0, padding_mode="constant", fill_value=-1.0)  # far outside
+    array([[[[-1.]]]])
     """
-    return _sample(U, grid, mode, padding_mode, align_corners, keep=False)[0]
+    return _sample(U, grid, mode, padding_mode, align_corners, keep=False, fill_value=fill_value,
+                   cubic_a=cubic_a)[0]
 
 
-def _sample(U, grid, mode, padding_mode, align_corners, keep):
+def _sample(U, grid, mode, padding_mode, align_corners, keep, fill_value=FILL_VALUE,
+            cubic_a=CUBIC_A):
     """:func:`grid_sample`, and with ``keep`` the taps of every chunk for :func:`_sample_backward`.
 
     The kept taps carry their grid derivatives too (order 1), so a backward on
     the same ``U`` and ``grid`` skips recomputing them; they are read-only.
     """
-    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, "grid_sample")
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, "grid_sample",
+                                  fill_value, cubic_a)
     N, C = U.shape[:2]
     padded = _padded_shape(U.shape, mode)
     planes = _planes(U, padded, opts.fill)                # (C, R) or (R,) for C = 1
@@ -664,19 +706,25 @@ def _sample(U, grid, mode, padding_mode, align_corners, keep):
 #   dgrid_a[m] = sum_t dW_a[m, t] sum_c dV[m, c] U_rows[rows[m, t], c]
 #   dW_a = (dw_a/di_a) * s_a * padding multiplier * prod_{b != a} w_b; floor gives the
 #   right-sided derivative at integer coordinates, as PyTorch does.
+#   The ring of U_rows holds fill_value, one variable read by every tap outside the image:
+#   d fill_value = sum of dU_rows over the ring (docs/derivations/sampling.md §9).
 def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", align_corners=False,
-                         need_dU=True):
-    """Gradients of :func:`grid_sample` with respect to ``U`` and ``grid``.
+                         need_dU=True, *, fill_value=FILL_VALUE, cubic_a=CUBIC_A,
+                         need_dfill_value=False):
+    """Gradients of :func:`grid_sample` with respect to ``U`` and ``grid`` (and ``fill_value``).
 
     Parameters
     ----------
     dV : ndarray, shape (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out)
         Gradient of the loss with respect to the forward's output.
-    U, grid, mode, padding_mode, align_corners
+    U, grid, mode, padding_mode, align_corners, fill_value, cubic_a
         The forward's arguments.
     need_dU : bool, default True
         If False, skip the scatter and return ``None`` for ``dU`` (a network's
         input data needs no gradient).
+    need_dfill_value : bool, default False
+        Also return the gradient with respect to ``fill_value`` (only with
+        ``padding_mode="constant"``, the padding that reads it).
 
     Returns
     -------
@@ -684,24 +732,42 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
         Scatter-add of ``w * dV``: sample points sharing a pixel accumulate.
     dgrid : ndarray, shape of ``grid``
         Exactly 0 for ``nearest``; NaN at grid points with a non-finite coordinate.
+    dfill_value : scalar of ``U``'s dtype, only with ``need_dfill_value=True``
+        ``sum dV * w`` over every tap that read ``fill_value`` (all points and channels;
+        none from points with a non-finite coordinate).
 
     Notes
     -----
-    Matches PyTorch's ``grid_sampler_2d_backward`` / ``grid_sampler_3d_backward``,
-    including one-sided derivatives at integer pixel positions and zero
-    multipliers on clip borders (docs/conventions.md §3-4, §6).  Eqs. (6) and (7)
-    as the paper writes them: :func:`stnref.equations.sample_backward`.
+    Matches PyTorch's ``grid_sampler_2d_backward`` / ``grid_sampler_3d_backward``
+    in the settings PyTorch has, including one-sided derivatives at integer pixel
+    positions and zero multipliers on clip borders (docs/conventions.md §3-4, §6).
+    Eqs. (6) and (7) as the paper writes them: :func:`stnref.equations.sample_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> U = np.ones((1, 1, 2, 2))
+    >>> grid = np.array([[[[1.0, 0.0]]]])  # the right edge: half of the taps read fill_value
+    >>> dU, dgrid, dfill = grid_sample_backward(np.ones((1, 1, 1, 1)), U, grid,
+    ...     padding_mode="constant", fill_value=3.0, need_dfill_value=True)
+    >>> float(dfill), dgrid[0, 0, 0].tolist()
+    (0.5, [2.0, 0.0])
     """
-    return _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept=None)
+    return _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, None,
+                            fill_value, cubic_a, need_dfill_value)
 
 
-def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept):
+def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept,
+                     fill_value=FILL_VALUE, cubic_a=CUBIC_A, need_dfill_value=False):
     """:func:`grid_sample_backward`, reusing the taps ``kept`` by :func:`_sample` on the same
     ``U`` and ``grid`` (None: recompute them)."""
     fn = "grid_sample_backward"
-    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    need_dfill_value = _checks.check_bool(need_dfill_value, "need_dfill_value", fn)
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn, fill_value,
+                                  cubic_a, ["need_dfill_value=True"] if need_dfill_value else [])
     dV = _checks.check_dV(dV, U, grid, fn)
     need_dU = _checks.check_bool(need_dU, "need_dU", fn)
+    scatter = need_dU or need_dfill_value
 
     N, C = U.shape[:2]
     k = U.ndim - 2
@@ -719,7 +785,7 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
     R = planes.shape[-1]
     index = np.int32 if max(R, M * T) < INT_MAX else np.int64  # int32: scipy's fast path
     dgrid = np.zeros((M, k), dtype=grid.dtype)
-    if need_dU:
+    if scatter:
         S_rows = np.empty((M, T), dtype=index)
         S_data = np.empty((M, T), dtype=U.dtype)
         if T > DIRECT_TAPS:
@@ -730,7 +796,7 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
             chunk = _chunk(coords, start, stop, U.shape, padded, opts, order=1)
         else:
             chunk = kept[number]
-        if need_dU:
+        if scatter:
             # tap t of every point is column t of S's (m, T) block; for wide blocks
             # the columns are filled tap-major and transposed once (T strided passes
             # over the block cost 3x more at T = 16)
@@ -756,17 +822,23 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
                     derivs[a] *= gc
                     derivs[a].sum(axis=0, out=dgrid[start:stop, a])
 
-    dU = None
-    if need_dU:
+    dU = dfill = None
+    if scatter:
         S = scipy.sparse.csr_matrix(
             (S_data.reshape(-1), S_rows.reshape(-1), np.arange(0, M * T + 1, T, dtype=index)),
             shape=(M, R),
         )
         dU_rows = np.asarray(S.T @ (g if C == 1 else g.T), dtype=U.dtype)  # (R,) or (R, C)
         dU_rows = dU_rows.reshape(N, *padded, C)
-        ring = opts.kernel.ring
-        inner = (slice(None),) + (slice(ring, -ring),) * k
-        dU = np.ascontiguousarray(np.moveaxis(dU_rows[inner], -1, 1))
+        inner = (slice(opts.kernel.ring, -opts.kernel.ring),) * k
+        if need_dU:
+            dU = np.ascontiguousarray(np.moveaxis(dU_rows[(slice(None),) + inner], -1, 1))
+        if need_dfill_value:
+            ring = np.ones(padded, dtype=bool)
+            ring[inner] = False
+            dfill = U.dtype.type(dU_rows[:, ring].sum())
     if bad is not None:
         dgrid[bad] = np.nan
+    if need_dfill_value:
+        return dU, dgrid.reshape(grid.shape), dfill
     return dU, dgrid.reshape(grid.shape)

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse
 
 from . import _checks, grids
-from .sampler_settings import FILL_VALUE
+from .sampler_settings import CUBIC_A, FILL_VALUE
 from .sampling import _check_inputs, _chunk, _combos, _flat_coords, _padded_shape, _planes
 
 __all__ = [
@@ -135,11 +135,21 @@ def _scatter_rows(weights, rows, values, n_rows):
 
 
 def _unpad_rows(rows, U_shape, padded):
-    """(N * prod(padded), C) zero-ringed rows -> (N, C, *spatial) without the ring."""
+    """(N * prod(padded), C) ringed rows -> ``(N, C, *spatial)`` without the ring, and the
+    ring's sum (what flowed to the fill value)."""
     N, C = U_shape[:2]
     ring = (padded[0] - U_shape[2]) // 2  # as _padded_rows: the ring width depends on the kernel
-    inner = (slice(None),) + (slice(ring, -ring),) * len(padded) + (slice(None),)
-    return np.ascontiguousarray(np.moveaxis(rows.reshape(N, *padded, C)[inner], -1, 1))
+    inner = (slice(ring, -ring),) * len(padded)
+    rows = rows.reshape(N, *padded, C)
+    outside = np.ones(padded, dtype=bool)
+    outside[inner] = False
+    return (np.ascontiguousarray(np.moveaxis(rows[(slice(None),) + inner], -1, 1)),
+            rows.dtype.type(rows[:, outside].sum()))
+
+
+def _fill_tangent(value, name, fn):
+    """A tangent or cotangent of ``fill_value``: None (zero) or a finite real number."""
+    return None if value is None else _checks.check_finite_real(value, name, fn)
 
 
 def _contract(weights, taps):
@@ -162,11 +172,13 @@ def _directional(dweights, tangent):
 #            + sum_t (sum_a tgrid[m, a] dW_a[m, t]) U_rows[rows[m, t], c]
 # dW_a already carries the unnormalisation scale and the padding multiplier (clip mask, fold sign),
 # so this is the exact transpose of grid_sample_backward's dgrid (see the VJP identity tests).
-def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", align_corners=False):
+# The ring of U_rows holds fill_value and V is linear in it: the ring of tU_rows holds tfill_value.
+def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", align_corners=False,
+                    *, fill_value=FILL_VALUE, cubic_a=CUBIC_A, tfill_value=None):
     """Jacobian-vector product (forward mode) of :func:`stnref.grid_sample`.
 
-    ``tV = grid_sample(tU, grid) + sum_a tgrid_a * dV/dg_a``, the directional
-    derivative of ``V = grid_sample(U, grid)`` along ``(tU, tgrid)``.
+    ``tV = grid_sample(tU, grid, fill_value=tfill_value) + sum_a tgrid_a * dV/dg_a``, the
+    directional derivative of ``V = grid_sample(U, grid)`` along ``(tU, tgrid, tfill_value)``.
 
     Parameters
     ----------
@@ -178,8 +190,10 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
         Tangent of ``U`` (None: zero).
     tgrid : ndarray, shape of ``grid``, or None
         Tangent of ``grid`` (None: zero).
-    mode, padding_mode, align_corners
+    mode, padding_mode, align_corners, fill_value, cubic_a
         As for :func:`stnref.grid_sample`.
+    tfill_value : float, optional
+        Tangent of ``fill_value`` (None: zero); only with ``padding_mode="constant"``.
 
     Returns
     -------
@@ -192,7 +206,8 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
     At kinks (integer pixel positions, clip borders, folds) the one-sided
     derivative of :func:`stnref.grid_sample_backward` is used, so
     ``<dV, grid_sample_jvp(U, grid, tU, tgrid)> == <dU, tU> + <dgrid, tgrid>``
-    holds exactly for ``(dU, dgrid) = grid_sample_backward(dV, U, grid)``.
+    holds exactly for ``(dU, dgrid) = grid_sample_backward(dV, U, grid)`` (plus
+    ``dfill_value * tfill_value`` with a fill value).
     Matches ``torch.autograd.functional.jvp`` of ``torch.nn.functional.grid_sample``
     (PyTorch has no forward-mode rule for it; that function uses the double-VJP trick).
 
@@ -206,7 +221,9 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
     array([[[[0.5]]]])
     """
     fn = "grid_sample_jvp"
-    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    tfill = _fill_tangent(tfill_value, "tfill_value", fn)
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn, fill_value,
+                                  cubic_a, ["tfill_value"] if tfill is not None else [])
     tU = _check_like(tU, U, "tU", "U", fn)
     tgrid = _check_like(tgrid, grid, "tgrid", "grid", fn)
     N, C = U.shape[:2]
@@ -214,14 +231,16 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
     plan = _plan(U.shape, grid, opts, order=1)
     M = plan.rows.shape[0]
     tV_rows = np.zeros((M, C), dtype=U.dtype)
-    if tU is not None:
-        tV_rows += _contract(plan.weights, np.take(_padded_rows(tU, plan.padded), plan.rows, axis=0))
+    if tU is not None or tfill is not None:
+        tU_rows = _padded_rows(np.zeros_like(U) if tU is None else tU, plan.padded,
+                               FILL_VALUE if tfill is None else tfill)
+        tV_rows += _contract(plan.weights, np.take(tU_rows, plan.rows, axis=0))
     if tgrid is not None and plan.dweights is not None:
         t = tgrid.reshape(M, k)
         if plan.bad is not None:
             t = np.where(plan.bad[:, None], 0, t)
         Wt = _directional(plan.dweights, t)                                  # (M, T)
-        tV_rows += _contract(Wt, np.take(_padded_rows(U, plan.padded), plan.rows, axis=0))
+        tV_rows += _contract(Wt, np.take(_padded_rows(U, plan.padded, opts.fill), plan.rows, axis=0))
     if plan.bad is not None:
         tV_rows[plan.bad] = np.nan
     return _to_channels_first(tV_rows, N, grid.shape[1:-1])
@@ -237,15 +256,20 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
 #   g_U_rows   = Wg-weighted scatter of dV                             sparse product, duplicates accumulate
 #   g_grid_b   = sum_t dW_b H + sum_a g_dgrid_a sum_t ddW_ab G         ddW symmetric, stored for a <= b
 # (docs/derivations/second_order.md).  Bilinear has ddW_aa = 0: only the cross terms a != b remain.
+# With a fill value the rings carry it: U_rows holds fill_value, gU_rows the cotangent g_dfill_value
+# of dfill_value (the ring's share of dU), and g_fill_value is the ring's share of g_U_rows.
 def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", padding_mode="zeros",
-                                align_corners=False):
+                                align_corners=False, *, fill_value=FILL_VALUE, cubic_a=CUBIC_A,
+                                g_dfill_value=None, need_g_fill_value=False):
     """Double backward of :func:`stnref.grid_sample`: VJP of :func:`stnref.grid_sample_backward`.
 
     For ``(dU, dgrid) = grid_sample_backward(dV, U, grid, ...)`` and cotangents
     ``(g_dU, g_dgrid)``, returns the gradients of
     ``L = <g_dU, dU> + <g_dgrid, dgrid>`` with respect to ``dV``, ``U`` and
     ``grid`` -- what ``torch.autograd.grad(..., create_graph=True)`` followed by a
-    second ``grad`` computes.
+    second ``grad`` computes.  With ``padding_mode="constant"``, ``L`` may include
+    ``g_dfill_value * dfill_value`` and its gradient with respect to ``fill_value``
+    may be returned too.
 
     Parameters
     ----------
@@ -255,17 +279,24 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
         Cotangent of ``dgrid`` (None: zero).
     dV : ndarray, shape (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out)
         The first backward's incoming gradient.
-    U, grid, mode, padding_mode, align_corners
+    U, grid, mode, padding_mode, align_corners, fill_value, cubic_a
         The forward's arguments; everything shares the dtype of ``U``.
+    g_dfill_value : float, optional
+        Cotangent of ``dfill_value`` (None: zero); only with ``padding_mode="constant"``.
+    need_g_fill_value : bool, default False
+        Also return ``g_fill_value``, the gradient of ``L`` with respect to
+        ``fill_value`` (only with ``padding_mode="constant"``).
 
     Returns
     -------
     g_dV : ndarray, shape of ``dV``
-        ``grid_sample_jvp(U, grid, g_dU, g_dgrid)``.
+        ``grid_sample_jvp(U, grid, g_dU, g_dgrid, tfill_value=g_dfill_value)``.
     g_U : ndarray, shape of ``U``
         Scatter of ``dV`` with the weights' derivative along ``g_dgrid``.
     g_grid : ndarray, shape of ``grid``
         ``sum_t dW_b H + sum_a g_dgrid_a sum_t ddW_ab G`` (see the source comment).
+    g_fill_value : scalar of ``U``'s dtype, only with ``need_g_fill_value=True``
+        The part of that scatter which fell outside the image.
 
     Notes
     -----
@@ -275,7 +306,7 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     Derivatives at kinks are the one-sided ones of the first-order backward.
     Grid points with a non-finite coordinate: NaN in ``g_dV`` and ``g_grid``,
     no contribution to ``g_U`` (docs/conventions.md §5.2).  Matches PyTorch's
-    double backward of ``grid_sample`` (float64, all modes and paddings).
+    double backward of ``grid_sample`` (float64, all modes and paddings PyTorch has).
 
     Examples
     --------
@@ -289,7 +320,12 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     array([0.25, 0.  ])
     """
     fn = "grid_sample_double_backward"
-    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    g_dfill = _fill_tangent(g_dfill_value, "g_dfill_value", fn)
+    need_g_fill = _checks.check_bool(need_g_fill_value, "need_g_fill_value", fn)
+    given = (["g_dfill_value"] if g_dfill is not None else []) + \
+        (["need_g_fill_value=True"] if need_g_fill else [])
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn, fill_value,
+                                  cubic_a, given)
     dV = _checks.check_dV(dV, U, grid, fn)
     g_dU = _check_like(g_dU, U, "g_dU", "U", fn)
     g_dgrid = _check_like(g_dgrid, grid, "g_dgrid", "grid", fn)
@@ -307,11 +343,13 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     g_U_rows = np.zeros((n_rows, C), dtype=U.dtype)
     g_grid = np.zeros((M, k), dtype=U.dtype)
     taps_g = None
-    if g_dU is not None:
-        taps_g = np.take(_padded_rows(g_dU, plan.padded), plan.rows, axis=0)  # (M, T, C)
+    if g_dU is not None or g_dfill is not None:
+        gU_rows = _padded_rows(np.zeros_like(U) if g_dU is None else g_dU, plan.padded,
+                               FILL_VALUE if g_dfill is None else g_dfill)
+        taps_g = np.take(gU_rows, plan.rows, axis=0)                          # (M, T, C)
         g_dV_rows += _contract(plan.weights, taps_g)
     if plan.dweights is not None:
-        taps_U = np.take(_padded_rows(U, plan.padded), plan.rows, axis=0)    # (M, T, C)
+        taps_U = np.take(_padded_rows(U, plan.padded, opts.fill), plan.rows, axis=0)  # (M, T, C)
         if g_dgrid is not None:
             gg = g_dgrid.reshape(M, k)
             if plan.bad is not None:
@@ -333,7 +371,9 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
         g_dV_rows[plan.bad] = np.nan
         g_grid[plan.bad] = np.nan
     g_dV = _to_channels_first(g_dV_rows, N, grid.shape[1:-1])
-    g_U = _unpad_rows(g_U_rows, U.shape, plan.padded)
+    g_U, g_fill = _unpad_rows(g_U_rows, U.shape, plan.padded)
+    if need_g_fill:
+        return g_dV, g_U, g_grid.reshape(grid.shape), g_fill
     return g_dV, g_U, g_grid.reshape(grid.shape)
 
 

@@ -22,7 +22,17 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-from stnref.sampler_settings import MODES, PADDING_MODES, SETTINGS, TAPS, combinations
+from stnref.sampler_settings import (
+    CUBIC_A,
+    CUBIC_MODES,
+    FILL_PADDINGS,
+    FILL_VALUE,
+    MODES,
+    PADDING_MODES,
+    SETTINGS,
+    TAPS,
+    combinations,
+)
 
 PADDINGS = PADDING_MODES
 MAX_SPATIAL = 6   # every spatial size of U and of the grid is in 1..MAX_SPATIAL
@@ -34,6 +44,8 @@ GRID_RANGE = 3.0  # normalised coordinates uniform in [-GRID_RANGE, GRID_RANGE]:
 KINK_MARGIN = 1e-3
 FAR_COORDS = (-1e3, -50.0, -7.25, 7.75, 50.0, 1e3)  # far outside: several reflection periods
 MAX_REDRAWS = 200  # rejection rounds before a grid is declared impossible (never reached in practice)
+CUBIC_AS = (CUBIC_A, -0.5, -1.0, 0.25)  # Keys' A: PyTorch's, PIL's, and two others (finite: any)
+FILL_SCALE = 2.0   # fill values are drawn from N(0, FILL_SCALE^2): off the data's scale
 
 
 def combos(dims=(2, 3), pytorch=None):
@@ -127,7 +139,7 @@ def padded_coordinate(i, size, padding_mode, align_corners):
     ``[low, low + span]`` by a floored modulo of period ``2 span``, then clip.
     """
     i = np.asarray(i, dtype=np.float64)
-    if padding_mode == "zeros":
+    if padding_mode in ("zeros", "constant"):   # taps outside read the fill: no coordinate map
         return i
     if padding_mode == "reflection":
         low, span = _fold_span(size, align_corners)
@@ -239,15 +251,27 @@ class Case(NamedTuple):
     mode: str
     padding_mode: str
     align_corners: bool
+    fill_value: float = FILL_VALUE
+    cubic_a: float = CUBIC_A
 
     @property
     def kwargs(self):
         return {"mode": self.mode, "padding_mode": self.padding_mode,
-                "align_corners": self.align_corners}
+                "align_corners": self.align_corners, "fill_value": self.fill_value,
+                "cubic_a": self.cubic_a}
 
     def __repr__(self):
         return (f"Case(U{self.U.shape}, grid{self.grid.shape}, {self.mode}, {self.padding_mode}, "
-                f"align_corners={self.align_corners})")
+                f"align_corners={self.align_corners}, fill_value={self.fill_value}, "
+                f"cubic_a={self.cubic_a})")
+
+
+def draw_options(rng, mode, padding_mode, defaults=False):
+    """``(fill_value, cubic_a)`` for a setting: drawn where the setting has them, else defaults."""
+    fill = FILL_VALUE if defaults or padding_mode not in FILL_PADDINGS else \
+        float(FILL_SCALE * rng.standard_normal())
+    a = CUBIC_A if defaults or mode not in CUBIC_MODES else float(rng.choice(CUBIC_AS))
+    return fill, a
 
 
 @st.composite
@@ -262,7 +286,7 @@ def shapes(draw, k, max_spatial=MAX_SPATIAL, max_nc=MAX_NC):
 
 @st.composite
 def sampler_cases(draw, dims=(2, 3), modes=MODES, paddings=PADDINGS, align=(False, True),
-                  grids="smooth", max_spatial=MAX_SPATIAL, max_nc=MAX_NC):
+                  grids="smooth", max_spatial=MAX_SPATIAL, max_nc=MAX_NC, defaults=False):
     """Draw a :class:`Case` from the mode product.
 
     Parameters
@@ -273,6 +297,9 @@ def sampler_cases(draw, dims=(2, 3), modes=MODES, paddings=PADDINGS, align=(Fals
     grids : {"smooth", "kinky"}
         ``"smooth"``: :func:`smooth_grid` (for finite differences and oracles);
         ``"kinky"``: :func:`kinky_grid` (exact integers, halves, far points).
+    defaults : bool, default False
+        Keep ``fill_value`` and ``cubic_a`` at their defaults (PyTorch's); otherwise they
+        are drawn where the setting has them (:func:`draw_options`).
     """
     mode = draw(st.sampled_from(modes))
     padding_mode = draw(st.sampled_from(paddings))
@@ -286,4 +313,5 @@ def sampler_cases(draw, dims=(2, 3), modes=MODES, paddings=PADDINGS, align=(Fals
     else:
         grid = kinky_grid(rng, g_shape, u_shape[2:], align_corners)
     dV = rng.standard_normal((u_shape[0], u_shape[1], *g_shape[1:-1]))
-    return Case(U, grid, dV, mode, padding_mode, align_corners)
+    return Case(U, grid, dV, mode, padding_mode, align_corners,
+                *draw_options(rng, mode, padding_mode, defaults))

@@ -46,11 +46,13 @@ def _settings_of(combos):
     return {c[:3] for c in combos}
 
 
-def _recorded(path):
-    """``{(k, mode, padding_mode)}`` of the sampler cases recorded in ``path`` (an .npz record)."""
+def _recorded(path, families=None):
+    """``{(k, mode, padding_mode)}`` of the sampler cases recorded in ``path`` (an .npz record),
+    of the given families (None: all)."""
     arrays, meta = stnref.load_checkpoint(path)
     return {(arrays[f"{case['id']}.grid"].shape[-1], case["options"]["mode"],
-             case["options"]["padding_mode"]) for case in meta["cases"]}
+             case["options"]["padding_mode"]) for case in meta["cases"]
+            if families is None or case["family"] in families}
 
 
 # kind -> [(source, callable returning the settings it checks)].  The hook of the coverage
@@ -66,6 +68,8 @@ COVERAGE_SOURCES = {
         ("scipy.ndimage.map_coordinates, tests/test_oracle_scipy.py",
          lambda: _settings_of(test_oracle_scipy.COMBOS)),
         ("direct loops, tests/loops.py", lambda: _settings_of(test_sampling.LOOP_COMBOS)),
+        ("ONNX reference records (agreeing family), tests/onnx_records/cubic.npz",
+         lambda: _recorded(ROOT / "tests" / "onnx_records" / "cubic.npz", ("zeros",))),
     ],
 }
 
