@@ -677,6 +677,18 @@ def test_6_fill_value_gradient_is_asked_for_and_only_with_constant(padding):
     no_dU, _, dfill_alone = grid_sample_backward(dV, U, grid, need_dU=False, padding_mode=padding,
                                                  fill_value=0.5, need_dfill_value=True)
     assert no_dU is None and dfill_alone == dfill
+    # §5.2: a non-finite point is NaN in V and dgrid and gives nothing to dU or dfill_value
+    bad = grid.copy()
+    bad[0, 1, 0, 0] = np.nan
+    kw = {"padding_mode": padding, "fill_value": 0.5}
+    assert np.isnan(grid_sample(U, bad, **kw)[0, :, 1, 0]).all()
+    dU_bad, dgrid_bad, dfill_bad = grid_sample_backward(dV, U, bad, need_dfill_value=True, **kw)
+    quiet = dV.copy()
+    quiet[0, :, 1, 0] = 0
+    dU_ref, _, dfill_ref = grid_sample_backward(quiet, U, np.where(np.isnan(bad), 0.0, bad),
+                                                need_dfill_value=True, **kw)
+    assert np.isnan(dgrid_bad[0, 1, 0]).all() and dfill_bad == pytest.approx(dfill_ref, abs=1e-14)
+    np.testing.assert_allclose(dU_bad, dU_ref, rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
