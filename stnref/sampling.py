@@ -235,57 +235,51 @@ def _linear(i, order, cubic_a):
 # Keys' cubic convolution kernel, k1 on |d| <= 1 and k2 on 1 < |d| < 2, and their first and
 # second derivatives, as Horner steps in place in the order (and so with the roundings) of
 # PyTorch's bicubic: k1(x) = ((A+2) x - (A+3)) x x + 1,  k2(x) = ((A x - 5A) x + 8A) x - 4A.
-# ``A`` has the dtype of ``x``.
+# ``A`` is a scalar of the dtype of ``x``; the integer constants keep that dtype.
 
 def _k1(x, A):
-    dt = x.dtype.type
-    r = x * (A + dt(2))
-    r -= A + dt(3)
+    r = x * (A + 2)
+    r -= A + 3
     r *= x
     r *= x
-    r += dt(1)
+    r += 1
     return r
 
 
 def _k2(x, A):
-    dt = x.dtype.type
     r = x * A
-    r -= dt(5) * A
+    r -= 5 * A
     r *= x
-    r += dt(8) * A
+    r += 8 * A
     r *= x
-    r -= dt(4) * A
+    r -= 4 * A
     return r
 
 
 def _dk1(x, A):  # (3 (A+2) x - 2 (A+3)) x
-    dt = x.dtype.type
-    r = x * (dt(3) * (A + dt(2)))
-    r -= dt(2) * (A + dt(3))
+    r = x * (3 * (A + 2))
+    r -= 2 * (A + 3)
     r *= x
     return r
 
 
 def _dk2(x, A):  # (3A x - 10A) x + 8A
-    dt = x.dtype.type
-    r = x * (dt(3) * A)
-    r -= dt(10) * A
+    r = x * (3 * A)
+    r -= 10 * A
     r *= x
-    r += dt(8) * A
+    r += 8 * A
     return r
 
 
 def _ddk1(x, A):  # 6 (A+2) x - 2 (A+3)
-    dt = x.dtype.type
-    r = x * (dt(6) * (A + dt(2)))
-    r -= dt(2) * (A + dt(3))
+    r = x * (6 * (A + 2))
+    r -= 2 * (A + 3)
     return r
 
 
 def _ddk2(x, A):  # 6A x - 10A
-    dt = x.dtype.type
-    r = x * (dt(6) * A)
-    r -= dt(10) * A
+    r = x * (6 * A)
+    r -= 10 * A
     return r
 
 
