@@ -16,10 +16,11 @@ One pipeline serves every kernel, padding and dimension:
 3. the kernel (``_KERNELS``) turns the coordinate into the few integer taps where
    ``k(x_s - m)`` is non-zero, with weights ``w(t)`` and derivatives ``dw/dt``;
    settings that pad taps pad each integer tap instead;
-4. taps index a copy of ``U`` surrounded by a ring of the fill value (0 unless
-   ``padding_mode="constant"``) as wide as the kernel (``_planes``), so every tap is
-   in bounds and an out-of-range tap reads the fill; with zeros or constant padding,
-   far-away coordinates are clamped into the ring;
+4. taps index a copy of ``U`` surrounded by a ring as wide as the kernel
+   (``_planes``) that holds what an out-of-range tap reads: the fill value (0 unless
+   ``padding_mode="constant"``), or with wrap the image continued periodically; so
+   every tap is in bounds.  With zeros or constant padding far-away coordinates are
+   clamped into the ring, with wrap the base tap is taken modulo the size;
 5. the taps of all axes form a tensor product (4 bilinear taps in 2-D, 8
    trilinear, 16 bicubic, 64 tricubic): contiguous taps are read as shifted views
    from one base index per point (``_gather``), and the weighted sum is taken
@@ -28,7 +29,8 @@ One pipeline serves every kernel, padding and dimension:
 Points are processed in chunks of ``CHUNK``, so temporaries stay small.  The
 backward re-gathers the taps for ``dgrid`` (eq. 7) and scatters ``dV`` back with
 a sparse product ``dU = S^T dV`` (eq. 6; duplicate points accumulate); what the
-scatter puts in the ring is the gradient of the fill value.
+scatter puts in the ring is the gradient of the fill value, or, with wrap, is added
+back to the pixels the ring holds (``_unring``).
 Derivations: ``docs/derivations/sampling.md``.
 """
 from __future__ import annotations
@@ -42,8 +44,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
-from . import _checks
+from . import _checks, _keys
 from . import sampler_settings as settings
+from ._keys import keys
 from .sampler_settings import CUBIC_A, FILL_VALUE, TAPS
 
 __all__ = ["grid_sample", "grid_sample_backward", "keys", "CUBIC_A"]
@@ -179,32 +182,41 @@ def _pad_reflection(i, size, align_corners, flavour):
     return res, mult * sign
 
 
-def _pad_wrap(m, size, align_corners, flavour):
-    """Integer taps modulo ``size`` (exact for integer-valued floats); period ``size`` pixels.
+def _each_tap(pad):
+    """The taps map of a coordinate map: each integer tap ``base + o`` padded on its own."""
+    def taps(base, offsets, size, align_corners, flavour):
+        return [pad(base + base.dtype.type(o), size, align_corners, flavour)[0] for o in offsets]
+    return taps
 
-    An infinite tap (a pixel coordinate overflowed from a finite grid value) has no
-    remainder: it reads pixel 0, as a reflected NaN does.
+
+def _wrap(base, size):
+    """Pixel index modulo ``size`` of an integer-valued float (exact); period ``size`` pixels.
+
+    The taps around a wrapped base read the ring, which holds the image's opposite edges
+    (:func:`_planes`).  An infinite base (a pixel coordinate overflowed from a finite grid
+    value) has no remainder (NaN; the caller silences the warning): it reads pixel 0, as a
+    reflected NaN does.
     """
-    with np.errstate(invalid="ignore"):
-        r = np.mod(m, m.dtype.type(size))
-    return np.fmax(r, 0), None
+    return np.fmax(np.mod(base, base.dtype.type(size)), 0)
 
 
 class _Padding(NamedTuple):
-    """A padding's maps ``(i, size, align_corners, flavour) -> (padded, multiplier or None)``."""
+    """A padding's maps, for the two places a padding may act, and what the ring holds."""
 
-    coord: object   # for settings that pad the continuous coordinate (sampler_settings.COORDINATE)
-    tap: object     # for settings that pad each integer tap; None: a tap outside the image
-                    # reads the fill (the ring), so far-away coordinates may be clamped
+    coord: object   # (i, size, align_corners, flavour) -> (padded, multiplier or None), for
+                    # settings that pad the continuous coordinate (sampler_settings.COORDINATE)
+    taps: object    # (base, offsets, size, align_corners, flavour) -> padded integer taps, for
+                    # settings that pad each tap; None: the taps read the ring around U
+    wraps: bool     # the ring holds the image's opposite edges (else the fill value)
 
 
 # Which map a setting uses is a column of stnref.sampler_settings.SETTINGS.
 _PADDINGS = {
-    "zeros": _Padding(_pad_identity, None),
-    "border": _Padding(_pad_border, _pad_border),
-    "reflection": _Padding(_pad_reflection, _pad_reflection),
-    "constant": _Padding(_pad_identity, None),
-    "wrap": _Padding(None, _pad_wrap),
+    "zeros": _Padding(_pad_identity, None, False),
+    "border": _Padding(_pad_border, _each_tap(_pad_border), False),
+    "reflection": _Padding(_pad_reflection, _each_tap(_pad_reflection), False),
+    "constant": _Padding(_pad_identity, None, False),
+    "wrap": _Padding(None, None, True),
 }
 
 
@@ -232,102 +244,23 @@ def _linear(i, order, cubic_a):
     return _Taps(base, (0, 1), [one - t, t], [-one, one], None)
 
 
-# Keys' cubic convolution kernel, k1 on |d| <= 1 and k2 on 1 < |d| < 2, and their first and
-# second derivatives, as Horner steps in place in the order (and so with the roundings) of
-# PyTorch's bicubic: k1(x) = ((A+2) x - (A+3)) x x + 1,  k2(x) = ((A x - 5A) x + 8A) x - 4A.
-# ``A`` is a scalar of the dtype of ``x``; the integer constants keep that dtype.
-
-def _k1(x, A):
-    r = x * (A + 2)
-    r -= A + 3
-    r *= x
-    r *= x
-    r += 1
-    return r
-
-
-def _k2(x, A):
-    r = x * A
-    r -= 5 * A
-    r *= x
-    r += 8 * A
-    r *= x
-    r -= 4 * A
-    return r
-
-
-def _dk1(x, A):  # (3 (A+2) x - 2 (A+3)) x
-    r = x * (3 * (A + 2))
-    r -= 2 * (A + 3)
-    r *= x
-    return r
-
-
-def _dk2(x, A):  # (3A x - 10A) x + 8A
-    r = x * (3 * A)
-    r -= 10 * A
-    r *= x
-    r += 8 * A
-    return r
-
-
-def _ddk1(x, A):  # 6 (A+2) x - 2 (A+3)
-    r = x * (6 * (A + 2))
-    r -= 2 * (A + 3)
-    return r
-
-
-def _ddk2(x, A):  # 6A x - 10A
-    r = x * (6 * A)
-    r -= 10 * A
-    return r
-
-
-def keys(d, a=CUBIC_A):
-    """Keys' cubic convolution kernel ``k(d)`` with parameter ``a``, as the sampler evaluates it.
-
-    ``((a+2)|d| - (a+3)) |d|^2 + 1`` for ``|d| <= 1``, ``((a|d| - 5a)|d| + 8a)|d| - 4a`` for
-    ``1 < |d| < 2``, else 0: the Horner forms and roundings of PyTorch's bicubic, in the dtype
-    of ``d`` (float64 for other input).  The plain statement is
-    :func:`stnref.equations.cubic_kernel`.
-
-    Parameters
-    ----------
-    d : array_like
-        Distances from the sample point to the taps.
-    a : float, default CUBIC_A
-
-    Returns
-    -------
-    ndarray
-        ``k(d)``, shape and float dtype of ``d``.
-
-    Examples
-    --------
-    >>> keys(np.array([0.0, 0.5, 1.5, 2.0]))
-    array([ 1.     ,  0.59375, -0.09375,  0.     ])
-    """
-    d = np.asarray(d)
-    d = np.abs(d if d.dtype.kind == "f" else d.astype(np.float64))
-    A = d.dtype.type(a)
-    return np.where(d <= 1, _k1(d, A), np.where(d < 2, _k2(d, A), d.dtype.type(0)))
-
-
 def _cubic(i, order, cubic_a):
     """Keys cubic convolution weights of taps ``floor(i) - 1 .. floor(i) + 2``.
 
     With ``t = i - floor(i)`` the tap distances are ``1 + t, t, 1 - t, 2 - t``: the
-    outer two on ``k2``, the inner two on ``k1``.
+    outer two on ``k2``, the inner two on ``k1`` (:mod:`stnref._keys`: PyTorch's Horner forms).
     """
     dt = i.dtype.type
     A = dt(cubic_a)
     base = np.floor(i)
     t = i - base
     x0, x1, x2, x3 = t + dt(1), t, dt(1) - t, dt(2) - t
-    w = [_k2(x0, A), _k1(x1, A), _k1(x2, A), _k2(x3, A)]
+    w = [_keys.k2(x0, A), _keys.k1(x1, A), _keys.k1(x2, A), _keys.k2(x3, A)]
     # d/dt of the distances is (+1, +1, -1, -1); derivatives only up to ``order``
-    dw = [_dk2(x0, A), _dk1(x1, A), -_dk1(x2, A), -_dk2(x3, A)] if order >= 1 else None
-    ddw = [_ddk2(x0, A), _ddk1(x1, A), _ddk1(x2, A), _ddk2(x3, A)] if order >= 2 else None
+    dw = ([_keys.dk2(x0, A), _keys.dk1(x1, A), -_keys.dk1(x2, A), -_keys.dk2(x3, A)]
+          if order >= 1 else None)
+    ddw = ([_keys.ddk2(x0, A), _keys.ddk1(x1, A), _keys.ddk1(x2, A), _keys.ddk2(x3, A)]
+           if order >= 2 else None)
     return _Taps(base, (-1, 0, 1, 2), w, dw, ddw)
 
 
@@ -404,23 +337,21 @@ def _axis(coord, size, stride, opts, order, flavour):
     mult = None
     if not opts.pads_taps:
         i, mult = padding.coord(i, size, opts.align_corners, flavour)
-    if padding.tap is None:
-        # Beyond this window every tap is out of range: clamping changes nothing
+    if padding.taps is None and not padding.wraps:
+        # Beyond this window every tap reads the fill: clamping changes nothing
         # but keeps indices in the ring (and 1e30 from overflowing int64).
         np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0], out=i)
-    if padding.tap is None or not opts.pads_taps:
-        taps = kernel.taps(i, order, opts.cubic_a)
-    else:
-        # unclamped: a pixel coordinate overflowed to +-inf has NaN weights (conventions §5.1)
-        with np.errstate(invalid="ignore"):
-            taps = kernel.taps(i, order, opts.cubic_a)
     first, idx = None, None
-    if not opts.pads_taps or padding.tap is None:
-        first = taps.base + i.dtype.type(taps.offsets[0]) if taps.offsets[0] else taps.base
-    else:  # each integer tap is padded on its own
-        idx = [padding.tap(taps.base + i.dtype.type(o), size, opts.align_corners, flavour)[0]
-               .astype(np.int64)
-               * stride for o in taps.offsets]
+    # an unclamped pixel coordinate overflowed to +-inf has NaN weights and a padded index of
+    # its own (conventions §5.1, §3.10); clamped ones are finite
+    with np.errstate(invalid="ignore"):
+        taps = kernel.taps(i, order, opts.cubic_a)
+        if opts.pads_taps and padding.taps is not None:   # each integer tap padded on its own
+            idx = [m.astype(np.int64) * stride
+                   for m in padding.taps(taps.base, taps.offsets, size, opts.align_corners, flavour)]
+        else:
+            base = _wrap(taps.base, size) if padding.wraps else taps.base
+            first = base + i.dtype.type(taps.offsets[0]) if taps.offsets[0] else base
     scale = s if mult is None else s * mult
     dw = [d * scale for d in taps.dw] if order >= 1 and taps.dw is not None else None
     ddw = [d * (scale * scale) for d in taps.ddw] if order >= 2 and taps.ddw is not None else None
@@ -573,23 +504,44 @@ def _contract(axes, vals, order):
     return level[0]
 
 
-def _planes(U, padded, fill=FILL_VALUE):
-    """Copy ``U`` (N, C, *spatial) into a ring of ``fill``, channel-major: (C, N * prod(padded)).
+def _planes(U, padded, fill=FILL_VALUE, wrap=False):
+    """Copy ``U`` (N, C, *spatial) into its ring, channel-major: (C, N * prod(padded)).
 
-    The ring is what a tap outside the image reads: 0, or ``fill_value`` with
-    ``padding_mode="constant"``.  For C = 1 the result is 1-D, so tap values and weights
-    are both (m,).
+    The ring holds what a tap outside the image reads: ``fill`` (0, or ``fill_value``
+    with ``padding_mode="constant"``), or with ``wrap`` the image continued periodically.
+    For C = 1 the result is 1-D, so tap values and weights are both (m,).
     """
     N, C = U.shape[:2]
     k = U.ndim - 2
     ring = (padded[0] - U.shape[2]) // 2
-    if fill == 0 and math.copysign(1.0, fill) > 0:
-        out = np.zeros((C, N, *padded), dtype=U.dtype)
+    if wrap:
+        out = np.pad(U.swapaxes(0, 1), ((0, 0), (0, 0)) + ((ring, ring),) * k, mode="wrap")
     else:
-        out = np.full((C, N, *padded), fill, dtype=U.dtype)
-    out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = U.swapaxes(0, 1)
+        if fill == 0 and math.copysign(1.0, fill) > 0:
+            out = np.zeros((C, N, *padded), dtype=U.dtype)
+        else:
+            out = np.full((C, N, *padded), fill, dtype=U.dtype)
+        out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = U.swapaxes(0, 1)
     out = out.reshape(C, N * math.prod(padded))
     return out[0] if C == 1 else out
+
+
+def _unring(rows, ring, wrap):
+    """``(N, *padded, C)`` ringed rows (a scatter's result) -> ``(N, *spatial, C)``, the image.
+
+    With ``wrap`` each ring row is added to the pixel it holds (its index modulo the size),
+    axis by axis, so what the taps read there reaches that pixel; otherwise the ring is dropped.
+    """
+    for a in range(1, rows.ndim - 1):
+        x = np.moveaxis(rows, a, 0)
+        size = x.shape[0] - 2 * ring
+        inner = x[ring:ring + size]
+        if wrap:
+            inner = inner.copy()
+            for p in itertools.chain(range(ring), range(ring + size, 2 * ring + size)):
+                inner[(p - ring) % size] += x[p]
+        rows = np.moveaxis(inner, 0, a)
+    return rows
 
 
 def _chunks(N, P):
@@ -679,7 +631,7 @@ def _sample(U, grid, mode, padding_mode, align_corners, keep, fill_value=FILL_VA
                                   fill_value, cubic_a)
     N, C = U.shape[:2]
     padded = _padded_shape(U.shape, mode)
-    planes = _planes(U, padded, opts.fill)                # (C, R) or (R,) for C = 1
+    planes = _planes(U, padded, opts.fill, opts.padding.wraps)  # (C, R) or (R,) for C = 1
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     V = np.empty(planes.shape[:-1] + (M,), dtype=U.dtype)  # (C, M) or (M,)
@@ -701,7 +653,8 @@ def _sample(U, grid, mode, padding_mode, align_corners, keep, fill_value=FILL_VA
 #   dW_a = (dw_a/di_a) * s_a * padding multiplier * prod_{b != a} w_b; floor gives the
 #   right-sided derivative at integer coordinates, as PyTorch does.
 #   The ring of U_rows holds fill_value, one variable read by every tap outside the image:
-#   d fill_value = sum of dU_rows over the ring (docs/derivations/sampling.md §9).
+#   d fill_value = sum of dU_rows over the ring (docs/derivations/sampling.md §9); with wrap
+#   it holds the image's opposite edges, so its rows are added back to those pixels (§10).
 def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", align_corners=False,
                          need_dU=True, *, fill_value=FILL_VALUE, cubic_a=CUBIC_A,
                          need_dfill_value=False):
@@ -766,7 +719,7 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
     N, C = U.shape[:2]
     k = U.ndim - 2
     padded = _padded_shape(U.shape, mode)
-    planes = _planes(U, padded, opts.fill)
+    planes = _planes(U, padded, opts.fill, opts.padding.wraps)
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     g = dV.swapaxes(0, 1).reshape(C, M)                    # (C, M)
@@ -824,12 +777,12 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
         )
         dU_rows = np.asarray(S.T @ (g if C == 1 else g.T), dtype=U.dtype)  # (R,) or (R, C)
         dU_rows = dU_rows.reshape(N, *padded, C)
-        inner = (slice(opts.kernel.ring, -opts.kernel.ring),) * k
         if need_dU:
-            dU = np.ascontiguousarray(np.moveaxis(dU_rows[(slice(None),) + inner], -1, 1))
+            dU_inner = _unring(dU_rows, opts.kernel.ring, opts.padding.wraps)
+            dU = np.ascontiguousarray(np.moveaxis(dU_inner, -1, 1))
         if need_dfill_value:
             ring = np.ones(padded, dtype=bool)
-            ring[inner] = False
+            ring[(slice(opts.kernel.ring, -opts.kernel.ring),) * k] = False
             dfill = U.dtype.type(dU_rows[:, ring].sum())
     if bad is not None:
         dgrid[bad] = np.nan

@@ -30,7 +30,7 @@ import scipy.sparse
 
 from . import _checks, grids
 from .sampler_settings import CUBIC_A, FILL_VALUE
-from .sampling import _check_inputs, _chunk, _combos, _flat_coords, _padded_shape, _planes
+from .sampling import _check_inputs, _chunk, _combos, _flat_coords, _padded_shape, _planes, _unring
 
 __all__ = [
     "affine_grid_jvp",
@@ -44,9 +44,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- helpers
 
-def _padded_rows(U, padded, fill=FILL_VALUE):
+def _padded_rows(U, padded, fill=FILL_VALUE, wrap=False):
     """:func:`_planes` channels-last, ``(N * prod(padded), C)``: one row per padded pixel."""
-    planes = _planes(U, padded, fill)
+    planes = _planes(U, padded, fill, wrap)
     return np.ascontiguousarray(planes.reshape(U.shape[1], planes.shape[-1]).T)
 
 
@@ -134,16 +134,16 @@ def _scatter_rows(weights, rows, values, n_rows):
     return np.asarray(S.T @ values, dtype=values.dtype)  # (n_rows, C)
 
 
-def _unpad_rows(rows, U_shape, padded):
-    """(N * prod(padded), C) ringed rows -> ``(N, C, *spatial)`` without the ring, and the
-    ring's sum (what flowed to the fill value)."""
+def _unpad_rows(rows, U_shape, padded, wrap):
+    """(N * prod(padded), C) ringed rows (a scatter) -> ``(N, C, *spatial)``, the image (the
+    wrapped ring added back, :func:`stnref.sampling._unring`), and the ring's sum (what flowed
+    to the fill value)."""
     N, C = U_shape[:2]
     ring = (padded[0] - U_shape[2]) // 2  # as _padded_rows: the ring width depends on the kernel
-    inner = (slice(ring, -ring),) * len(padded)
     rows = rows.reshape(N, *padded, C)
     outside = np.ones(padded, dtype=bool)
-    outside[inner] = False
-    return (np.ascontiguousarray(np.moveaxis(rows[(slice(None),) + inner], -1, 1)),
+    outside[(slice(ring, -ring),) * len(padded)] = False
+    return (np.ascontiguousarray(np.moveaxis(_unring(rows, ring, wrap), -1, 1)),
             rows.dtype.type(rows[:, outside].sum()))
 
 
@@ -233,14 +233,15 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
     tV_rows = np.zeros((M, C), dtype=U.dtype)
     if tU is not None or tfill is not None:
         tU_rows = _padded_rows(np.zeros_like(U) if tU is None else tU, plan.padded,
-                               FILL_VALUE if tfill is None else tfill)
+                               FILL_VALUE if tfill is None else tfill, opts.padding.wraps)
         tV_rows += _contract(plan.weights, np.take(tU_rows, plan.rows, axis=0))
     if tgrid is not None and plan.dweights is not None:
         t = tgrid.reshape(M, k)
         if plan.bad is not None:
             t = np.where(plan.bad[:, None], 0, t)
         Wt = _directional(plan.dweights, t)                                  # (M, T)
-        tV_rows += _contract(Wt, np.take(_padded_rows(U, plan.padded, opts.fill), plan.rows, axis=0))
+        U_rows = _padded_rows(U, plan.padded, opts.fill, opts.padding.wraps)
+        tV_rows += _contract(Wt, np.take(U_rows, plan.rows, axis=0))
     if plan.bad is not None:
         tV_rows[plan.bad] = np.nan
     return _to_channels_first(tV_rows, N, grid.shape[1:-1])
@@ -345,11 +346,12 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
     taps_g = None
     if g_dU is not None or g_dfill is not None:
         gU_rows = _padded_rows(np.zeros_like(U) if g_dU is None else g_dU, plan.padded,
-                               FILL_VALUE if g_dfill is None else g_dfill)
+                               FILL_VALUE if g_dfill is None else g_dfill, opts.padding.wraps)
         taps_g = np.take(gU_rows, plan.rows, axis=0)                          # (M, T, C)
         g_dV_rows += _contract(plan.weights, taps_g)
     if plan.dweights is not None:
-        taps_U = np.take(_padded_rows(U, plan.padded, opts.fill), plan.rows, axis=0)  # (M, T, C)
+        U_rows = _padded_rows(U, plan.padded, opts.fill, opts.padding.wraps)
+        taps_U = np.take(U_rows, plan.rows, axis=0)                           # (M, T, C)
         if g_dgrid is not None:
             gg = g_dgrid.reshape(M, k)
             if plan.bad is not None:
@@ -371,7 +373,7 @@ def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", pad
         g_dV_rows[plan.bad] = np.nan
         g_grid[plan.bad] = np.nan
     g_dV = _to_channels_first(g_dV_rows, N, grid.shape[1:-1])
-    g_U, g_fill = _unpad_rows(g_U_rows, U.shape, plan.padded)
+    g_U, g_fill = _unpad_rows(g_U_rows, U.shape, plan.padded, opts.padding.wraps)
     if need_g_fill:
         return g_dV, g_U, g_grid.reshape(grid.shape), g_fill
     return g_dV, g_U, g_grid.reshape(grid.shape)

@@ -96,8 +96,14 @@ def test_rows_are_consistent_with_the_engine():
         assert set(row.pytorch_dims) <= set(row.dims) <= {2, 3}
         assert row.pads in (COORDINATE, TAPS)
         maps = sampling._PADDINGS[padding]
-        # a coordinate padding needs a coordinate map; a tap padding a tap map or the fill ring
-        assert maps.coord is not None if row.pads == COORDINATE else True
+        # a coordinate padding needs a coordinate map; a tap padding a taps map, or a ring that
+        # holds what outside taps read: the image wrapped, or the fill (zeros, constant, whose
+        # coordinate map is the identity)
+        if row.pads == COORDINATE:
+            assert maps.coord is not None, (mode, padding)
+        else:
+            assert (maps.taps is not None or maps.wraps
+                    or maps.coord is sampling._pad_identity), (mode, padding)
     assert MODES == tuple(dict.fromkeys(m for m, _ in SETTINGS))
     assert PADDING_MODES == tuple(dict.fromkeys(p for _, p in SETTINGS))
     assert sampling.CUBIC_A == CUBIC_A == -0.75 and FILL_VALUE == 0.0
