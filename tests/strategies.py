@@ -113,7 +113,7 @@ def kinks_of(size, mode, padding_mode, align_corners):
         half-pixel bands with ``align_corners=False`` (edge value, zero slope);
         their ends are a fold and a clip border.
 
-    A setting that pads taps, not the coordinate (bicubic), has only the
+    A setting that pads taps, not the coordinate (bicubic, wrap), has only the
     integers as kinks (the tap set changes there; the weights are C1 across
     them, but the padded tap indices are not).
     """
