@@ -37,7 +37,8 @@ from . import _checks
 
 __all__ = [
     "COORDINATE", "CUBIC_A", "CUBIC_MODES", "FILL_PADDINGS", "FILL_VALUE", "MODES", "PADDING_MODES",
-    "PYTORCH_MODES", "PYTORCH_PADDING_MODES", "SETTINGS", "TAPS", "Setting", "check", "combinations", "is_pytorch", "markdown",
+    "PYTORCH_MODES", "PYTORCH_PADDING_MODES", "SETTINGS", "TAPS", "Setting", "check",
+    "combinations", "is_pytorch", "markdown",
 ]
 
 CUBIC_A = -0.75     # Keys cubic convolution parameter: PyTorch's (and OpenCV's) value
