@@ -190,14 +190,23 @@ def _each_tap(pad):
 
 
 def _wrap(base, size):
-    """Pixel index modulo ``size`` of an integer-valued float (exact); period ``size`` pixels.
+    """Pixel index modulo ``size`` of an integer-valued float, exactly; period ``size`` pixels.
 
-    The taps around a wrapped base read the ring, which holds the image's opposite edges
-    (:func:`_planes`).  An infinite base (a pixel coordinate overflowed from a finite grid
-    value) has no remainder (NaN; the caller silences the warning): it reads pixel 0, as a
-    reflected NaN does.
+    ``base - floor(base / size) size`` is exact below ``2^mantissa`` (the quotient may be
+    one off; one correction each way fixes it) and 2-3x faster than ``np.mod``, which
+    takes over beyond.  The taps around a wrapped base read the ring, which holds the
+    image's opposite edges (:func:`_planes`).  An infinite base (a pixel coordinate
+    overflowed from a finite grid value) has no remainder (NaN; the caller silences the
+    warning): it reads pixel 0, as a reflected NaN does.
     """
-    return np.fmax(np.mod(base, base.dtype.type(size)), 0)
+    S = base.dtype.type(size)
+    r = base - np.floor(base / S) * S
+    r = np.where(r < 0, r + S, r)
+    r = np.where(r >= S, r - S, r)
+    big = np.abs(base) >= 2.0 ** np.finfo(base.dtype).nmant
+    if big.any():
+        r[big] = np.mod(base[big], S)
+    return np.fmax(r, 0)
 
 
 class _Padding(NamedTuple):

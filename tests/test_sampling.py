@@ -259,6 +259,21 @@ def test_tap_rows_are_exact(padded, dtype):
     np.testing.assert_array_equal(_rows(far, strides, padded), want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 128, 2**20 + 1])
+def test_wrapped_base_is_the_exact_remainder(dtype, size):
+    # sampling._wrap replaces np.mod by floor division with a correction below 2^mantissa;
+    # it must be the exact remainder there, at the switch, and beyond (huge coordinates)
+    from stnref.sampling import _wrap
+    rng = np.random.default_rng(6)
+    top = 2.0 ** np.finfo(dtype).nmant
+    base = np.concatenate([np.floor(rng.uniform(-3 * top, 3 * top, 4000)),
+                           np.floor(rng.uniform(-1e4, 1e4, 4000)),
+                           [top - 1, 1 - top, top, -top, 4 * top, 1e30, -1e30, 0, -1, size, -size]])
+    base = base.astype(dtype)
+    np.testing.assert_array_equal(_wrap(base, size), np.mod(base, dtype(size)))
+
+
 @pytest.mark.parametrize("k, mode, padding", combinations())
 def test_backward_from_kept_taps_is_the_backward(k, mode, padding):
     # SpatialTransformer keeps the forward's taps for its backward (sampling._sample with

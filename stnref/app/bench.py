@@ -2,7 +2,8 @@
 
 Every case is timed in rounds that alternate stnref and, when it is
 importable, PyTorch on the same inputs (one thread), and the medians are
-compared.  A memory-bandwidth floor -- the time to stream the bytes of
+compared.  Times are the process's CPU time (:data:`CLOCK`): everything runs on one
+thread, and on a shared machine the time other jobs hold the CPU is not counted.  A memory-bandwidth floor -- the time to stream the bytes of
 ``U``, ``grid`` and ``V`` once through ``np.copyto`` -- is always reported, so
 the numbers mean something on a machine without PyTorch too.  The settings
 PyTorch does not have (stnref.sampler_settings) are timed against the nearest
@@ -35,6 +36,7 @@ FILL = 0.5                       # fill_value timed with padding_mode="constant"
 SCIPY_MODES = {"zeros": "grid-constant", "constant": "grid-constant", "wrap": "grid-wrap",
                "border": "nearest", "reflection": "reflect"}
 SCIPY_ORDERS = {"nearest": 0, "bilinear": 1, "bicubic": 3}   # 3: cubic B-spline, same 4^k taps
+CLOCK = time.process_time        # CPU seconds of this process (one thread does the work)
 SCALING_SIDES = (28, 60, 128, 256, 512, 1024)
 PAGE_LIMIT = 16 * 2**20  # bytes: the largest --markdown page read (docs/performance.md is ~10 KB)
 
@@ -129,9 +131,9 @@ def _floor_seconds(U, rounds):
     dst = np.empty_like(src)
     times = []
     for _ in range(rounds):
-        t = time.perf_counter()
+        t = CLOCK()
         np.copyto(dst, src)
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return float(np.median(times))
 
 
@@ -142,9 +144,9 @@ def _interleaved(cases, rounds):
     times = {name: [] for name in cases}
     for _ in range(rounds):
         for name, f in cases.items():
-            t = time.perf_counter()
+            t = CLOCK()
             f()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(CLOCK() - t)
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
