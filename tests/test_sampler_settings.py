@@ -19,17 +19,7 @@ import pytest
 import stnref
 from stnref import grid_sample, sampler_settings, sampling
 from stnref.reference import _identify
-from stnref.sampler_settings import (
-    COORDINATE,
-    CUBIC_A,
-    FILL_VALUE,
-    MODES,
-    PADDING_MODES,
-    SETTINGS,
-    TAPS,
-    combinations,
-    is_pytorch,
-)
+from stnref.sampler_settings import COORDINATE, SETTINGS, combinations, is_pytorch
 
 import test_oracle_scipy
 import test_sampling
@@ -94,7 +84,7 @@ def test_rows_are_consistent_with_the_engine():
         assert (row.mode, row.padding_mode) == (mode, padding)
         assert mode in sampling._KERNELS and padding in sampling._PADDINGS
         assert set(row.pytorch_dims) <= set(row.dims) <= {2, 3}
-        assert row.pads in (COORDINATE, TAPS)
+        assert row.pads in (COORDINATE, sampler_settings.TAPS)
         maps = sampling._PADDINGS[padding]
         # a coordinate padding needs a coordinate map; a tap padding a taps map, or a ring that
         # holds what outside taps read: the image wrapped, or the fill (zeros, constant, whose
@@ -104,9 +94,10 @@ def test_rows_are_consistent_with_the_engine():
         else:
             assert (maps.taps is not None or maps.wraps
                     or maps.coord is sampling._pad_identity), (mode, padding)
-    assert MODES == tuple(dict.fromkeys(m for m, _ in SETTINGS))
-    assert PADDING_MODES == tuple(dict.fromkeys(p for _, p in SETTINGS))
-    assert sampling.CUBIC_A == CUBIC_A == -0.75 and FILL_VALUE == 0.0
+    assert sampler_settings.MODES == tuple(dict.fromkeys(m for m, _ in SETTINGS))
+    assert sampler_settings.PADDING_MODES == tuple(dict.fromkeys(p for _, p in SETTINGS))
+    assert sampling.CUBIC_A == sampler_settings.CUBIC_A == -0.75
+    assert sampler_settings.FILL_VALUE == 0.0
 
 
 def test_combinations_and_is_pytorch_agree():
@@ -138,7 +129,7 @@ def test_consumers_read_the_table():
 
 def test_messages_are_built_from_the_table(monkeypatch):
     U, grid = np.zeros((1, 1, 2, 2, 2)), np.zeros((1, 1, 1, 1, 3))
-    allowed = ", ".join(repr(m) for m in MODES)
+    allowed = ", ".join(repr(m) for m in sampler_settings.MODES)
     with pytest.raises(ValueError, match=rf"grid_sample\(\): expected mode to be one of {allowed}, got 'x'"):
         grid_sample(U, grid, mode="x")
     # a row for 4-D input only: the message names what the row supports
