@@ -180,7 +180,8 @@ def table1_markdown(rows, budget):
         f"{what} in % ({spread}) on {budget['data']}: {budget['epochs']} on "
         f"{budget['train_size']} training digits, evaluated on {budget['test_size']}. "
         f"Paper: Table 1 of Jaderberg et al. (2015), test error on MNIST, mean of 3 seeds. "
-        f"Ratio: ours / paper. Minutes: training time of one cell (one process, one BLAS thread).",
+        f"Ratio: ours / paper. Minutes: the training steps of one cell (one process, one BLAS "
+        f"thread; drawing each epoch's distortions and evaluating it come on top).",
         "",
         "| model | distortion | ours | paper | ratio | minutes |",
         "|---|---|---:|---:|---:|---:|",
