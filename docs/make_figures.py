@@ -417,6 +417,14 @@ def fig_table1_curves(out_dir):
     axes[0, 0].set_ylabel("error % after each epoch (log scale)")
     fig.tight_layout()
     save(fig, "table1_curves.png")
+    # the run's own picture of ours against the paper, from its results.json
+    from stnref.app.table1 import MODELS, TRANSFORMS, save_table1_figure, table_rows
+
+    with open(os.path.join(out_dir, "results.json")) as f:
+        payload = json.load(f)
+    path = os.path.join(OUT, "table1.png")
+    save_table1_figure(path, table_rows(payload, panels, MODELS, TRANSFORMS), panels)
+    print(f"wrote {os.path.relpath(path)} ({os.path.getsize(path) // 1024} KB)")
 
 
 def fig_fill_wrap():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from test_cli import assert_user_error, run_main
 from test_experiment_plan import write_mnist
+from test_train import StopAfter
 
 from stnref.app import table1
 from stnref.app.experiment import PAPER_TABLE
@@ -20,19 +21,6 @@ from stnref.data.dataset import distort_epoch, load_digits
 from stnref.data.digits import _digits
 
 SMALL = dict(train_size=96, test_size=32, batch_size=32)
-
-
-class StopAfter(Progress):
-    """Interrupts training after ``n`` progress updates (one per step)."""
-
-    def __init__(self, n):
-        super().__init__(io.StringIO())
-        self.n = n
-
-    def update(self, text, force=False):
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt
 
 
 # ----------------------------------------------------------------------------- data
