@@ -503,9 +503,9 @@ def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_
     Returns
     -------
     GradcheckResult
-        One :class:`ArgReport` (max abs / rel error, worst index, the analytic
-        and numeric values there) named ``"input"`` -- left out when the module
-        returns no input gradient and says so, like a ``SpatialTransformer``
+        One :class:`ArgReport` (max abs / rel error, the entry reported, the analytic
+        and numeric values there, the kinks found) named ``"input"`` -- left out when
+        the module returns no input gradient and says so, like a ``SpatialTransformer``
         with ``input_grad=False`` -- then one per entry of ``module.params`` (a
         shared array once), in that order.
 
@@ -517,6 +517,17 @@ def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_
         ``module`` in eval mode, an option out of range, or a ``backward`` that
         returns None (no module in it has ``input_grad=False``) or a gradient of the
         wrong shape.
+
+    Notes
+    -----
+    A NaN or infinity in any gradient, or in the output, fails (:func:`gradcheck`).
+    A freshly built :class:`stnref.SpatialTransformer` starts at the identity θ, where
+    every sample sits on a pixel centre (or one ulp beside it): a kink of the bilinear
+    kernel (docs/conventions.md §6.5).  Its check passes with those kinks named on the
+    regression layer's parameters, each entry of which moves one coordinate of every
+    sample.  To check the smooth pieces alone, move θ off the pixel centres first, e.g.
+    translate by a quarter pixel: add ``0.5 / W`` to the bias entry of ``θ_02`` and
+    ``0.5 / H`` to that of ``θ_12`` (docs/tutorial.md §5).
 
     Examples
     --------
