@@ -44,12 +44,7 @@ import numpy as np
 
 from ..sampling import CUBIC_A, grid_sample_backward
 from ._identify import (
-    CONVENTIONS,
     FD_STEP,
-    KERNELS,
-    PADDINGS,
-    PYTORCH_CONVENTIONS,
-    PYTORCH_PADDINGS,
     TOL_ID,
     UNKNOWN,
     _Box,
@@ -61,6 +56,13 @@ from ._identify import (
     _probe_precision,
     _probe_ties,
     _Run,
+)
+from ._models import (
+    CONVENTIONS,
+    KERNELS,
+    PADDINGS,
+    PYTORCH_CONVENTIONS,
+    PYTORCH_PADDINGS,
     pytorch_behaviour,
     pytorch_sample,
     to_grid,
