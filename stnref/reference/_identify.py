@@ -25,6 +25,7 @@ from ._models import (
     keys_basis,
     model_sample,
     predict,
+    quantise,
     to_grid,
 )
 
@@ -36,6 +37,7 @@ TOL_PARITY = 1e-10       # agreement with PyTorch in float64, times max(1, |V|) 
 TOL_FLOAT32 = 1e-5       # the same for a sampler that computes in float32
 EXACT = 1e-13            # a float64 computation that reads a pixel returns it to the last bit
 HALF_GAP = 0.01          # pixels either side of a half-integer: nearest's steps, not its ties
+POSITION_STEPS = 4096    # positions per pixel where a step in the positions is looked for
 FD_STEP = 1e-6           # central differences of fn, in pixels (conventions §7.1)
 UNKNOWN = "unknown"
 
@@ -146,6 +148,8 @@ class _Run:
         self.geo = None
         self.behaviour = Behaviour()
         self.cubic_fit = None  # Keys' A as fitted, unrounded
+        self.quantum = 0.0     # the step positions are rounded to, 0: none found
+        self.alike = ()        # paddings that give the same value at every point (under a mask)
 
     def sample(self, U, ix, iy, probe, geo=None):
         """``fn`` at pixel coordinates ``(N, P)``: ``(N, C, P)``, or None (a recorded failure)."""
@@ -261,8 +265,8 @@ def _ramp_conventions(run):
     """``(geometry, error, other fits)`` of the named convention under which ramp images
     (``U = column``, ``U = row``) read their coordinates at interior points, or None.
 
-    Every kernel that reproduces straight lines does (bilinear, Keys, B-splines, interpolating
-    or not), two pixels away from the border.
+    Every kernel that reproduces straight lines does (bilinear, Keys with ``A = -1/2``, B-splines,
+    interpolating or not), two pixels away from the border.
     """
     H, W = 9, 13
     cols, rows = np.meshgrid(np.arange(W, dtype=float), np.arange(H, dtype=float))
@@ -377,10 +381,12 @@ def _probe_kernel(run):
     dy = np.concatenate([np.zeros_like(d), d, oy.ravel(), rnd[1]])
     V = run.sample(U, c + dx[None], c + dy[None], "kernel")
     if V is None:
-        run.d.kernel = UNKNOWN
+        run.d.kernel, run.d.nearest_rounding = UNKNOWN, "n/a"
         return
     r = V[0, 0]
     tie = (np.abs(np.abs(dx) % 1 - 0.5) < 1e-6) | (np.abs(np.abs(dy) % 1 - 0.5) < 1e-6)
+    if run.quantum:   # the continuous kernels see the positions rounded to the step found
+        dx, dy = quantise(dx, run.quantum), quantise(dy, run.quantum)
     line = (dx == 0) | (dy == 0)
     k0, k1 = keys_basis(np.where(dy == 0, dx, dy)[line])
     a = float(np.sum(k1 * (r[line] - k0)) / np.sum(k1 * k1))
@@ -405,6 +411,7 @@ def _probe_kernel(run):
                                 f"{best}{fitted} fits to {errors[best]:.1e} ({others})")
     if errors[best] > TOL_ID:
         run.d.kernel = "none of these"
+        run.d.nearest_rounding = "n/a"   # ties belong to a nearest kernel, not found here
         run.d.evidence["kernel"] += f"; no kernel fits to {TOL_ID:g}"
         return
     run.d.kernel = best
@@ -412,8 +419,10 @@ def _probe_kernel(run):
         run.cubic_fit, run.d.cubic_a = a, round(a, 6)
     if best != "nearest":
         run.d.nearest_rounding = "n/a"
-    elif run.d.nearest_rounding != "down (floor)":
-        run.d.nearest_rounding = UNKNOWN  # the ties probe tells
+    else:
+        run.d.positions = "n/a"           # a step in the positions is invisible to nearest
+        if run.d.nearest_rounding != "down (floor)":
+            run.d.nearest_rounding = UNKNOWN  # the ties probe tells
 
 
 def _model_kernel(run):
@@ -436,23 +445,29 @@ def _probe_padding(run):
     outside = ((ix < 0) | (ix > W - 1) | (iy < 0) | (iy > H - 1))[0]
     fill = float(np.median(observed[outside]))
     kernel = _model_kernel(run)
-    base = Behaviour(kernel, fill=fill, cubic_a=run.cubic_fit or CUBIC_A,
+    base = Behaviour(kernel, fill=fill, cubic_a=run.cubic_fit or CUBIC_A, quantum=run.quantum,
                      pads="taps" if "cubic" in kernel else "coordinate",
                      rounding=run.d.nearest_rounding if run.d.nearest_rounding in ROUNDINGS
                      else "half to even")
-    errors = {}
+    errors, near_errors = {}, {}
+    near = ((ix > -2 * W) & (ix < 3 * W - 1) & (iy > -2 * H) & (iy < 3 * H - 1))[0]   # within 2 sizes
     for name, padding in PADDINGS.items():
         if name == "constant" and abs(fill) <= TOL_ID:
             continue  # constant 0 is zeros
         f = fill if "constant" in name else 0.0
-        errors[name] = min(float(np.abs(observed - model_sample(U, ix, iy, base._replace(
-            padding=name, fill=f, pads=pads))[0, 0]).max()) for pads in padding.places)
+        diffs = [np.abs(observed - model_sample(U, ix, iy, base._replace(padding=name, fill=f, pads=pads))[0, 0])
+                 for pads in padding.places]
+        errors[name] = min(float(e.max()) for e in diffs)
+        near_errors[name] = min(float(e[near].max()) for e in diffs)
     fits = [k for k, e in errors.items() if e <= TOL_ID]
     ranked = ", ".join(f"{k}: {e:.1e}" for k, e in sorted(errors.items(), key=lambda kv: kv[1])[:4])
     run.d.evidence["padding"] = (f"integer pixels {xs[0]:g}..{xs[-1]:g} along x and {ys[0]:g}..{ys[-1]:g} "
                                  f"along y of a random {H}x{W} image ({ranked})")
+    if not fits:   # far away, a sampler may give up its extension: the parity probe says where
+        fits = [k for k, e in near_errors.items() if e <= TOL_ID]
+        run.d.evidence["padding"] += (f"; within 2 sizes of the image {', '.join(fits)} fits, nothing fits "
+                                      f"beyond" if fits else "; no extension fits")
     if not fits:
-        run.d.evidence["padding"] += "; no extension fits"
         return
     # beside the border: blended or cut off; the coordinate padded or each tap
     edge = np.array([-2.75, -1.5, -1.25, -0.75, -0.5, -0.25, 0.25, 0.5])
@@ -473,8 +488,18 @@ def _probe_padding(run):
         scored.append((float(np.abs(V[0, 0] - model_sample(U, bx[None], by[None], b)[0, 0]).max()), b))
     good = [s for s in scored if s[0] <= TOL_ID]
     err, chosen = good[0] if good else min(scored, key=lambda s: s[0])
+    # nothing fits, or a cut at the edge pixels: is there a band outside that is not cut?
+    if (not good or PADDINGS[chosen.padding].cutoff) and (banded := _probe_band(run, U, base)) is not None:
+        chosen = banded
+        err = float(np.abs(V[0, 0] - model_sample(U, bx[None], by[None], chosen)[0, 0]).max())
+        good = [(err, chosen)] if err <= TOL_ID else []
     run.behaviour = chosen
     run.d.padding, run.d.padded, run.d.fill = chosen.padding, chosen.pads, chosen.fill
+    places = [b.pads for e, b in good if b.padding == chosen.padding]
+    if len(places) > 1:      # e.g. bilinear: padding the coordinate or each tap gives the same values
+        run.d.padded = " or ".join(dict.fromkeys(places))
+    if len(run.alike) > 1:   # one model computes them all; the name says they cannot be told apart
+        run.d.padding = " or ".join(run.alike)
     run.d.evidence["padding"] += (f"; {len(bx)} points beside the border fit {chosen.padding}, "
                                   f"{chosen.pads} padded, to {err:.1e}")
     if not good:
@@ -482,35 +507,138 @@ def _probe_padding(run):
 
 
 def _probe_ties(run):
-    """Nearest only: pixel coordinates ``k + 1/2`` inside (and outside) the image."""
+    """Nearest only: every half-integer pixel coordinate from ``-3 size`` to ``4 size`` on each
+    axis decides the tie rule and, for paddings that move points, whether the coordinate is
+    padded before rounding or the rounded index after (JAX, OpenCV, ONNX Runtime)."""
     if run.d.kernel != "nearest" or run.d.nearest_rounding == "down (floor)":
         return
     H, W = run.geo.sizes()
     U = run.image(H, W)
-    hx, hy = np.arange(-2, W + 1) + 0.5, np.arange(-2, H + 1) + 0.5
+    hx, hy = np.arange(-3 * W, 4 * W) + 0.5, np.arange(-3 * H, 4 * H) + 0.5
     ix = np.concatenate([hx, np.full(len(hy), W // 2)])[None]
     iy = np.concatenate([np.full(len(hx), H // 2), hy])[None]
     V = run.sample(U, ix, iy, "nearest ties")
     if V is None:
         return
     inside = ((ix >= 0) & (ix <= W - 1) & (iy >= 0) & (iy <= H - 1))[0]
+    # a constant outside: padding the coordinate or the rounded index reads the same
+    places = ("coordinate",) if run.behaviour.padding in ("zeros", "constant") else \
+        PADDINGS[run.behaviour.padding].places
+    # PyTorch's choice first: among rules that fit equally, no difference is invented
+    rules = sorted(TIE_RULES, key=lambda r: r != "half to even")
+    candidates = [(r, p) for r in rules for p in dict.fromkeys([run.behaviour.pads, *places]) if p in places]
     err_in, err_all = {}, {}
-    for rule in TIE_RULES:
-        diff = np.abs(V[0, 0] - model_sample(U, ix, iy, run.behaviour._replace(rounding=rule))[0, 0])
-        err_in[rule], err_all[rule] = float(diff[inside].max()), float(diff.max())
-    fits = [r for r in TIE_RULES if err_in[r] <= TOL_ID]
-    narrowed = [r for r in fits if err_all[r] <= TOL_ID] or fits
-    run.d.evidence["nearest ties"] = (f"{int(inside.sum())} ties inside the image and {int((~inside).sum())} "
-                                      f"outside: " + ", ".join(f"{r}: {err_in[r]:.1e}/{err_all[r]:.1e}"
-                                                               for r in TIE_RULES))
-    if not narrowed:
-        run.d.nearest_rounding = "none of these"
+    for rule, pads in candidates:
+        guess = model_sample(U, ix, iy, run.behaviour._replace(rounding=rule, pads=pads))[0, 0]
+        diff = np.abs(V[0, 0] - guess)
+        err_in[rule, pads], err_all[rule, pads] = float(diff[inside].max()), float(diff.max())
+    fits = [c for c in candidates if err_all[c] <= TOL_ID]
+    run.d.evidence["nearest ties"] = (
+        f"{int(inside.sum())} ties inside the image and {int((~inside).sum())} outside, "
+        f"inside/all: " + ", ".join(f"{r}{'' if len(places) == 1 else ' (' + p + ' padded)'}: "
+                                    f"{err_in[r, p]:.1e}/{err_all[r, p]:.1e}" for r, p in candidates))
+    if not fits:   # the ties inside tell the rule; what happens outside is the parity probe's finding
+        fits = [c for c in candidates if err_in[c] <= TOL_ID and c[1] == run.behaviour.pads]
+        if not fits:
+            run.d.nearest_rounding = "none of these"
+            return
+        run.d.notes.append(f"nearest ties: {fits[0][0]} fits the ties inside the image; no rule fits "
+                           f"those outside it")
+        fits = fits[:1]
+    (rule, pads), others = fits[0], fits[1:]
+    run.behaviour = run.behaviour._replace(rounding=rule, pads=pads)
+    # rules (and places) that read the same pixel at every tie: each is named, none preferred
+    run.d.nearest_rounding = " or ".join(dict.fromkeys(r for r, _ in fits))
+    run.d.padded = " or ".join(dict.fromkeys(p for _, p in fits))
+    if others:
+        alike = ", ".join(r + ("" if len(places) == 1 else f" with the {p} padded") for r, p in fits)
+        run.d.notes.append(f"nearest ties: {alike} read the same pixel at every tie from {hx[0]:g} to "
+                           f"{hx[-1]:g} with this padding; no probe can tell them apart")
+
+
+def _probe_positions(run):
+    """A random image read at 8192 positions over two pixels along each axis.  An exact sampler
+    changes its value at every position; one that rounds positions to a step first (OpenCV's
+    ``remap``: 1/32 pixel, ``INTER_BITS = 5``) is constant on each step's cell, whatever its
+    kernel.  The step is a power of two coarser than the probe's spacing; its ties go to even
+    or up."""
+    H, W = 9, 13
+    U = run.image(H, W)
+    n = 2 * POSITION_STEPS
+    t = np.arange(n) / POSITION_STEPS                           # 0 .. 2 px
+    ix = np.concatenate([5 + t, np.full(n, 6.25)])[None]
+    iy = np.concatenate([np.full(n, 4.25), 3 + t])[None]
+    V = run.sample(U, ix, iy, "positions")
+    if V is None:
         return
-    run.d.nearest_rounding = narrowed[0]
-    run.behaviour = run.behaviour._replace(rounding=narrowed[0])
-    if len(narrowed) > 1:
-        run.d.notes.append(f"nearest ties: {narrowed[0]} fits, and so do {', '.join(narrowed[1:])} "
-                           f"(negative ties are not observable with this padding)")
+    scans = ((V[0, 0, :n], 5 + t), (V[0, 0, n:], 3 + t))
+    changes = sum(int(np.count_nonzero(np.diff(v))) for v, _ in scans)
+    run.d.evidence["positions"] = (f"a random image read at {2 * n} positions 1/{POSITION_STEPS} px apart: "
+                                   f"the value changes at {changes} of {2 * (n - 1)} steps")
+    if changes >= 0.99 * 2 * (n - 1):
+        run.d.positions = "exact"
+        return
+    for k in range(1, int(np.log2(POSITION_STEPS))):
+        step = 2.0 ** -k
+        for ties, cell in (("ties to even", np.rint), ("ties up", lambda x: np.floor(x + 0.5))):
+            if all(_constant_on_cells(v, cell(p / step)) for v, p in scans):
+                if step == 1.0:                                 # whole pixels: a nearest kernel
+                    return
+                run.quantum = step if ties == "ties to even" else 0.0
+                run.d.positions = f"rounded to multiples of 1/{2 ** k} px ({ties})"
+                run.d.evidence["positions"] += f", and is constant on each 1/{2 ** k} px cell ({ties})"
+                return
+
+
+def _constant_on_cells(v, cells):
+    """Whether ``v`` takes one value on each run of equal ``cells`` and changes between runs."""
+    same_cell = np.diff(cells) == 0
+    step = np.diff(v) != 0
+    return not np.any(step & same_cell) and bool(np.all(step[~same_cell]))
+
+
+def _probe_band(run, U, base):
+    """Points 0.001 to 1.5 px outside each border, 1/1000 px apart: is every point from some
+    distance on set to the fill value (an output mask, torch-interpol's ``extrapolate=False``),
+    and which padding reads the points inside that band?  Returns the :class:`Behaviour`, or None."""
+    H, W = U.shape[2:]
+    d = np.arange(1, 1501) / 1000
+    mid_x, mid_y = np.full(len(d), W // 2 + 0.25), np.full(len(d), H // 2 + 0.25)
+    ix = np.concatenate([-d, W - 1 + d, mid_x, mid_x])[None]
+    iy = np.concatenate([mid_y, mid_y, -d, H - 1 + d])[None]
+    dist = np.tile(d, 4)
+    V = run.sample(U, ix, iy, "padding (band)")
+    if V is None:
+        return None
+    observed = V[0, 0]
+    filled = np.abs(observed - base.fill) <= TOL_ID
+    if filled.all() or filled[dist == d[-1]].sum() < 4:       # cut at the edge, or no cut at all
+        return None
+    beyond = float(d[d > dist[~filled].max()][0])               # from here on every point reads fill
+    band = float(dist[filled].min())                            # the first point that does
+    certain = (dist < band) | (dist >= beyond)                  # between: the side's rounding decides
+    found = []
+    for name, padding in PADDINGS.items():
+        if padding.cutoff or (name == "constant" and abs(base.fill) <= TOL_ID):
+            continue
+        for pads in padding.places:
+            b = base._replace(padding=name, pads=pads, band=band,
+                              fill=base.fill if "constant" in name else 0.0)
+            if np.abs(observed - model_sample(U, ix, iy, b)[0, 0])[certain].max() <= TOL_ID:
+                found.append(b)
+    if not found:
+        return None
+    within = f"{band:g} px" if beyond <= band + 0.0015 else f"{band:g} to {beyond:g} px (depending on the side)"
+    run.d.output_mask = f"points {band:g} px or more outside [0, size - 1] read {base.fill:g}"
+    run.d.evidence["output mask"] = (f"{len(dist)} points 0.001 to 1.5 px outside the four borders: the "
+                                     f"fill value from {within} on, the padding's value nearer; inside the "
+                                     f"band {found[0].padding} fits")
+    alike = list(dict.fromkeys(b.padding for b in found))
+    if len(alike) > 1:   # the same value at every point: no probe can tell them apart
+        run.d.notes.append(f"padding: {' and '.join(alike)} give the same value at every point, since "
+                           f"only points less than {band:g} px outside are not masked")
+    run.alike = tuple(alike)
+    return found[0]
 
 
 def _probe_precision(run):
@@ -528,7 +656,7 @@ def _probe_precision(run):
     kernel = KERNELS.get(run.d.kernel)
     e_knots = float(np.abs(knots - U[0, 0].ravel()).max()) if kernel and kernel.interpolating else None
     e_model = None
-    if kernel and run.d.padding in PADDINGS:
+    if kernel and run.d.padding != UNKNOWN:   # the behaviour found models it
         e_model = float(np.abs(general - run.predict(U, ix[:, H * W:], iy[:, H * W:])[0, 0]).max())
     single = bool(np.all(V[0, 0].astype(np.float32) == V[0, 0]))
     returns32 = "float32" in run.box.dtypes

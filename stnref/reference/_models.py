@@ -193,10 +193,14 @@ class Behaviour(NamedTuple):
     fill: float = 0.0               # value of the "constant" paddings
     cubic_a: float = CUBIC_A        # Keys parameter of "bicubic"
     rounding: str = "half to even"  # tie rule of "nearest"
+    quantum: float = 0.0            # positions rounded (half to even) to multiples of this; 0: exact
+    band: float | None = None       # points this far or farther outside [0, size - 1] read fill
 
     def pytorch(self):
         """``(mode, padding_mode, align_corners or None)`` of PyTorch computing exactly this, or None."""
         if self.padding not in PYTORCH_PADDINGS or self.kernel not in ("nearest", "bilinear", "bicubic"):
+            return None
+        if self.quantum or self.band is not None:
             return None
         if self.kernel == "bicubic" and self.cubic_a != CUBIC_A:
             return None
@@ -232,6 +236,8 @@ def to_grid(ix, iy, maps, order):
 def _axis(i, n, behaviour):
     """Weights ``(..., T)`` and pixel indices ``(..., T)`` (-1: fill) of one axis's taps."""
     padding, kernel = PADDINGS[behaviour.padding], KERNELS[behaviour.kernel]
+    if behaviour.quantum:
+        i = quantise(i, behaviour.quantum)
     if behaviour.pads == "coordinate":
         i = padding.coordinate(i, n)
     offsets = np.asarray(kernel.offsets, dtype=np.float64)
@@ -277,7 +283,21 @@ def model_sample(U, ix, iy, behaviour):
     if PADDINGS[behaviour.padding].cutoff:
         out = (ix < 0) | (ix > W - 1) | (iy < 0) | (iy > H - 1)  # (N, P)
         V = np.where(out[:, None, :], behaviour.fill, V)
+    if behaviour.band is not None:
+        out = beyond(ix, W, behaviour.band) | beyond(iy, H, behaviour.band)
+        V = np.where(out[:, None, :], behaviour.fill, V)
     return V
+
+
+def quantise(i, step):
+    """``i`` rounded to the nearest multiple of ``step``, ties to even (OpenCV: ``cvRound(32 i)``)."""
+    return np.rint(i / step) * step
+
+
+def beyond(i, n, band):
+    """Whether the pixel coordinate ``i`` lies ``band`` or more outside ``[0, n - 1]``, compared
+    as ``i <= -band`` or ``i >= n - 1 + band`` (the bounds rounded once, as implementations do)."""
+    return (i <= -band) | (i >= n - 1 + band)
 
 
 def pytorch_sample(U, ix, iy, setting):
