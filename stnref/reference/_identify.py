@@ -150,6 +150,7 @@ class _Run:
         self.cubic_fit = None  # Keys' A as fitted, unrounded
         self.quantum = 0.0     # the step positions are rounded to, 0: none found
         self.alike = ()        # paddings that give the same value at every point (under a mask)
+        self.alike_pads = ()   # and the places of the one chosen that do
 
     def sample(self, U, ix, iy, probe, geo=None):
         """``fn`` at pixel coordinates ``(N, P)``: ``(N, C, P)``, or None (a recorded failure)."""
@@ -495,7 +496,7 @@ def _probe_padding(run):
         good = [(err, chosen)] if err <= TOL_ID else []
     run.behaviour = chosen
     run.d.padding, run.d.padded, run.d.fill = chosen.padding, chosen.pads, chosen.fill
-    places = [b.pads for e, b in good if b.padding == chosen.padding]
+    places = run.alike_pads or [b.pads for e, b in good if b.padding == chosen.padding]
     if len(places) > 1:      # e.g. bilinear: padding the coordinate or each tap gives the same values
         run.d.padded = " or ".join(dict.fromkeys(places))
     if len(run.alike) > 1:   # one model computes them all; the name says they cannot be told apart
@@ -638,6 +639,7 @@ def _probe_band(run, U, base):
         run.d.notes.append(f"padding: {' and '.join(alike)} give the same value at every point, since "
                            f"only points less than {band:g} px outside are not masked")
     run.alike = tuple(alike)
+    run.alike_pads = tuple(dict.fromkeys(b.pads for b in found if b.padding == found[0].padding))
     return found[0]
 
 

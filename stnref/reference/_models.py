@@ -6,7 +6,7 @@ implementations do (docs/kernel_authors.md, docs/conformance.md):
 
 ===========  ==========================================================================
 coordinates  ``i = a x + b`` on each axis: ``align_corners`` True or False
-             (docs/conventions.md §3.1), pixel coordinates, three other unnormalisations
+             (docs/conventions.md §3.1), pixel coordinates (plain or centred), three others
 positions    used as given, or rounded to a multiple of a step first (OpenCV's ``remap``
              quantises to 1/32 pixel)
 kernel       nearest (four tie rules, or rounding down), bilinear, Keys cubic convolution
@@ -40,6 +40,7 @@ CONVENTIONS = {
     "align_corners=False": lambda n: (n / 2, (n - 1) / 2),
     "align_corners=True": lambda n: ((n - 1) / 2, (n - 1) / 2),
     "pixel coordinates, i = x": lambda n: (1.0, 0.0),
+    "centred pixel coordinates, i = x + (size - 1)/2": lambda n: (1.0, (n - 1) / 2),   # MONAI's
     "normalised without the half-pixel shift, i = (x + 1)/2 * size": lambda n: (n / 2, n / 2),
     "[0, 1] coordinates, i = x * (size - 1)": lambda n: (n - 1.0, 0.0),
     "[0, 1] coordinates, i = x * size - 1/2": lambda n: (float(n), -0.5),

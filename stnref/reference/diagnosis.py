@@ -407,7 +407,9 @@ def _property_differences(run):
                else "rounds first, then pads the integer index" if mode == "nearest" else "pads each integer tap")
         diffs.append(f"padding: {how}; PyTorch {'pads each tap' if mode == 'bicubic' else 'pads the coordinate'}"
                      f" for {mode} (docs/conventions.md §3.2, §4.3)")
-    if mode == "nearest" and d.nearest_rounding == "down (floor)":
+    if d.kernel != "nearest":
+        pass              # ties are a property of the nearest kernel: the kernel line says it all
+    elif mode == "nearest" and d.nearest_rounding == "down (floor)":
         diffs.append("nearest rounding: down (floor), pixel m read on [m, m + 1); PyTorch rounds to the "
                      "nearest pixel, [m - 1/2, m + 1/2], half to even (docs/conventions.md §4.2)")
     elif mode == "nearest" and "half to even" not in d.nearest_rounding.split(" or "):
