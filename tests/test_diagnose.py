@@ -145,24 +145,37 @@ def keys(d, a):
                     np.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, 0.0))
 
 
+def mirror(m, s, low, span):
+    """Integer tap ``m`` folded into ``[low, low + span]`` (period ``2 span``), as an index."""
+    e = np.mod(np.abs(m - low), 2 * span)
+    return np.clip(np.where(e <= span, low + e, low + 2 * span - e), 0, s - 1)
+
+
 TAP_READS = {  # padding -> integer tap m of an axis of s pixels -> pixel index, or -1 (fill)
     "zeros": lambda m, s: np.where((m >= 0) & (m < s), m, -1),
     "border": lambda m, s: np.clip(m, 0, s - 1),
     "wrap": lambda m, s: np.mod(m, s),
+    "reflect edges": lambda m, s: mirror(m, s, -0.5, s),
+    "reflect centres": lambda m, s: mirror(m, s, 0.0, s - 1),
 }
 
 
 def fake(U, grid, *, kernel="bilinear", a=-0.75, rounding=np.rint, padding="zeros", fill=0.0,
-         clamp=False, align_corners=False):
+         clamp=False, align_corners=False, step=None, band=None):
     """A small sampler of its own: separable taps, each read through ``TAP_READS[padding]``;
-    ``clamp`` clips the coordinate to the pixels first (as ONNX's reference bicubic does)."""
+    ``clamp`` clips the coordinate to the pixels first (as ONNX's reference bicubic does);
+    ``step`` rounds positions to its multiples (half to even) first; ``band``: points that far or
+    farther outside ``[0, size - 1]`` read ``fill``."""
     N, C, H, W = U.shape
     out = np.empty((N, C) + grid.shape[1:3])
     for n in range(N):
-        taps = []
+        taps, outside = [], np.zeros(grid.shape[1] * grid.shape[2], bool)
         for i, size in ((unnormalise(grid[n, ..., 0].ravel(), W, align_corners), W),
                         (unnormalise(grid[n, ..., 1].ravel(), H, align_corners), H)):
+            if band is not None:
+                outside |= (i <= -band) | (i >= size - 1 + band)
             i = np.clip(i, 0, size - 1) if clamp else i
+            i = np.rint(i / step) * step if step else i
             if kernel == "nearest":
                 m, w = rounding(i)[:, None], np.ones((len(i), 1))
             else:
@@ -172,7 +185,8 @@ def fake(U, grid, *, kernel="bilinear", a=-0.75, rounding=np.rint, padding="zero
         (cx, wx), (cy, wy) = taps
         vals = U[n][:, np.maximum(cy, 0)[:, :, None], np.maximum(cx, 0)[:, None, :]]  # (C, P, Ty, Tx)
         vals = np.where((cy < 0)[:, :, None] | (cx < 0)[:, None, :], fill, vals)
-        out[n] = np.einsum("cpyx,py,px->cp", vals, wy, wx).reshape((C,) + grid.shape[1:3])
+        V = np.where(outside, fill, np.einsum("cpyx,py,px->cp", vals, wy, wx))
+        out[n] = V.reshape((C,) + grid.shape[1:3])
     return out
 
 
@@ -556,3 +570,78 @@ def test_load_callable():
                           ("stnref.sampling:CUBIC_A", "is a float, not a callable"), (42, "expected")]:
         with pytest.raises(ValueError, match=message):
             load_callable(spec)
+
+
+def test_help_states_the_exit_status_and_the_cli_keeps_it(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["reference", "diagnose", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("exit status: 0 if the sampler (and its backward, if given) matches a PyTorch grid_sample "
+            "setting on finite inputs; 1 if it differs") in text
+    assert "2 if MODULE:FUNCTION cannot be loaded" in text and "130 if interrupted" in text
+    (tmp_path / "half_up_sampler_mod.py").write_text(
+        "import numpy as np\nfrom stnref import grid_sample\n"
+        "def same(U, grid):\n    return grid_sample(U, grid)\n"
+        "def shifted(U, grid):\n    return grid_sample(U, grid + 0.01)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "half_up_sampler_mod", raising=False)
+    assert cli.main(["reference", "diagnose", "half_up_sampler_mod:same"]) == 0
+    assert cli.main(["reference", "diagnose", "half_up_sampler_mod:shifted"]) == 1
+    assert cli.main(["reference", "diagnose", "half_up_sampler_mod:missing"]) == 2
+
+
+# ----------------------------------------------------------------------------- settings PyTorch lacks
+
+HALF_AWAY = lambda i: np.copysign(np.floor(np.abs(i) + 0.5), i)   # noqa: E731 (JAX's lax.round)
+
+
+@pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("padding, fill, found", [("zeros", 0.7, "constant"), ("wrap", 0.0, "wrap")])
+def test_a_constant_fill_and_wrap_are_found_for_every_kernel(kernel, padding, fill, found):
+    d = diagnose(lambda U, g: fake(U, g, kernel=kernel, padding=padding, fill=fill))
+    assert (d.kernel, d.padding, d.fill) == (kernel, found, fill), d.report()
+    assert "padding" in topics(d) and not d.matches_pytorch and "matches PyTorch" not in d.verdict
+
+
+@pytest.mark.parametrize("a", [-0.5, -0.6, -1.0])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflect edges"])
+def test_keys_a_is_estimated_with_any_padding(a, padding):
+    d = diagnose(lambda U, g: fake(U, g, kernel="bicubic", a=a, padding=padding))
+    assert d.kernel == "bicubic" and d.cubic_a == a, d.report()
+    assert "kernel" in topics(d) and not d.matches_pytorch
+    assert any(f"A = {a:g}; PyTorch uses A = -0.75" in line for line in d.differences)
+
+
+@pytest.mark.parametrize("padding, name", [("reflect edges", "reflection about edges"),
+                                           ("reflect centres", "reflection about centres")])
+def test_a_nearest_that_rounds_half_away_then_pads_the_index_is_named(padding, name):
+    """JAX's order 0: lax.round, then the index fixer (the issue's wrong "half up, coordinate")."""
+    d = diagnose(lambda U, g: fake(U, g, kernel="nearest", rounding=HALF_AWAY, padding=padding))
+    assert (d.padding, d.nearest_rounding, d.padded) == (name, "half away from zero", "taps"), d.report()
+    assert {"padding", "nearest ties"} <= topics(d)
+    assert not any("negative ties are not observable" in n for n in d.notes)
+
+
+def test_positions_rounded_to_a_step_are_found_for_any_kernel():
+    for kernel in ("bilinear", "bicubic"):
+        d = diagnose(lambda U, g: fake(U, g, kernel=kernel, step=1 / 32))
+        assert d.kernel == kernel and d.positions.startswith("rounded to multiples of 1/32 px")
+        assert d.precision == "float64" and "positions" in topics(d), d.report()
+    d = diagnose(lambda U, g: fake(U, g, step=1 / 256))
+    assert d.positions.startswith("rounded to multiples of 1/256 px")
+    assert diagnose(grid_sample).positions == "exact"
+    assert diagnose(lambda U, g: grid_sample(U, g, "nearest")).positions == "n/a"
+
+
+@pytest.mark.parametrize("band", [0.05, 0.3])
+def test_an_output_mask_band_is_measured(band):
+    d = diagnose(lambda U, g: fake(U, g, padding="border", band=band))
+    assert d.output_mask == f"points {band:g} px or more outside [0, size - 1] read 0", d.report()
+    assert d.padding in ("border", "border or reflection about edges") and "output mask" in topics(d)
+    assert d.kernel == "bilinear" and not d.matches_pytorch
+
+
+def test_no_band_is_invented_for_a_cut_at_the_edge_pixels():
+    d = diagnose(scipy_box(1, "constant"))
+    assert d.output_mask == "none" and d.padding == "constant beyond the edge pixels"

@@ -581,21 +581,38 @@ def _probe_positions(run):
         return
     for k in range(1, int(np.log2(POSITION_STEPS))):
         step = 2.0 ** -k
-        for ties, cell in (("ties to even", np.rint), ("ties up", lambda x: np.floor(x + 0.5))):
-            if all(_constant_on_cells(v, cell(p / step)) for v, p in scans):
-                if step == 1.0:                                 # whole pixels: a nearest kernel
-                    return
-                run.quantum = step if ties == "ties to even" else 0.0
-                run.d.positions = f"rounded to multiples of 1/{2 ** k} px ({ties})"
-                run.d.evidence["positions"] += f", and is constant on each 1/{2 ** k} px cell ({ties})"
-                return
+        cells = [(v, p / step) for v, p in scans]
+        if not all(_constant_on_cells(v, c) for v, c in cells):
+            continue
+        if step == 1.0:                                         # whole pixels: a nearest kernel
+            return
+        # at an exact half step the cell is a tie: even or up, unless the coordinate's own
+        # rounding (a few ulps) moved it
+        rules = [name for name, rule in (("ties to even", np.rint), ("ties up", lambda c: np.floor(c + 0.5)))
+                 if all(_ties_follow(v, c, rule) for v, c in cells)]
+        ties = f" ({rules[0]})" if len(rules) == 1 else ""
+        run.quantum = step
+        run.d.positions = f"rounded to multiples of 1/{2 ** k} px{ties}"
+        run.d.evidence["positions"] += f", and is constant on each 1/{2 ** k} px cell{ties}"
+        return
 
 
-def _constant_on_cells(v, cells):
-    """Whether ``v`` takes one value on each run of equal ``cells`` and changes between runs."""
-    same_cell = np.diff(cells) == 0
-    step = np.diff(v) != 0
-    return not np.any(step & same_cell) and bool(np.all(step[~same_cell]))
+def _constant_on_cells(v, c):
+    """Whether ``v`` is constant on each cell ``rint(c)`` away from ties and changes between cells."""
+    tie = np.abs(c - np.floor(c) - 0.5) < 1e-6
+    cells = np.rint(c)
+    same_cell = (np.diff(cells) == 0) & ~tie[1:] & ~tie[:-1]
+    moved = np.diff(v) != 0
+    new_cell = (np.diff(cells) != 0) & ~tie[1:] & ~tie[:-1]
+    return not np.any(moved & same_cell) and bool(np.all(moved[new_cell]))
+
+
+def _ties_follow(v, c, rule):
+    """Whether each tie reads the value of the cell ``rule`` sends it to (its neighbours' values)."""
+    tie = np.flatnonzero(np.abs(c - np.floor(c) - 0.5) < 1e-6)
+    tie = tie[(tie > 0) & (tie < len(c) - 1)]
+    up = rule(c[tie]) > c[tie]
+    return bool(np.all(v[tie] == np.where(up, v[tie + 1], v[tie - 1])))
 
 
 def _probe_band(run, U, base):
