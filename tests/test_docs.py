@@ -333,7 +333,7 @@ def test_relative_links_resolve(page):
 
 def test_every_figure_is_shown_and_generated():
     shown = set()
-    for page in (DOCS / "pictures.md", ROOT / "README.md"):
+    for page in (DOCS / "pictures.md", ROOT / "README.md", *sorted((DOCS / "derivations").glob("*.md"))):
         shown |= set(re.findall(r"figures/(\w+\.png)", page.read_text(encoding="utf-8")))
     on_disk = {p.name for p in (DOCS / "figures").glob("*.png")}
     script = (DOCS / "make_figures.py").read_text(encoding="utf-8")
