@@ -122,3 +122,24 @@ def test_layers_md_relu_rule_and_the_crop_at_zero_padding():
     rows = np.arange(6)
     assert rows[0:6 - 0].size == 6 and rows[0:-0].size == 0
     assert "dx = where(x ≤ 0, 0, dy)" in page(DOCS / "derivations" / "layers.md")
+
+
+def test_the_conformance_generator_runs_and_reproduces_its_scipy_rows(capsys):
+    """docs/conformance.md's rows are per version: with the SciPy it names, the generator
+    writes the same SciPy rows again."""
+    import scipy
+
+    from examples import load_example
+    conformance = load_example("conformance")
+    assert conformance.main(["--only", "no-such-library"]) == 0
+    assert "Installed: none of the libraries." in capsys.readouterr().out
+    text = page(DOCS / "conformance.md")
+    assert "**Rows are per version.**" in text
+    stated = re.search(r"SciPy (\d+(?:\.\d+)*)", text.split("Installed: ", 1)[1].splitlines()[0]).group(1)
+    if stated != scipy.__version__:
+        pytest.skip(f"the page's rows are for SciPy {stated}, this is {scipy.__version__}")
+    module, adapter, settings, show = conformance.LIBRARIES["SciPy"]
+    from stnref.reference import diagnose
+    for setting in ((0, "grid-constant"), (1, "mirror"), (3, "wrap")):
+        fn, _ = adapter(*setting)
+        assert conformance.row("SciPy", show(setting), diagnose(fn)) in text, setting
