@@ -338,8 +338,9 @@ def bilinear_backward(dV, U, grid, left=False, accumulate=True):
     dU, dgrid = np.zeros_like(U), np.zeros_like(grid)
     for n in range(N):
         ix, iy = unnormalise(grid[n, ..., 0].ravel(), W, False), unnormalise(grid[n, ..., 1].ravel(), H, False)
-        x0 = np.ceil(ix) - 1 if left else np.floor(ix)
-        y0 = np.ceil(iy) - 1 if left else np.floor(iy)
+        left_x, left_y = (left, left) if isinstance(left, bool) else left
+        x0 = np.ceil(ix) - 1 if left_x else np.floor(ix)
+        y0 = np.ceil(iy) - 1 if left_y else np.floor(iy)
         tx, ty = ix - x0, iy - y0
         g = dV[n].reshape(C, -1)
         v = {}
@@ -645,3 +646,12 @@ def test_an_output_mask_band_is_measured(band):
 def test_no_band_is_invented_for_a_cut_at_the_edge_pixels():
     d = diagnose(scipy_box(1, "constant"))
     assert d.output_mask == "none" and d.padding == "constant beyond the edge pixels"
+
+
+def test_a_backward_right_sided_in_x_and_left_sided_in_y_is_a_difference():
+    """The issue's surviving mutant: each axis is judged on its own probe."""
+    d = diagnose(stnref_box("bilinear", "zeros", False)[0],
+                 lambda *a: bilinear_backward(*a, left=(False, True)))
+    assert d.backward["knots"] == "x: right-sided, y: left-sided"
+    assert not d.matches_pytorch and d.backward["matches_pytorch"] is False
+    assert any("§4.1" in line or "§6.5" in line for line in d.differences if line.startswith("backward at"))

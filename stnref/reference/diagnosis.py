@@ -627,10 +627,10 @@ def _probe_backward(run):
             diffs.append(f"{probe}: backward {why}")
     if b["knots"] not in ("right-sided", "n/a", UNKNOWN) and run.d.kernel == "bilinear":
         diffs.append(f"backward at integer knots: {b['knots']}; PyTorch takes the right-sided derivative "
-                     f"(docs/conventions.md §4.1)")
+                     f"in the padded coordinate (docs/conventions.md §4.1, §6.5)")
     if b["clip borders"] not in ("zero at and beyond the border", "n/a", UNKNOWN):
         diffs.append(f"backward on the clip border: {b['clip borders']}; PyTorch's multiplier is 0 at the "
-                     f"border itself (docs/conventions.md §3.3)")
+                     f"border itself (docs/conventions.md §3.3, §6.5)")
     if b["duplicates"] not in ("accumulate", UNKNOWN):
         diffs.append(f"backward with duplicate points: dU {b['duplicates']}; it must be a scatter-add "
                      f"(docs/conventions.md §6.2)")
