@@ -285,6 +285,8 @@ def _own_contributions(alongs, vjp, xs, wrt, u, outputs, rng):
                      if a.kinked is not None for q in a.kinked})
     if len(kinked) > KINK_OUTPUTS:
         kinked = sorted(rng.choice(kinked, KINK_OUTPUTS, replace=False).tolist())
+    sets = {id(a): set(a.kinked.tolist()) for per_arg in alongs.values() for a, _ in per_arg
+            if a.kinked is not None}
     for q in kinked:
         cotangent = np.zeros_like(u)
         cotangent[q] = u[q]
@@ -292,7 +294,7 @@ def _own_contributions(alongs, vjp, xs, wrt, u, outputs, rng):
         for i in wrt:
             g = np.asarray(grads[i], dtype=np.float64)
             for a, v in alongs[i]:
-                if a.kinked is not None and q in a.kinked:
+                if q in sets.get(id(a), ()):
                     a.own[q] = float(np.vdot(g, v))
 
 
