@@ -233,6 +233,12 @@ class _Outputs:
         return None if not bad.size else f"{y[bad[0]]} in {self.name(int(bad[0]))}"
 
 
+def _agrees(value, reference, atol, rtol, rounding=0.0):
+    """``|value - reference| <= atol + rtol |reference| + rounding``: the one comparison of every
+    check (inclusive: a value exactly at the tolerance passes); False wherever one is NaN."""
+    return np.abs(value - reference) <= atol + rtol * np.abs(reference) + rounding
+
+
 @dataclass
 class _Along:
     """Finite differences along one entry or direction, before the kinked outputs are judged."""
@@ -264,7 +270,7 @@ def _along(at, v, analytic, y0, u, outputs, eps, atol, rtol, what):
     jump = right - left
     floor = rtol * np.maximum(np.abs(left), np.abs(right)) + rho
     candidate = np.abs(jump) > floor
-    smooth_ok = abs(analytic - numeric) <= atol + rtol * abs(numeric)
+    smooth_ok = _agrees(analytic, numeric, atol, rtol)
     # a jump that could change the verdict, or a failure that jumps may explain: look at 2h
     if candidate.any() and (not smooth_ok or bool(np.any(np.abs(jump) > atol + floor))):
         ypp, ymm = at(2 * eps * v), at(-2 * eps * v)
@@ -304,13 +310,13 @@ def _judge(a, outputs, atol, rtol):
         return np.inf, a.numeric, False, None, None, a.problem or f"analytic gradient is {a.analytic}"
     if a.kinked is None:
         err = abs(a.analytic - a.numeric)
-        return err, a.numeric, err <= atol + rtol * abs(a.numeric), None, None, ""
+        return err, a.numeric, _agrees(a.analytic, a.numeric, atol, rtol), None, None, ""
     lo, hi = np.minimum(a.left, a.right), np.maximum(a.left, a.right)
     checked = np.array([q in a.own for q in a.kinked])
     own = np.array([a.own.get(q, np.nan) for q in a.kinked])
     # each output checked one by one takes the side nearest its own contribution ...
     side = np.where(np.abs(own - a.left) <= np.abs(own - a.right), a.left, a.right)
-    off = np.abs(own - side) > atol + rtol * np.abs(side) + a.rho
+    off = ~_agrees(own, side, atol, rtol, a.rho)
     off |= checked & ~np.isfinite(own)
     # ... and the rest of the analytic value is the smooth outputs' plus the unchecked sides
     rest = a.analytic - float(np.sum(own[checked]))
@@ -318,7 +324,7 @@ def _judge(a, outputs, atol, rtol):
     matched = min(max(rest, low), high)
     numeric = matched + float(np.sum(side[checked]))
     err = abs(a.analytic - numeric)
-    ok = abs(rest - matched) <= atol + rtol * abs(matched) + float(a.rho.sum()) and not off[checked].any()
+    ok = bool(_agrees(rest, matched, atol, rtol, float(a.rho.sum()))) and not off[checked].any()
     problem = ""
     if (off & checked).any():
         q = int(np.flatnonzero(off & checked)[0])

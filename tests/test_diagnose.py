@@ -14,6 +14,7 @@ The fakes are written here, independently of the hypotheses inside ``diagnose``.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -161,7 +162,7 @@ TAP_READS = {  # padding -> integer tap m of an axis of s pixels -> pixel index,
 
 
 def fake(U, grid, *, kernel="bilinear", a=-0.75, rounding=np.rint, padding="zeros", fill=0.0,
-         clamp=False, align_corners=False, step=None, band=None):
+         clamp=False, align_corners=False, step=None, band=None, weights32=False):
     """A small sampler of its own: separable taps, each read through ``TAP_READS[padding]``;
     ``clamp`` clips the coordinate to the pixels first (as ONNX's reference bicubic does);
     ``step`` rounds positions to its multiples (half to even) first; ``band``: points that far or
@@ -181,6 +182,7 @@ def fake(U, grid, *, kernel="bilinear", a=-0.75, rounding=np.rint, padding="zero
             else:
                 m = np.floor(i)[:, None] + ([0, 1] if kernel == "bilinear" else [-1, 0, 1, 2])
                 w = np.maximum(0, 1 - np.abs(i[:, None] - m)) if kernel == "bilinear" else keys(i[:, None] - m, a)
+            w = w.astype(np.float32).astype(np.float64) if weights32 else w
             taps.append((np.nan_to_num(TAP_READS[padding](m, size), nan=-1).astype(int), w))
         (cx, wx), (cy, wy) = taps
         vals = U[n][:, np.maximum(cy, 0)[:, :, None], np.maximum(cx, 0)[:, None, :]]  # (C, P, Ty, Tx)
@@ -268,6 +270,8 @@ def test_unknown_kernel_is_none_of_these_and_a_difference():
     assert d.kernel == "none of these" and d.padding == "border"
     assert d.coordinates == "align_corners=False" and "kernel" in topics(d)
     assert not d.matches_pytorch
+    # ties belong to a nearest kernel: no "nearest ties: unknown ... DIFFERS" row for this one
+    assert d.nearest_rounding == "n/a" and "nearest ties" not in d.report()
 
 
 @pytest.mark.parametrize("align_corners, mode, padding", [(True, "nearest", "border"),
@@ -655,3 +659,45 @@ def test_a_backward_right_sided_in_x_and_left_sided_in_y_is_a_difference():
     assert d.backward["knots"] == "x: right-sided, y: left-sided"
     assert not d.matches_pytorch and d.backward["matches_pytorch"] is False
     assert any("§4.1" in line or "§6.5" in line for line in d.differences if line.startswith("backward at"))
+
+
+def test_float32_weights_with_float64_sums_are_mixed_precision():
+    d = diagnose(lambda U, g: fake(U, g, weights32=True))
+    assert d.precision == "mixed: float32 coordinates or weights" and "precision" in topics(d), d.report()
+    assert (d.kernel, d.padding) == ("bilinear", "zeros")
+
+
+def test_values_a_billionth_off_are_a_difference():
+    """Above the parity tolerance (1e-10 of the scale), below what tells conventions apart."""
+    d = diagnose(lambda U, g: grid_sample(U, g) * (1 + 1e-9))
+    assert d.closest == {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
+    assert topics(d) == {next(t for t in topics(d) if t.startswith("values differ"))}, d.differences
+    assert not d.matches_pytorch and d.precision == "float64"
+
+
+def test_a_clip_border_rule_that_differs_between_the_axes_is_a_difference():
+    """x: PyTorch's zero multiplier on the border; y: the slope inside the image (zeros' rule)."""
+    def backward(dV, U, grid):
+        dU, dgrid = grid_sample_backward(dV, U, grid, "bilinear", "border")
+        _, zeros = grid_sample_backward(dV, U, grid, "bilinear", "zeros")
+        iy = unnormalise(grid[..., 1], U.shape[2], False)
+        on = iy == 0
+        dgrid[..., 1] = np.where(on, zeros[..., 1], dgrid[..., 1])
+        return dU, dgrid
+
+    d = diagnose(lambda U, g: grid_sample(U, g, "bilinear", "border"), backward)
+    assert d.backward["clip borders"].startswith("x: zero at and beyond the border, y: "), d.backward
+    assert any(line.startswith("backward on the clip border") for line in d.differences)
+
+
+def test_a_row_whose_alternatives_include_pytorch_s_value_is_ok():
+    report = diagnose(scipy_box(1, "mirror")).report()
+    assert re.search(r"^padded +coordinate or taps +coordinate +ok$", report, re.MULTILINE), report
+
+
+def test_the_models_quantise_ties_to_even_and_mask_from_the_band_on():
+    from stnref.reference._models import beyond, quantise
+    np.testing.assert_array_equal(quantise(np.array([1, 3, 5, -1, -3]) / 64, 1 / 32),
+                                  np.array([0, 2, 2, 0, -2]) / 32)
+    np.testing.assert_array_equal(beyond(np.array([-0.05, -0.0499, 0.0, 3.0, 3.0499, 3.05]), 4, 0.05),
+                                  [True, False, False, False, False, True])

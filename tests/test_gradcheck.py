@@ -400,13 +400,12 @@ def test_full_max_is_inclusive():
 
 
 def test_directions_are_unit_vectors():
-    """Gradient of <a, x> off by 0.9 atol in one entry: along a unit direction the error is at
-    most 0.9 atol (Cauchy-Schwarz), so it passes; an unnormalised direction would exceed atol."""
+    """A constant function, a gradient of 0.9 atol in one entry: along a unit direction the error
+    is at most 0.9 atol (Cauchy-Schwarz), so it passes; an unnormalised direction would exceed atol."""
     n = 1000
-    a = np.random.default_rng(6).standard_normal(n)
-    g = a.copy()
-    g[0] += 0.9 * FD_ATOL
-    res = gradcheck(lambda x: np.array([a @ x]), lambda u, x: (u[0] * g,), [np.zeros(n)], n_directions=40)
+    g = np.zeros(n)
+    g[0] = 0.9 * FD_ATOL                     # the forward is constant: numeric 0, no relative slack
+    res = gradcheck(lambda x: np.zeros(1), lambda u, x: (g,), [np.zeros(n)], n_directions=40)
     assert res.ok and res.args[0].method == "directional"
     assert res.args[0].max_abs <= 0.9 * FD_ATOL
 
@@ -422,3 +421,26 @@ def test_a_kinked_output_off_its_side_by_the_tolerance_is_the_boundary():
     assert res.ok
     assert gradcheck(relu, vjp_off(0.9e-3), [x], atol=1e-3, rtol=0.0).ok
     assert not gradcheck(relu, vjp_off(1.1e-3), [x], atol=1e-3, rtol=0.0).ok
+
+
+def test_agrees_is_the_inclusive_comparison_and_false_for_nan():
+    agrees = gc._agrees
+    assert agrees(1.5, 1.0, 0.5, 0.0) and not agrees(np.nextafter(1.5, 2), 1.0, 0.5, 0.0)
+    assert agrees(3.0, 2.0, 0.0, 0.5) and not agrees(np.nextafter(3.0, 4), 2.0, 0.0, 0.5)
+    assert agrees(1.25, 1.0, 0.0, 0.0, 0.25) and not agrees(1.25, 1.0, 0.0, 0.0, 0.125)
+    assert not agrees(np.nan, 1.0, 1.0, 1.0) and not agrees(1.0, np.nan, 1.0, 1.0)
+    np.testing.assert_array_equal(agrees(np.array([1.0, 2.0]), np.array([1.0, 1.0]), 0.5, 0.0),
+                                  [True, False])
+
+
+def test_at_a_kink_the_smooth_outputs_still_count():
+    """Output 0 is a kink and takes its side; output 1, smooth, carries a 1 % error: a failure."""
+    def fn(x):
+        return np.array([max(x[0], 0.0), 3.0 * x[0]])
+
+    def vjp(u, x, smooth=3.0):
+        return (np.array([u[0] * (x[0] >= 0) + u[1] * smooth]),)
+
+    assert gradcheck(fn, vjp, [np.zeros(1)]).ok
+    res = gradcheck(fn, lambda u, x: vjp(u, x, 3.03), [np.zeros(1)])
+    assert not res.ok and res.args[0].left is not None and res.args[0].problem == ""
