@@ -13,21 +13,28 @@ layout         one call on ``U`` (2, 3, 5, 7)                     the shape of `
 coordinates    every pixel of a random image, read at its knots   which ``i = a x + b`` (and axis
                under each convention and axis order, plus         order) puts every knot on its
                points 0.01 px either side of half-integers        pixel; else a ramp fit (§3.1)
+positions      a random image at 8192 positions 1/4096 px apart   exact, or constant on the cells
+                                                                  of a power-of-two step (§3.7)
 kernel         a one-hot pixel's impulse response, 1-D and 2-D    least squares: nearest, tent,
                                                                   Keys ``A``, cubic B-splines (§4)
 padding        integer pixels from ``-3 size`` to ``4 size``;     the extension pattern, then the
-               non-integer points next to the border              model that fits (§3.2-3.5, §4.3)
-ties           pixel coordinates ``k + 1/2`` (nearest only)       the tie rule that fits (§4.2)
+               non-integer points next to the border; points      model that fits; an output mask
+               0.001 to 1.5 px outside (when nothing else fits)   band and what pads inside it
+                                                                  (§3.2-3.5, §4.3)
+ties           every ``k + 1/2`` from ``-3 size`` to ``4 size``   the tie rule, and whether the
+               (nearest only)                                     rounded index or the coordinate
+                                                                  is padded (§4.2)
 precision      knots and interior points of float64 data          float32 numbers out, or 1e-7 misses
                                                                   of an exact model (§1.4)
 parity         ~150 points per image: general, knots, ties,       agreement with ``grid_sample``
                borders, folds, bands, far outside                 to 1e-10 (§5.1, §6.3)
 non-finite     NaN, +inf, -inf in x, one call each                NaN, 0, an edge pixel, error (§5.2)
 backward       knots, clip borders, duplicate points, general     one-sided rules, scatter-add,
-                                                                  finite differences (§3.3-6.2)
+                                                                  finite differences (§3.3-6.5)
 =============  =================================================  ==============================
 
-Every call is isolated: an exception or a wrong shape in one probe is a finding, and the
+A property no probe can observe is named with its alternatives ("coordinate or taps"), never
+guessed.  Every call is isolated: an exception or a wrong shape in one probe is a finding, and the
 others still run.  A crash of the process itself (a segfault in a compiled kernel) cannot be
 caught from Python.  Inputs are seeded, so the same sampler always gets the same diagnosis.
 Guide: ``docs/kernel_authors.md``.
