@@ -701,3 +701,17 @@ def test_the_models_quantise_ties_to_even_and_mask_from_the_band_on():
                                   np.array([0, 2, 2, 0, -2]) / 32)
     np.testing.assert_array_equal(beyond(np.array([-0.05, -0.0499, 0.0, 3.0, 3.0499, 3.05]), 4, 0.05),
                                   [True, False, False, False, False, True])
+
+
+def test_a_bicubic_wrong_only_far_outside_is_a_difference():
+    """Keys with A fitted to exactly PyTorch's -0.75 is compared with grid_sample everywhere,
+    far points included (the model alone is not trusted beyond 1e6 pixels)."""
+    rng = np.random.default_rng(0)
+
+    def far_wrong(U, g):   # last-bit noise too: A fits to -0.75 within rounding, snapped to it
+        V = grid_sample(U, g, "bicubic") * (1 + rng.choice([-1.0, 0.0, 1.0], (*U.shape[:2], *g.shape[1:3])) * 2.0**-52)
+        return np.where((np.abs(g).max(-1) > 1e9)[:, None], 0.5, V)   # beyond 1e6 sizes only
+
+    d = diagnose(far_wrong)
+    assert d.kernel == "bicubic" and d.cubic_a == -0.75 and not d.matches_pytorch
+    assert any(line.startswith("values differ") and "far outside" in line for line in d.differences)
