@@ -543,6 +543,7 @@ class _Plan(NamedTuple):
     padded: tuple         # spatial shape of the padded U (see _padded_rows)
 
 
+@_checks.quiet_nonfinite
 def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
     """Dense taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
     k = grid.shape[-1]
@@ -638,6 +639,7 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     return _sample(U, grid, mode, padding_mode, align_corners, keep=False)[0]
 
 
+@_checks.quiet_nonfinite
 def _sample(U, grid, mode, padding_mode, align_corners, keep):
     """:func:`grid_sample`, and with ``keep`` the taps of every chunk for :func:`_sample_backward`.
 
@@ -701,6 +703,7 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
     return _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept=None)
 
 
+@_checks.quiet_nonfinite
 def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept):
     """:func:`grid_sample_backward`, reusing the taps ``kept`` by :func:`_sample` on the same
     ``U`` and ``grid`` (None: recompute them)."""

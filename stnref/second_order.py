@@ -91,6 +91,7 @@ def _directional(dweights, tangent):
 #            + sum_t (sum_a tgrid[m, a] dW_a[m, t]) U_rows[rows[m, t], c]
 # dW_a already carries the unnormalisation scale and the padding multiplier (clip mask, fold sign),
 # so this is the exact transpose of grid_sample_backward's dgrid (see the VJP identity tests).
+@_checks.quiet_nonfinite
 def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", align_corners=False):
     """Jacobian-vector product (forward mode) of :func:`stnref.grid_sample`.
 
@@ -166,6 +167,7 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
 #   g_U_rows   = Wg-weighted scatter of dV                             sparse product, duplicates accumulate
 #   g_grid_b   = sum_t dW_b H + sum_a g_dgrid_a sum_t ddW_ab G         ddW symmetric, stored for a <= b
 # (docs/derivations/second_order.md).  Bilinear has ddW_aa = 0: only the cross terms a != b remain.
+@_checks.quiet_nonfinite
 def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=False):
     """Double backward of :func:`stnref.grid_sample`: VJP of :func:`stnref.grid_sample_backward`.
@@ -278,6 +280,7 @@ def _check_tangent(theta, ttheta, fn):
 
 
 # affine_grid is linear in theta (translation column included): J ttheta = affine_grid(ttheta).
+@_checks.quiet_nonfinite
 def affine_grid_jvp(theta, ttheta, size, align_corners=False):
     """Jacobian-vector product of :func:`stnref.affine_grid`.
 
@@ -313,6 +316,7 @@ def affine_grid_jvp(theta, ttheta, size, align_corners=False):
     return grids.affine_grid(ttheta, size, align_corners)
 
 
+@_checks.quiet_nonfinite
 def attention_grid_jvp(theta, ttheta, size, align_corners=False):
     """Jacobian-vector product of :func:`stnref.attention_grid`; linear: ``attention_grid(ttheta)``.
 
@@ -335,6 +339,7 @@ def attention_grid_jvp(theta, ttheta, size, align_corners=False):
     return grids.attention_grid(ttheta, size, align_corners)
 
 
+@_checks.quiet_nonfinite
 def tps_grid_jvp(theta, ttheta, size, control_points=None, align_corners=False):
     """Jacobian-vector product of :func:`stnref.grids.tps_grid`.
 
@@ -367,6 +372,7 @@ def tps_grid_jvp(theta, ttheta, size, control_points=None, align_corners=False):
 #   (tx', ty', tw') = ttheta b,   t x_s = (tx' - x_s tw') / w',   t y_s = (ty' - y_s tw') / w'
 # (quotient rule, the transpose of projective_grid_backward).  Far points (beyond the horizon or
 # clamped to PROJECTIVE_FAR) are constants: zero tangent there, as their zero gradient.
+@_checks.quiet_nonfinite
 def projective_grid_jvp(theta, ttheta, size, align_corners=False):
     """Jacobian-vector product of :func:`stnref.grids.projective_grid`.
 
