@@ -213,6 +213,24 @@ def test_ctrl_c_twice_at_random_moments_exits_130_quietly(tmp_path):
         assert err.splitlines()[-1] == "stnref: interrupted" and "Traceback" not in err, (delay, err)
 
 
+def test_ctrl_c_while_experiment_workers_start_is_quiet(tmp_path):
+    """Ctrl-C reaches the whole process group, workers included: one that is still importing
+    (SIGINT deferred until its handler is in place) ends as quietly as one training."""
+    code = "import sys; from stnref.app.cli import main; sys.exit(main())"
+    for n, delay in enumerate([0.0, 0.1, 0.3, 0.6]):
+        args = ["experiment", "--models", "fcn", "st-fcn", "--transforms", "affine", "--distortions",
+                "r", "rts", "--epochs", "3", "--train-size", "256", "--test-size", "16", "--jobs", "2",
+                "--out", str(tmp_path / f"e{n}")]
+        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        assert proc.stdout.readline().startswith("plan:")      # the workers start after the plan
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=SUBPROCESS_TIMEOUT)
+        assert proc.returncode == EXIT_INTERRUPTED, (delay, err)
+        assert err == "stnref: interrupted\n", (delay, err)
+
+
 def test_main_restores_the_sigint_handler(tmp_path, capsys):
     before = signal.getsignal(signal.SIGINT)
     run_main(capsys, "evaluate", tmp_path / "none")

@@ -310,8 +310,27 @@ def _environment(values):
 
 def _worker_start():
     """Ctrl-C reaches every process of the terminal: a worker then ends at once and quietly
-    (its cell resumes from its last checkpoint), and the parent reports the interruption."""
+    (its cell resumes from its last checkpoint), and the parent reports the interruption.
+    A Ctrl-C that came while the worker was importing (SIGINT blocked, see
+    :func:`_sigint_deferred`) is delivered now, to this handler."""
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """SIGINT blocked in this thread for the block (POSIX): worker processes started in it
+    inherit the mask, so a Ctrl-C during their start-up waits for :func:`_worker_start`
+    instead of printing a traceback from their imports; here it is delivered at the end."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _run_cell(config, run_dir, resume):
@@ -382,9 +401,10 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
         with _environment(BLAS_ONE_THREAD), concurrent.futures.ProcessPoolExecutor(
                 max_workers=min(jobs, len(todo)), mp_context=context,
                 initializer=_worker_start) as pool:
-            futures = {pool.submit(_run_cell, c.config, c.run_dir, c.status != "new"): c
-                       for c in todo}
             try:
+                with _sigint_deferred():     # the workers start (on submit) with it deferred
+                    futures = {pool.submit(_run_cell, c.config, c.run_dir, c.status != "new"): c
+                               for c in todo}
                 for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
                     cell = futures[future]
                     metrics = future.result()
