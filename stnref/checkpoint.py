@@ -166,8 +166,11 @@ class _Npz:
         self.path, self.fn, self.what = os.fspath(path), fn, what
         self.headers = {}      # array name -> (shape, dtype, fortran_order, header bytes)
         self.infos = {}        # array name -> its zipfile.ZipInfo
-        with self.reading(None):
+        try:    # a FIFO or a device is a ValueError of its own; a missing file an OSError
             self.file = open_regular_file(self.path, fn, what)
+        except OSError as err:
+            raise ValueError(f"{fn}(): cannot read {what} {shown(repr(self.path))}: "
+                             f"{shown(err)}") from err
         try:
             with self.reading(None):
                 size = os.fstat(self.file.fileno()).st_size

@@ -32,6 +32,7 @@ from stnref.data import idx
 from stnref.data.idx import read_idx, write_idx
 
 ZIP64 = 0xFFFFFFFF          # a 32-bit size field that says "see the zip64 extra field"
+DEFLATE_RATIO = 1100        # conventions §8.3: a deflated member gives at most 1100 bytes per byte
 PEAK_BYTES = 32 << 20       # memory a refused file may cost, far below what it claims
 DEFLATE = zipfile.ZIP_DEFLATED
 
@@ -342,12 +343,12 @@ def test_the_file_end_bounds_a_member_whose_directory_lies(tmp_path):
 
 
 def _deflated_at_ratio(extra):
-    """A deflated member whose header claims exactly MAX_DEFLATE_RATIO x its compressed bytes,
+    """A deflated member whose header claims exactly DEFLATE_RATIO x its compressed bytes,
     plus ``extra``; the data is a few zeros (the claim is a lie that only reading can tell)."""
     n = 1000
     for _ in range(20):
         stored = _deflate(npy((n,), "|u1", bytes(16)))
-        target = checkpoint.MAX_DEFLATE_RATIO * len(stored) - len(npy((n,), "|u1"))
+        target = DEFLATE_RATIO * len(stored) - len(npy((n,), "|u1"))
         if target == n:
             break
         n = target
@@ -359,7 +360,7 @@ def _deflated_at_ratio(extra):
 
 
 def test_the_deflate_limit_at_its_boundary(tmp_path):
-    """A claim of exactly MAX_DEFLATE_RATIO x the compressed bytes passes the header check (and
+    """A claim of exactly DEFLATE_RATIO x the compressed bytes passes the header check (and
     fails when read: the data is not there); one byte more is refused before reading."""
     path = write(tmp_path, [_deflated_at_ratio(0), member(f"{METADATA_KEY}.npy", metadata_npy())])
     message = refused(path, "member 'b.npy'")
@@ -384,6 +385,21 @@ def test_members_cannot_share_the_bytes_of_the_file(tmp_path):
     assert "members claim more" not in message, message
     path.write_bytes(build(size - claim_b - head_a + 1))       # one byte more
     refused(path, "member 'b.npy'", f"the members claim more bytes than the {size} bytes")
+
+
+def test_expect_is_compared_with_the_headers_before_any_array_is_read(tmp_path, monkeypatch):
+    """A missing, an unexpected and a mis-shaped array are named together, and no array is
+    read (the metadata alone is)."""
+    path = write(tmp_path, good_members(w=np.zeros((2, 3)), extra=np.zeros(1)))
+    read = []
+    real_read = checkpoint._Npz.read
+    monkeypatch.setattr(checkpoint._Npz, "read", lambda self, name: read.append(name) or real_read(self, name))
+    message = refused(path, "does not hold what its metadata describes", "missing arrays ['b']",
+                      "unexpected arrays ['extra']", "w: header claims shape (2, 3), expected (3, 2)",
+                      expect=lambda meta: {"w": (3, 2), "b": (4,)})
+    assert read == [METADATA_KEY], message
+    arrays, _ = load_checkpoint(path, expect=lambda meta: {"w": (2, 3), "extra": (1,)})
+    assert sorted(arrays) == ["extra", "w"]
 
 
 # --------------------------------------------------------------------------- the file itself
@@ -415,7 +431,7 @@ def test_a_directory_or_missing_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.npz")
     (tmp_path / "dangling.npz").symlink_to(tmp_path / "nowhere")
-    refused(tmp_path / "dangling.npz", "FileNotFoundError")
+    refused(tmp_path / "dangling.npz", "No such file or directory")
 
 
 def test_read_regular_file_reads_at_most_the_limit_plus_one(tmp_path, monkeypatch):

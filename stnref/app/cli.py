@@ -52,8 +52,9 @@ def _integer(minimum, description):
         try:
             return check_int(value, "value", "parse", minimum=minimum, maximum=MAX_INT)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {description} of at most 2**53 = {MAX_INT}, "
-                                             f"got {_quoted(text)}") from None
+            limit = f" of at most 2**53 = {MAX_INT}" if value > MAX_INT else ""
+            raise argparse.ArgumentTypeError(f"expected {description}{limit}, got "
+                                             f"{_quoted(text)}") from None
 
     return parse
 
