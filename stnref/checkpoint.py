@@ -144,7 +144,7 @@ def _member_limit(info, file_size):
     """The most bytes the member ``info`` can give: the compressed bytes really in the file
     from the member's offset (not the size its directory entry claims), times the largest
     expansion of its compression method."""
-    present = max(0, min(info.compress_size, file_size - info.header_offset))
+    present = min(info.compress_size, file_size - info.header_offset)
     return present * EXPANSION[info.compress_type]
 
 

@@ -152,7 +152,7 @@ def test_metadata_holds_a_json_object_of_finite_numbers(tmp_path, text, fragment
 def test_an_encrypted_member_is_refused(tmp_path, monkeypatch):
     path = write(tmp_path, good_members(w=np.zeros(2))[:1] + [
         member(f"{METADATA_KEY}.npy", metadata_npy(), flags=checkpoint.ENCRYPTED)])
-    refused(path, f"member '{METADATA_KEY}.npy'", "encrypted")
+    refused(path, f"member '{METADATA_KEY}.npy'", "encrypted; checkpoints never are")
     monkeypatch.setattr(checkpoint, "ENCRYPTED", 0)    # zipfile's own RuntimeError, mapped too
     refused(path, f"member '{METADATA_KEY}.npy'", "RuntimeError", "password")
 
@@ -290,6 +290,33 @@ def test_a_member_with_trailing_bytes_is_refused(tmp_path):
     refused(path, "member 'w.npy'", "(32 data bytes) but the member holds more")
 
 
+def test_a_member_is_read_to_one_byte_past_its_claim(tmp_path, monkeypatch):
+    """The streaming read asks for exactly the claimed bytes plus one, whatever the directory
+    says, and arrays of zero elements (no byte at all) are read back."""
+    asked = []
+    real = checkpoint.read_at_most
+    monkeypatch.setattr(checkpoint, "read_at_most", lambda f, n: asked.append(n) or real(f, n))
+    arrays = {"w": np.arange(4.0), "empty": np.zeros((2, 0)), "none": np.zeros((0,), np.int8)}
+    save_checkpoint(tmp_path / "c.npz", arrays, {})
+    got, _ = load_checkpoint(tmp_path / "c.npz")
+    assert asked == [8 + 1, 0 + 1, 0 + 1, 32 + 1]   # '{}' in UTF-32 first, then in file order
+    for name, value in arrays.items():
+        assert got[name].shape == value.shape and got[name].dtype == value.dtype
+        np.testing.assert_array_equal(got[name], value)
+
+
+@pytest.mark.parametrize("code_point, valid", [
+    (0xD7FF, True), (0xD800, False), (0xDFFF, False), (0xE000, True), (0x10FFFF, True),
+    (0x110000, False)])
+def test_unicode_code_points_at_their_boundaries(tmp_path, code_point, valid):
+    data = code_point.to_bytes(4, "little")
+    path = write(tmp_path, [member("s.npy", npy((1,), "<U1", data)), member(f"{METADATA_KEY}.npy", metadata_npy())])
+    if valid:
+        assert load_checkpoint(path)[0]["s"][0] == chr(code_point)
+    else:
+        refused(path, "member 's.npy'", "1 invalid unicode code points")
+
+
 @pytest.mark.parametrize("method", [zipfile.ZIP_STORED, DEFLATE])
 def test_a_directory_entry_claiming_another_size_is_refused(tmp_path, method):
     """Larger: the data read is what the header claims, and the entry is found to lie;
@@ -328,17 +355,22 @@ def test_the_file_end_bounds_a_member_whose_directory_lies(tmp_path):
     """A stored member whose directory claims 2^40 compressed bytes gives at most what lies
     between its offset and the end of the file: a header claiming exactly that passes the
     header check, one byte more is refused by it."""
+    first = member("a.npy", npy((3,), "|u1", b"abc"))          # b starts after a
+    offset = len(raw_zip([first])) - len(raw_zip([]))
+    offset -= len(first["name"]) + 46                             # minus a's directory entry
+
     def build(n):
-        return raw_zip([member("b.npy", npy((n,), "|u1", bytes(8)), size=2**40, csize=2**40)])
+        return raw_zip([first, member("b.npy", npy((n,), "|u1", bytes(8)), size=2**40, csize=2**40)])
 
     size = len(build(100))
     assert len(build(size)) == size          # the header's length does not depend on n
-    at_limit = size - len(npy((size,), "|u1"))      # the member starts at offset 0
+    at_limit = size - offset - len(npy((size,), "|u1"))
     path = tmp_path / "c.npz"
     path.write_bytes(build(at_limit))
     assert checkpoint._check_members(path, "check", "file")["b"][0] == (at_limit,)
     path.write_bytes(build(at_limit + 1))
-    with pytest.raises(ValueError, match=f"member 'b.npy': header claims .* can give at most {size} bytes"):
+    with pytest.raises(ValueError, match=f"member 'b.npy': header claims .* can give at most "
+                                         f"{size - offset} bytes"):
         checkpoint._check_members(path, "check", "file")
 
 

@@ -137,15 +137,16 @@ def _grid_rows(models, transforms, distortions, seeds):
 
 def _check_data(distortions, n_train, n_test, data):
     """Refuse what loading a cell's data would: the element budget of the built-in digits,
-    and :func:`~stnref.data.load_dataset`'s own checks on two samples per split."""
-    for distortion in distortions:
+    and :func:`~stnref.data.load_dataset`'s own checks on two samples per split.  MNIST
+    files, the same for every distortion, are read (whole) for the first one only."""
+    for n, distortion in enumerate(distortions):
         if data is None:    # generated on demand, as many as asked: budgeted
             try:
                 _check_digit_budget(distortion, n_train, n_test)
             except ValueError as err:
                 raise ValueError(f"--train-size {n_train} --test-size {n_test}: {err}") from None
         try:
-            load_dataset(distortion, data, min(n_train, 2), min(n_test, 2))
+            load_dataset(distortion, data if n == 0 else None, min(n_train, 2), min(n_test, 2))
         except ValueError as err:
             raise ValueError(f"--distortions {distortion} with --train-size {n_train} "
                              f"--test-size {n_test}: {err}") from None
