@@ -484,6 +484,11 @@ def test_read_regular_file_reads_at_most_the_limit_plus_one(tmp_path, monkeypatc
     assert _io.read_at_most(io.BytesIO(b"abc"), 5) == b"abc"
     monkeypatch.setattr(_io, "READ_CHUNK", 2)                 # several chunks, same bytes
     assert _io.read_at_most(io.BytesIO(b"abcde"), 4) == b"abcd"
+    assert _io.read_at_most(io.BytesIO(b"abcde"), 3) == b"abc"    # the last chunk is cut
+    asked = []
+    monkeypatch.setattr(_io, "read_at_most", lambda f, n: asked.append(n) or b"x" * 10)
+    _io.read_regular_file(path, 64, "f", "thing")
+    assert asked == [65]                                        # exactly one byte past the limit
 
 
 # --------------------------------------------------------------------------- IDX files
@@ -524,6 +529,40 @@ def test_idx_payload_at_its_boundary(tmp_path, gz):
                 read_idx(path)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_payload_read_in_small_chunks(tmp_path, monkeypatch, gz):
+    """Chunks of 5 bytes: the kept records are exactly the first ones, and one byte after the
+    claimed payload is still found, whatever the chunk boundaries."""
+    monkeypatch.setattr(idx, "IDX_READ_CHUNK", 5)
+    images = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    path = _idx_file(tmp_path, "x.idx.gz" if gz else "x.idx", images)
+    for limit in (None, 1, 2, 3):
+        shape, data = idx._read_idx(path, limit)
+        assert shape == (2, 3, 4)
+        np.testing.assert_array_equal(data, images[:limit])
+    raw = bytes([0, 0, 8, 3]) + np.array([2, 3, 4], ">i4").tobytes() + images.tobytes() + b"\0"
+    path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
+    with pytest.raises(ValueError, match="oversized: 1 bytes after the 24 data bytes"):
+        read_idx(path)
+
+
+def test_idx_plain_size_is_checked_before_reading(tmp_path, monkeypatch):
+    """A plain file's size is known: a truncated or oversized one is refused before its
+    payload is read (conventions §9.1)."""
+    path = _idx_file(tmp_path, "x.idx", np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    raw = path.read_bytes()
+
+    def unread(*args):
+        raise AssertionError("the payload was read")
+
+    monkeypatch.setattr(idx, "_read_payload", unread)
+    for body, fragment in ((raw[:-1], "truncated: header claims 24 data bytes, file has 23"),
+                           (raw + b"\0\0", "oversized: 2 bytes after the 24 data bytes")):
+        path.write_bytes(body)
+        with pytest.raises(ValueError, match=fragment):
+            read_idx(path)
+
+
 @pytest.mark.parametrize("damage", ["garbage after the stream", "header flags", "cut", "crc"])
 def test_idx_gzip_failures_are_one_error(tmp_path, damage):
     path = _idx_file(tmp_path, "x.idx.gz", np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
@@ -540,6 +579,14 @@ def test_idx_gzip_failures_are_one_error(tmp_path, damage):
     with pytest.raises(ValueError, match="x.idx.gz") as info:
         read_idx(path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("magic", [b"\x01\x00\x08\x03", b"\x00\x01\x08\x03", b"\x00\x00\x08\x02"])
+def test_idx_magic_bytes_each_checked(tmp_path, magic):
+    path = tmp_path / "x.idx"
+    path.write_bytes(magic + np.array([1, 2, 2], ">i4").tobytes() + bytes(4))
+    with pytest.raises(ValueError, match="magic"):
+        read_idx(path)
 
 
 def test_idx_out_of_memory_is_one_error(tmp_path, monkeypatch):
