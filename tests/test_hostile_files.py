@@ -305,6 +305,17 @@ def test_a_member_is_read_to_one_byte_past_its_claim(tmp_path, monkeypatch):
         np.testing.assert_array_equal(got[name], value)
 
 
+def test_fortran_ordered_members_are_read_as_numpy_writes_them(tmp_path):
+    """numpy.savez keeps a Fortran-ordered array's order (fortran_order True in its header)."""
+    arrays = {"a": np.asfortranarray(np.arange(24.0).reshape(2, 3, 4)),
+              "b": np.asfortranarray(np.arange(6, dtype=np.int16).reshape(3, 2))}
+    np.savez(tmp_path / "f.npz", **arrays, **{METADATA_KEY: np.array("{}")})
+    got, _ = load_checkpoint(tmp_path / "f.npz")
+    for name, value in arrays.items():
+        assert got[name].shape == value.shape
+        np.testing.assert_array_equal(got[name], value)
+
+
 @pytest.mark.parametrize("code_point, valid", [
     (0xD7FF, True), (0xD800, False), (0xDFFF, False), (0xE000, True), (0x10FFFF, True),
     (0x110000, False)])
@@ -543,6 +554,9 @@ def test_idx_payload_read_in_small_chunks(tmp_path, monkeypatch, gz):
     raw = bytes([0, 0, 8, 3]) + np.array([2, 3, 4], ">i4").tobytes() + images.tobytes() + b"\0"
     path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
     with pytest.raises(ValueError, match="oversized: 1 bytes after the 24 data bytes"):
+        read_idx(path)
+    path.write_bytes(gzip.compress(raw + bytes(9), mtime=0) if gz else raw + bytes(9))
+    with pytest.raises(ValueError, match="oversized: (at least 5|10) bytes after"):
         read_idx(path)
 
 
