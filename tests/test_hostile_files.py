@@ -443,6 +443,14 @@ def test_expect_is_compared_with_the_headers_before_any_array_is_read(tmp_path, 
     assert read == [METADATA_KEY], message
     arrays, _ = load_checkpoint(path, expect=lambda meta: {"w": (2, 3), "extra": (1,)})
     assert sorted(arrays) == ["extra", "w"]
+    six = {f"m{i}": (1,) for i in range(6)}                   # each kind alone is refused too
+    refused(path, "missing arrays ['m0', 'm1', 'm2', 'm3', 'm4'],", "no shape mismatch",
+            expect=lambda meta: {"w": (2, 3), "extra": (1,), **six})
+    refused(path, "unexpected arrays ['extra']", expect=lambda meta: {"w": (2, 3)})
+    many = {"w": (9,), "extra": (9,)}
+    message = refused(path, "missing arrays []", "w: header claims shape (2, 3), expected (9,)",
+                      expect=lambda meta: many)
+    assert message.count("header claims shape") == 2
 
 
 # --------------------------------------------------------------------------- the file itself
