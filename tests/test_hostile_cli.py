@@ -186,7 +186,8 @@ def test_ctrl_c_during_any_import_of_main_exits_130_quietly(tmp_path):
     first = python("-c", CHILD_INTERRUPTED_AT_IMPORT, str(10**9), *args, text=True)
     total = int(first.stdout.split()[-1])
     assert first.returncode == cli.EXIT_USAGE and total > 100, (total, first.stderr)
-    for k in sorted({1, 2, 3, 10, total // 7, total // 3, total // 2, total - 1, total}):
+    # the last few imports vary from run to run (caches): sample up to 95 % of them
+    for k in sorted({1, 2, 3, 10, total // 7, total // 3, total // 2, total * 19 // 20}):
         proc = python("-c", CHILD_INTERRUPTED_AT_IMPORT, str(k), *args, text=True)
         assert proc.returncode == EXIT_INTERRUPTED, (k, proc.stderr)
         assert proc.stderr == "stnref: interrupted\n", (k, proc.stderr)
