@@ -73,7 +73,7 @@ def cell_settings(overrides):
 
 def run_table1(out, distortions=DISTORTIONS, models=MODELS, transforms=None, seeds=1, epochs=None,
                train_size=None, test_size=None, data=None, jobs=None, dry_run=False,
-               validation=False, print_fn=print):
+               estimate=False, validation=False, print_fn=print):
     """Run (or plan) the preset and write ``OUT/table1.md`` and ``OUT/table1.png``.
 
     Parameters
@@ -88,7 +88,8 @@ def run_table1(out, distortions=DISTORTIONS, models=MODELS, transforms=None, see
     data : str, optional
         MNIST directory; None: the built-in digits.
     jobs : int, optional
-    dry_run : bool
+    dry_run, estimate : bool
+        As :func:`run_experiment`.
     validation : bool
         Evaluate on held-out training digits instead of the test set.
     print_fn : callable
@@ -101,7 +102,8 @@ def run_table1(out, distortions=DISTORTIONS, models=MODELS, transforms=None, see
     overrides = {"epochs": epochs} if epochs is not None else {}
     payload = run_experiment(models, transforms, distortions, seeds, None, train_size, test_size,
                              data, out, jobs=jobs, dry_run=dry_run, print_fn=print_fn,
-                             settings=cell_settings(overrides), validation=validation)
+                             estimate=estimate, settings=cell_settings(overrides),
+                             validation=validation)
     if payload is None:
         return None
     rows = table_rows(payload, distortions, models, transforms or TRANSFORMS)
