@@ -1,0 +1,163 @@
+"""Shared by the golden-vector tests: a golden directory, result writers, and kernels that are
+deliberately wrong in one known way each (the classes of departure ``check`` must catch)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from stnref import grid_sample
+from stnref.reference import export, run_check
+from stnref.reference._judge import pixel_coordinates
+
+
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("golden")
+    export(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def manifest(golden):
+    return read_manifest(golden)
+
+
+def read_manifest(directory):
+    with open(os.path.join(directory, "manifest.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load(path):
+    with np.load(path, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def results_copy(golden, tmp_path, name="results"):
+    """The golden files as results (every case passes)."""
+    results = tmp_path / name
+    shutil.copytree(golden, results)
+    os.remove(results / "manifest.json")
+    return results
+
+
+def run(golden, results, **selection):
+    """(ok, {case id: table row}, the table) of ``check``."""
+    report = run_check(golden, results, **selection)
+    text = report.table()
+    rows = {line.split()[0]: line for line in text.splitlines()[1:-1]}
+    return report.ok, rows, text
+
+
+def cases_of(golden, op="grid_sample", k=None, tag=None):
+    """The manifest cases of ``op`` (dimension ``k``, option tag ``mode-padding-ac``)."""
+    out = []
+    for case in read_manifest(golden)["cases"]:
+        if case["op"] != op:
+            continue
+        o = case["options"]
+        if k is not None and len(case["inputs"]["grid"]["shape"]) != k + 2:
+            continue
+        if tag is not None and option_tag(o["mode"], o["padding_mode"], o["align_corners"]) != tag:
+            continue
+        out.append(case)
+    return out
+
+
+def option_tag(mode, padding_mode, align_corners):
+    return f"{mode}-{padding_mode}-{'ac' if align_corners else 'noac'}"
+
+
+def write_forward(golden, results, kernel, cases, form="npz"):
+    """Write ``V = kernel(U, grid, mode, padding_mode, align_corners)`` for ``cases``: as
+    ``<id>.npz`` or as ``<id>/V.npy``."""
+    os.makedirs(results, exist_ok=True)
+    for case in cases:
+        a = load(os.path.join(golden, case["file"]))
+        o = case["options"]
+        V = kernel(a["U"], a["grid"], o["mode"], o["padding_mode"], o["align_corners"])
+        if form == "npz":
+            np.savez(os.path.join(results, case["file"]), V=V)
+        else:
+            os.makedirs(os.path.join(results, case["id"]), exist_ok=True)
+            np.save(os.path.join(results, case["id"], "V.npy"), V)
+
+
+# --------------------------------------------------------------------------- wrong kernels
+
+def _normalise(p, spatial, align_corners):
+    """Pixel coordinates (per axis x, y, z) back to a normalised grid."""
+    k = p.shape[-1]
+    grid = np.empty_like(p)
+    for a in range(k):
+        size = spatial[k - 1 - a]
+        if align_corners:
+            grid[..., a] = 0.0 if size == 1 else 2 * p[..., a] / (size - 1) - 1
+        else:
+            grid[..., a] = (2 * p[..., a] + 1) / size - 1
+    return grid
+
+
+def right_kernel(U, grid, mode, padding_mode, align_corners):
+    return grid_sample(U, grid, mode, padding_mode, align_corners)
+
+
+def overflow_kernel(U, grid, mode, padding_mode, align_corners):
+    """An index cast to int64 as x86 does it: |i| >= 2^63 becomes -2^63 (ONNX Runtime's class)."""
+    p = pixel_coordinates(grid, U.shape[2:], align_corners)
+    p = np.where(np.abs(p) >= 2.0**63, -(2.0**63), p)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return grid_sample(U, _normalise(p, U.shape[2:], align_corners), mode, padding_mode, align_corners)
+
+
+def round_then_reflect_kernel(U, grid, mode, padding_mode, align_corners):
+    """Nearest that rounds the pixel coordinate before padding it (ONNX Runtime's reflection)."""
+    p = pixel_coordinates(grid, U.shape[2:], align_corners)
+    with np.errstate(invalid="ignore"):
+        p = np.where(np.abs(p) < 2.0**52, np.rint(p), p)
+    return grid_sample(U, _normalise(p, U.shape[2:], align_corners), mode, padding_mode, align_corners)
+
+
+def half_up_kernel(U, grid, mode, padding_mode, align_corners):
+    """Nearest rounding ties up, floor(i + 0.5) (the paper's formula); zeros and border only."""
+    p = pixel_coordinates(grid, U.shape[2:], align_corners)
+    with np.errstate(invalid="ignore"):
+        p = np.where(np.abs(p) < 2.0**52, np.floor(p + 0.5), p)
+    return grid_sample(U, _normalise(p, U.shape[2:], align_corners), mode, padding_mode, align_corners)
+
+
+def float32_kernel(U, grid, mode, padding_mode, align_corners):
+    """Right, but computing in float32 only (as ONNX Runtime's opset-16 GridSample)."""
+    return grid_sample(U.astype(np.float32), grid.astype(np.float32), mode, padding_mode, align_corners)
+
+
+def nan_far_kernel(U, grid, mode, padding_mode, align_corners):
+    """NaN wherever a pixel coordinate is beyond 1e3, where PyTorch is finite."""
+    V = grid_sample(U, grid, mode, padding_mode, align_corners)
+    with np.errstate(invalid="ignore"):
+        far = np.any(np.abs(pixel_coordinates(grid, U.shape[2:], align_corners)) > 1e3, axis=-1)
+    return np.where(far[:, None], np.nan, V)
+
+
+# --------------------------------------------------------------------------- .npy without numpy
+
+def npy_by_hand(values, shape, big_endian=False):
+    """The bytes of a float64 ``.npy`` v1.0 file assembled with ``struct`` from a list of
+    Python floats: what a minimal writer in another language produces (no header padding)."""
+    order = ">" if big_endian else "<"
+    header = f"{{'descr': '{order}f8', 'fortran_order': False, 'shape': {tuple(shape)}, }}\n"
+    header = header.encode("latin1")
+    return (b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+            + struct.pack(f"{order}{len(values)}d", *values))
+
+
+def npy_header(shape, descr="<f8"):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
