@@ -108,28 +108,31 @@ def right_kernel(U, grid, mode, padding_mode, align_corners):
     return grid_sample(U, grid, mode, padding_mode, align_corners)
 
 
+def _rewritten(U, grid, align_corners, where, new_pixel):
+    """``grid`` with the pixel coordinates selected by ``where(p)`` replaced by ``new_pixel(p)``;
+    every other coordinate is passed on unchanged (each wrong kernel is wrong in one way only)."""
+    p = pixel_coordinates(grid, U.shape[2:], align_corners)
+    with np.errstate(over="ignore", invalid="ignore"):
+        hit = where(p)
+        return np.where(hit, _normalise(np.where(hit, new_pixel(p), 0.0), U.shape[2:], align_corners), grid)
+
+
 def overflow_kernel(U, grid, mode, padding_mode, align_corners):
     """An index cast to int64 as x86 does it: |i| >= 2^63 becomes -2^63 (ONNX Runtime's class)."""
-    p = pixel_coordinates(grid, U.shape[2:], align_corners)
-    p = np.where(np.abs(p) >= 2.0**63, -(2.0**63), p)
-    with np.errstate(over="ignore", invalid="ignore"):
-        return grid_sample(U, _normalise(p, U.shape[2:], align_corners), mode, padding_mode, align_corners)
+    grid = _rewritten(U, grid, align_corners, lambda p: np.abs(p) >= 2.0**63, lambda p: -(2.0**63) + 0 * p)
+    return grid_sample(U, grid, mode, padding_mode, align_corners)
 
 
 def round_then_reflect_kernel(U, grid, mode, padding_mode, align_corners):
     """Nearest that rounds the pixel coordinate before padding it (ONNX Runtime's reflection)."""
-    p = pixel_coordinates(grid, U.shape[2:], align_corners)
-    with np.errstate(invalid="ignore"):
-        p = np.where(np.abs(p) < 2.0**52, np.rint(p), p)
-    return grid_sample(U, _normalise(p, U.shape[2:], align_corners), mode, padding_mode, align_corners)
+    grid = _rewritten(U, grid, align_corners, lambda p: np.abs(p) < 1e6, np.rint)
+    return grid_sample(U, grid, mode, padding_mode, align_corners)
 
 
 def half_up_kernel(U, grid, mode, padding_mode, align_corners):
     """Nearest rounding ties up, floor(i + 0.5) (the paper's formula); zeros and border only."""
-    p = pixel_coordinates(grid, U.shape[2:], align_corners)
-    with np.errstate(invalid="ignore"):
-        p = np.where(np.abs(p) < 2.0**52, np.floor(p + 0.5), p)
-    return grid_sample(U, _normalise(p, U.shape[2:], align_corners), mode, padding_mode, align_corners)
+    grid = _rewritten(U, grid, align_corners, lambda p: np.abs(p) < 1e6, lambda p: np.floor(p + 0.5))
+    return grid_sample(U, grid, mode, padding_mode, align_corners)
 
 
 def float32_kernel(U, grid, mode, padding_mode, align_corners):

@@ -270,13 +270,18 @@ def explain(ctx, verdicts, results, goldens, tols, judged_dtype):
         return []
     narrower = [v for v in failing.values()
                 if np.dtype(v.result_dtype).itemsize < np.dtype(judged_dtype).itemsize]
-    if narrower and all(v.nan_in_result == v.nan_in_golden == 0 and v.max_abs <= TOLERANCES["float32"]["atol"]
-                        * max(1.0, _finite_max(goldens[v.name])) for v in failing.values()):
-        return [f"the result is {narrower[0].result_dtype} and this case is judged with {judged_dtype} "
-                f"answers; a kernel computing in float32 is judged with --dtype float32 "
-                f"(docs/conventions.md §6.3)"]
+    lead = []
+    if narrower:
+        lead = [f"the result is {narrower[0].result_dtype} and this case is judged with "
+                f"{judged_dtype} answers; a kernel computing in float32 is judged with --dtype "
+                f"float32 (docs/conventions.md §6.3)"]
+        small = all(v.nan_in_result == v.nan_in_golden == 0 and v.max_abs <= TOLERANCES["float32"]["atol"]
+                    * max(1.0, _finite_max(goldens[v.name])) for v in failing.values())
+        if small:
+            return lead
+        lead[0] += ", though float32 rounding does not explain all of it"
     if not ctx.sampler:
-        return ["no known rule explains it"]
+        return lead or ["no known rule explains it"]
     lines = []
     failing_points = np.zeros(ctx.grid.shape[:-1], dtype=bool)
     for name, v in failing.items():
@@ -304,11 +309,11 @@ def explain(ctx, verdicts, results, goldens, tols, judged_dtype):
     if left and texts:
         texts.append(f"{left} of {total} failing grid points unexplained")
     if not texts:
-        return ["no known rule explains it (tested: non-finite coordinates, float32 results, "
-                "rounding order, tie rules, huge coordinates)"]
+        return lead or ["no known rule explains it (tested: non-finite coordinates, float32 "
+                        "results, rounding order, tie rules, huge coordinates)"]
     if unlocated:
         texts.append(f"{', '.join(unlocated)} not explained (no grid point to test)")
-    return texts
+    return lead + texts
 
 
 def _finite_max(x):
