@@ -13,6 +13,7 @@ import struct
 import tracemalloc
 import xml.etree.ElementTree as ET
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -649,3 +650,33 @@ def test_compute_outputs_size_from_json_list():
                                {"theta": theta, "dgrid": dgrid})
     for key in ("grid", "dtheta"):
         np.testing.assert_array_equal(as_list[key], as_tuple[key])
+
+
+# --------------------------------------------------------------------------- the kernel authors' page
+
+def test_the_kernel_authors_walkthrough_runs(tmp_path):
+    """Steps 1-3 of docs/kernel_authors.md section 1, as written: export, the float32 adapter,
+    the forward-only check with a JUnit report; exit 0 and every selected case passes."""
+    import shlex
+    import subprocess
+    import sys
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "kernel_authors.md").read_text(encoding="utf-8")
+    section = page.split("## 1. ", 1)[1].split("\n## 2. ", 1)[0]
+    blocks = re.findall(r"^```(\w+)\n(.*?)^```$", section, re.MULTILINE | re.DOTALL)
+    (tmp_path / "adapter.py").write_text(next(code for lang, code in blocks if lang == "python"))
+    commands = [line for lang, code in blocks if lang == "sh" for line in code.splitlines() if line.strip()]
+    assert [c.split()[:3] for c in commands] == [["stnref", "reference", "export"],
+                                                 ["python", "adapter.py", "golden"],
+                                                 ["stnref", "reference", "check"]]
+    for command in commands:
+        argv = shlex.split(command)
+        argv = [sys.executable, "-m", "stnref", *argv[1:]] if argv[0] == "stnref" else [sys.executable, *argv[1:]]
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr)
+    assert "247/247 cases passed, 136 of 383 not selected (reference version 2; judged with float32 " \
+           "answers and tolerances)" in done.stdout
+    assert done.stdout.splitlines()[-2] in " ".join(page.split())     # the page quotes it
+    suite = ET.parse(tmp_path / "check.xml").getroot()
+    assert suite.get("tests") == "247" and suite.get("failures") == "0"

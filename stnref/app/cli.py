@@ -542,7 +542,8 @@ def build_parser():
     r.add_argument("directory", type=_path, metavar="DIR")
     r = rsub.add_parser("check", help="compare RESULTS (laid out like DIR) with the golden cases "
                         "(exit 0 only if no selected case fails)")
-    r.add_argument("directory", type=_path, metavar="DIR")
+    r.add_argument("directory", type=_path, metavar="DIR",
+                   help="the golden cases, written by stnref reference export")
     r.add_argument("results", type=_path, metavar="RESULTS",
                    help="per case <case id>.npz, or a directory <case id>/ of <name>.npy files")
     r.add_argument("--outputs", type=_output_names, action="append", metavar="V[,dU,dgrid,...]",
@@ -552,7 +553,7 @@ def build_parser():
                    help="check only case ids matching this shell pattern, e.g. 'grid_sample-*'; "
                         "repeatable (default: every case)")
     r.add_argument("--exclude", type=_pattern, action="append", metavar="PATTERN",
-                   help="skip case ids matching this shell pattern; repeatable")
+                   help="skip case ids matching this shell pattern; repeatable (default: none)")
     r.add_argument("--dtype", choices=("float32",),
                    help="judge every case against its float32 answers with float32 tolerances, "
                         "for a kernel that computes in float32 (default: each case's own dtype)")

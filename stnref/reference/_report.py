@@ -130,8 +130,22 @@ class CaseResult:
 
 @dataclasses.dataclass
 class Report:
-    """Every case's verdict and the selection that produced them (:func:`stnref.reference.
-    golden.run_check`)."""
+    """Every selected case's verdict, and the selection that produced them; what
+    :func:`stnref.reference.run_check` returns.
+
+    Attributes
+    ----------
+    golden, results : str
+        The directories compared.
+    version : int
+        The golden set's reference version.
+    total : int
+        The cases in the manifest, selected or not.
+    cases : list of CaseResult
+        The selected cases' verdicts, in manifest order.
+    only, exclude, outputs, dtype
+        The selection (``run_check``'s arguments).
+    """
 
     golden: str
     results: str
