@@ -101,6 +101,13 @@ def test_golden_files_agree_with_live_code(golden, manifest):
             np.testing.assert_array_equal(x.astype(np.float32).astype(x.dtype), x)
 
 
+def test_a_selection_given_as_a_string_is_refused(golden, tmp_path):
+    for key, value in (("outputs", "dU"), ("only", "grid*"), ("exclude", "*")):
+        with pytest.raises(TypeError, match=rf"^check\(\): expected {key} to be a list of strings, "
+                                            rf"got the string '.*' \(write \['.*'\]\)$"):
+            run(golden, tmp_path, **{key: value})
+
+
 def test_check_without_manifest_and_bad_versions(tmp_path):
     with pytest.raises(ValueError, match=r"check\(\): cannot read the golden manifest"):
         check(tmp_path, tmp_path, out=io.StringIO())
@@ -313,6 +320,9 @@ def _tols(**override):
     (_tols(dtheta={"atol": True, "rtol": 0}), r"case 0: .* expected atol to be a finite number >= 0, got True"),
     (_tols(dtheta={"atol": 10**400, "rtol": 0}), r"case 0: .* expected atol to be a finite number >= 0, got 1000+\.\.\. \(401 characters\)"),
     (_set("rule", ["x"]), r"case 0: expected 'rule' to be a string or null, got a JSON list of 1 items"),
+    (_set("op", "a\x01b"), r"case 0: expected 'op' to be 1 to 200 letters, .*, got 'a\\x01b'"),
+    (_set("family", "y" * 300), r"case 0: expected 'family' to be 1 to 200 .*, got 'yyy.*'\.\.\. \(300 characters\)"),
+    (_set("options", [1]), r"case 0: expected 'options' to be an object, got a JSON list of 1 items"),
     (_set("float32", {"grid": {}}), r"case 0: expected 'float32' to be an object with the outputs \['dtheta', 'grid'\]"),
     (_set("float32", {"grid": {"atol": 0, "rtol": 0, "member": "/etc/x"}, "dtheta": {}}),
      r"case 0: float32 answer of output 'dtheta': expected atol to be a finite number >= 0, got None"),
@@ -324,7 +334,8 @@ def _tols(**override):
 ], ids=["empty", "dict", "no-cases", "list", "case-not-object", "no-id", "file-int", "file-path",
         "file-not-id", "id-space", "id-201", "id-twice", "no-outputs", "outputs-missing",
         "output-path", "no-tolerance", "tolerance-missing-output", "atol-negative", "rtol-missing",
-        "rtol-nan", "atol-string", "atol-bool", "atol-huge-int", "rule-list", "float32-outputs",
+        "rtol-nan", "atol-string", "atol-bool", "atol-huge-int", "rule-list", "op-control", "family-long",
+        "options-list", "float32-outputs",
         "float32-tolerance", "float32-member", "depth-33", "depth-200000"])
 def test_manifest_is_validated_up_front(golden, tmp_path, edit, message):
     """Empty cases passed 0/0, outputs {} passed, a missing id or tolerance was a KeyError, a dict

@@ -162,6 +162,11 @@ def _case_problem(case):
     rule = case.get("rule")
     if rule is not None and not isinstance(rule, str):
         return f"expected 'rule' to be a string or null, got {brief(rule)}"
+    for key in ("op", "family"):       # shown in every report: names, as ids are
+        if key in case and _name_problem(case[key], repr(key)):
+            return _name_problem(case[key], repr(key))
+    if not isinstance(case.get("options", {}), dict):
+        return f"expected 'options' to be an object, got {brief(case['options'])}"
     return _answers_problem(case)
 
 

@@ -205,7 +205,7 @@ def _points(mask, layout):
     return mask.any(axis=1) if layout == "nc" else mask.any(axis=-1)
 
 
-def _nearest_explanations(ctx, verdict, result, golden, tol, remaining):
+def _nearest_explanations(ctx, result, golden, tol, remaining):
     """(name, points explained) for each nearest model that predicts ``result`` at failing
     grid points where it differs from ``golden``."""
     found = []
@@ -239,6 +239,7 @@ def _huge_explanation(ctx, remaining, failing_points):
     if low < HUGE_PIXELS or not agreeing.any():
         return None
     high = float(np.max(mag[agreeing]))
+    others = " not explained above" if (failing_points & (mag < low)).any() else ""
     if high < INT32_LIMIT <= low:
         cause = "where an int32 index overflows (2^31 = 2.1e9)"
     elif high < INT64_LIMIT <= low:
@@ -248,7 +249,7 @@ def _huge_explanation(ctx, remaining, failing_points):
     else:
         cause = "finite coordinates of any size are simply out of range (docs/conventions.md §5.1)"
     return (f"differs only where |pixel coordinate| >= {low:.3g} and agrees at every point "
-            f"below, up to {high:.3g}: {cause}", remaining)
+            f"below{others}, up to {high:.3g}: {cause}", remaining)
 
 
 def explain(ctx, verdicts, results, goldens, tols, judged_dtype):
@@ -296,8 +297,7 @@ def explain(ctx, verdicts, results, goldens, tols, judged_dtype):
                       "PyTorch does not follow either (docs/conventions.md §5.2)", hit))
         remaining &= ~hit
     if ctx.options.get("mode") == "nearest" and "V" in failing:
-        found, remaining = _nearest_explanations(ctx, failing["V"], results["V"], goldens["V"],
-                                                 tols["V"], remaining)
+        found, remaining = _nearest_explanations(ctx, results["V"], goldens["V"], tols["V"], remaining)
         lines += found
     huge = _huge_explanation(ctx, remaining, failing_points)
     if huge:

@@ -290,6 +290,8 @@ def run_check(golden_dir, results_dir, *, outputs=None, only=(), exclude=(), dty
 
     Raises
     ------
+    TypeError
+        ``outputs``, ``only`` or ``exclude`` is a string, not a list of strings.
     ValueError
         ``golden_dir`` has no readable manifest (not a regular file, larger than
         ``MANIFEST_LIMIT`` bytes, nested too deep, not JSON, cases lacking ``id``,
@@ -308,6 +310,10 @@ def run_check(golden_dir, results_dir, *, outputs=None, only=(), exclude=(), dty
         raise ValueError(f"{fn}(): results directory {results_dir!r}: the results directory is the "
                          f"golden directory {golden_dir!r}; expected the directory your "
                          f"implementation wrote its <case id>.npz files to")
+    for name, value in (("outputs", outputs), ("only", only), ("exclude", exclude)):
+        if isinstance(value, str):   # a string is a sequence of characters: never meant
+            raise TypeError(f"{fn}(): expected {name} to be a list of strings, got the string "
+                            f"{brief(value)} (write [{value!r}])")
     only, exclude = tuple(only), tuple(exclude)
     outputs = None if outputs is None else tuple(outputs)
     cases = _selected(manifest["cases"], only, exclude, fn)
