@@ -133,6 +133,26 @@ def test_a_npy_header_must_match_its_bytes_exactly(golden, tmp_path):
             assert f"grid.npy: header claims shape {good['grid'].shape} of float64" in rows[case]
 
 
+@pytest.mark.parametrize("shape", ["(" * 2000 + ")" * 2000, "(-1, 2)", "(" + "9" * 4000 + ",)"],
+                         ids=["nested", "negative", "huge-integer"])
+def test_a_hostile_npy_header_is_one_bounded_note(golden, tmp_path, shape):
+    import struct
+    header = ("{'descr': '<f8', 'fortran_order': False, 'shape': " + shape + ", }\n").encode()
+    case = "affine_grid-2d-ac"
+    for form in ("npy", "npz"):
+        results = tmp_path / form
+        raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+        if form == "npy":
+            (results / case).mkdir(parents=True)
+            (results / case / "grid.npy").write_bytes(raw)
+        else:
+            results.mkdir()
+            with zipfile.ZipFile(results / f"{case}.npz", "w") as zf:
+                zf.writestr("grid.npy", raw)
+        ok, rows, _ = run(golden, results, only=[case])
+        assert not ok and len(rows[case]) < 1200, rows[case]
+
+
 @pytest.mark.parametrize("count", [FOUND_SHOWN, FOUND_SHOWN + 1])
 def test_the_names_found_are_listed_up_to_a_limit(golden, tmp_path, count):
     results = tmp_path / "results"

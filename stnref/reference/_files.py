@@ -283,8 +283,8 @@ def _read_npy_dir(directory, shapes):
         if os.path.lexists(path):
             try:
                 headers[name] = _npy_header(path)
-            except ValueError as err:
-                problems[name] = str(err)
+            except (ValueError, OverflowError, RecursionError) as err:   # whatever the header holds
+                problems[name] = clip_text(" ".join(str(err).split()), 300)
         elif found is None:
             found = _listed_npy(directory)
     arrays = {}
