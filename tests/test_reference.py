@@ -101,6 +101,19 @@ def test_golden_files_agree_with_live_code(golden, manifest):
             np.testing.assert_array_equal(x.astype(np.float32).astype(x.dtype), x)
 
 
+@pytest.mark.parametrize("key, patterns", [("only", [""]), ("only", [3]), ("exclude", ["*-2d-*", None])])
+def test_patterns_must_be_non_empty_strings(golden, tmp_path, key, patterns):
+    with pytest.raises(ValueError, match=rf"^check\(\): expected {key} patterns to be non-empty strings, got "):
+        run(golden, tmp_path, **{key: patterns})
+
+
+def test_a_pattern_matching_nothing_shows_an_id(golden, manifest, tmp_path):
+    last = manifest["cases"][-1]["id"]
+    with pytest.raises(ValueError, match=rf"^check\(\): exclude pattern 'x\*' matches no case id "
+                                         rf"\(ids look like {re.escape(repr(last))}; \* \? \[\.\.\.\] as in a shell\)$"):
+        run(golden, tmp_path, exclude=["x*"])
+
+
 def test_a_selection_given_as_a_string_is_refused(golden, tmp_path):
     for key, value in (("outputs", "dU"), ("only", "grid*"), ("exclude", "*")):
         with pytest.raises(TypeError, match=rf"^check\(\): expected {key} to be a list of strings, "
