@@ -361,6 +361,18 @@ def test_manifest_is_validated_up_front(golden, tmp_path, edit, message):
     assert len(str(err.value)) < 400
 
 
+def test_tolerances_are_accepted_up_to_the_largest_float(golden, tmp_path):
+    """0 and the largest finite float are valid tolerances; JSON's 1e999 (inf) is not."""
+    import sys
+    top = sys.float_info.max
+    ok_dir = _golden_with_manifest(golden, tmp_path / "ok", _tols(dtheta={"atol": top, "rtol": top}))
+    assert run(ok_dir, golden)[0]
+    bad = _golden_with_manifest(golden, tmp_path / "inf", lambda m: json.dumps(_tols(dtheta={"atol": top, "rtol": 0})(m))
+                                .replace(repr(top), "1e999"))
+    with pytest.raises(ValueError, match=r"tolerance of output 'dtheta': expected atol to be a finite number >= 0, got inf"):
+        run(bad, golden)
+
+
 def test_manifest_bounds_are_exact(golden, tmp_path):
     """A manifest of exactly MANIFEST_LIMIT bytes nested exactly MANIFEST_DEPTH deep is read;
     one more byte or one more level is refused unparsed."""
