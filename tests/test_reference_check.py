@@ -5,6 +5,7 @@ without NumPy (struct, a C program) and by ONNX Runtime."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,7 +132,8 @@ def test_a_npy_header_must_match_its_bytes_exactly(golden, tmp_path):
         passed, rows, _ = run(golden, results, only=[case])
         assert passed is ok, rows
         if not ok:
-            assert f"grid.npy: header claims shape {good['grid'].shape} of float64" in rows[case]
+            assert f"grid.npy: header claims shape {good['grid'].shape} of float64 ({good['grid'].nbytes} " \
+                   f"bytes) but the file holds {good['grid'].nbytes + extra} bytes" in rows[case]
 
 
 @pytest.mark.parametrize("shape", ["(" * 2000 + ")" * 2000, "(-1, 2)", "(" + "9" * 4000 + ",)"],
@@ -152,6 +154,30 @@ def test_a_hostile_npy_header_is_one_bounded_note(golden, tmp_path, shape):
                 zf.writestr("grid.npy", raw)
         ok, rows, _ = run(golden, results, only=[case])
         assert not ok and len(rows[case]) < 1200, rows[case]
+
+
+def test_text_from_files_is_bounded_exactly_at_its_limits(tmp_path):
+    from stnref.reference._files import TEXT_LIMIT, _missing, brief, clip_text, read_arrays
+    assert brief("x" * 80) == repr("x" * 80)
+    assert brief("x" * 81) == repr("x" * 80) + "... (81 characters)"
+    assert brief(10**79) == str(10**79) and brief(10**80) == str(10**80)[:80] + "... (81 characters)"
+    assert brief([1, 2]) == "a JSON list of 2 items" and brief({"a": 1}) == "a JSON object of 1 items"
+    assert clip_text("y" * TEXT_LIMIT) == "y" * TEXT_LIMIT
+    assert clip_text("y" * (TEXT_LIMIT + 1)) == "y" * TEXT_LIMIT + f"... ({TEXT_LIMIT + 1} characters)"
+    assert _missing("V", ["a" * 40]) == f"missing array 'V' (found '{'a' * 40}')"
+    assert _missing("V", ["a" * 41]) == f"missing array 'V' (found '{'a' * 40}... (41 characters)')"
+    assert _missing("V", []) == "missing array 'V' (found no arrays)"
+    header = ("{'descr': '<f8', 'fortran_order': False, 'shape': " + "(" * 500 + ")" * 500 + ", }\n").encode()
+    import struct
+    raw = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+    (tmp_path / "V.npy").write_bytes(raw)
+    with zipfile.ZipFile(tmp_path / "case.npz", "w") as zf:
+        zf.writestr("V.npy", raw)
+    _, problems = read_arrays(str(tmp_path), {"V": None})
+    assert len(problems) == 1 and re.fullmatch(r".{300}\.\.\. \(\d+ characters\)", problems[0]), problems
+    with pytest.raises(ValueError) as err:
+        read_arrays(str(tmp_path / "case.npz"), {"V": None})
+    assert re.fullmatch(r"unreadable: .{300}\.\.\. \(\d+ characters\)", str(err.value)), err.value
 
 
 @pytest.mark.parametrize("count", [FOUND_SHOWN, FOUND_SHOWN + 1])

@@ -45,8 +45,8 @@ def brief(value, limit=80):
     if isinstance(value, (dict, list)):
         kind = "object" if isinstance(value, dict) else "list"
         return f"a JSON {kind} of {len(value)} items"
-    if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit]!r}... ({len(value)} characters)"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
     text = repr(value)   # numbers: a JSON integer may have thousands of digits
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
