@@ -108,6 +108,24 @@ def check_finite(arr, name, fn):
         )
 
 
+def check_finite_real(value, name, fn):
+    """``value`` as a finite Python float: a real number (not a bool), neither NaN nor inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}(): expected {name} to be a real number, got {_describe(value)} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{fn}(): expected a finite {name}, got {value}")
+    return value
+
+
+def check_representable(value, name, dtype, fn):
+    """Refuse a finite float that overflows ``dtype`` (1e300 in float32)."""
+    limit = float(np.finfo(dtype).max)
+    if abs(value) > limit:
+        raise ValueError(f"{fn}(): expected {name} finite in {np.dtype(dtype).name} "
+                         f"(|{name}| <= {limit:.4g}), got {value!r}")
+
+
 def check_choice(value, name, fn, choices):
     """Require ``value`` to be one of ``choices`` (a mapping or a sequence of str)."""
     if not isinstance(value, str) or value not in choices:

@@ -220,13 +220,16 @@ def pixel_coordinate(x, size, align_corners=False):
     return ((x + 1) * size - 1) / 2
 
 
-def sample(U, grid, kernel="bilinear", align_corners=False):
+def sample(U, grid, kernel="bilinear", align_corners=False, fill_value=0.0):
     """Eq. (3): ``V_i^c = sum_n sum_m U_nm^c k(x_s_i - m) k(y_s_i - n)``, over every pixel.
 
     With the bilinear kernel this is eq. (5), with the integer kernel eq. (4).
-    The sum runs over the pixels of the image only, so points outside read 0
-    (``padding_mode="zeros"``).  Every input pixel is weighted for every output
-    pixel: ``N H' W' H W`` weights, for small inputs.
+    Every lattice point ``(m, n)`` outside the image holds ``fill_value``: 0 is
+    ``padding_mode="zeros"``, any other value ``padding_mode="constant"``.  Their
+    weights are the rest of 1, since the kernels sum to 1 over all lattice points
+    (they reproduce a constant image), so eq. (3) gains one term:
+    ``+ fill_value (1 - sum_n sum_m k(x_s_i - m) k(y_s_i - n))``.  Every input
+    pixel is weighted for every output pixel: ``N H' W' H W`` weights, for small inputs.
 
     Parameters
     ----------
@@ -234,8 +237,11 @@ def sample(U, grid, kernel="bilinear", align_corners=False):
     grid : ndarray, shape (N, H', W', 2)
         Normalised source points ``(x_s, y_s)``.
     kernel : {"bilinear", "nearest", "bicubic"} or callable, default "bilinear"
-        :func:`bilinear_kernel`, :func:`integer_kernel`, :func:`cubic_kernel`, or any ``k(d)``.
+        :func:`bilinear_kernel`, :func:`integer_kernel`, :func:`cubic_kernel`, or any ``k(d)``
+        (with a ``fill_value``, one that sums to 1 over the integers).
     align_corners : bool, default False
+    fill_value : float, default 0.0
+        The value of every lattice point outside the image.
 
     Returns
     -------
@@ -246,6 +252,8 @@ def sample(U, grid, kernel="bilinear", align_corners=False):
     >>> U = np.arange(4.0).reshape(1, 1, 2, 2)
     >>> sample(U, np.zeros((1, 1, 1, 2)))     # the centre: the mean of the four pixels
     array([[[[1.5]]]])
+    >>> sample(U, np.array([[[[1.0, 0.0]]]]), fill_value=5.0)   # the right edge: half outside
+    array([[[[3.5]]]])
     """
     U, grid = _checks.check_U_grid(U, grid, "sample", (4,))
     k = kernel if callable(kernel) else KERNELS[_checks.check_choice(kernel, "kernel", "sample", KERNELS)]
@@ -257,6 +265,7 @@ def sample(U, grid, kernel="bilinear", align_corners=False):
     m, n = np.arange(W), np.arange(H)[:, None]                               # (W,), (H, 1)
     weights = k(x_s - m) * k(y_s - n)                                         # (N, H', W', H, W)
     V = np.einsum("nchw,nijhw->ncij", U, weights)
+    V = V + fill_value * (1 - weights.sum(axis=(-2, -1)))[:, None]           # lattice outside
     return V.astype(dtype)
 
 

@@ -101,7 +101,8 @@ def test_readme_starts_with_the_setup_block():
 # Modules whose public names docs/api.md lists: ``__all__`` where defined, otherwise every
 # non-underscore function and class defined in the module itself.
 API_MODULES = (
-    "stnref", "stnref.equations", "stnref.grids", "stnref.sampling", "stnref.registry", "stnref.second_order",
+    "stnref", "stnref.equations", "stnref.grids", "stnref.sampling", "stnref.sampler_settings",
+    "stnref.registry", "stnref.second_order",
     "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn",
     "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
     "stnref.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",

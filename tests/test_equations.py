@@ -36,7 +36,7 @@ def zeros_cases(modes, max_spatial=5, grids="smooth"):
     half-integers); ``"kinky"`` puts points on them on purpose, and far outside.
     """
     return sampler_cases(dims=(2,), modes=modes, paddings=("zeros",), max_spatial=max_spatial,
-                         grids=grids)
+                         grids=grids, defaults=True)
 
 
 # ----------------------------------------------------------------------------- eqs. (1), (2)
@@ -139,6 +139,15 @@ def test_cubic_kernel_is_keys_with_pytorch_a():
 def test_sample_equals_grid_sample(case):
     """Bilinear (eq. 5) and bicubic with zeros padding: the same function, kinks included."""
     V = E.sample(case.U, case.grid, case.mode, case.align_corners)
+    assert_close(V, stnref.grid_sample(case.U, case.grid, **case.kwargs), repr(case))
+
+
+@given(case=st.one_of(*(sampler_cases(dims=(2,), modes=("bilinear", "bicubic"), paddings=("constant",),
+                                      max_spatial=5, grids=g) for g in ("smooth", "kinky"))))
+def test_sample_with_a_fill_value_equals_constant_padding(case):
+    """Eq. (3) with every lattice point outside holding fill_value: padding "constant", any A."""
+    kernel = case.mode if case.mode == "bilinear" else (lambda d: E.cubic_kernel(d, case.cubic_a))
+    V = E.sample(case.U, case.grid, kernel, case.align_corners, fill_value=case.fill_value)
     assert_close(V, stnref.grid_sample(case.U, case.grid, **case.kwargs), repr(case))
 
 

@@ -35,6 +35,7 @@ import numpy as np
 
 import stnref
 from stnref.reference import diagnose
+from stnref.sampler_settings import combinations
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow: no start-up banner
 
@@ -161,7 +162,7 @@ def _product(*axes):
     return out
 
 
-TORCH_SETTINGS = _product(("nearest", "bilinear", "bicubic"), ("zeros", "border", "reflection"), (False, True))
+TORCH_SETTINGS = [(m, p, ac) for _, m, p in combinations(dims=(2,), pytorch=True) for ac in (False, True)]
 ONNX_SETTINGS = _product(("nearest", "linear", "cubic"), ("zeros", "border", "reflection"), (False, True))
 
 # name -> (module to import, adapter, settings, how to print a setting)

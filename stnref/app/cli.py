@@ -391,8 +391,13 @@ def cmd_bench(args):
         raise UserError(f"--markdown: {err}") from None
     dtypes = {"float32": (np.float32,), "float64": (np.float64,),
               "both": (np.float32, np.float64)}[args.dtype]
+    chosen = None
+    if args.mode or args.padding_mode:
+        from ..sampler_settings import SETTINGS
+        chosen = {(m, p) for m, p in SETTINGS if m in (args.mode or (m,))
+                  and p in (args.padding_mode or (p,))}
     report = run(SHAPES, dtypes, rounds=args.rounds, modes=not args.quick, scaling=args.scaling,
-                 large=args.large)
+                 large=args.large, settings=chosen)
     if args.markdown:
         try:
             write_report(args.markdown, report)
@@ -486,6 +491,7 @@ def _output_names(text):
 
 def build_parser():
     """The ``argparse`` parser of the ``stnref`` command (errors raise :class:`UserError`)."""
+    from ..sampler_settings import MODES, PADDING_MODES
     from .demo import DEMO_DIR
     from .train import TrainConfig
 
@@ -528,7 +534,12 @@ def build_parser():
                    help="interleaved rounds per case (default: %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
                    help="default: %(default)s")
-    p.add_argument("--quick", action="store_true", help="skip the per-mode table")
+    p.add_argument("--quick", action="store_true", help="skip the per-mode tables")
+    p.add_argument("--mode", nargs="+", choices=MODES, metavar="MODE",
+                   help=f"per-mode tables: only these modes ({', '.join(MODES)}; default: all)")
+    p.add_argument("--padding-mode", nargs="+", choices=PADDING_MODES, metavar="PADDING",
+                   help=f"per-mode tables: only these paddings ({', '.join(PADDING_MODES)}; "
+                        f"default: all)")
     p.add_argument("--scaling", action="store_true", help="add the cost-scaling table")
     p.add_argument("--large", action="store_true", help="add the (1, 1, 1024, 1024) shape")
     p.add_argument("--markdown", type=_path, metavar="FILE",

@@ -9,7 +9,7 @@ tables, so that a new sampler setting is a new set of cases:
 * :func:`sampler_settings` -- every (dimension, mode, padding, ``align_corners``) the
   sampler supports;
 * :data:`COVERAGE` -- per family, the ops it exercises and the settings it applies to
-  (the coverage rule of docs/conventions.md §7.6: a family is generated for every setting
+  (the coverage rule of docs/conventions.md §7.7: a family is generated for every setting
   in which its behaviour exists).
 
 Version 2 inputs are exactly representable in float32, and every float64 case also holds

@@ -1,6 +1,6 @@
 """Golden files on disk: the case-file writer, the manifest reader and the result readers.
 
-Layout (docs/conventions.md §7.4): a golden directory holds ``manifest.json`` and one
+Layout (docs/conventions.md §7.5): a golden directory holds ``manifest.json`` and one
 ``<case id>.npz`` per case, a zip archive of uncompressed ``.npy`` version 1.0 members,
 little-endian, C order.  From version 2 the case metadata member ``__metadata__.npy`` is
 the UTF-8 JSON as a ``uint8`` array, readable by any ``.npy`` reader (version 1 stored a
@@ -59,7 +59,7 @@ def clip_text(text, limit=TEXT_LIMIT):
 # --------------------------------------------------------------------------- writing
 
 def _npy_bytes(array):
-    """One ``.npy`` version 1.0 member: little-endian, C order (docs/conventions.md §7.4)."""
+    """One ``.npy`` version 1.0 member: little-endian, C order (docs/conventions.md §7.5)."""
     array = np.ascontiguousarray(array)
     array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     buf = io.BytesIO()

@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..sampling import CUBIC_A, grid_sample
+from ..sampler_settings import CUBIC_A, CUBIC_MODES, SETTINGS, is_pytorch
+from ..sampling import grid_sample, keys
 
 # --------------------------------------------------------------------------- tolerances
 
@@ -67,14 +68,6 @@ CARDINAL_REACH = 20              # taps each side for the interpolating B-spline
 def tent(d, a=None):
     """Bilinear kernel ``max(0, 1 - |d|)`` (paper eq. 5)."""
     return np.maximum(0.0, 1.0 - np.abs(d))
-
-
-def keys(d, a=CUBIC_A):
-    """Keys cubic convolution kernel with parameter ``a`` (docs/conventions.md §4.3)."""
-    d = np.abs(d)
-    near = ((a + 2) * d - (a + 3)) * d * d + 1
-    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
 
 
 def keys_basis(d):
@@ -207,16 +200,16 @@ class Behaviour(NamedTuple):
 
     def pytorch(self):
         """``(mode, padding_mode, align_corners or None)`` of PyTorch computing exactly this, or None."""
-        if self.padding not in PYTORCH_PADDINGS or self.kernel not in ("nearest", "bilinear", "bicubic"):
+        if self.padding not in PYTORCH_PADDINGS:
             return None
-        if self.kernel == "bicubic" and self.cubic_a != CUBIC_A:
+        mode, needs = PYTORCH_PADDINGS[self.padding]
+        a = self.cubic_a if self.kernel in CUBIC_MODES else CUBIC_A
+        if not is_pytorch(self.kernel, mode, 2, cubic_a=a):
             return None
         if self.kernel == "nearest" and self.rounding != "half to even":
             return None
-        standard = "taps" if self.kernel == "bicubic" else "coordinate"
-        if self.pads != standard and self.padding != "zeros":
+        if self.pads != SETTINGS[self.kernel, mode].pads and self.padding != "zeros":
             return None
-        mode, needs = PYTORCH_PADDINGS[self.padding]
         return self.kernel, mode, needs
 
 
@@ -224,7 +217,7 @@ def pytorch_behaviour(mode, padding_mode, align_corners):
     """The :class:`Behaviour` of PyTorch's ``grid_sample(mode, padding_mode, align_corners)``."""
     padding = {"zeros": "zeros", "border": "border",
                "reflection": "reflection about centres" if align_corners else "reflection about edges"}
-    return Behaviour(mode, padding[padding_mode], "taps" if mode == "bicubic" else "coordinate")
+    return Behaviour(mode, padding[padding_mode], SETTINGS[mode, padding_mode].pads)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -297,6 +290,9 @@ def pytorch_sample(U, ix, iy, setting):
     Returns ``(N, C, P)`` for ``ix, iy`` of shape ``(N, P)``.
     """
     mode, padding_mode, align_corners = setting
+    if not is_pytorch(mode, padding_mode, 2):
+        raise ValueError(f"pytorch_sample(): expected a setting PyTorch has, got mode={mode!r}, "
+                         f"padding_mode={padding_mode!r} (stnref.sampler_settings)")
     name = "align_corners=True" if align_corners else "align_corners=False"
     H, W = U.shape[2:]
     maps = (CONVENTIONS[name](W), CONVENTIONS[name](H))

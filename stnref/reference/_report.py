@@ -3,7 +3,7 @@
 :class:`CaseResult` is one case's verdict (``pass``, ``fail`` or ``skip``), the dtype and
 tolerances it was judged with, and per array the counts, the worst element and where it
 is; :class:`Report` holds them all with the selection that produced them.  Every string
-that comes from a file is bounded before it reaches a row (docs/conventions.md §7.7).
+that comes from a file is bounded before it reaches a row (docs/conventions.md §7.8).
 """
 
 from __future__ import annotations

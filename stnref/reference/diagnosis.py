@@ -42,6 +42,7 @@ import sys
 
 import numpy as np
 
+from ..sampler_settings import PYTORCH_MODES, PYTORCH_PADDING_MODES
 from ..sampling import CUBIC_A, grid_sample_backward
 from ._identify import (
     CONVENTIONS,
@@ -68,8 +69,8 @@ from ._identify import (
 
 __all__ = ["Diagnosis", "diagnose", "load_callable"]
 
-MODES = ("nearest", "bilinear", "bicubic")
-TORCH_PADDINGS = ("zeros", "border", "reflection")
+MODES = PYTORCH_MODES
+TORCH_PADDINGS = PYTORCH_PADDING_MODES
 # kernel found -> the PyTorch mode to compare with (absent: the closest one is searched)
 _MODE_OF = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic",
             "cubic B-spline": "bicubic", "cubic B-spline (not interpolating)": "bicubic"}

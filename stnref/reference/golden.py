@@ -10,7 +10,7 @@ position, plus edge-case families that each pin one convention rule of
 docs/conventions.md (integer knots, border clips, reflection folds, half-pixel bands,
 non-finite and huge coordinates, duplicate sample points, size-1 axes, nearest ties, the
 projective horizon).  From version 2 every sampler family is generated for every setting
-in which its behaviour exists (the coverage rule, docs/conventions.md §7.6).
+in which its behaviour exists (the coverage rule, docs/conventions.md §7.7).
 
 A case file holds the op's inputs, the cotangents (or tangents) it is differentiated
 with, and its outputs: for a sampler case ``U``, ``grid``, ``dV`` and ``V``, ``dU``,
@@ -18,7 +18,7 @@ with, and its outputs: for a sampler case ``U``, ``grid``, ``dV`` and ``V``, ``d
 ``--dtype float32`` judges against.  The manifest names each array's role.  Inputs come
 from a generator seeded by a hash of ``(version, case id)``; members are written
 uncompressed, sorted, with a fixed zip timestamp, and the JSON with sorted keys, so the
-same version always gives byte-identical files.  Layout: docs/conventions.md §7.4.
+same version always gives byte-identical files.  Layout: docs/conventions.md §7.5.
 Guide: ``docs/kernel_authors.md``.
 """
 
@@ -125,7 +125,7 @@ def export(directory, version=REFERENCE_VERSION):
         ``inputs``/``cotangents``/``outputs`` (name -> shape, dtype), ``tolerance``
         (output name -> rtol, atol) and, from version 2, ``float32`` (output name ->
         ``member``, the array holding the float32 answer, with its rtol and atol).
-        Layout and fields: docs/conventions.md §7.4-7.5.
+        Layout and fields: docs/conventions.md §7.5-7.6.
 
     Examples
     --------
@@ -270,7 +270,7 @@ def run_check(golden_dir, results_dir, *, outputs=None, only=(), exclude=(), dty
     results_dir : str or os.PathLike
         The outputs of the implementation under test: per case ``<case id>.npz``, or a
         directory ``<case id>/`` holding one ``<name>.npy`` per output (docs/conventions.md
-        §7.4).  Extra arrays are ignored.
+        §7.5).  Extra arrays are ignored.
     outputs : sequence of str, optional
         Judge only these outputs (e.g. ``["V"]`` for a forward-only kernel); a case with
         none of them is skipped.  Default: every output.
