@@ -64,13 +64,16 @@ def cases_of(golden, op="grid_sample", k=None, tag=None):
         o = case["options"]
         if k is not None and len(case["inputs"]["grid"]["shape"]) != k + 2:
             continue
-        if tag is not None and option_tag(o["mode"], o["padding_mode"], o["align_corners"]) != tag:
+        if tag is not None and option_tag(o["mode"], o["padding_mode"], o["align_corners"],
+                                          o.get("cubic_a", -0.75)) != tag:
             continue
         out.append(case)
     return out
 
 
-def option_tag(mode, padding_mode, align_corners):
+def option_tag(mode, padding_mode, align_corners, cubic_a=-0.75):
+    """The setting's part of a case id: ``bicubic-border-ac``, ``bicubic-a-0.5-border-ac``."""
+    mode = mode if cubic_a == -0.75 else f"{mode}-a{cubic_a:g}"
     return f"{mode}-{padding_mode}-{'ac' if align_corners else 'noac'}"
 
 
@@ -81,7 +84,8 @@ def write_forward(golden, results, kernel, cases, form="npz"):
     for case in cases:
         a = load(os.path.join(golden, case["file"]))
         o = case["options"]
-        V = kernel(a["U"], a["grid"], o["mode"], o["padding_mode"], o["align_corners"])
+        extra = {key: o[key] for key in ("fill_value", "cubic_a") if key in o}
+        V = kernel(a["U"], a["grid"], o["mode"], o["padding_mode"], o["align_corners"], **extra)
         if form == "npz":
             np.savez(os.path.join(results, case["file"]), V=V)
         else:
@@ -104,8 +108,8 @@ def _normalise(p, spatial, align_corners):
     return grid
 
 
-def right_kernel(U, grid, mode, padding_mode, align_corners):
-    return grid_sample(U, grid, mode, padding_mode, align_corners)
+def right_kernel(U, grid, mode, padding_mode, align_corners, **numeric):
+    return grid_sample(U, grid, mode, padding_mode, align_corners, **numeric)
 
 
 def _rewritten(U, grid, align_corners, where, new_pixel):
@@ -117,32 +121,50 @@ def _rewritten(U, grid, align_corners, where, new_pixel):
         return np.where(hit, _normalise(np.where(hit, new_pixel(p), 0.0), U.shape[2:], align_corners), grid)
 
 
-def overflow_kernel(U, grid, mode, padding_mode, align_corners):
+def overflow_kernel(U, grid, mode, padding_mode, align_corners, **numeric):
     """An index cast to int64 as x86 does it: |i| >= 2^63 becomes -2^63 (ONNX Runtime's class)."""
     grid = _rewritten(U, grid, align_corners, lambda p: np.abs(p) >= 2.0**63, lambda p: -(2.0**63) + 0 * p)
-    return grid_sample(U, grid, mode, padding_mode, align_corners)
+    return grid_sample(U, grid, mode, padding_mode, align_corners, **numeric)
 
 
-def round_then_reflect_kernel(U, grid, mode, padding_mode, align_corners):
+def round_then_reflect_kernel(U, grid, mode, padding_mode, align_corners, **numeric):
     """Nearest that rounds the pixel coordinate before padding it (ONNX Runtime's reflection)."""
     grid = _rewritten(U, grid, align_corners, lambda p: np.abs(p) < 1e6, np.rint)
-    return grid_sample(U, grid, mode, padding_mode, align_corners)
+    return grid_sample(U, grid, mode, padding_mode, align_corners, **numeric)
 
 
-def half_up_kernel(U, grid, mode, padding_mode, align_corners):
+def half_up_kernel(U, grid, mode, padding_mode, align_corners, **numeric):
     """Nearest rounding ties up, floor(i + 0.5) (the paper's formula); zeros and border only."""
     grid = _rewritten(U, grid, align_corners, lambda p: np.abs(p) < 1e6, lambda p: np.floor(p + 0.5))
-    return grid_sample(U, grid, mode, padding_mode, align_corners)
+    return grid_sample(U, grid, mode, padding_mode, align_corners, **numeric)
 
 
-def float32_kernel(U, grid, mode, padding_mode, align_corners):
+def scipy_kernel(scipy_mode):
+    """Bilinear by scipy.ndimage.map_coordinates with ``scipy_mode`` (fill from ``fill_value``):
+    'grid-wrap' and 'grid-constant' are stnref's wrap and constant, 'wrap' (period size - 1)
+    and 'constant' (a point beyond the edge pixels reads the fill whole) are not."""
+    from scipy import ndimage
+
+    def kernel(U, grid, mode, padding_mode, align_corners, fill_value=0.0):
+        p = pixel_coordinates(grid, U.shape[2:], align_corners)      # (n, *out, k) as x, y
+        V = np.empty(U.shape[:2] + grid.shape[1:-1])
+        for n in range(U.shape[0]):
+            coords = [p[n, ..., a] for a in range(p.shape[-1])][::-1]
+            for c in range(U.shape[1]):
+                V[n, c] = ndimage.map_coordinates(U[n, c], coords, order=1, mode=scipy_mode,
+                                                  cval=fill_value, prefilter=False)
+        return V
+    return kernel
+
+
+def float32_kernel(U, grid, mode, padding_mode, align_corners, **numeric):
     """Right, but computing in float32 only (as ONNX Runtime's opset-16 GridSample)."""
-    return grid_sample(U.astype(np.float32), grid.astype(np.float32), mode, padding_mode, align_corners)
+    return grid_sample(U.astype(np.float32), grid.astype(np.float32), mode, padding_mode, align_corners, **numeric)
 
 
-def nan_far_kernel(U, grid, mode, padding_mode, align_corners):
+def nan_far_kernel(U, grid, mode, padding_mode, align_corners, **numeric):
     """NaN wherever a pixel coordinate is beyond 1e3, where PyTorch is finite."""
-    V = grid_sample(U, grid, mode, padding_mode, align_corners)
+    V = grid_sample(U, grid, mode, padding_mode, align_corners, **numeric)
     with np.errstate(invalid="ignore"):
         far = np.any(np.abs(pixel_coordinates(grid, U.shape[2:], align_corners)) > 1e3, axis=-1)
     return np.where(far[:, None], np.nan, V)

@@ -28,8 +28,9 @@ from stnref.reference._cases import COVERAGE, HUGE_MAGNITUDES, RULES, SAMPLER_OP
 from stnref.reference._files import MANIFEST_DEPTH, MANIFEST_LIMIT
 from stnref.reference._judge import _nearest_model, Context, pixel_coordinates
 
-# sha256 of every version-1 case's id and input arrays: version 1 is frozen
-V1_INPUTS = "9752050ccbef8a5d926367ea348dc9a20ee0eb28d30c98704bab5bec711113ee"
+# sha256 of every case's id and input arrays, per version: earlier versions are frozen
+FROZEN_INPUTS = {1: "9752050ccbef8a5d926367ea348dc9a20ee0eb28d30c98704bab5bec711113ee",
+                 2: "946380fc2517138250ac6cac589d821ba647576e43f5f155432aa42b502864c8"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def golden_v1(tmp_path_factory):
 
 def _setting(case):
     o = case["options"]
-    return (len(case["inputs"]["grid"]["shape"]) - 2, o["mode"], o["padding_mode"], o["align_corners"])
+    return Setting(len(case["inputs"]["grid"]["shape"]) - 2, o["mode"], o["padding_mode"], o["align_corners"],
+                   o.get("fill_value", 0.0), o.get("cubic_a", -0.75))
 
 
 # --------------------------------------------------------------------------- export and versions
@@ -56,15 +58,27 @@ def test_export_is_byte_identical(golden, tmp_path):
         assert (golden / name).read_bytes() == (again / name).read_bytes(), name
 
 
-def test_version_1_is_frozen_and_still_checkable(golden_v1, tmp_path):
+@pytest.mark.parametrize("version", sorted(FROZEN_INPUTS))
+def test_earlier_versions_are_frozen(version):
     digest = hashlib.sha256()
-    for case in load_cases(1):
+    for case in load_cases(version):
         digest.update(case["id"].encode())
         for role in ("inputs", "cotangents"):
             for name in sorted(case[role]):
                 x = np.ascontiguousarray(case[role][name])
                 digest.update(name.encode() + x.dtype.str.encode() + str(x.shape).encode() + x.tobytes())
-    assert digest.hexdigest() == V1_INPUTS
+    assert digest.hexdigest() == FROZEN_INPUTS[version]
+
+
+def test_version_2_is_still_checkable(tmp_path):
+    export(tmp_path / "v2", version=2)
+    m = read_manifest(tmp_path / "v2")
+    assert m["version"] == 2 and len(m["cases"]) == 383 and "pytorch" not in m["cases"][0]
+    ok, rows, text = run(tmp_path / "v2", results_copy(tmp_path / "v2", tmp_path))
+    assert ok and len(rows) == 383, text
+
+
+def test_version_1_is_still_checkable(golden_v1, tmp_path):
     m = read_manifest(golden_v1)
     assert m["version"] == 1 and len(m["cases"]) == 206 and "float32" not in m["cases"][0]
     assert load(golden_v1 / m["cases"][0]["file"])["__metadata__"].dtype.kind == "U"
@@ -124,7 +138,7 @@ def test_a_selection_given_as_a_string_is_refused(golden, tmp_path):
 def test_check_without_manifest_and_bad_versions(tmp_path):
     with pytest.raises(ValueError, match=r"check\(\): cannot read the golden manifest"):
         check(tmp_path, tmp_path, out=io.StringIO())
-    with pytest.raises(ValueError, match=r"export\(\): expected version in \(1, 2\), got 99"):
+    with pytest.raises(ValueError, match=r"export\(\): expected version in \(1, 2, 3\), got 99"):
         export(tmp_path, version=99)
     with pytest.raises(TypeError, match="version"):
         export(tmp_path, version="1")
@@ -166,7 +180,7 @@ def test_golden_files_follow_the_layout_without_numpy(golden, manifest):
                 members[info.filename[:-4]] = (descr, shape, data)
         descr, shape, data = members.pop("__metadata__")
         meta = json.loads(data.decode("utf-8"))
-        assert descr == "|u1" and meta["id"] == case["id"] and meta["version"] == 2
+        assert descr == "|u1" and meta["id"] == case["id"] and meta["version"] == 3
         roles = {**case["inputs"], **case["cotangents"], **case["outputs"]}
         assert set(members) == set(roles) | {a["member"] for a in case["float32"].values()}
         for name, desc in roles.items():
@@ -180,11 +194,11 @@ def test_golden_files_follow_the_layout_without_numpy(golden, manifest):
 
 def test_manifest_schema(golden, manifest):
     assert manifest["format"] == "stnref-golden"
-    assert manifest["version"] == reference.REFERENCE_VERSION == 2
+    assert manifest["version"] == reference.REFERENCE_VERSION == 3
     ids = [c["id"] for c in manifest["cases"]]
-    assert len(ids) == len(set(ids)) == 383
+    assert len(ids) == len(set(ids)) == 858
     keys = {"id", "file", "op", "family", "rule", "options", "dtype", "seed", "finite", "inputs",
-            "cotangents", "outputs", "tolerance", "float32"}
+            "cotangents", "outputs", "tolerance", "float32", "pytorch"}
     for case in manifest["cases"]:
         assert set(case) == keys, case["id"]
         assert case["file"] == case["id"] + ".npz" and re.fullmatch(r"[\w.+-]{1,200}", case["id"])
@@ -200,21 +214,28 @@ def test_manifest_schema(golden, manifest):
         assert case["finite"] == all(np.isfinite(arrays[n]).all() for n in case["inputs"])
     assert {c["op"] for c in manifest["cases"]} >= {"affine_grid", "attention_grid",
                                                     "projective_grid", "tps_grid"}
+    assert sum(c["pytorch"] for c in manifest["cases"]) == 345 + 30    # 30 have a non-finite grid
+    for case in manifest["cases"]:
+        o = case["options"]
+        assert ("fill_value" in o) == (o.get("padding_mode") == "constant") and o.get("fill_value", -1.25) == -1.25
+        assert ("cubic_a" in o) == (o.get("mode") == "bicubic")
+        if o.get("padding_mode") == "constant":   # the fill value's gradients are outputs
+            assert {"dfill_value", "g_fill_value"} & set(case["outputs"]) or case["op"] == "grid_sample_jvp"
     total = sum(os.path.getsize(golden / n) for n in os.listdir(golden))
-    assert total < 5e6
+    assert total < 12e6
 
 
 # --------------------------------------------------------------------------- the coverage rule
 
 def test_every_family_covers_every_setting_it_applies_to(manifest):
-    settings = {tuple(s) for s in sampler_settings()}
-    assert len(settings) == 30
+    settings = set(sampler_settings())
+    assert len(settings) == 80 and len(set(sampler_settings(2))) == 30
     covered = {}
     for case in manifest["cases"]:
         if case["op"] in SAMPLER_OPS:
             covered.setdefault((case["family"], case["op"]), set()).add(_setting(case))
     for family, (ops, applies) in COVERAGE.items():
-        expected = {s for s in settings if applies(Setting(*s))}
+        expected = {s for s in settings if applies(s)}
         assert expected, family
         for op in SAMPLER_OPS:
             assert covered.get((family, op), set()) == (expected if op in ops else set()), (family, op)
@@ -223,7 +244,7 @@ def test_every_family_covers_every_setting_it_applies_to(manifest):
 
 def test_huge_coordinates_cover_each_axis_sign_and_overflow_limit(golden, manifest):
     huge = [c for c in manifest["cases"] if c["family"] == "huge-coordinates"]
-    assert len(huge) == 30
+    assert len(huge) == 60
     magnitudes = np.float32(HUGE_MAGNITUDES).astype(np.float64)
     for case in huge:
         a = load(golden / case["file"])
@@ -244,7 +265,7 @@ def test_huge_coordinates_cover_each_axis_sign_and_overflow_limit(golden, manife
 
 def test_ties_reach_beyond_the_folds(golden, manifest):
     ties = [c for c in manifest["cases"] if c["family"] == "nearest-ties"]
-    assert len(ties) == 12 and {c["options"]["mode"] for c in ties} == {"nearest"}
+    assert len(ties) == 20 and {c["options"]["mode"] for c in ties} == {"nearest"}
     caught = 0
     for case in ties:
         a = load(golden / case["file"])
@@ -436,10 +457,10 @@ def test_cli_options_select_judge_and_report(golden, manifest, tmp_path, capsys)
     out = capsys.readouterr().out
     selected = [c for c in read_manifest(golden)["cases"] if c["id"].startswith("grid_sample-")
                 and "-2d-" in c["id"] and "bicubic" not in c["id"]]
-    assert f"{len(selected)}/{len(selected)} cases passed, {383 - len(selected)} of 383 not selected " \
-           f"(reference version 2; judged with float32 answers and tolerances)" in out
+    assert f"{len(selected)}/{len(selected)} cases passed, {858 - len(selected)} of 858 not selected " \
+           f"(reference version 3; judged with float32 answers and tolerances)" in out
     report = json.loads(json_path.read_text())
-    assert report["ok"] and report["summary"] == {"cases": 383, "selected": len(selected),
+    assert report["ok"] and report["summary"] == {"cases": 858, "selected": len(selected),
                                                  "passed": len(selected), "failed": 0, "skipped": 0}
     assert [c["id"] for c in report["cases"]] == [c["id"] for c in selected]
     first = report["cases"][0]
@@ -476,7 +497,7 @@ def test_cli_reports_failures_and_skips_per_case(golden, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--outputs", "V,,dU"], r"--outputs: expected output names separated by commas, e.g. V,dU,dgrid, got 'V,,dU'"),
-    (["--outputs", "Vx"], r"check\(\): expected outputs among V, dU, dgrid, dtheta, .*got 'Vx'"),
+    (["--outputs", "Vx"], r"check\(\): expected outputs among V, dU, dfill_value, dgrid, dtheta, .*got 'Vx'"),
     (["--only", "nope*"], r"check\(\): only pattern 'nope\*' matches no case id"),
     (["--exclude", "*"], r"check\(\): only \[\] and exclude \['\*'\] leave no case to check"),
     (["--exclude", ""], r"--exclude: expected a pattern such as 'grid_sample-\*', got ''"),

@@ -15,6 +15,9 @@ tables, so that a new sampler setting is a new set of cases:
 Version 2 inputs are exactly representable in float32, and every float64 case also holds
 the float32 answers (the outputs computed in float32 from the same numbers), so a kernel
 that computes in float32 is judged against what float32 gives, not against float64.
+Versions 1 and 2 hold PyTorch's settings; version 3 holds every row of
+:mod:`stnref.sampler_settings` (constant fill, wrap, tricubic) and bicubic with a second
+Keys parameter, with the gradient of the fill value among the outputs.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import _checks, grids
+from .. import sampler_settings as table
 from ..sampling import grid_sample, grid_sample_backward
 from ..second_order import grid_sample_double_backward, grid_sample_jvp
 
 FORMAT_NAME = "stnref-golden"
-REFERENCE_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+REFERENCE_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
 GENERAL_RANGE = 1.4        # general-position grids: normalised coordinates uniform in +-1.4
 HUGE_COORDS = (1e30, -1e30, 1e15, -3e9, 2e6, -4.5e4)
 REFLECTION_HUGE = (1e4, -3.3e3, 777.7)   # version 1, reflection: well-conditioned fold counts
@@ -40,10 +44,14 @@ REFLECTION_HUGE = (1e4, -3.3e3, 777.7)   # version 1, reflection: well-condition
 # 1e19 -> ~2.5e19 px), and the range where a reflection's fold count needs all 53 bits.
 HUGE_MAGNITUDES = (4.5e4, 2e6, 1e9, 3e9, 1e12, 1e15, 1e16, 1e17, 1e18, 1e19, 1e30)
 NONFINITE = (np.nan, np.inf, -np.inf)
-MODES = ("bilinear", "nearest", "bicubic")
-PADDINGS = ("zeros", "border", "reflection")
+MODES, PADDINGS = table.MODES, table.PADDING_MODES      # of the current version
+PYTORCH_MODES = ("bilinear", "nearest", "bicubic")         # versions 1 and 2: PyTorch 2.13's,
+PYTORCH_PADDINGS = ("zeros", "border", "reflection")       # frozen with them
+FILL_CASE = -1.25      # version 3: the fill value of every constant-padding case (exact in float32)
+CUBIC_A_CASE = -0.5    # version 3: the second Keys parameter, beside PyTorch's -0.75
 SAMPLER_OPS = ("grid_sample", "grid_sample_jvp", "grid_sample_double_backward")
 SAMPLER_OPTIONS = ("mode", "padding_mode", "align_corners")
+NUMERIC_OPTIONS = ("fill_value", "cubic_a")      # version 3: present where the setting has them
 GRID_OPTIONS = ("size", "align_corners")
 # The arrays each op of compute_outputs reads (inputs, then cotangents or tangents).
 OP_ARRAYS = {
@@ -55,6 +63,9 @@ OP_ARRAYS = {
     "grid_sample_jvp": ("U", "grid", "tU", "tgrid"),
     "grid_sample_double_backward": ("U", "grid", "dV", "g_dU", "g_dgrid"),
 }
+# ... and with a fill padding (the fill value's tangent or cotangent, 0-d)
+FILL_ARRAYS = {"grid_sample": (), "grid_sample_jvp": ("tfill_value",),
+               "grid_sample_double_backward": ("g_dfill_value",)}
 
 # The convention each edge-case family pins (sections of docs/conventions.md in brackets).
 RULES_V1 = {
@@ -87,8 +98,10 @@ RULES = {
                         "folds as PyTorch computes them (docs/conventions.md §5.1, §3.7)",
     "nearest-ties": "nearest rounds half to even after padding: ties inside, outside and beyond "
                     "folds, where rounding before reflecting differs (docs/conventions.md §4.2, §3.4)",
+    "wrap-periods": "wrap: each tap's index modulo the size, over several periods both ways; "
+                    "nearest rounds before the modulo (docs/conventions.md §3.10)",
 }
-RULES_BY_VERSION = {1: RULES_V1, 2: RULES}
+RULES_BY_VERSION = {1: RULES_V1, 2: RULES, 3: RULES}
 
 
 # --------------------------------------------------------------------------- ops
@@ -148,15 +161,7 @@ def compute_outputs(op, options, arrays):
     _require(arrays, OP_ARRAYS[op], "arrays", op, fn)
     a = arrays
     if op in SAMPLER_OPS:
-        kw = {key: options[key] for key in SAMPLER_OPTIONS}
-        if op == "grid_sample":
-            dU, dgrid = grid_sample_backward(a["dV"], a["U"], a["grid"], **kw)
-            return {"V": grid_sample(a["U"], a["grid"], **kw), "dU": dU, "dgrid": dgrid}
-        if op == "grid_sample_jvp":
-            return {"tV": grid_sample_jvp(a["U"], a["grid"], a["tU"], a["tgrid"], **kw)}
-        g_dV, g_U, g_grid = grid_sample_double_backward(a["g_dU"], a["g_dgrid"], a["dV"], a["U"],
-                                                        a["grid"], **kw)
-        return {"g_dV": g_dV, "g_U": g_U, "g_grid": g_grid}
+        return _sampler_outputs(op, options, a, fn)
     size, ac = options["size"], options["align_corners"]
     if op == "affine_grid":
         return {"grid": grids.affine_grid(a["theta"], size, ac),
@@ -172,37 +177,81 @@ def compute_outputs(op, options, arrays):
             "dtheta": grids.tps_grid_backward(a["dgrid"], size, cp, ac)}
 
 
+def _sampler_outputs(op, options, a, fn):
+    """The sampler ops of :func:`compute_outputs`; with a fill padding, the fill value's tangent
+    (``tfill_value``), cotangent (``g_dfill_value``) and gradients (``dfill_value``,
+    ``g_fill_value``) too, as 0-d arrays."""
+    kw = {key: options[key] for key in SAMPLER_OPTIONS}
+    kw.update({key: options[key] for key in NUMERIC_OPTIONS if key in options})
+    fill = options["padding_mode"] in table.FILL_PADDINGS
+    if fill:
+        _require(a, FILL_ARRAYS[op], "arrays", op, fn)
+    if op == "grid_sample":
+        V = grid_sample(a["U"], a["grid"], **kw)
+        grads = grid_sample_backward(a["dV"], a["U"], a["grid"], **kw, need_dfill_value=fill)
+        out = {"V": V, "dU": grads[0], "dgrid": grads[1]}
+        return {**out, "dfill_value": np.asarray(grads[2])} if fill else out
+    if op == "grid_sample_jvp":
+        extra = {"tfill_value": a["tfill_value"][()]} if fill else {}
+        return {"tV": grid_sample_jvp(a["U"], a["grid"], a["tU"], a["tgrid"], **kw, **extra)}
+    extra = {"g_dfill_value": a["g_dfill_value"][()], "need_g_fill_value": True} if fill else {}
+    g = grid_sample_double_backward(a["g_dU"], a["g_dgrid"], a["dV"], a["U"], a["grid"], **kw, **extra)
+    out = {"g_dV": g[0], "g_U": g[1], "g_grid": g[2]}
+    return {**out, "g_fill_value": np.asarray(g[3])} if fill else out
+
+
 # --------------------------------------------------------------------------- settings and coverage
 
-Setting = collections.namedtuple("Setting", "k mode padding_mode align_corners")
+Setting = collections.namedtuple("Setting", "k mode padding_mode align_corners fill_value cubic_a",
+                                 defaults=(table.FILL_VALUE, table.CUBIC_A))
 
 
 def sampler_settings(version=REFERENCE_VERSION):
-    """Every sampler setting of reference ``version``: a :class:`Setting` per (dimension
-    ``k``, mode, padding, ``align_corners``) the sampler supports (bicubic: 2-D only)."""
-    del version  # versions 1 and 2 share the settings; a new mode adds a version
-    return [Setting(k, m, p, ac) for k in (2, 3) for m in MODES for p in PADDINGS
-            for ac in (False, True) if not (m == "bicubic" and k == 3)]
+    """Every sampler setting of reference ``version``: a :class:`Setting` per dimension ``k``,
+    mode, padding, ``align_corners`` and numeric options.
+
+    Versions 1 and 2: PyTorch's settings, frozen (bicubic 2-D only).  Version 3: every row
+    of :mod:`stnref.sampler_settings` in every dimension it supports, constant padding with
+    ``fill_value=FILL_CASE``, and each cubic setting again with ``cubic_a=CUBIC_A_CASE``.
+    """
+    if version < 3:
+        return [Setting(k, m, p, ac) for k in (2, 3) for m in PYTORCH_MODES for p in PYTORCH_PADDINGS
+                for ac in (False, True) if not (m == "bicubic" and k == 3)]
+    settings = []
+    for k, m, p in table.combinations():
+        fill = FILL_CASE if p in table.FILL_PADDINGS else table.FILL_VALUE
+        for ac in (False, True):
+            settings.append(Setting(k, m, p, ac, fill))
+            if m in table.CUBIC_MODES:
+                settings.append(Setting(k, m, p, ac, fill, CUBIC_A_CASE))
+    return settings
+
+
+def _base(setting):
+    """The setting itself, not a second Keys parameter: A enters only the weights, so the
+    families whose behaviour does not depend on the weights are generated once."""
+    return setting.cubic_a == table.CUBIC_A
 
 
 def _every(setting):
     return True
 
 
-# family -> (ops it exercises, the settings it applies to): the coverage rule, version 2.
+# family -> (ops it exercises, the settings it applies to): the coverage rule, versions 2-3.
 COVERAGE = {
     "general": (SAMPLER_OPS, _every),
     "integer-knots": (SAMPLER_OPS, _every),
-    "size-1-axes": (("grid_sample",), _every),
-    "huge-coordinates": (("grid_sample",), _every),
-    "non-finite": (("grid_sample",), _every),
-    "duplicate-points": (("grid_sample",), _every),
-    "float32": (("grid_sample",), _every),
-    "border-clips": (("grid_sample",), lambda s: s.padding_mode == "border"),
-    "reflection-folds": (("grid_sample",), lambda s: s.padding_mode == "reflection"),
-    "half-pixel-bands": (("grid_sample",),
-                         lambda s: s.padding_mode == "reflection" and not s.align_corners),
+    "size-1-axes": (("grid_sample",), _base),
+    "huge-coordinates": (("grid_sample",), _base),
+    "non-finite": (("grid_sample",), _base),
+    "duplicate-points": (("grid_sample",), _base),
+    "float32": (("grid_sample",), _base),
+    "border-clips": (("grid_sample",), lambda s: _base(s) and s.padding_mode == "border"),
+    "reflection-folds": (("grid_sample",), lambda s: _base(s) and s.padding_mode == "reflection"),
+    "half-pixel-bands": (("grid_sample",), lambda s: _base(s) and s.padding_mode == "reflection"
+                         and not s.align_corners),
     "nearest-ties": (("grid_sample",), lambda s: s.mode == "nearest"),
+    "wrap-periods": (("grid_sample",), lambda s: _base(s) and s.padding_mode == "wrap"),
 }
 
 
@@ -267,6 +316,13 @@ def _tie_points(size):
     return np.arange(-2.0 * size - 0.5, 3.0 * size + 1.0)
 
 
+def _period_points(size):
+    """Each wrap period's first and last pixel, its edges and a quarter inside, three periods
+    below the image to three above."""
+    offsets = np.array([0.0, 0.25, 0.5, size - 1.0, size - 0.5])
+    return (np.arange(-3, 4)[:, None] * size + offsets).ravel()
+
+
 def _sampler_grid(family, rng, n, out, spatial, align_corners):
     """Version 1: grid for a sampler edge-case ``family`` (general position otherwise)."""
     k = len(spatial)
@@ -323,6 +379,7 @@ def _sampler_grid_v2(family, rng, n, out, spatial, align_corners):
         "reflection-folds": lambda s: _fold_points(s, align_corners),
         "half-pixel-bands": lambda s: _band_points(s, align_corners),
         "nearest-ties": _tie_points,
+        "wrap-periods": _period_points,
     }
     if family in pixel:
         return _balanced_pixel_grid(rng, n, out, spatial, align_corners, pixel[family])
@@ -336,14 +393,16 @@ def _case_seed(version, case_id):
     return int.from_bytes(digest[:8], "little")
 
 
-def _option_tag(mode, padding_mode, align_corners):
+def _option_tag(mode, padding_mode, align_corners, cubic_a=table.CUBIC_A):
+    """``mode-padding-ac|noac``; a Keys parameter other than PyTorch's joins the mode (``bicubic-a-0.5``)."""
+    mode = mode if cubic_a == table.CUBIC_A else f"{mode}-a{cubic_a:g}"
     return f"{mode}-{padding_mode}-{'ac' if align_corners else 'noac'}"
 
 
-def _case_id(op, family, k, mode, padding_mode, align_corners, dtype):
+def _case_id(op, family, k, mode, padding_mode, align_corners, dtype, cubic_a=table.CUBIC_A):
     prefix = op if family == "general" else f"{op}-{family}"
     suffix = "" if dtype == "float64" else f"-{dtype}"
-    return f"{prefix}-{k}d-{_option_tag(mode, padding_mode, align_corners)}{suffix}"
+    return f"{prefix}-{k}d-{_option_tag(mode, padding_mode, align_corners, cubic_a)}{suffix}"
 
 
 def _sampler_specs():
@@ -354,7 +413,7 @@ def _sampler_specs():
     def add(op, family, k, m, p, ac, dtype="float64"):
         specs.append((_case_id(op, family, k, m, p, ac, dtype), op, family, k, m, p, ac, dtype))
 
-    full = [tuple(s) for s in sampler_settings(1)]
+    full = [tuple(s)[:4] for s in sampler_settings(1)]
     for op in SAMPLER_OPS:
         for combo in full:
             add(op, "general", *combo)
@@ -363,18 +422,18 @@ def _sampler_specs():
             add("grid_sample", "integer-knots", k, m, p, ac)
             add("grid_sample", "size-1-axes", k, m, p, ac)
     for ac in (False, True):
-        for m in MODES:
+        for m in PYTORCH_MODES:
             add("grid_sample", "border-clips", 2, m, "border", ac)
             add("grid_sample", "reflection-folds", 2, m, "reflection", ac)
-        for p in PADDINGS:
+        for p in PYTORCH_PADDINGS:
             add("grid_sample", "nearest-ties", 2, "nearest", p, ac)
-    for m in MODES:
+    for m in PYTORCH_MODES:
         add("grid_sample", "half-pixel-bands", 2, m, "reflection", False)
         add("grid_sample", "duplicate-points", 2, m, "zeros", False)
-        for p in PADDINGS:
+        for p in PYTORCH_PADDINGS:
             add("grid_sample", "non-finite", 2, m, p, False)
             add("grid_sample", "huge-coordinates", 2, m, p, False)
-    for p in PADDINGS:
+    for p in PYTORCH_PADDINGS:
         add("grid_sample", "non-finite", 3, "bilinear", p, True)
     add("grid_sample", "border-clips", 3, "bilinear", "border", True)
     add("grid_sample", "reflection-folds", 3, "bilinear", "reflection", False)
@@ -386,16 +445,19 @@ def _sampler_specs():
     return specs
 
 
-def _sampler_specs_v2():
-    """Version 2: every family of :data:`COVERAGE` on every setting it applies to."""
+def _sampler_specs_table(version):
+    """Versions 2-3: every family of :data:`COVERAGE` on every setting it applies to:
+    (case id, op, family, setting, dtype)."""
     specs = []
-    for setting in sampler_settings(2):
+    for setting in sampler_settings(version):
+        k, mode, padding, ac, _, cubic_a = setting
         for family, (ops, applies) in COVERAGE.items():
             if not applies(setting):
                 continue
             dtype = "float32" if family == "float32" else "float64"
             for op in ops:
-                specs.append((_case_id(op, family, *setting, dtype), op, family, *setting, dtype))
+                specs.append((_case_id(op, family, k, mode, padding, ac, dtype, cubic_a), op, family,
+                              setting, dtype))
     return specs
 
 
@@ -405,7 +467,8 @@ _SHAPES_V2 = {
     "size-1-axes": {2: ((1, 3), (3, 4)), 3: ((1, 3, 1), (2, 2, 3))},
     "general": {2: ((4, 5), (3, 4)), 3: ((2, 3, 4), (2, 2, 3))},
 }
-_PIXEL_FAMILIES = ("integer-knots", "border-clips", "reflection-folds", "half-pixel-bands", "nearest-ties")
+_PIXEL_FAMILIES = ("integer-knots", "border-clips", "reflection-folds", "half-pixel-bands", "nearest-ties",
+                   "wrap-periods")
 
 
 def _sampler_shapes(version, family, k, ac):
@@ -423,7 +486,12 @@ def _sampler_shapes(version, family, k, ac):
 
 
 def _sampler_case(spec, rng, version=1):
-    case_id, op, family, k, mode, padding_mode, ac, dtype = spec
+    if version == 1:
+        case_id, op, family, k, mode, padding_mode, ac, dtype = spec
+        setting = Setting(k, mode, padding_mode, ac)
+    else:
+        case_id, op, family, setting, dtype = spec
+        k, mode, padding_mode, ac = setting[:4]
     n, c = 2, 2
     spatial, out = _sampler_shapes(version, family, k, ac)
     if version == 1:
@@ -443,9 +511,15 @@ def _sampler_case(spec, rng, version=1):
     else:
         arrays = {"dV": dV, "U": U, "grid": grid}
         cot = {"g_dU": rng.standard_normal(U.shape), "g_dgrid": rng.standard_normal(grid.shape)}
+    options = {"mode": mode, "padding_mode": padding_mode, "align_corners": ac}
+    if version >= 3:     # the numeric options the setting has, and the fill value's tangents
+        if padding_mode in table.FILL_PADDINGS:
+            options["fill_value"] = setting.fill_value
+            cot.update({name: rng.standard_normal(()) for name in FILL_ARRAYS[op]})
+        if mode in table.CUBIC_MODES:
+            options["cubic_a"] = setting.cubic_a
     cast = {name: x.astype(dtype) for name, x in arrays.items()}
     cot = {name: x.astype(dtype) for name, x in cot.items()}
-    options = {"mode": mode, "padding_mode": padding_mode, "align_corners": ac}
     return case_id, op, family, options, cast, cot
 
 
@@ -504,6 +578,14 @@ def _as_float32_exact(arrays):
             for name, x in arrays.items()}
 
 
+def _pytorch_has(op, options, inputs):
+    """Whether PyTorch has the op and, for the sampler, the setting (stnref.sampler_settings)."""
+    if op not in SAMPLER_OPS:
+        return op == "affine_grid"
+    return table.is_pytorch(options["mode"], options["padding_mode"], inputs["grid"].ndim - 2,
+                            options.get("fill_value", table.FILL_VALUE), options.get("cubic_a", table.CUBIC_A))
+
+
 def load_cases(version=REFERENCE_VERSION):
     """Build every case of a reference ``version`` in memory (no files).
 
@@ -518,7 +600,8 @@ def load_cases(version=REFERENCE_VERSION):
         Per case: ``id``, ``op``, ``family``, ``options``, ``seed``, ``inputs``,
         ``cotangents`` and ``outputs`` (dicts of name -> ndarray, the outputs in the case's
         dtype).  From version 2 also ``float32``: the outputs computed in float32 from the
-        same inputs (the outputs themselves for a float32 case).
+        same inputs (the outputs themselves for a float32 case); from version 3 ``pytorch``:
+        whether PyTorch has the op and the setting.
 
     Examples
     --------
@@ -529,7 +612,7 @@ def load_cases(version=REFERENCE_VERSION):
     version = check_version(version, "load_cases")
     cases = []
     builders = [(s, _grid_case) for s in _grid_specs()]
-    builders += [(s, _sampler_case) for s in (_sampler_specs() if version == 1 else _sampler_specs_v2())]
+    builders += [(s, _sampler_case) for s in (_sampler_specs() if version == 1 else _sampler_specs_table(version))]
     for spec, build in builders:
         seed = _case_seed(version, spec[0])
         case_id, op, family, options, inputs, cot = build(spec, np.random.default_rng(seed), version)
@@ -539,6 +622,8 @@ def load_cases(version=REFERENCE_VERSION):
         outputs = compute_outputs(op, options, arrays)
         case = {"id": case_id, "op": op, "family": family, "options": options, "seed": seed,
                 "inputs": inputs, "cotangents": cot, "outputs": outputs}
+        if version >= 3:
+            case["pytorch"] = _pytorch_has(op, options, inputs)
         if version >= 2:
             single = {name: x.astype(np.float32) for name, x in arrays.items()}
             same = all(x.dtype == np.float32 for x in arrays.values())

@@ -60,8 +60,8 @@ def clip_text(text, limit=TEXT_LIMIT):
 
 def _npy_bytes(array):
     """One ``.npy`` version 1.0 member: little-endian, C order (docs/conventions.md §7.5)."""
-    array = np.ascontiguousarray(array)
-    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    array = np.asarray(array)       # 0-d stays 0-d (ascontiguousarray would make it 1-d)
+    array = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
     buf = io.BytesIO()
     np.lib.format.write_array(buf, array, version=(1, 0), allow_pickle=False)
     return buf.getvalue()

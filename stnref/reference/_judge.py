@@ -182,7 +182,8 @@ ROUNDINGS = {
 
 
 def _nearest_model(ctx, rounding, round_first):
-    """V of nearest sampling with another tie rule, or rounding before padding: (n, c, *out)."""
+    """V of nearest sampling with another tie rule, or rounding before padding: (n, c, *out).
+    Wrap pads the rounded tap (docs/conventions.md §3.10); a tap outside reads the fill value."""
     U = ctx.inputs["U"].astype(np.float64)
     k = len(ctx.spatial)
     padding, ac = ctx.options.get("padding_mode"), bool(ctx.options.get("align_corners"))
@@ -191,14 +192,18 @@ def _nearest_model(ctx, rounding, round_first):
         for a in range(k):
             size = ctx.spatial[k - 1 - a]
             p = ctx.pixel[..., a]
-            p = _pad(ROUNDINGS[rounding](p), size, padding, ac) if round_first else \
-                ROUNDINGS[rounding](_pad(p, size, padding, ac))
+            if padding == "wrap":
+                p = np.mod(ROUNDINGS[rounding](p), size)
+            else:
+                p = _pad(ROUNDINGS[rounding](p), size, padding, ac) if round_first else \
+                    ROUNDINGS[rounding](_pad(p, size, padding, ac))
             ok = np.isfinite(p) & (p >= 0) & (p <= size - 1)
             inside &= ok
             index.append(np.where(ok, p, 0).astype(np.intp))
     n = np.broadcast_to(np.arange(U.shape[0]).reshape((-1,) + (1,) * k), inside.shape)
     picked = np.moveaxis(U, 1, -1)[(n, *index[::-1])]                # (n, *out, c)
-    return np.moveaxis(np.where(inside[..., None], picked, 0.0), -1, 1)
+    fill = float(ctx.options.get("fill_value", 0.0))
+    return np.moveaxis(np.where(inside[..., None], picked, fill), -1, 1)
 
 
 def _points(mask, layout):
@@ -247,6 +252,8 @@ def _huge_explanation(ctx, remaining, failing_points):
         cause = "where an int64 index overflows (2^63 = 9.2e18)"
     elif ctx.options.get("padding_mode") == "reflection":
         cause = "where only PyTorch's own fold arithmetic gives PyTorch's answer (docs/conventions.md §3.7)"
+    elif ctx.options.get("padding_mode") == "wrap":
+        cause = "where only the remainder as docs/conventions.md §3.10 computes it gives the answer"
     else:
         cause = "finite coordinates of any size are simply out of range (docs/conventions.md §5.1)"
     return (f"differs only where |pixel coordinate| >= {low:.3g} and agrees at every point "

@@ -88,6 +88,8 @@ def _export_case(directory, case, version):
         "inputs": _describe(case["inputs"]), "cotangents": _describe(case["cotangents"]),
         "outputs": _describe(outputs), "tolerance": _tolerance(outputs),
     }
+    if "pytorch" in case:
+        entry["pytorch"] = case["pytorch"]
     arrays = {**case["inputs"], **case["cotangents"], **outputs}
     roles = {"format": FORMAT_NAME, "version": version, "id": case["id"],
              "inputs": sorted(case["inputs"]), "cotangents": sorted(case["cotangents"]),
@@ -123,8 +125,9 @@ def export(directory, version=REFERENCE_VERSION):
         ``id``, ``file``, ``op``, ``family``, ``rule`` (the convention an edge case pins,
         or null), ``options``, ``dtype``, ``seed``, ``finite`` (all inputs finite),
         ``inputs``/``cotangents``/``outputs`` (name -> shape, dtype), ``tolerance``
-        (output name -> rtol, atol) and, from version 2, ``float32`` (output name ->
-        ``member``, the array holding the float32 answer, with its rtol and atol).
+        (output name -> rtol, atol); from version 2 ``float32`` (output name -> ``member``,
+        the array holding the float32 answer, with its rtol and atol); from version 3
+        ``pytorch`` (whether PyTorch has the op and the setting).
         Layout and fields: docs/conventions.md §7.5-7.6.
 
     Examples
