@@ -22,7 +22,7 @@ from golden_helpers import golden, load, manifest, read_manifest, results_copy, 
 
 from stnref import reference
 from stnref.app import cli
-from stnref.reference import check, compute_outputs, export, load_cases
+from stnref.reference import check, compute_outputs, export, load_cases, run_check
 from stnref.reference import golden as golden_module
 from stnref.reference._cases import COVERAGE, HUGE_MAGNITUDES, RULES, SAMPLER_OPS, Setting, sampler_settings
 from stnref.reference._files import MANIFEST_DEPTH, MANIFEST_LIMIT
@@ -732,8 +732,12 @@ def test_the_kernel_authors_walkthrough_runs(tmp_path):
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
         assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr)
-    assert "247/247 cases passed, 136 of 383 not selected (reference version 2; judged with float32 " \
+    assert "522/522 cases passed, 336 of 858 not selected (reference version 3; judged with float32 " \
            "answers and tolerances)" in done.stdout
     assert done.stdout.splitlines()[-2] in " ".join(page.split())     # the page quotes it
     suite = ET.parse(tmp_path / "check.xml").getroot()
-    assert suite.get("tests") == "247" and suite.get("failures") == "0"
+    assert suite.get("tests") == "522" and suite.get("failures") == "0"
+    pytorch_only = run_check(tmp_path / "golden", tmp_path / "results", outputs=["V"], only=["grid_sample-*"],
+                             exclude=["*constant*", "*wrap*", "*3d-bicubic*", "*-a-0.5-*"], dtype="float32")
+    assert pytorch_only.ok and len(pytorch_only.cases) == 247      # as the page says
+    assert "--exclude '*constant*' --exclude '*wrap*' --exclude '*3d-bicubic*' --exclude '*-a-0.5-*'" in page
