@@ -68,7 +68,9 @@ def test_nan_masks_are_compared_both_ways(golden_value, result_value, side):
     assert not v.ok and v.failing == 1 and v.worst is None
     assert (v.nan_in_result, v.nan_in_golden) == ((1, 0) if side == "result" else (0, 1))
     assert (v.first_nan_in_result if side == "result" else v.first_nan_in_golden) == (1,)
-    assert _verdict([np.nan, 1.0], [np.nan, 1.0]).ok
+    assert v.max_abs == 0 and v.max_rel == 0          # a NaN is counted, never measured
+    same = _verdict([np.nan, 1.0], [np.nan, 1.0])
+    assert same.ok and same.max_abs == same.max_rel == 0 and same.failing == 0
 
 
 @pytest.mark.parametrize("golden_value, result_value, ok", [
@@ -82,6 +84,10 @@ def test_infinities_and_signed_zeros(golden_value, result_value, ok):
 
 def test_zero_tolerances_are_exact_and_rtol_zero_is_absolute():
     exact = {"atol": 0.0, "rtol": 0.0}
+    v = _verdict([0.0, 2.0], [0.0, 2.0], exact)      # no error is 0, never 0 / 0
+    assert v.ok and v.max_abs == 0 and v.max_rel == 0
+    v = compare("V", np.zeros((0, 3)), np.zeros((0, 3)), TOL)
+    assert v.ok and v.elements == v.failing == 0 and v.max_abs == v.max_rel == 0 and v.worst is None
     assert _verdict([1.0], [1.0], exact).ok and not _verdict([1.0], [np.nextafter(1.0, 2)], exact).ok
     absolute = {"atol": 0.5, "rtol": 0.0}
     assert _verdict([100.0], [100.5], absolute).ok and not _verdict([100.0], [100.5000001], absolute).ok
@@ -257,6 +263,13 @@ def test_failure_notes_locate_the_worst_element_and_name_the_rule(golden, tmp_pa
     assert "the result holds NaN where golden is not at 1, first V[1, 1, 2, 2] (grid point [1, 2, 2]:" in notes[case]
     assert "dU: 1 of 80 elements fail; worst off by 1.000e+00 at dU[1, 0, 3, 4] (pixel ix 4, iy 3)" in notes[case]
     assert "explained by: no known rule explains it" in notes[case] and "general position" in notes[case]
+    dgrid = a["dgrid"].copy()
+    dgrid[1, 2, 1, 0] += 0.25
+    np.savez(results / f"{case}.npz", V=a["V"], dU=a["dU"], dgrid=dgrid)
+    note = run_check(golden, results, only=[case]).cases[0].row_notes()
+    gx, gy = a["grid"][1, 2, 1]
+    assert f"dgrid: 1 of 48 elements fail; worst off by 2.500e-01 at dgrid[1, 2, 1, 0] (grid point [1, 2, 1]: " \
+           f"x {gx:.9g}, y {gy:.9g};" in note
     assert "missing array 'V' (found 'arr_0', 'output')" in notes["grid_sample-2d-bilinear-zeros-ac"]
     nonfinite = "grid_sample-non-finite-2d-nearest-border-noac"
     a = load(golden / f"{nonfinite}.npz")
@@ -265,6 +278,36 @@ def test_failure_notes_locate_the_worst_element_and_name_the_rule(golden, tmp_pa
     note = report.cases[0].row_notes()
     assert "golden holds NaN where the result is not at" in note and "(result 0)" in note
     assert "explained by: differs at grid points with a NaN or inf coordinate" in note
+
+
+def test_a_failing_fill_value_gradient_is_reported_without_a_place(golden, tmp_path):
+    case = "grid_sample-2d-bilinear-constant-ac"
+    a = load(golden / f"{case}.npz")
+    results = tmp_path / "results"
+    results.mkdir()
+    np.savez(results / f"{case}.npz", V=a["V"], dU=a["dU"], dgrid=a["dgrid"], dfill_value=a["dfill_value"] + 1)
+    note = run_check(golden, results, only=[case]).cases[0].row_notes()
+    assert a["dfill_value"].shape == () and "dfill_value: 1 of 1 elements fail; worst off by 1.000e+00 at " \
+        "dfill_value[]: golden" in note and "explained by: no known rule explains it" in note
+
+
+def test_the_nearest_models_reproduce_every_nearest_case(golden, manifest):
+    """The models the explanations test, in PyTorch's order with ties to even, give the golden V
+    at every finite point below MODEL_RANGE pixels: every padding, fill and dimension."""
+    from stnref.reference._judge import MODEL_RANGE, Context, _nearest_model
+    checked = set()
+    for case in manifest["cases"]:
+        if case["op"] != "grid_sample" or case["options"]["mode"] != "nearest":
+            continue
+        a = load(golden / case["file"])
+        ctx = Context("grid_sample", case["options"], a)
+        near = np.all(np.abs(ctx.pixel) < MODEL_RANGE, axis=-1)[:, None]
+        V = np.broadcast_to(np.isnan(a["V"]) | ~near, a["V"].shape)
+        model = _nearest_model(ctx, "half to even", False)
+        np.testing.assert_array_equal(np.where(V, 0, model), np.where(V, 0, a["V"]), err_msg=case["id"])
+        checked.add((case["options"]["padding_mode"], case["family"]))
+    assert {p for p, _ in checked} == {"zeros", "border", "reflection", "constant", "wrap"}
+    assert {f for _, f in checked} >= {"nearest-ties", "reflection-folds", "size-1-axes", "wrap-periods"}
 
 
 # --------------------------------------------------------------------------- wrong kernels
@@ -297,9 +340,10 @@ def _judge_kernel(golden, tmp_path, kernel, setting, **selection):
 def test_wrong_kernels_fail_and_check_agrees_with_diagnose(golden, tmp_path, kernel, setting, named):
     report = _judge_kernel(golden, tmp_path, kernel, setting)
     assert report.ok is (named is None), report.table()
-    if named:
+    if named:   # every failing point explained by the one rule the kernel breaks
         failing = [c for c in report.cases if c.verdict == "fail"]
-        assert all(named in " ".join(c.explanations) for c in failing), report.table()
+        assert all(named in " ".join(c.explanations) and "unexplained" not in " ".join(c.explanations)
+                   for c in failing), report.table()
     assert diagnose(lambda U, grid: kernel(U, grid, *setting)).matches_pytorch is report.ok
 
 
