@@ -4,13 +4,14 @@
 compares a directory of someone else's results, case by case and array by array,
 against the golden one, and :func:`run_check` returns the verdicts as a :class:`Report`
 (a table, JSON or JUnit XML).  Every op of the package is covered -- the four grid
-generators and their backward, the 4-D and 5-D sampler with its backward for every mode,
-padding and ``align_corners``, the sampler's JVP and double backward -- in general
-position, plus edge-case families that each pin one convention rule of
-docs/conventions.md (integer knots, border clips, reflection folds, half-pixel bands,
-non-finite and huge coordinates, duplicate sample points, size-1 axes, nearest ties, the
-projective horizon).  From version 2 every sampler family is generated for every setting
-in which its behaviour exists (the coverage rule, docs/conventions.md §7.7).
+generators and their backward, the 4-D and 5-D sampler with its backward in every setting
+of :mod:`stnref.sampler_settings` (from version 3; PyTorch's settings before), the
+sampler's JVP and double backward -- in general position, plus edge-case families that
+each pin one convention rule of docs/conventions.md (integer knots, border clips,
+reflection folds, half-pixel bands, wrap periods, non-finite and huge coordinates,
+duplicate sample points, size-1 axes, nearest ties, the projective horizon).  From
+version 2 every sampler family is generated for every setting in which its behaviour
+exists (the coverage rule, docs/conventions.md §7.7).
 
 A case file holds the op's inputs, the cotangents (or tangents) it is differentiated
 with, and its outputs: for a sampler case ``U``, ``grid``, ``dV`` and ``V``, ``dU``,
