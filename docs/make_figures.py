@@ -452,8 +452,57 @@ def fig_tricubic():
     save(fig, "tricubic.png")
 
 
+BILINEAR_CELL_U = np.array([[1.0, 3.0], [4.0, 8.0]])   # the worked example of derivations/sampling.md
+BILINEAR_CELL_POINT = (-0.25, 0.0)                       # normalised: pixel (0.25, 0.5)
+BILINEAR_CELL_DV = 2.0
+
+
+def bilinear_cell():
+    """The worked example's numbers, from stnref: ``(i_x, i_y), V, dU, dgrid``."""
+    U = BILINEAR_CELL_U[None, None]
+    grid = np.array(BILINEAR_CELL_POINT).reshape(1, 1, 1, 2)
+    V = stnref.grid_sample(U, grid)[0, 0, 0, 0]
+    dU, dgrid = stnref.grid_sample_backward(np.full((1, 1, 1, 1), BILINEAR_CELL_DV), U, grid)
+    pixel = tuple(to_pixels(grid[0, 0], (2, 2))[0])
+    return pixel, V, dU[0, 0], dgrid[0, 0, 0]
+
+
+def fig_bilinear_cell():
+    (ix, iy), V, dU, dgrid = bilinear_cell()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    corners = [(0, 0), (1, 0), (0, 1), (1, 1)]                 # (column, row)
+    for m, n in corners:
+        # the weight of pixel (n, m) is the area of the rectangle opposite it
+        x0, x1 = sorted((ix, 1 - m))
+        y0, y1 = sorted((iy, 1 - n))
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, color=BLUE, alpha=0.12 + 0.1 * (m + n)))
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2, f"w = {(1 - abs(ix - m)) * (1 - abs(iy - n)):g}",
+                ha="center", va="center", fontsize=8)
+        ax.plot(m, n, "o", color="black", ms=6)
+        ax.text(m + (0.06 if m else -0.06), n + (0.08 if n else -0.08),
+                f"U[{n}, {m}] = {BILINEAR_CELL_U[n, m]:g}\ndU = {dU[n, m]:g}",
+                ha="left" if m else "right", va="bottom" if n else "top", fontsize=8)
+    ax.plot(ix, iy, "o", color=RED, ms=7)
+    ax.annotate("", xy=(ix + 0.05 * dgrid[0], iy), xytext=(ix, iy),
+                arrowprops={"arrowstyle": "->", "color": RED})
+    ax.annotate("", xy=(ix, iy + 0.05 * dgrid[1]), xytext=(ix, iy),
+                arrowprops={"arrowstyle": "->", "color": RED})
+    ax.text(ix + 0.05 * dgrid[0] + 0.02, iy, f"dgrid_x = {dgrid[0]:g}", color=RED, va="center", fontsize=8)
+    ax.text(ix + 0.02, iy + 0.05 * dgrid[1] + 0.02, f"dgrid_y = {dgrid[1]:g}", color=RED, va="top", fontsize=8)
+    ax.text(ix - 0.03, iy - 0.03, f"V = {V:g}", color=RED, ha="right", va="bottom", fontsize=8)
+    ax.set_xlim(-0.45, 1.45)
+    ax.set_ylim(1.35, -0.35)                                     # rows down, as in an image
+    ax.set_aspect("equal")
+    ax.set_xlabel("column (pixel coordinate i_x)")
+    ax.set_ylabel("row (pixel coordinate i_y)")
+    ax.set_title(f"One bilinear cell: point ({ix:g}, {iy:g}), dV = {BILINEAR_CELL_DV:g}", fontsize=9)
+    fig.tight_layout()
+    save(fig, "bilinear_cell.png")
+
+
 FIGURES = (fig_grids, fig_align_corners, fig_padding, fig_reflection_band, fig_bicubic,
-           fig_inverse_warp, fig_mistakes, fig_distortions, fig_fill_wrap, fig_tricubic)
+           fig_inverse_warp, fig_mistakes, fig_distortions, fig_fill_wrap, fig_tricubic,
+           fig_bilinear_cell)
 
 
 def main(argv=None):

@@ -20,6 +20,7 @@ from stnref import (
     attention_grid,
     grid_sample,
     grid_sample_backward,
+    grid_sample_jvp,
 )
 from stnref.grids import base_coordinates, projective_grid, tps_control_points, tps_grid
 from stnref.registry import get_transform
@@ -712,3 +713,147 @@ def test_5_overflowing_finite_coordinates_never_crash(combo, dtype, big):
         far = grid.copy()
         far[..., 0, 0], far[..., 1, 0] = 1e3, -1e3
         np.testing.assert_allclose(V, grid_sample(U, far, **kw), rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- §6.5 kinks
+
+KINK_PADDINGS = ("zeros", "border", "reflection")
+KINK_U = {True: np.array([1.0, 3.0, 4.0, 8.0, 9.0]), False: np.array([1.0, 3.0, 4.0, 8.0])}
+STEP = 2.0**-20                     # pixels: with s = 2 the normalised step is exact too
+
+
+def _row_sampler(align_corners, padding, mode="bilinear"):
+    """``V(i)``, ``dV/dx(i)`` of the row ``KINK_U[align_corners]`` at exact pixel coordinates."""
+    U = KINK_U[align_corners].reshape(1, 1, 1, -1)
+    W = U.shape[-1]
+
+    def grid(i):
+        g = np.zeros((1, 1, len(i), 2))
+        g[..., 0] = normalize(np.asarray(i, dtype=np.float64), W, align_corners)
+        return g
+
+    def value(i):
+        return grid_sample(U, grid(i), **_kw(mode, padding, align_corners))[0, 0, 0]
+
+    def slope(i):
+        g = grid(i)
+        return grid_sample_backward(np.ones((1, 1, 1, len(i))), U, g, **_kw(mode, padding, align_corners))[1][0, 0, :, 0]
+
+    def tangent(i):                 # forward mode along x (§6.4): the same value as the backward
+        g = grid(i)
+        t = np.zeros_like(g)
+        t[..., 0] = 1.0
+        return grid_sample_jvp(U, g, None, t, **_kw(mode, padding, align_corners))[0, 0, 0]
+
+    slope.tangent = tangent
+    return value, slope
+
+
+def _one_sided(value, i):
+    """``(left, right)`` derivatives in the grid coordinate (s = 2): exact for bilinear."""
+    i = np.asarray(i, dtype=np.float64)
+    s = 2.0
+    left = (value(i) - value(i - STEP)) / STEP * s
+    right = (value(i + STEP) - value(i)) / STEP * s
+    return left, right
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding", KINK_PADDINGS)
+def test_6_kink_rule_right_sided_in_p_times_mu(padding, align_corners):
+    """docs/conventions.md §6.5: dV/dx = s mu d+V/dp at every integer and half-integer pixel
+    coordinate from -3W to 4W, with p and mu as §3.2-3.5 define them."""
+    U = KINK_U[align_corners]
+    W, s = len(U), 2.0
+    i = np.arange(-3 * W, 4 * W + 0.5, 0.5)
+    _, slope = _row_sampler(align_corners, padding)
+    if padding == "zeros":
+        p, mu = i, np.ones_like(i)
+    elif padding == "border":
+        p, mu = np.clip(i, 0, W - 1), ((i > 0) & (i < W - 1)) * 1.0
+    else:
+        low, L = (0.0, W - 1.0) if align_corners else (-0.5, float(W))
+        a = np.abs(i - low)
+        e = np.mod(a, 2 * L)
+        flip = e > L
+        r = np.where(flip, low + 2 * L - e, low + e)
+        sign = np.where(flip != (i < low), -1.0, 1.0)
+        p, mu = np.clip(r, 0, W - 1), sign * ((r > 0) & (r < W - 1))
+    f = np.floor(p).astype(int)
+    ext = lambda m: np.where((m >= 0) & (m < W), U[np.clip(m, 0, W - 1)], 0.0)  # noqa: E731
+    expect = s * mu * (ext(f + 1) - ext(f))
+    np.testing.assert_array_equal(slope(i) + 0.0, expect + 0.0)
+    np.testing.assert_array_equal(slope.tangent(i) + 0.0, expect + 0.0)
+
+
+# (padding, align_corners, i, left, right, returned): the table of §6.5
+KINK_TABLE = [
+    ("zeros", True, 2, 2, 8, 8), ("border", True, 2, 2, 8, 8), ("reflection", False, 2, 2, 8, 8),
+    ("zeros", True, 4, 2, -18, -18),
+    ("zeros", True, -1, 0, 2, 2),
+    ("border", True, 0, 0, 4, 0), ("border", False, 0, 0, 4, 0), ("reflection", False, 0, 0, 4, 0),
+    ("border", False, 3, 8, 0, 0), ("reflection", False, 3, 8, 0, 0),
+    ("reflection", False, -1, -4, 0, 0),
+    ("reflection", True, 0, -4, 4, 0), ("reflection", True, 4, 2, -2, 0),
+    ("reflection", True, 8, -4, 4, 0), ("reflection", True, -4, 2, -2, 0),
+    ("reflection", True, -2, -8, -2, -8), ("reflection", False, -3, -8, -2, -8),
+    ("reflection", False, -0.5, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize("padding, align_corners, i, left, right, returned", KINK_TABLE)
+def test_6_kink_table_examples(padding, align_corners, i, left, right, returned):
+    value, slope = _row_sampler(align_corners, padding)
+    found_left, found_right = _one_sided(value, [i])
+    assert (found_left[0], found_right[0], slope([i])[0]) == (left, right, returned)
+
+
+@pytest.mark.parametrize("padding", KINK_PADDINGS)
+def test_6_kink_table_bicubic_and_nearest_rows(padding):
+    """Bicubic has no kink at integers (both sides equal, and returned); nearest returns 0."""
+    value, slope = _row_sampler(True, padding, "bicubic")
+    i = np.arange(-6.0, 11.0)
+    left, right = _one_sided(value, i)
+    np.testing.assert_allclose(left, right, rtol=0, atol=1e-4)       # O(STEP) curvature only
+    np.testing.assert_allclose(slope(i), (left + right) / 2, rtol=0, atol=1e-4)
+    _, slope = _row_sampler(True, padding, "nearest")
+    assert not np.any(slope(np.arange(-6.0, 11.0, 0.5)))
+
+
+@pytest.mark.parametrize("align_corners, below, above", [
+    (False, [0, 1, 5, 13, 14, 17, 25], [2]), (True, [17, 21, 25], [])])
+def test_6_identity_start_columns_below_their_pixel(align_corners, below, above):
+    """§6.5 "the identity start": at W = 28 in float64 these columns of the identity grid lie a
+    few ulps below (above) their pixel and take the left-sided (right-sided) derivative."""
+    W = 28
+    theta = np.array([[[1.0, 0, 0], [0, 1, 0]]])
+    x = affine_grid(theta, (1, 1, 1, W), align_corners)[0, 0, :, 0]
+    s = (W - 1) / 2 if align_corners else W / 2
+    i = (x + 1) * s - (0.0 if align_corners else 0.5)          # the 4-D expression, §3.7
+    m = np.arange(W)
+    assert np.flatnonzero(i < m).tolist() == below and np.flatnonzero(i > m).tolist() == above
+    assert np.abs(i - m).max() < 4e-15
+    U = np.random.default_rng(5).standard_normal((1, 1, 1, W)) ** 2 + np.arange(W) ** 2
+    grid = np.stack([x, np.zeros(W)], -1)[None, None]
+    dgrid = grid_sample_backward(np.ones((1, 1, 1, W)), U, grid, align_corners=align_corners)[1][0, 0, :, 0]
+    Uz = np.concatenate([[0.0], U[0, 0, 0], [0.0]])                 # zeros padding either side
+    left, right = s * (Uz[1:-1] - Uz[:-2]), s * (Uz[2:] - Uz[1:-1])
+    expect = np.where(i < m, left, right)
+    np.testing.assert_allclose(dgrid, expect, rtol=1e-12, atol=1e-12)
+    assert np.all(np.abs(left - right)[below] > 1)                  # the sides really differ there
+
+
+@pytest.mark.parametrize("size", [5, 28, 224])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_2_affine_identity_is_exact_to_a_few_ulps_of_the_coordinate(size, align_corners):
+    """§2.1: nearest exactly; bilinear and bicubic within 1e-15 max(H, W) max|U|, not zero."""
+    U = np.random.default_rng(6).standard_normal((1, 2, size, size + 3))
+    theta = np.array([[[1.0, 0, 0], [0, 1, 0]]])
+    grid = affine_grid(theta, U.shape, align_corners)
+    worst = 0.0
+    for mode in ("nearest", "bilinear", "bicubic"):
+        for padding in KINK_PADDINGS:
+            err = np.abs(grid_sample(U, grid, **_kw(mode, padding, align_corners)) - U).max()
+            assert err == 0.0 if mode == "nearest" else err <= 1e-15 * (size + 3) * np.abs(U).max()
+            worst = max(worst, err)
+    assert worst > 0 or size == 5

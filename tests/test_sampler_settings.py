@@ -18,7 +18,7 @@ import pytest
 
 import stnref
 from stnref import grid_sample, sampler_settings, sampling
-from stnref.reference import _identify
+from stnref.reference import _models as _identify  # the hypothesis tables and their model
 from stnref.sampler_settings import COORDINATE, SETTINGS, combinations, is_pytorch
 
 import test_oracle_scipy

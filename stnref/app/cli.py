@@ -574,7 +574,14 @@ def build_parser():
                    help="also write the verdicts as JUnit XML for CI, one testcase per case "
                         "(default: none)")
     r = rsub.add_parser("diagnose", help="probe a sampler and say which conventions it follows "
-                        "(exit 0 if it matches a PyTorch setting on finite inputs)")
+                        "(exit 0 if it matches a PyTorch setting on finite inputs)",
+                        description="Probe a 2-D sampler fn(U, grid) -> V with designed inputs and say "
+                        "which of PyTorch's grid_sample conventions it follows, with the evidence "
+                        "(docs/kernel_authors.md).",
+                        epilog="exit status: 0 if the sampler (and its backward, if given) matches a "
+                        "PyTorch grid_sample setting on finite inputs; 1 if it differs, with each "
+                        f"difference in the report; {EXIT_USAGE} if MODULE:FUNCTION cannot be loaded "
+                        f"or an option is wrong; {EXIT_INTERRUPTED} if interrupted.")
     r.add_argument("function", metavar="MODULE:FUNCTION",
                    help="fn(U, grid) -> V on NumPy arrays, importable from the current directory")
     r.add_argument("--backward", metavar="MODULE:FUNCTION",
