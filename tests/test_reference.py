@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from examples import load_example
+import test_sampler_settings
 from golden_helpers import golden, load, manifest, read_manifest, results_copy, run  # noqa: F401
 
 from stnref import reference
@@ -31,6 +32,16 @@ from stnref.reference._judge import _nearest_model, Context, pixel_coordinates
 # sha256 of every case's id and input arrays, per version: earlier versions are frozen
 FROZEN_INPUTS = {1: "9752050ccbef8a5d926367ea348dc9a20ee0eb28d30c98704bab5bec711113ee",
                  2: "946380fc2517138250ac6cac589d821ba647576e43f5f155432aa42b502864c8"}
+
+
+def _golden_settings():
+    """``{(k, mode, padding_mode)}`` of the sampler cases of the current golden set."""
+    return {(case["inputs"]["grid"].ndim - 2, case["options"]["mode"], case["options"]["padding_mode"])
+            for case in load_cases() if case["op"] == "grid_sample"}
+
+
+# the coverage hook of tests/test_sampler_settings.py: every row of the table has golden cases
+test_sampler_settings.COVERAGE_SOURCES["golden"] = [("golden vectors, stnref.reference", _golden_settings)]
 
 
 @pytest.fixture(scope="module")

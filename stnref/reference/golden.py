@@ -46,6 +46,7 @@ from ._cases import (
     check_version,
     compute_outputs,
     load_cases,
+    sampler_settings,
 )
 from ._files import MANIFEST_LIMIT, MANIFEST_NAME, brief, read_arrays, read_manifest, result_path, write_case_file
 from ._judge import TOLERANCES, Context, compare, explain
@@ -53,7 +54,7 @@ from ._report import CaseResult, Report, array_notes
 
 __all__ = ["MANIFEST_LIMIT", "MANIFEST_NAME", "MODES", "PADDINGS", "REFERENCE_VERSION", "RULES",
            "SAMPLER_OPS", "SUPPORTED_VERSIONS", "TOLERANCES", "Report", "check", "compute_outputs",
-           "export", "load_cases", "run_check"]
+           "export", "load_cases", "run_check", "sampler_settings"]
 
 FLOAT32_SUFFIX = ".float32"    # version 2: member of a float64 case holding a float32 answer
 COMPARISON = ("per output array: same shape, NaN exactly where golden is NaN, and "
