@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from examples import load_example
-import test_sampler_settings
 from golden_helpers import golden, load, manifest, read_manifest, results_copy, run  # noqa: F401
 
 from stnref import reference
@@ -27,21 +26,12 @@ from stnref.reference import check, compute_outputs, export, load_cases, run_che
 from stnref.reference import golden as golden_module
 from stnref.reference._cases import COVERAGE, HUGE_MAGNITUDES, RULES, SAMPLER_OPS, Setting, sampler_settings
 from stnref.reference._files import MANIFEST_DEPTH, MANIFEST_LIMIT
+from stnref.sampler_settings import combinations
 from stnref.reference._judge import _nearest_model, Context, pixel_coordinates
 
 # sha256 of every case's id and input arrays, per version: earlier versions are frozen
 FROZEN_INPUTS = {1: "9752050ccbef8a5d926367ea348dc9a20ee0eb28d30c98704bab5bec711113ee",
                  2: "946380fc2517138250ac6cac589d821ba647576e43f5f155432aa42b502864c8"}
-
-
-def _golden_settings():
-    """``{(k, mode, padding_mode)}`` of the sampler cases of the current golden set."""
-    return {(case["inputs"]["grid"].ndim - 2, case["options"]["mode"], case["options"]["padding_mode"])
-            for case in load_cases() if case["op"] == "grid_sample"}
-
-
-# the coverage hook of tests/test_sampler_settings.py: every row of the table has golden cases
-test_sampler_settings.COVERAGE_SOURCES["golden"] = [("golden vectors, stnref.reference", _golden_settings)]
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +231,7 @@ def test_manifest_schema(golden, manifest):
 def test_every_family_covers_every_setting_it_applies_to(manifest):
     settings = set(sampler_settings())
     assert len(settings) == 80 and len(set(sampler_settings(2))) == 30
+    assert {s[:3] for s in settings} == set(combinations())     # every row of the table, every rank
     covered = {}
     for case in manifest["cases"]:
         if case["op"] in SAMPLER_OPS:
