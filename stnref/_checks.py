@@ -8,10 +8,14 @@ assertions vanish under ``python -O``.
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 import operator
 
 import numpy as np
+
+from ._text import int_shown, shown
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -19,6 +23,28 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # (a 10^5 x 10^5 grid would otherwise take the machine down).  Change it with
 # ``stnref.set_max_elements``; it is a plain module setting, not an env var.
 _MAX_ELEMENTS = [2**31]
+# The largest integer a count, size or seed read from the command line or a stored file may
+# be: float64 holds every integer up to 2**53 exactly, so such a number is checked as an
+# integer, and once accepted any float arithmetic on it is exact and finite.
+MAX_INT = 2**53
+
+
+def quiet_nonfinite(fn):
+    """Run ``fn`` with NumPy's overflow and invalid-value warnings off.
+
+    NaN and inf in an input go through the arithmetic by the documented rules
+    (docs/conventions.md §5: a non-finite grid point gives NaN there; elsewhere
+    NaN and inf propagate as in PyTorch, which never warns); a ``RuntimeWarning``
+    about them would only be noise.  A fresh error state per call, so the
+    decorated function is safe to call from several threads.
+    """
+
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet
 
 
 def set_max_elements(n):
@@ -140,13 +166,36 @@ def check_bool(value, name, fn):
     return bool(value)
 
 
-def check_int(value, name, fn, minimum=None):
+def check_int(value, name, fn, minimum=None, maximum=None):
+    """``value`` as a Python int in ``[minimum, maximum]`` (either bound optional).
+
+    Integers are compared as integers, never converted to float, so a count of 400
+    digits is refused by its value instead of overflowing later; such a value is
+    shown by its number of digits, not printed whole.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}(): expected {name} to be an int, got {_describe(value)} {value!r}")
+        raise TypeError(f"{fn}(): expected {name} to be an int, got {_describe(value)} "
+                        f"{shown(repr(value))}")
     value = operator.index(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{fn}(): expected {name} >= {minimum}, got {value}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        expected = (f"{minimum} <= {name} <= {maximum}" if minimum is not None and maximum is not None
+                    else f"{name} >= {minimum}" if minimum is not None else f"{name} <= {maximum}")
+        raise ValueError(f"{fn}(): expected {expected}, got {int_shown(value)}")
     return value
+
+
+def is_finite_number(value):
+    """Whether ``value`` is a real number (not a bool) that float64 holds finitely.
+
+    An int is compared with :data:`MAX_INT` as an integer, never converted (``10**400``
+    would overflow); a float must be finite.  For numbers read from files and stored
+    configs, where a JSON number may be either.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Integral):
+        return -MAX_INT <= value <= MAX_INT
+    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def check_size(size, name, fn, lengths):

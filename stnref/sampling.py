@@ -629,6 +629,7 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
                    cubic_a=cubic_a)[0]
 
 
+@_checks.quiet_nonfinite
 def _sample(U, grid, mode, padding_mode, align_corners, keep, fill_value=FILL_VALUE,
             cubic_a=CUBIC_A):
     """:func:`grid_sample`, and with ``keep`` the taps of every chunk for :func:`_sample_backward`.
@@ -713,6 +714,7 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
                             fill_value, cubic_a, need_dfill_value)
 
 
+@_checks.quiet_nonfinite
 def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept,
                      fill_value=FILL_VALUE, cubic_a=CUBIC_A, need_dfill_value=False):
     """:func:`grid_sample_backward`, reusing the taps ``kept`` by :func:`_sample` on the same

@@ -67,6 +67,7 @@ class _Plan(NamedTuple):
     padded: tuple         # spatial shape of the padded U (see _padded_rows)
 
 
+@_checks.quiet_nonfinite
 def _plan(U_shape, grid, opts, order):
     """Dense taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
     k = grid.shape[-1]
@@ -173,6 +174,7 @@ def _directional(dweights, tangent):
 # dW_a already carries the unnormalisation scale and the padding multiplier (clip mask, fold sign),
 # so this is the exact transpose of grid_sample_backward's dgrid (see the VJP identity tests).
 # The ring of U_rows holds fill_value and V is linear in it: the ring of tU_rows holds tfill_value.
+@_checks.quiet_nonfinite
 def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", align_corners=False,
                     *, fill_value=FILL_VALUE, cubic_a=CUBIC_A, tfill_value=None):
     """Jacobian-vector product (forward mode) of :func:`stnref.grid_sample`.
@@ -259,6 +261,7 @@ def grid_sample_jvp(U, grid, tU, tgrid, mode="bilinear", padding_mode="zeros", a
 # (docs/derivations/second_order.md).  Bilinear has ddW_aa = 0: only the cross terms a != b remain.
 # With a fill value the rings carry it: U_rows holds fill_value, gU_rows the cotangent g_dfill_value
 # of dfill_value (the ring's share of dU), and g_fill_value is the ring's share of g_U_rows.
+@_checks.quiet_nonfinite
 def grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=False, *, fill_value=FILL_VALUE, cubic_a=CUBIC_A,
                                 g_dfill_value=None, need_g_fill_value=False):
@@ -391,6 +394,7 @@ def _check_tangent(theta, ttheta, fn):
 
 
 # affine_grid is linear in theta (translation column included): J ttheta = affine_grid(ttheta).
+@_checks.quiet_nonfinite
 def affine_grid_jvp(theta, ttheta, size, align_corners=False):
     """Jacobian-vector product of :func:`stnref.affine_grid`.
 
@@ -426,6 +430,7 @@ def affine_grid_jvp(theta, ttheta, size, align_corners=False):
     return grids.affine_grid(ttheta, size, align_corners)
 
 
+@_checks.quiet_nonfinite
 def attention_grid_jvp(theta, ttheta, size, align_corners=False):
     """Jacobian-vector product of :func:`stnref.attention_grid`; linear: ``attention_grid(ttheta)``.
 
@@ -448,6 +453,7 @@ def attention_grid_jvp(theta, ttheta, size, align_corners=False):
     return grids.attention_grid(ttheta, size, align_corners)
 
 
+@_checks.quiet_nonfinite
 def tps_grid_jvp(theta, ttheta, size, control_points=None, align_corners=False):
     """Jacobian-vector product of :func:`stnref.grids.tps_grid`.
 
@@ -480,6 +486,7 @@ def tps_grid_jvp(theta, ttheta, size, control_points=None, align_corners=False):
 #   (tx', ty', tw') = ttheta b,   t x_s = (tx' - x_s tw') / w',   t y_s = (ty' - y_s tw') / w'
 # (quotient rule, the transpose of projective_grid_backward).  Far points (beyond the horizon or
 # clamped to PROJECTIVE_FAR) are constants: zero tangent there, as their zero gradient.
+@_checks.quiet_nonfinite
 def projective_grid_jvp(theta, ttheta, size, align_corners=False):
     """Jacobian-vector product of :func:`stnref.grids.projective_grid`.
 

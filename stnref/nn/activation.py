@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from .._checks import float_array
+from .._checks import float_array, quiet_nonfinite
 from .module import Module, _check_grad_shape, _check_rng
 
 
@@ -18,6 +18,7 @@ def relu(x):
 
 # Backward of y = max(x, 0): dx = 0 where x <= 0, else dy -- 0 at x == 0 and dy at NaN,
 # as PyTorch's threshold_backward.
+@quiet_nonfinite
 def relu_backward(dy, x):
     """Gradient of :func:`relu` with respect to ``x``."""
     x = float_array(x, "x", "relu_backward")
@@ -26,12 +27,14 @@ def relu_backward(dy, x):
     return np.where(x <= 0, 0, dy).astype(x.dtype, copy=False)
 
 
+@quiet_nonfinite
 def tanh(x):
     """Hyperbolic tangent elementwise, dtype of ``x``."""
     return np.tanh(float_array(x, "x", "tanh"))
 
 
 # Backward of y = tanh(x): dx = dy (1 - tanh(x)^2).
+@quiet_nonfinite
 def tanh_backward(dy, x):
     """Gradient of :func:`tanh` with respect to ``x``."""
     x = float_array(x, "x", "tanh_backward")
@@ -88,6 +91,7 @@ class Dropout(Module):
         self.p = float(p)
         self.rng = _check_rng(rng, "Dropout")
 
+    @quiet_nonfinite
     def forward(self, x):
         x = float_array(x, "x", "Dropout.forward")
         if not self.training or self.p == 0.0:
@@ -98,6 +102,7 @@ class Dropout(Module):
         return self.save_for_backward(x * scale_mask, scale_mask)
 
     # Backward of y = x * m / (1 - p): dx = dy * m / (1 - p) (the forward's mask).
+    @quiet_nonfinite
     def backward(self, dy):
         dy, (scale_mask,) = self.pop_saved(dy)
         return dy if scale_mask is None else dy * scale_mask

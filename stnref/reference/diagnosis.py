@@ -49,6 +49,7 @@ import sys
 
 import numpy as np
 
+from .._text import shown
 from ..sampler_settings import PYTORCH_MODES, PYTORCH_PADDING_MODES
 from ..sampling import CUBIC_A, grid_sample_backward
 from ._identify import (
@@ -748,26 +749,44 @@ def load_callable(spec):
     parts = spec.split(":") if isinstance(spec, str) else []
     if len(parts) != 2 or not all(parts):
         raise ValueError(f"{fn}(): expected 'MODULE:FUNCTION', e.g. 'mypackage.sampler:grid_sample', "
-                         f"got {spec!r}")
+                         f"got {shown(repr(spec))}")
     modname, attr = parts
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
+    # the user's module runs here: whatever its import or an attribute lookup raises (even
+    # SystemExit, which would end the CLI with status 0) is reported, only Ctrl-C goes through
     try:
-        obj = importlib.import_module(modname)
+        here = os.getcwd()
+        added = here not in sys.path
+        if added:
+            sys.path.insert(0, here)
+        try:
+            obj = importlib.import_module(modname)
+        finally:
+            if added and here in sys.path:     # the module may have edited sys.path itself
+                sys.path.remove(here)
     except KeyboardInterrupt:
         raise
-    # any import failure, reported the same way; even SystemExit (the CLI would exit 0)
     except BaseException as err:
-        raise ValueError(f"{fn}(): cannot import module {modname!r} of {spec!r}: "
-                         f"{_describe_error(err)}") from err
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
+        raise ValueError(f"{fn}(): cannot import module {shown(repr(modname))} of "
+                         f"{shown(repr(spec))}: {_failure(err)}") from err
     for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{fn}(): {modname!r} has no attribute {attr!r} (from {spec!r})")
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except KeyboardInterrupt:
+            raise
+        except AttributeError:
+            raise ValueError(f"{fn}(): {shown(repr(modname))} has no attribute {shown(repr(attr))} "
+                             f"(from {shown(repr(spec))})") from None
+        except BaseException as err:
+            raise ValueError(f"{fn}(): looking up {shown(repr(part))} of {shown(repr(spec))} "
+                             f"failed: {_failure(err)}") from err
     if not callable(obj):
-        raise ValueError(f"{fn}(): {spec!r} is a {type(obj).__name__}, not a callable")  # noqa: TRY004
+        raise ValueError(f"{fn}(): {shown(repr(spec))} is a {type(obj).__name__}, not a callable")  # noqa: TRY004
     return obj
+
+
+def _failure(err):
+    """What a user module's exception says; its type alone if even that fails."""
+    try:
+        return _describe_error(err)
+    except Exception:    # a hostile __str__
+        return type(err).__name__
