@@ -216,18 +216,23 @@ def _check_output_dir(path, option):
         raise UserError(f"{option} {path}: a file, not a directory; give a directory")
 
 
-def _write_json(path, payload, option):
-    """Write ``payload`` as JSON to ``path`` atomically; a path that cannot be written is a
+def _write_file(path, data, option):
+    """Write the bytes ``data`` to ``path`` atomically; a path that cannot be written is a
     :class:`UserError` naming ``option``."""
-    import json
-
     from .._io import atomic_write_bytes
 
     _check_output_file(path, option)
     try:
-        atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(path, data)
     except OSError as err:
         raise UserError(f"{option}: cannot write {path!r}: {err.strerror or err}") from None
+
+
+def _write_json(path, payload, option):
+    """Write ``payload`` as JSON to ``path`` atomically (:func:`_write_file`)."""
+    import json
+
+    _write_file(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode(), option)
 
 
 def _check_data_option(data):
@@ -489,8 +494,8 @@ def _report_path(path, option, golden, results):
     where = os.path.dirname(os.path.realpath(path))
     if where == os.path.realpath(golden) or (
             where == os.path.realpath(results) and path.endswith((".npz", ".npy"))):
-        raise UserError(f"{option} {path}: a file among the golden cases or the results; give a "
-                        f"file elsewhere")
+        raise UserError(f"{option} {shown(path)}: a file among the golden cases or the results; "
+                        f"give a file elsewhere")
 
 
 def _reference_check(args):
@@ -501,7 +506,7 @@ def _reference_check(args):
     for option, path in (("--json", args.json), ("--junit", args.junit)):
         _report_path(path, option, args.directory, args.results)
     if args.json and args.junit and os.path.realpath(args.json) == os.path.realpath(args.junit):
-        raise UserError(f"--junit {args.junit}: the same file as --json; give two files")
+        raise UserError(f"--junit {shown(args.junit)}: the same file as --json; give two files")
     outputs = None if args.outputs is None else [n for names in args.outputs for n in names]
     report = golden.run_check(args.directory, args.results, outputs=outputs, only=args.only or (),
                               exclude=args.exclude or (), dtype=args.dtype)
@@ -509,10 +514,7 @@ def _reference_check(args):
     for option, path, data in (("--json", args.json, report.json_bytes),
                                ("--junit", args.junit, report.junit_bytes)):
         if path:
-            try:
-                atomic_write_bytes(path, data())
-            except OSError as err:
-                raise UserError(f"{option}: cannot write {path!r}: {err.strerror or err}") from None
+            _write_file(path, data(), option)
             print(f"wrote {path}")
     return 0 if report.ok else 1
 

@@ -27,6 +27,7 @@ import zlib
 import numpy as np
 
 from .._io import FILE_MODE, atomic_open, read_regular_file
+from .._text import shown
 from ..checkpoint import METADATA_KEY, ZIP_EPOCH, _check_members
 
 MANIFEST_NAME = "manifest.json"
@@ -52,8 +53,9 @@ def brief(value, limit=80):
 
 
 def clip_text(text, limit=TEXT_LIMIT):
-    """``text`` cut to ``limit`` characters, saying how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+    """``text`` on one line, cut to ``limit`` characters saying how long it was
+    (:func:`stnref._text.shown`: control characters escaped)."""
+    return shown(text, limit)
 
 
 # --------------------------------------------------------------------------- writing
