@@ -35,7 +35,8 @@ import numpy as np
 
 from .. import _checks
 from .._io import atomic_write_bytes, remove_stale
-from ..data import DISTORTIONS, load_dataset, split_sizes
+from ..data import DISTORTIONS, split_sizes
+from ..data.dataset import distort_epoch, load_dataset, load_digits
 from ..networks import MODEL_NAMES, build_model
 from ..nn import SGD, Adam, Batches, clip_grad_norm, cross_entropy, parse_schedule
 from ..registry import TRANSFORMS
@@ -119,6 +120,11 @@ class TrainConfig:
     train_size, test_size : int or None
         Use the first this many samples of each split (None: all).  :func:`train`
         stores the number it used.
+    redistort : bool
+        Every epoch draws its own distortions of the training digits (epoch 1: the fixed set).
+    validation : bool
+        Evaluate on the ``test_size`` training digits after the first ``train_size``, not
+        the test set (:func:`stnref.data.load_dataset`), to choose settings.
     seed : int
     clip_norm : float or None
         Gradient-norm clipping threshold.
@@ -141,6 +147,8 @@ class TrainConfig:
     schedule: str = "constant"
     train_size: int | None = 20_000
     test_size: int | None = 5_000
+    redistort: bool = False
+    validation: bool = False
     seed: int = 0
     clip_norm: float | None = 10.0
     checkpoint_every: int = 500
@@ -163,6 +171,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             _checks.check_int(getattr(self, name), name, fn, minimum=1, maximum=_checks.MAX_INT)
         _checks.check_int(self.seed, "seed", fn, minimum=0, maximum=_checks.MAX_INT)
+        for name in ("redistort", "validation"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{fn}: expected {name} to be True or False, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 _checks.check_int(getattr(self, name), name, fn, minimum=1, maximum=_checks.MAX_INT)
@@ -441,6 +452,8 @@ def _stored_config(metadata, path):
         saved = _from_format_1(saved)
     elif metadata.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} has format {metadata.get('format')!r}, expected {RUN_FORMAT}")
+    if isinstance(saved, dict):   # runs from before these options trained without them
+        saved = {"redistort": False, "validation": False, **saved}
     if not isinstance(saved, dict) or set(saved) != fields:
         keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
         raise ValueError(f"{path} has config keys {keys}, expected {sorted(fields)}")
@@ -560,7 +573,7 @@ def _check_data(data, config):
     return out
 
 
-def check_sizes(train_size, test_size, data):
+def check_sizes(train_size, test_size, data, validation=False):
     """Refuse more samples than the MNIST files in ``data`` hold, naming the flag and the count.
 
     Parameters
@@ -569,11 +582,13 @@ def check_sizes(train_size, test_size, data):
         None: every sample.
     data : str or None
         MNIST directory; None (the built-in digits, generated on demand) accepts any size.
+    validation : bool
+        The evaluation samples are ``test_size`` (None: 10,000) held-out training digits.
 
     Returns
     -------
     (int, int)
-        The samples available in each split (:func:`stnref.data.split_sizes`).
+        The samples available in each split (:func:`stnref.data.split_sizes`), or not held out and held out.
 
     Raises
     ------
@@ -581,6 +596,13 @@ def check_sizes(train_size, test_size, data):
         ``--train-size N: DIR holds M training images (ask for at most M, or 'all')``.
     """
     available = split_sizes(data)
+    if validation:
+        held_out = split_sizes(None)[1] if test_size is None else test_size
+        if data is not None and (train_size or 1) + held_out > available[0]:
+            raise ValueError(f"--validation holds out --test-size {held_out} of the {available[0]} "
+                             f"training images in {data}: at most {available[0] - held_out} "
+                             f"remain to train on, asked {train_size or 'all'}")
+        return available[0] - held_out, held_out
     if data is not None:
         for flag, asked, have, what in (("--train-size", train_size, available[0], "training"),
                                         ("--test-size", test_size, available[1], "test")):
@@ -723,9 +745,14 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
                  "skipped": []}
         metrics = []
         saved = None
+    digits = None   # the undistorted training digits, when each epoch draws its own distortions
     if data is None:
         data = load_dataset(config.distortion, config.data, config.train_size, config.test_size,
-                            config.seed)
+                            config.seed, config.validation)
+        digits = load_digits(config.data, config.train_size, config.test_size, config.seed,
+                             config.validation)[0] if config.redistort else None
+    elif config.redistort:
+        raise ValueError("train(): redistort draws each epoch's distortions itself; it cannot use data=")
     x_train, y_train, x_test, y_test = _check_data(data, config)
     config = _with_sizes(config, len(x_train), len(x_test))
     created = not os.path.exists(run_dir)
@@ -745,6 +772,8 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
         wrote = False
         while state["epoch"] < config.epochs:
             epoch = state["epoch"] + 1
+            if digits is not None and epoch > 1:
+                x_train = distort_epoch(digits, config.distortion, config.seed, epoch)
             batches = Batches(x_train, y_train, batch_size=config.batch_size,
                               rng=_epoch_rng(config.seed, epoch))
             t0 = time.perf_counter() - state["seconds"]
@@ -803,7 +832,8 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
             trained = (f"train loss {metrics[-1]['train_loss']:.4f}, train error "
                        f"{metrics[-1]['train_error']:.2f}%" if counted else "no step trained")
             progress.done(
-                f"epoch {epoch}/{config.epochs}: {trained}, test error {test_error:.2f}%, "
+                f"epoch {epoch}/{config.epochs}: {trained}, "
+                f"{'validation' if config.validation else 'test'} error {test_error:.2f}%, "
                 f"{seconds:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)"
                 + (f", {skipped} of {steps} steps skipped (non-finite)" if skipped else ""))
             state.update(epoch=epoch, step=0, loss_sum=0.0, wrong=0, counted=0, seconds=0.0)
