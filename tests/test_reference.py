@@ -88,7 +88,8 @@ def test_version_1_is_still_checkable(golden_v1, tmp_path):
     assert ok and len(rows) == 206, text
     assert run(golden_v1, results, outputs=["V"], only=["grid_sample-*"])[0]
     with pytest.raises(ValueError, match=r"^check\(\): dtype 'float32': the golden set \(reference "
-                                         r"version 1\) holds no float32 answers for '.*' and \d+ more"):
+                                         r"version 1\) holds no float32 answers for 'affine_grid-2d-noac' "
+                                         r"and 203 more cases; export version 2 or later$"):
         run(golden_v1, results, dtype="float32")
 
 
@@ -137,7 +138,8 @@ def test_a_selection_given_as_a_string_is_refused(golden, tmp_path):
 
 
 def test_check_without_manifest_and_bad_versions(tmp_path):
-    with pytest.raises(ValueError, match=r"check\(\): cannot read the golden manifest"):
+    with pytest.raises(ValueError, match=r"^check\(\): cannot read the golden manifest '.*manifest.json': "
+                                         r"No such file or directory$"):
         check(tmp_path, tmp_path, out=io.StringIO())
     with pytest.raises(ValueError, match=r"export\(\): expected version in \(1, 2, 3\), got 99"):
         export(tmp_path, version=99)
