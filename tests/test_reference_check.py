@@ -657,3 +657,43 @@ def test_float32_answers_are_what_pytorch_float32_computes(manifest):
         torch.set_default_dtype(dtype)
         torch.set_num_threads(threads)
     assert checked == 345
+
+
+# --------------------------------------------------------------------------- the report's formats
+
+def test_the_report_formats_state_every_verdict_exactly(golden, tmp_path):
+    """Table, summary, JSON and JUnit of one pass, one failure, one missing file, one skip."""
+    import xml.etree.ElementTree as ET
+    from stnref.reference._report import CaseResult, Report
+    results = tmp_path / "results"
+    results.mkdir()
+    good, bad = load(golden / "grid_sample-2d-bilinear-zeros-noac.npz"), load(golden / "grid_sample-2d-bilinear-zeros-ac.npz")
+    np.savez(results / "grid_sample-2d-bilinear-zeros-noac.npz", V=good["V"])
+    np.savez(results / "grid_sample-2d-bilinear-zeros-ac.npz", V=bad["V"] + 1)
+    only = ["grid_sample-2d-bilinear-zeros-*", "grid_sample-2d-bilinear-border-noac", "affine_grid-2d-ac"]
+    report = run_check(golden, results, only=only, outputs=["V"])
+    verdicts = {c.id: c for c in report.cases}
+    assert [c.verdict for c in report.cases] == ["skip", "pass", "fail", "fail"]
+    missing = verdicts["grid_sample-2d-bilinear-border-noac"]
+    assert missing.max_abs == missing.max_rel == 0 and missing.failing == missing.elements == 0
+    assert report.summary() == ("1/3 cases passed, 1 skipped (none of --outputs V), 854 of 858 not selected "
+                                "(reference version 3)")
+    skip_row = next(line for line in report.table().splitlines() if line.startswith("affine_grid-2d-ac"))
+    assert "SKIP" in skip_row and skip_row.split()[3:5] == ["-", "-"]
+    data = report.json_bytes().decode()
+    parsed = json.loads(data, object_pairs_hook=lambda pairs: [k for k, _ in pairs] and dict(pairs))
+    assert data.endswith("}\n") and data.startswith('{\n "cases": [\n  {') and parsed["ok"] is False
+    worst = next(c for c in json.loads(data)["cases"] if c["id"] == "grid_sample-2d-bilinear-zeros-ac")
+    index = tuple(worst["arrays"][0]["worst"]["index"])
+    assert worst["arrays"][0]["worst"]["where"] == verdicts["grid_sample-2d-bilinear-zeros-ac"].where("V", index)
+    assert worst["arrays"][0]["worst"]["where"].startswith("grid point [")
+    xml = report.junit_bytes()
+    assert xml.startswith(b"<?xml version='1.0' encoding='utf-8'?>\n<testsuites")
+    suite = ET.fromstring(xml)
+    assert len(suite.findall(".//failure")) == 2 and len(suite.findall(".//skipped")) == 1
+    for length, message in ((500, "y" * 500), (501, "y" * 500 + "... (501 characters)")):
+        long = Report("g", "r", 3, 1, [CaseResult("x", "grid_sample", "general", "fail", "float64", {},
+                                                  notes=["y" * length])])
+        assert ET.fromstring(long.junit_bytes()).find(".//failure").get("message") == message
+    empty = Report("g", "r", 3, 1, [CaseResult("x", "grid_sample", "general", "skip", "float64", {})])
+    assert not empty.ok and Report("g", "r", 3, 1, []).ok is False
