@@ -122,9 +122,9 @@ def test_consumers_read_the_table():
     from stnref.app import bench
     from stnref.reference import diagnosis, golden
     assert bench.MODES == tuple((m, p) for _, m, p in combinations(dims=(2,)))
-    assert set(golden.MODES) | set(diagnosis.MODES) <= set(sampler_settings.PYTORCH_MODES)
-    specs = golden._sampler_specs()
-    assert {(s[3], s[4], s[5]) for s in specs} <= set(combinations(pytorch=True))
+    assert set(diagnosis.MODES) <= set(sampler_settings.PYTORCH_MODES)
+    assert golden.MODES == sampler_settings.MODES     # the golden set: every setting (version 3)
+    assert {s[:3] for s in golden.sampler_settings()} == set(combinations())
 
 
 def test_messages_are_built_from_the_table(monkeypatch):

@@ -218,7 +218,8 @@ def test_every_golden_case_pytorch_has_is_recorded():
         case = golden_cases()[case_id]
         finite = all(np.isfinite(x).all() for x in {**case["inputs"], **case["cotangents"]}.values())
         assert (not finite and "non-finite" in reason) or case["op"] in (
-            "attention_grid", "projective_grid", "tps_grid"), (case_id, reason)
+            "attention_grid", "projective_grid", "tps_grid") or (
+            not case["pytorch"] and "no such setting" in reason), (case_id, reason)
 
 
 @pytest.mark.parametrize("case_id", [c for _, c in family_cases("golden")])

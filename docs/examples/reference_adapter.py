@@ -14,7 +14,8 @@ Replace the functions of ``TorchBackend`` with calls into your kernel.
 The example backend wraps PyTorch (``affine_grid``/``grid_sample`` with autograd for
 the vector-Jacobian products, the double-VJP trick for the JVP, ``create_graph``
 for the double backward).  PyTorch has no attention, projective or thin-plate-spline
-generator, and the non-finite-coordinate cases pin stnref's own rule (PyTorch
+generator nor the settings beyond its own (constant and wrap padding, tricubic, another
+Keys parameter), and the non-finite-coordinate cases pin stnref's own rule (PyTorch
 returns other values there and its CPU backward can crash the process), so those
 cases fall back to stnref itself -- a real adapter would run its own code on them.
 Without torch installed the whole run uses stnref (and trivially passes).
@@ -55,8 +56,8 @@ class TorchBackend:
         self.torch = torch
         self.F = torch.nn.functional
 
-    def supports(self, case):
-        return case["op"] in self.OPS and case["finite"]
+    def supports(self, case):   # "pytorch": the manifest's word for PyTorch's settings (version 3)
+        return case["op"] in self.OPS and case["finite"] and case.get("pytorch", True)
 
     def run(self, case, arrays):
         t = {name: self.torch.tensor(x) for name, x in arrays.items()}

@@ -244,18 +244,23 @@ def _check_output_dir(path, option):
         raise UserError(f"{option} {path}: a file, not a directory; give a directory")
 
 
-def _write_json(path, payload, option):
-    """Write ``payload`` as JSON to ``path`` atomically; a path that cannot be written is a
+def _write_file(path, data, option):
+    """Write the bytes ``data`` to ``path`` atomically; a path that cannot be written is a
     :class:`UserError` naming ``option``."""
-    import json
-
     from .._io import atomic_write_bytes
 
     _check_output_file(path, option)
     try:
-        atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(path, data)
     except OSError as err:
         raise UserError(f"{option}: cannot write {path!r}: {err.strerror or err}") from None
+
+
+def _write_json(path, payload, option):
+    """Write ``payload`` as JSON to ``path`` atomically (:func:`_write_file`)."""
+    import json
+
+    _write_file(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode(), option)
 
 
 def _check_data_option(data):
@@ -517,8 +522,56 @@ def cmd_reference(args):
             _write_json(args.json, diagnosis.to_json(), "--json")
             print(f"wrote {shown(args.json)}")
         return 0 if diagnosis.matches_pytorch else 1
-    # sys.stdout looked up now, not at import (check's default), so redirections apply
-    return 0 if reference.check(args.directory, args.results, out=sys.stdout) else 1
+    return _reference_check(args)
+
+
+def _report_path(path, option, golden, results):
+    """Refuse, before any work, a report file that would overwrite golden or result files."""
+    if path is None:
+        return
+    _check_output_file(path, option)
+    where = os.path.dirname(os.path.realpath(path))
+    if where == os.path.realpath(golden) or (
+            where == os.path.realpath(results) and path.endswith((".npz", ".npy"))):
+        raise UserError(f"{option} {shown(path)}: a file among the golden cases or the results; "
+                        f"give a file elsewhere")
+
+
+def _reference_check(args):
+    """``stnref reference check``: the table on stdout, and the JSON and JUnit reports if
+    asked; 1 if a selected case fails."""
+    from ..reference import golden
+
+    for option, path in (("--json", args.json), ("--junit", args.junit)):
+        _report_path(path, option, args.directory, args.results)
+    if args.json and args.junit and os.path.realpath(args.json) == os.path.realpath(args.junit):
+        raise UserError(f"--junit {shown(args.junit)}: the same file as --json; give two files")
+    outputs = None if args.outputs is None else [n for names in args.outputs for n in names]
+    report = golden.run_check(args.directory, args.results, outputs=outputs, only=args.only or (),
+                              exclude=args.exclude or (), dtype=args.dtype)
+    print(report.table())
+    for option, path, data in (("--json", args.json, report.json_bytes),
+                               ("--junit", args.junit, report.junit_bytes)):
+        if path:
+            _write_file(path, data(), option)
+            print(f"wrote {path}")
+    return 0 if report.ok else 1
+
+
+def _pattern(text):
+    """An argparse type: a non-empty shell pattern on case ids."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a pattern such as 'grid_sample-*', got ''")
+    return text
+
+
+def _output_names(text):
+    """An argparse type: output names separated by commas (``V`` or ``V,dU,dgrid``)."""
+    names = [n.strip() for n in text.split(",")]
+    if not all(n.isidentifier() for n in names):
+        raise argparse.ArgumentTypeError(f"expected output names separated by commas, e.g. "
+                                         f"V,dU,dgrid, got {text!r}")
+    return names
 
 
 def build_parser():
@@ -584,9 +637,28 @@ def build_parser():
     rsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
     r = rsub.add_parser("export", help="write the golden cases to DIR")
     r.add_argument("directory", type=_path, metavar="DIR")
-    r = rsub.add_parser("check", help="compare RESULTS (laid out like DIR) with the golden cases")
-    r.add_argument("directory", type=_path, metavar="DIR")
-    r.add_argument("results", type=_path, metavar="RESULTS")
+    r = rsub.add_parser("check", help="compare RESULTS (laid out like DIR) with the golden cases "
+                        "(exit 0 only if no selected case fails)")
+    r.add_argument("directory", type=_path, metavar="DIR",
+                   help="the golden cases, written by stnref reference export")
+    r.add_argument("results", type=_path, metavar="RESULTS",
+                   help="per case <case id>.npz, or a directory <case id>/ of <name>.npy files")
+    r.add_argument("--outputs", type=_output_names, action="append", metavar="V[,dU,dgrid,...]",
+                   help="judge only these outputs (a forward-only kernel: --outputs V); cases "
+                        "with none of them are skipped (default: every output)")
+    r.add_argument("--only", type=_pattern, action="append", metavar="PATTERN",
+                   help="check only case ids matching this shell pattern, e.g. 'grid_sample-*'; "
+                        "repeatable (default: every case)")
+    r.add_argument("--exclude", type=_pattern, action="append", metavar="PATTERN",
+                   help="skip case ids matching this shell pattern; repeatable (default: none)")
+    r.add_argument("--dtype", choices=("float32",),
+                   help="judge every case against its float32 answers with float32 tolerances, "
+                        "for a kernel that computes in float32 (default: each case's own dtype)")
+    r.add_argument("--json", type=_path, metavar="FILE",
+                   help="also write the verdicts as JSON, one entry per case (default: none)")
+    r.add_argument("--junit", type=_path, metavar="FILE",
+                   help="also write the verdicts as JUnit XML for CI, one testcase per case "
+                        "(default: none)")
     r = rsub.add_parser("diagnose", help="probe a sampler and say which conventions it follows "
                         "(exit 0 if it matches a PyTorch setting on finite inputs)",
                         description="Probe a 2-D sampler fn(U, grid) -> V with designed inputs and say "

@@ -130,6 +130,10 @@ def golden_family():
         if case["op"] not in SAMPLER_OPS + ("affine_grid",):
             excluded.append({"id": case["id"], "reason": f"{case['op']}: PyTorch has no such op"})
             continue
+        if not case.get("pytorch", True):
+            excluded.append({"id": case["id"], "reason": "PyTorch has no such setting "
+                             "(stnref.sampler_settings)"})
+            continue
         if not all(np.isfinite(x).all() for x in a.values()):
             excluded.append({"id": case["id"], "reason": "non-finite grid coordinates: PyTorch's "
                              "forward is mode-dependent and its CPU backward can crash "
