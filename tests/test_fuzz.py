@@ -485,11 +485,13 @@ def _ctor_targets():
     dtype = {"dtype": [np.int32, "int64", np.complex128, object, 3, np.float16]}
     opt_rel = {"lr_scale": ("prefix", "parameter", "scale")}
     return [
-        Target("Linear()", nn.Linear, lambda: {"in_features": 4, "out_features": 3}, (),
+        Target("Linear()", nn.Linear,
+               lambda: {"in_features": 4, "out_features": 3, "rng": np.random.default_rng(0)}, (),
                {"in_features": INT_HOSTILE, "out_features": INT_HOSTILE, "bias": BOOL_HOSTILE,
                 **rng, **dtype}),
         Target("Conv2d()", nn.Conv2d,
-               lambda: {"in_channels": 2, "out_channels": 3, "kernel_size": 3}, (),
+               lambda: {"in_channels": 2, "out_channels": 3, "kernel_size": 3,
+                        "rng": np.random.default_rng(0)}, (),
                {"in_channels": INT_HOSTILE, "out_channels": INT_HOSTILE,
                 "kernel_size": INT_HOSTILE + [(3, 0), (1, 2, 3)], "stride": INT_HOSTILE,
                 "padding": [-1, 1.5, "1", None], **rng, **dtype}),
