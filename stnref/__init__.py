@@ -16,6 +16,11 @@ Every forward has a hand-derived backward; semantics follow PyTorch's
 - paper §4.1 the paper's networks: :func:`build_model` (:mod:`stnref.networks`); data:
   :mod:`stnref.data`; layers, losses, optimisers: :mod:`stnref.nn`
 
+Prototyping: :func:`manual_seed` seeds every layer and mini-batch order built without an
+``rng``; :func:`fit` trains any classifier built from :mod:`stnref.nn`
+(:mod:`stnref.training`), with a schedule, a time budget, per-epoch evaluation and
+checkpoints that resume exactly.
+
 Tools: :func:`gradcheck` and :func:`gradcheck_module` (finite differences), :mod:`stnref.reference` (golden vectors
 for other implementations), and the ``stnref`` command line with what it runs
 (training, checkpoints, experiments, demo, benchmarks) in :mod:`stnref.app`.
@@ -38,6 +43,7 @@ from .grids import (
     tps_matrix,
 )
 from .networks import MODEL_NAMES, build_model
+from .nn.seeding import manual_seed
 from .registry import TRANSFORMS, Transform, get_transform, tps_transform
 from .sampling import grid_sample, grid_sample_backward
 from .second_order import (
@@ -48,6 +54,7 @@ from .second_order import (
     projective_grid_jvp,
     tps_grid_jvp,
 )
+from .training import fit
 from .transformer import Parallel, SpatialTransformer
 
 __version__ = "0.2.0"
@@ -66,6 +73,7 @@ __all__ = [
     "attention_grid_backward",
     "attention_grid_jvp",
     "build_model",
+    "fit",
     "get_transform",
     "gradcheck",
     "gradcheck_module",
@@ -74,6 +82,7 @@ __all__ = [
     "grid_sample_double_backward",
     "grid_sample_jvp",
     "load_checkpoint",
+    "manual_seed",
     "projective_grid",
     "projective_grid_backward",
     "projective_grid_jvp",
