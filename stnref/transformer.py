@@ -150,7 +150,8 @@ class SpatialTransformer(Module):
                               keep=self.training)
         self.last_theta = theta.copy()
         # health, one pass over the grid and theta: what fell outside, how much theta varies
-        self.last_outside = float((np.abs(grid) > 1).any(axis=-1).mean()) if grid.size else 0.0
+        outside = (np.abs(grid[..., 0]) > 1) | (np.abs(grid[..., 1]) > 1)    # (N, H_out, W_out)
+        self.last_outside = np.count_nonzero(outside) / outside.size if outside.size else 0.0
         self.last_theta_spread = float(theta.reshape(N, -1).std(axis=0).max()) if N else 0.0
         return self.save_for_backward(V, U, theta, grid, taps)
 
