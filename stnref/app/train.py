@@ -64,9 +64,8 @@ from .runs import (
 )
 
 __all__ = [
-    "CHECKPOINT", "LOCK", "METRICS", "ON_NONFINITE", "OPTIMIZERS", "Progress", "TrainConfig",
-    "TrainingError", "check_sizes", "epoch_order", "evaluate", "input_size", "load_run",
-    "make_model", "make_optimizer", "read_run", "train", "transformers",
+    "Progress", "TrainConfig", "TrainingError", "check_sizes", "epoch_order", "evaluate",
+    "input_size", "load_run", "make_model", "make_optimizer", "read_run", "train", "transformers",
 ]
 
 
