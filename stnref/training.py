@@ -249,9 +249,10 @@ def run_epochs(model, optimizer, scheduler, train_data, test_data, *, epochs, ba
                progress, seconds=None):
     """The loop :func:`fit` and ``stnref train`` share; trains from ``state`` up to ``epochs``.
 
-    ``save(state, metrics, epoch_end)`` (or None) writes a checkpoint: every
-    ``checkpoint_every`` steps within an epoch and at every epoch's end; ``checkpoint``
-    names it in messages.  ``state`` and ``metrics`` are updated in place.
+    ``train_data`` is ``(x, y)``, or a function ``epoch -> (x, y)`` (checked, the same
+    number of samples every epoch).  ``save(state, metrics, epoch_end)`` (or None) writes a
+    checkpoint every ``checkpoint_every`` steps within an epoch and at every epoch's end;
+    ``checkpoint`` names it in messages.  ``state`` and ``metrics`` are updated in place.
 
     Returns
     -------
@@ -264,8 +265,7 @@ def run_epochs(model, optimizer, scheduler, train_data, test_data, *, epochs, ba
     TrainingError
         A non-finite step with ``on_nonfinite="stop"``.
     """
-    x_train, y_train = train_data
-    n = len(x_train)
+    n = len(_epoch_data(train_data, state["epoch"] + 1))
     steps = math.ceil(n / batch_size)
     position = state["epoch"] * steps + state["step"]
     if scheduler is not None and scheduler.last_epoch != position:
@@ -280,6 +280,7 @@ def run_epochs(model, optimizer, scheduler, train_data, test_data, *, epochs, ba
     of = "" if epochs == math.inf else f"/{epochs}"          # "epoch 3/10", or "epoch 3"
     while state["epoch"] < epochs:
         epoch = state["epoch"] + 1
+        x_train, y_train = _epoch_data(train_data, epoch, n)
         batches = Batches(x_train, y_train, batch_size=batch_size, rng=_epoch_rng(seed, epoch))
         t0 = time.perf_counter() - state["seconds"]
         seen = state["step"] * batch_size
@@ -395,6 +396,32 @@ def _check_split(data, name, fn):
     return x, y
 
 
+class _EpochData:
+    """``train_data`` given as a function of the epoch: each epoch's ``(x, y)``, checked; the
+    last one kept, so asking for an epoch twice in a row calls the function once."""
+
+    def __init__(self, make, fn):
+        self.make, self.fn, self.last = make, fn, (None, None)
+
+    def __call__(self, epoch):
+        if self.last[0] != epoch:
+            self.last = (epoch, _check_split(self.make(epoch), f"train_data({epoch})", self.fn))
+        return self.last[1]
+
+
+def _epoch_data(train_data, epoch, n=None):
+    """The ``(x, y)`` of ``epoch`` (``train_data`` itself, or what it gives for the epoch)."""
+    if not callable(train_data):
+        return train_data if n is not None else train_data[0]
+    x, y = train_data(epoch)
+    if n is None:
+        return x
+    if len(x) != n:
+        raise ValueError(f"fit(): train_data({epoch}) has {len(x)} samples, the run {n} per epoch; "
+                         f"give the same number every epoch")
+    return x, y
+
+
 def _save_fit(path, model, optimizer, scheduler, run, state, metrics):
     arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
     arrays.update({f"optim.{k}": v for k, v in optimizer.state_dict().items()})
@@ -463,8 +490,12 @@ def fit(model, optimizer, train_data, test_data=None, *, epochs=None, seconds=No
         ``x (n, ...) -> logits (n, K)``.
     optimizer : stnref.nn.SGD or stnref.nn.Adam
         Over ``model``.
-    train_data : (x, y)
-        Samples (float, of the model's dtype) and integer labels.
+    train_data : (x, y), or a function ``epoch -> (x, y)``
+        Samples (float, of the model's dtype) and integer labels.  A function is called
+        at the start of every epoch (1, 2, ...) for that epoch's data -- augmentation drawn
+        afresh each epoch, like a PyTorch ``Dataset`` that transforms at random -- and must
+        give the same number of samples every time, and the same data for the same epoch
+        (seed it with the epoch), for a resumed run to be exact.
     test_data : (x, y), optional
         Evaluated (test error, %) after every epoch.
     epochs : int, optional
@@ -533,7 +564,8 @@ def fit(model, optimizer, train_data, test_data=None, *, epochs=None, seconds=No
     if scheduler is not None and (not isinstance(scheduler, LambdaLR) or
                                   scheduler.optimizer is not optimizer):
         raise TypeError(f"{fn}(): expected scheduler to be a stnref.nn.LambdaLR attached to optimizer")
-    train_data = _check_split(train_data, "train_data", fn)
+    train_data = _EpochData(train_data, fn) if callable(train_data) else \
+        _check_split(train_data, "train_data", fn)
     test_data = None if test_data is None else _check_split(test_data, "test_data", fn)
     if epochs is None and seconds is None:
         raise ValueError(f"{fn}(): expected epochs, seconds or both, got neither")
@@ -563,7 +595,7 @@ def fit(model, optimizer, train_data, test_data=None, *, epochs=None, seconds=No
                              f"another path")
     elif resume:
         raise ValueError(f"{fn}(): resume=True needs the checkpoint path")
-    n_train = len(train_data[0])
+    n_train = len(_epoch_data(train_data, 1))
     steps = math.ceil(n_train / batch_size)
     run = {"seed": seed, "batch_size": batch_size, "n_train": n_train}
     if resume:

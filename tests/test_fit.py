@@ -384,3 +384,39 @@ def test_experiment_workers_seed_the_process_wide_generator(tmp_path):
     stnref.manual_seed(4)
     assert after == default_generator().bit_generator.state   # train draws nothing from it
     stnref.manual_seed(0)
+
+
+def test_fit_takes_fresh_data_every_epoch_and_resumes_exactly(tmp_path):
+    """train_data as a function of the epoch: augmentation drawn afresh, seeded by the epoch."""
+    base_x, base_y = blobs(64)
+    calls = []
+
+    def data(epoch):
+        calls.append(epoch)
+        noise = np.random.default_rng([5, epoch]).standard_normal(base_x.shape)
+        return base_x + 0.1 * noise, base_y
+
+    def run(path=None, interrupt=None):
+        model = small_model()
+        opt = Adam(model, lr=0.01)
+        kw = dict(epochs=3, batch_size=16, seed=1, checkpoint=path,
+                  checkpoint_every=1 if path else None)
+        try:
+            fit(model, opt, data, epochs=3, batch_size=16, seed=1, checkpoint=path,
+                checkpoint_every=kw["checkpoint_every"],
+                progress=quiet() if interrupt is None else Interrupt(interrupt))
+        except KeyboardInterrupt:
+            model = small_model(seed=9)
+            opt = Adam(model, lr=0.01)
+            fit(model, opt, data, resume=True, progress=quiet(), **kw)
+        return model
+
+    a = run()
+    assert calls == [1, 2, 3]                                 # once per epoch
+    b = run(str(tmp_path / "b.npz"), interrupt=6)             # stopped in epoch 2
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    with pytest.raises(ValueError, match=r"train_data\(2\) has 32 samples, the run 64 per epoch"):
+        model = small_model()
+        fit(model, Adam(model, lr=0.01), lambda e: blobs(64 if e == 1 else 32), epochs=2,
+            batch_size=16, progress=quiet())
