@@ -45,6 +45,7 @@ CHECKER_LEVEL = 0.35
 MISTAKES_TPS_NOISE = 0.2        # control-point displacement (normalised units)
 ERROR_TICKS = (0.5, 1, 2, 5, 10, 20, 50, 100)   # error-% ticks of the training curve
 OVERSHOOT_SHOWN = 0.02          # bicubic values this far outside [0, 1] are coloured
+FILL_SHOWN = 0.5                # the fill value drawn: grey, between the background and the ink
 RED, BLUE, GREY = "#d62728", "#1f77b4", "#7f7f7f"
 PNG_METADATA = {"Software": None}   # no version string: the file depends on the pixels only
 
@@ -388,8 +389,120 @@ def figs_trained(run_dir, n=12):
     save(fig, "training_curve.png")
 
 
+def fig_fill_wrap():
+    U = digit()
+    grid = stnref.affine_grid(rotation(10, 2.2, 0.15, 0.1), U.shape)    # as fig_padding
+    fig = plt.figure(figsize=(10, 5.6))
+    top = fig.add_gridspec(2, 3, height_ratios=[1.2, 1], hspace=0.35)
+    show(fig.add_subplot(top[0, 0]), U[0, 0], "input U")
+    V = stnref.grid_sample(U, grid, padding_mode="constant", fill_value=FILL_SHOWN)
+    show(fig.add_subplot(top[0, 1]), V[0, 0], f'padding_mode="constant", fill_value={FILL_SHOWN}')
+    V = stnref.grid_sample(U, grid, padding_mode="wrap")
+    show(fig.add_subplot(top[0, 2]), V[0, 0], 'padding_mode="wrap"')
+    ax = fig.add_subplot(top[1, :])
+    values = np.array([0.2, 0.9, 0.5, 0.7, 0.1])
+    W = len(values)
+    x = np.linspace(-2.2, 2.2, 1761)
+    line = np.stack([x, np.zeros_like(x)], axis=-1).reshape(1, 1, -1, 2)
+    ix = to_pixels(line[0, 0], (1, W))[:, 0]
+    row = values.reshape(1, 1, 1, W)
+    for label, kw, color in (("zeros", {}, GREY),
+                             (f"constant, fill {FILL_SHOWN}",
+                              {"padding_mode": "constant", "fill_value": FILL_SHOWN}, BLUE),
+                             ("wrap", {"padding_mode": "wrap"}, RED),
+                             ("wrap, bicubic", {"padding_mode": "wrap", "mode": "bicubic"}, "#2ca02c")):
+        ax.plot(ix, stnref.grid_sample(row, line, **kw).ravel(), color=color, lw=1.2, label=label)
+    ax.plot(np.arange(W), values, "o", color="black", ms=4)
+    for edge in (-0.5, W - 0.5):
+        ax.axvline(edge, color=GREY, ls="--", lw=0.8)
+    ax.set_xlabel("source pixel coordinate ix (one row of 5 pixels, bilinear unless named)")
+    ax.set_ylabel("V")
+    ax.legend(fontsize=8, loc="upper right", ncol=4)
+    fig.suptitle("Beyond PyTorch: a constant fill value (every tap outside reads it) and wrap "
+                 "(taps modulo the size)", fontsize=10)
+    save(fig, "fill_wrap.png")
+
+
+def fig_tricubic():
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.3), gridspec_kw={"width_ratios": [1.5, 1, 1]})
+    values = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=float)
+    W = len(values)
+    x = np.linspace(-1, 1, 801)
+    line = np.stack([x, np.zeros_like(x)], axis=-1).reshape(1, 1, -1, 2)
+    ix = to_pixels(line[0, 0], (1, W))[:, 0]
+    for a, color in ((-0.75, RED), (-0.5, BLUE)):
+        V = stnref.grid_sample(values.reshape(1, 1, 1, W), line, mode="bicubic",
+                               padding_mode="border", cubic_a=a).ravel()
+        axes[0].plot(ix, V, color=color, label=f"cubic_a={a} (max {V.max():.3f})")
+    axes[0].plot(np.arange(W), values, "o", color="black", ms=4)
+    axes[0].set_title("A step edge: Keys' A sets the overshoot", fontsize=9)
+    axes[0].set_xlabel("source pixel coordinate ix")
+    axes[0].legend(fontsize=8, loc="center right")
+    # a 6^3 ball upsampled to 48^3: the middle slice, trilinear and tricubic
+    n, big = 6, 48
+    c = np.arange(n) - (n - 1) / 2
+    ball = (np.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) < 2.2)
+    U = ball.astype(float)[None, None]
+    grid = stnref.affine_grid(np.eye(3, 4)[None], (1, 1, big, big, big))
+    for ax, mode, name in ((axes[1], "bilinear", "trilinear"), (axes[2], "bicubic", "tricubic")):
+        V = stnref.grid_sample(U, grid, mode=mode, padding_mode="border")[0, 0, big // 2]
+        show(ax, np.clip(V, 0, 1), f"{name} 8x, middle slice")
+        ax.set_xlabel(f"range [{V.min():.2f}, {V.max():.2f}]", fontsize=8)
+    fig.tight_layout()
+    save(fig, "tricubic.png")
+
+
+BILINEAR_CELL_U = np.array([[1.0, 3.0], [4.0, 8.0]])   # the worked example of derivations/sampling.md
+BILINEAR_CELL_POINT = (-0.25, 0.0)                       # normalised: pixel (0.25, 0.5)
+BILINEAR_CELL_DV = 2.0
+
+
+def bilinear_cell():
+    """The worked example's numbers, from stnref: ``(i_x, i_y), V, dU, dgrid``."""
+    U = BILINEAR_CELL_U[None, None]
+    grid = np.array(BILINEAR_CELL_POINT).reshape(1, 1, 1, 2)
+    V = stnref.grid_sample(U, grid)[0, 0, 0, 0]
+    dU, dgrid = stnref.grid_sample_backward(np.full((1, 1, 1, 1), BILINEAR_CELL_DV), U, grid)
+    pixel = tuple(to_pixels(grid[0, 0], (2, 2))[0])
+    return pixel, V, dU[0, 0], dgrid[0, 0, 0]
+
+
+def fig_bilinear_cell():
+    (ix, iy), V, dU, dgrid = bilinear_cell()
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    corners = [(0, 0), (1, 0), (0, 1), (1, 1)]                 # (column, row)
+    for m, n in corners:
+        # the weight of pixel (n, m) is the area of the rectangle opposite it
+        x0, x1 = sorted((ix, 1 - m))
+        y0, y1 = sorted((iy, 1 - n))
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, color=BLUE, alpha=0.12 + 0.1 * (m + n)))
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2, f"w = {(1 - abs(ix - m)) * (1 - abs(iy - n)):g}",
+                ha="center", va="center", fontsize=8)
+        ax.plot(m, n, "o", color="black", ms=6)
+        ax.text(m + (0.06 if m else -0.06), n + (0.08 if n else -0.08),
+                f"U[{n}, {m}] = {BILINEAR_CELL_U[n, m]:g}\ndU = {dU[n, m]:g}",
+                ha="left" if m else "right", va="bottom" if n else "top", fontsize=8)
+    ax.plot(ix, iy, "o", color=RED, ms=7)
+    ax.annotate("", xy=(ix + 0.05 * dgrid[0], iy), xytext=(ix, iy),
+                arrowprops={"arrowstyle": "->", "color": RED})
+    ax.annotate("", xy=(ix, iy + 0.05 * dgrid[1]), xytext=(ix, iy),
+                arrowprops={"arrowstyle": "->", "color": RED})
+    ax.text(ix + 0.05 * dgrid[0] + 0.02, iy, f"dgrid_x = {dgrid[0]:g}", color=RED, va="center", fontsize=8)
+    ax.text(ix + 0.02, iy + 0.05 * dgrid[1] + 0.02, f"dgrid_y = {dgrid[1]:g}", color=RED, va="top", fontsize=8)
+    ax.text(ix - 0.03, iy - 0.03, f"V = {V:g}", color=RED, ha="right", va="bottom", fontsize=8)
+    ax.set_xlim(-0.45, 1.45)
+    ax.set_ylim(1.35, -0.35)                                     # rows down, as in an image
+    ax.set_aspect("equal")
+    ax.set_xlabel("column (pixel coordinate i_x)")
+    ax.set_ylabel("row (pixel coordinate i_y)")
+    ax.set_title(f"One bilinear cell: point ({ix:g}, {iy:g}), dV = {BILINEAR_CELL_DV:g}", fontsize=9)
+    fig.tight_layout()
+    save(fig, "bilinear_cell.png")
+
+
 FIGURES = (fig_grids, fig_align_corners, fig_padding, fig_reflection_band, fig_bicubic,
-           fig_inverse_warp, fig_mistakes, fig_distortions)
+           fig_inverse_warp, fig_mistakes, fig_distortions, fig_fill_wrap, fig_tricubic,
+           fig_bilinear_cell)
 
 
 def main(argv=None):

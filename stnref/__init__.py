@@ -26,38 +26,47 @@ for other implementations), and the ``stnref`` command line with what it runs
 (training, checkpoints, experiments, demo, benchmarks) in :mod:`stnref.app`.
 """
 
-from ._checks import set_max_elements
-from .checkpoint import load_checkpoint, save_checkpoint
-from .gradcheck import gradcheck, gradcheck_module
-from .grids import (
-    PROJECTIVE_FAR,
-    affine_grid,
-    affine_grid_backward,
-    attention_grid,
-    attention_grid_backward,
-    projective_grid,
-    projective_grid_backward,
-    tps_control_points,
-    tps_grid,
-    tps_grid_backward,
-    tps_matrix,
-)
-from .networks import MODEL_NAMES, build_model
-from .nn.seeding import manual_seed
-from .registry import TRANSFORMS, Transform, get_transform, tps_transform
-from .sampling import grid_sample, grid_sample_backward
-from .second_order import (
-    affine_grid_jvp,
-    attention_grid_jvp,
-    grid_sample_double_backward,
-    grid_sample_jvp,
-    projective_grid_jvp,
-    tps_grid_jvp,
-)
-from .training import fit
-from .transformer import Parallel, SpatialTransformer
+import importlib
 
 __version__ = "0.2.0"
+
+# Public name -> the module defining it.  The modules are imported on first use (PEP 562),
+# so ``import stnref`` is cheap: the ``stnref`` command starts, and handles Ctrl-C, before
+# NumPy and SciPy are loaded.  ``from stnref import *`` and ``stnref.<name>`` work as usual.
+_SOURCES = {
+    "set_max_elements": "_checks",
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "gradcheck": "gradcheck", "gradcheck_module": "gradcheck",
+    **dict.fromkeys(("PROJECTIVE_FAR", "affine_grid", "affine_grid_backward", "attention_grid",
+                     "attention_grid_backward", "projective_grid", "projective_grid_backward",
+                     "tps_control_points", "tps_grid", "tps_grid_backward", "tps_matrix"), "grids"),
+    "MODEL_NAMES": "networks", "build_model": "networks",
+    **dict.fromkeys(("TRANSFORMS", "Transform", "get_transform", "tps_transform"), "registry"),
+    "grid_sample": "sampling", "grid_sample_backward": "sampling",
+    **dict.fromkeys(("affine_grid_jvp", "attention_grid_jvp", "grid_sample_double_backward",
+                     "grid_sample_jvp", "projective_grid_jvp", "tps_grid_jvp"), "second_order"),
+    "Parallel": "transformer", "SpatialTransformer": "transformer",
+    "manual_seed": "nn.seeding", "fit": "training",
+}
+# Subpackages and modules reachable as attributes (``stnref.nn.Linear``) without an import.
+_SUBMODULES = ("checkpoint", "data", "equations", "gradcheck", "grids", "localisation", "networks",
+               "nn", "reference", "registry", "sampling", "second_order", "training", "transformer")
+
+
+def __getattr__(name):
+    if name in _SOURCES:
+        value = getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value      # looked up once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
+
 
 __all__ = [
     "MODEL_NAMES",

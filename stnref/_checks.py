@@ -8,10 +8,14 @@ assertions vanish under ``python -O``.
 
 from __future__ import annotations
 
+import functools
+import math
 import numbers
 import operator
 
 import numpy as np
+
+from ._text import int_shown, shown
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -19,6 +23,28 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # (a 10^5 x 10^5 grid would otherwise take the machine down).  Change it with
 # ``stnref.set_max_elements``; it is a plain module setting, not an env var.
 _MAX_ELEMENTS = [2**31]
+# The largest integer a count, size or seed read from the command line or a stored file may
+# be: float64 holds every integer up to 2**53 exactly, so such a number is checked as an
+# integer, and once accepted any float arithmetic on it is exact and finite.
+MAX_INT = 2**53
+
+
+def quiet_nonfinite(fn):
+    """Run ``fn`` with NumPy's overflow and invalid-value warnings off.
+
+    NaN and inf in an input go through the arithmetic by the documented rules
+    (docs/conventions.md §5: a non-finite grid point gives NaN there; elsewhere
+    NaN and inf propagate as in PyTorch, which never warns); a ``RuntimeWarning``
+    about them would only be noise.  A fresh error state per call, so the
+    decorated function is safe to call from several threads.
+    """
+
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return fn(*args, **kwargs)
+
+    return quiet
 
 
 def set_max_elements(n):
@@ -108,6 +134,24 @@ def check_finite(arr, name, fn):
         )
 
 
+def check_finite_real(value, name, fn):
+    """``value`` as a finite Python float: a real number (not a bool), neither NaN nor inf."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}(): expected {name} to be a real number, got {_describe(value)} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{fn}(): expected a finite {name}, got {value}")
+    return value
+
+
+def check_representable(value, name, dtype, fn):
+    """Refuse a finite float that overflows ``dtype`` (1e300 in float32)."""
+    limit = float(np.finfo(dtype).max)
+    if abs(value) > limit:
+        raise ValueError(f"{fn}(): expected {name} finite in {np.dtype(dtype).name} "
+                         f"(|{name}| <= {limit:.4g}), got {value!r}")
+
+
 def check_choice(value, name, fn, choices):
     """Require ``value`` to be one of ``choices`` (a mapping or a sequence of str)."""
     if not isinstance(value, str) or value not in choices:
@@ -122,13 +166,36 @@ def check_bool(value, name, fn):
     return bool(value)
 
 
-def check_int(value, name, fn, minimum=None):
+def check_int(value, name, fn, minimum=None, maximum=None):
+    """``value`` as a Python int in ``[minimum, maximum]`` (either bound optional).
+
+    Integers are compared as integers, never converted to float, so a count of 400
+    digits is refused by its value instead of overflowing later; such a value is
+    shown by its number of digits, not printed whole.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{fn}(): expected {name} to be an int, got {_describe(value)} {value!r}")
+        raise TypeError(f"{fn}(): expected {name} to be an int, got {_describe(value)} "
+                        f"{shown(repr(value))}")
     value = operator.index(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{fn}(): expected {name} >= {minimum}, got {value}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        expected = (f"{minimum} <= {name} <= {maximum}" if minimum is not None and maximum is not None
+                    else f"{name} >= {minimum}" if minimum is not None else f"{name} <= {maximum}")
+        raise ValueError(f"{fn}(): expected {expected}, got {int_shown(value)}")
     return value
+
+
+def is_finite_number(value):
+    """Whether ``value`` is a real number (not a bool) that float64 holds finitely.
+
+    An int is compared with :data:`MAX_INT` as an integer, never converted (``10**400``
+    would overflow); a float must be finite.  For numbers read from files and stored
+    configs, where a JSON number may be either.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Integral):
+        return -MAX_INT <= value <= MAX_INT
+    return isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def check_size(size, name, fn, lengths):

@@ -5,8 +5,9 @@ crash at any moment leaves either the old file or the complete new one, never
 a half-written file.  A symlink is written through (its target is replaced, the
 link stays); a FIFO, device, directory or socket is never replaced.
 
-Input: :func:`read_regular_file` reads only a regular file of bounded size, so
-a symlink to ``/dev/zero`` or a FIFO is refused instead of read forever.
+Input: :func:`open_regular_file` opens only a regular file, so a symlink to
+``/dev/zero`` or a FIFO is refused instead of read forever (or waited on), and
+:func:`read_regular_file` reads at most a given number of bytes of one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import stat
 import tempfile
 
 FILE_MODE = 0o644
+READ_CHUNK = 1 << 20   # bytes per read of a file whose size is not known in advance
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -111,13 +113,55 @@ def atomic_write_bytes(path, data):
         f.write(data)
 
 
+def open_regular_file(path, fn, what):
+    """``path`` opened for binary reading, if it is a regular file (a symlink is followed).
+
+    The file is checked with ``os.stat`` before it is opened, so a FIFO is never opened
+    (which would block until a writer comes) and a device such as ``/dev/zero`` is never
+    read; the open file is checked again (``os.fstat``), so a file swapped for a FIFO in
+    between is refused too, without blocking (it is opened non-blocking).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    fn : str
+        The public function reading the file, named in the error.
+    what : str
+        What the file is, named in the error (e.g. ``"checkpoint"``).
+
+    Returns
+    -------
+    io.BufferedReader
+
+    Raises
+    ------
+    ValueError
+        ``path`` is not a regular file.
+    OSError
+        ``path`` cannot be opened (``FileNotFoundError`` if it does not exist).
+    """
+    path = os.fspath(path)
+    _check_regular(os.stat(path).st_mode, path, fn, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        _check_regular(os.fstat(fd).st_mode, path, fn, what)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_regular(mode, path, fn, what):
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{fn}(): {what} {path!r}: expected a regular file, got {_kind(mode)}")
+
+
 def read_regular_file(path, limit, fn, what):
     """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
 
-    The file (a symlink is followed) is checked with ``os.stat`` before it is
-    opened, so a FIFO is never opened (which would block) and a device such as
-    ``/dev/zero`` is never read; no more than the size checked is read, even if
-    the file grows meanwhile.
+    The file is opened with :func:`open_regular_file`, so a FIFO or a device is
+    refused without being read, and no more than ``limit`` bytes are read: a file
+    that grows meanwhile past ``limit`` is refused too.
 
     Parameters
     ----------
@@ -141,11 +185,25 @@ def read_regular_file(path, limit, fn, what):
         ``path`` cannot be read (``FileNotFoundError`` if it does not exist).
     """
     path = os.fspath(path)
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{fn}(): {what} {path!r}: expected a regular file, got {_kind(info.st_mode)}")
-    if info.st_size > limit:
-        raise ValueError(f"{fn}(): {what} {path!r}: expected at most {limit} bytes, got "
-                         f"{info.st_size} bytes")
-    with open(path, "rb") as f:
-        return f.read(info.st_size)  # the size checked: no more even if the file grows meanwhile
+    with open_regular_file(path, fn, what) as f:
+        data = read_at_most(f, limit + 1)      # one byte past the limit tells a larger file
+        if len(data) > limit:
+            size = max(os.fstat(f.fileno()).st_size, len(data))
+            raise ValueError(f"{fn}(): {what} {path!r}: expected at most {limit} bytes, got "
+                             f"{size} bytes")
+    return bytes(data)
+
+
+def read_at_most(f, count):
+    """Up to ``count`` bytes of the binary file ``f``, as a ``bytearray``.
+
+    Read in chunks of :data:`READ_CHUNK`, so the memory used follows the bytes really
+    read: asking for the size a header claims costs nothing when the data is not there.
+    """
+    data = bytearray()
+    while len(data) < count:
+        piece = f.read(min(READ_CHUNK, count - len(data)))
+        if not piece:
+            break
+        data += piece
+    return data

@@ -19,10 +19,16 @@ here                               engineered, PyTorch-exact
 ``tests/test_equations.py`` checks that the two agree to 1e-12 in float64 on
 random inputs, that :func:`sample_backward` agrees with finite differences, and
 pins the two places where the paper's printed rule and stnref (like PyTorch)
-differ: eq. (4) rounds ``x.5`` up where stnref rounds half to even, and eq. (7)
-at an exact integer coordinate gives a slope that is not a one-sided derivative
-(docs/conventions.md §4.1, §4.2).  ``docs/sampler.md`` walks from :func:`sample`
-to :mod:`stnref.sampling` one step at a time.
+differ: eq. (4) rounds the ties ``m + 1/2`` with ``m`` even up where stnref rounds
+half to even (and, in floating point, reads pixel 1 at 0.49999999999999994, see
+:func:`integer_kernel`), and eq. (7) at an exact integer coordinate gives a slope
+that is not a one-sided derivative (docs/conventions.md §4.2, §6.5).
+``docs/sampler.md`` walks from :func:`sample` to :mod:`stnref.sampling` one step at a
+time.
+
+Letters: as in the paper, ``m`` and ``n`` index the input's columns and rows and
+``i`` the output points (here an output pixel ``(p, q)``, row ``p``); the batch
+index is ``b``.
 
 Coordinates are normalised, ``-1`` the left/top and ``+1`` the right/bottom of
 the image; the paper leaves open how they map to the pixel indices ``m``, ``n``
@@ -160,13 +166,22 @@ def integer_kernel(d):
     """Eq. (4)'s kernel, the nearest pixel: ``k(d) = delta(floor(d + 0.5))``.
 
     ``k(x_s - m)`` is 1 for the one pixel ``m = floor(x_s + 0.5)`` and 0
-    elsewhere.  This rounds ``x.5`` up; stnref's ``mode="nearest"`` (and
-    PyTorch) round half to even, so they differ at exact ties only.
+    elsewhere.  stnref's ``mode="nearest"`` (and PyTorch) read pixel ``rint(x_s)``
+    instead, rounding half to even.  In float64 the two differ at the ties
+    ``m + 1/2`` with ``m`` even (0.5, 2.5, -1.5: eq. (4) reads ``m + 1``,
+    ``grid_sample`` ``m``) and at one more point, ``x_s = 0.49999999999999994``,
+    the largest double below 0.5, where ``x_s + 0.5`` rounds to 1: eq. (4) reads
+    pixel 1 and ``grid_sample`` pixel 0.  ``tests/test_equations.py`` checks every tie
+    ``m + 1/2`` with ``|m| <= 300`` and the six doubles on either side of it, and
+    finds no other.
 
     Examples
     --------
     >>> integer_kernel(np.array([-0.6, -0.5, 0.0, 0.49, 0.5]))
     array([0., 1., 1., 1., 0.])
+    >>> x_s = np.nextafter(0.5, 0)                # 0.49999999999999994
+    >>> integer_kernel(x_s - np.arange(2)), np.rint(x_s)
+    (array([0., 1.]), np.float64(0.0))
     """
     return (np.floor(d + 0.5) == 0).astype(np.float64)
 
@@ -220,13 +235,16 @@ def pixel_coordinate(x, size, align_corners=False):
     return ((x + 1) * size - 1) / 2
 
 
-def sample(U, grid, kernel="bilinear", align_corners=False):
+def sample(U, grid, kernel="bilinear", align_corners=False, fill_value=0.0):
     """Eq. (3): ``V_i^c = sum_n sum_m U_nm^c k(x_s_i - m) k(y_s_i - n)``, over every pixel.
 
     With the bilinear kernel this is eq. (5), with the integer kernel eq. (4).
-    The sum runs over the pixels of the image only, so points outside read 0
-    (``padding_mode="zeros"``).  Every input pixel is weighted for every output
-    pixel: ``N H' W' H W`` weights, for small inputs.
+    Every lattice point ``(m, n)`` outside the image holds ``fill_value``: 0 is
+    ``padding_mode="zeros"``, any other value ``padding_mode="constant"``.  Their
+    weights are the rest of 1, since the kernels sum to 1 over all lattice points
+    (they reproduce a constant image), so eq. (3) gains one term:
+    ``+ fill_value (1 - sum_n sum_m k(x_s_i - m) k(y_s_i - n))``.  Every input
+    pixel is weighted for every output pixel: ``N H' W' H W`` weights, for small inputs.
 
     Parameters
     ----------
@@ -234,8 +252,11 @@ def sample(U, grid, kernel="bilinear", align_corners=False):
     grid : ndarray, shape (N, H', W', 2)
         Normalised source points ``(x_s, y_s)``.
     kernel : {"bilinear", "nearest", "bicubic"} or callable, default "bilinear"
-        :func:`bilinear_kernel`, :func:`integer_kernel`, :func:`cubic_kernel`, or any ``k(d)``.
+        :func:`bilinear_kernel`, :func:`integer_kernel`, :func:`cubic_kernel`, or any ``k(d)``
+        (with a ``fill_value``, one that sums to 1 over the integers).
     align_corners : bool, default False
+    fill_value : float, default 0.0
+        The value of every lattice point outside the image.
 
     Returns
     -------
@@ -246,6 +267,8 @@ def sample(U, grid, kernel="bilinear", align_corners=False):
     >>> U = np.arange(4.0).reshape(1, 1, 2, 2)
     >>> sample(U, np.zeros((1, 1, 1, 2)))     # the centre: the mean of the four pixels
     array([[[[1.5]]]])
+    >>> sample(U, np.array([[[[1.0, 0.0]]]]), fill_value=5.0)   # the right edge: half outside
+    array([[[[3.5]]]])
     """
     U, grid = _checks.check_U_grid(U, grid, "sample", (4,))
     k = kernel if callable(kernel) else KERNELS[_checks.check_choice(kernel, "kernel", "sample", KERNELS)]
@@ -256,7 +279,8 @@ def sample(U, grid, kernel="bilinear", align_corners=False):
     y_s = pixel_coordinate(grid[..., 1], H, align_corners)[..., None, None]
     m, n = np.arange(W), np.arange(H)[:, None]                               # (W,), (H, 1)
     weights = k(x_s - m) * k(y_s - n)                                         # (N, H', W', H, W)
-    V = np.einsum("nchw,nijhw->ncij", U, weights)
+    V = np.einsum("bcnm,bpqnm->bcpq", U, weights)                            # sum over n and m
+    V = V + fill_value * (1 - weights.sum(axis=(-2, -1)))[:, None]           # lattice outside
     return V.astype(dtype)
 
 
@@ -264,7 +288,10 @@ def sample_backward(dV, U, grid, align_corners=False):
     """Eqs. (6) and (7): gradients of the bilinear :func:`sample`, as the paper writes them.
 
     Eq. (6): ``dV_i/dU_nm = max(0, 1 - |x_s_i - m|) max(0, 1 - |y_s_i - n|)``, so
-    ``dU_nm = sum_i dV_i k(x_s_i - m) k(y_s_i - n)``.  Eq. (7):
+    ``dU_nm = sum_i dV_i k(x_s_i - m) k(y_s_i - n)``.  The paper prints eq. (6) with
+    a double sum ``sum_n sum_m`` in front; the derivative with respect to one pixel
+    ``U_nm`` has no sum over pixels, so it is left out here (the sum over output
+    points ``i`` is the chain rule's).  Eq. (7):
 
     ``dV_i/dx_s_i = sum_n sum_m U_nm max(0, 1 - |y_s_i - n|) * {0 if |m - x_s_i| >= 1;
     +1 if m >= x_s_i; -1 if m < x_s_i}``, and the same for ``y_s``.
@@ -273,7 +300,7 @@ def sample_backward(dV, U, grid, align_corners=False):
     ``align_corners``) and summed over channels against ``dV``.  At an exact
     integer ``x_s`` the case split is not a one-sided derivative: it gives
     ``+U[m]`` where stnref (and PyTorch) take the right-sided
-    ``U[m + 1] - U[m]`` (docs/conventions.md §4.1); elsewhere the two agree.
+    ``U[m + 1] - U[m]`` (docs/conventions.md §6.5); elsewhere the two agree.
 
     Parameters
     ----------
@@ -296,12 +323,12 @@ def sample_backward(dV, U, grid, align_corners=False):
     y_s = pixel_coordinate(grid[..., 1], H, align_corners)[..., None, None]
     m, n = np.arange(W), np.arange(H)[:, None]
     kx, ky = bilinear_kernel(x_s - m), bilinear_kernel(y_s - n)              # (N, H', W', 1|H, W|1)
-    dU = np.einsum("ncij,nijhw->nchw", dV, kx * ky)                           # eq. (6)
+    dU = np.einsum("bcpq,bpqnm->bcnm", dV, kx * ky)                           # eq. (6)
     sign_x = np.where(np.abs(m - x_s) >= 1, 0, np.where(m >= x_s, 1, -1))    # eq. (7)'s cases
     sign_y = np.where(np.abs(n - y_s) >= 1, 0, np.where(n >= y_s, 1, -1))
-    dV_dx = np.einsum("nchw,nijhw->ncij", U, ky * sign_x)                   # dV_i / dx_s_i
-    dV_dy = np.einsum("nchw,nijhw->ncij", U, kx * sign_y)
+    dV_dx = np.einsum("bcnm,bpqnm->bcpq", U, ky * sign_x)                   # dV_i / dx_s_i
+    dV_dy = np.einsum("bcnm,bpqnm->bcpq", U, kx * sign_y)
     scale_x, scale_y = ((W - 1) / 2, (H - 1) / 2) if align_corners else (W / 2, H / 2)
-    dgrid = np.stack([scale_x * np.einsum("ncij,ncij->nij", dV, dV_dx),
-                      scale_y * np.einsum("ncij,ncij->nij", dV, dV_dy)], axis=-1)
+    dgrid = np.stack([scale_x * np.einsum("bcpq,bcpq->bpq", dV, dV_dx),
+                      scale_y * np.einsum("bcpq,bcpq->bpq", dV, dV_dy)], axis=-1)
     return dU.astype(dtype), dgrid.astype(dtype)

@@ -1,15 +1,34 @@
-"""Central-difference checks of a hand-written backward against its forward.
+"""Finite-difference checks of a hand-written backward against its forward.
 
 For a forward ``y = f(x_1, ..., x_k)`` and a vector-Jacobian product
 ``vjp(u, x_1, ..., x_k) -> (J_1^T u, ..., J_k^T u)``, the scalar
 ``L(x) = <u, f(x)>`` has gradient ``J_i^T u`` with respect to ``x_i``.
-:func:`gradcheck` draws ``u`` at random and compares that gradient with
+:func:`gradcheck` draws ``u`` at random and compares the analytic ``<J_i^T u, v>`` along
+a unit direction ``v`` -- ``e_j`` for every entry ``j`` of a small argument, random
+directions for a large one (the JAX ``check_vjp`` idea) -- with differences of ``f`` along
+``v``, output element by output element (``q``), with the step ``h = eps``:
 
-    dL/dx_i[j] ~ (L(x_i + eps e_j) - L(x_i - eps e_j)) / (2 eps)
+    right_q = u_q (f_q(x + h v) - f_q(x)) / h        left_q = u_q (f_q(x) - f_q(x - h v)) / h
 
-element by element for small arguments, and along random directions ``v``
-(``<J_i^T u, v>`` against the difference quotient along ``v``, the JAX
-``check_vjp`` idea) for large ones.  Everything is done in float64.
+Their mean is the central difference, and ``sum_q (left_q + right_q) / 2`` the numeric
+value.  Everything is done in float64.
+
+**Kinks.**  A piecewise-smooth function (ReLU, a clip, bilinear sampling at an integer
+pixel coordinate) has points where its left and right derivatives differ; a backward
+returns a one-sided derivative there (docs/conventions.md §6.5), and the central
+difference, their mean, is neither.  An output whose ``right_q - left_q`` exceeds what
+rounding explains, and does not double when the step does (curvature would), is at a
+*kink*.  Along an entry or direction with kinks, each kinked output's own analytic
+contribution (one more ``vjp`` call, with the cotangent ``u_q`` on that output alone) must
+equal its ``left_q`` or its ``right_q``, and the rest of the analytic value the central
+differences of the smooth outputs.  At most ``KINK_OUTPUTS`` kinked outputs are checked
+one by one (a seeded sample of them beyond that; the others only bound the value between
+their smaller and larger sides).  The report names the kinks with both one-sided values,
+and a wrong value at a kink fails.
+
+**Non-finite values fail.**  A NaN or infinite analytic gradient, or a forward that gives
+NaN or infinity at the point or at a step from it, fails the argument, and the report
+names the entry (or direction) and the side.
 
 :func:`gradcheck_module` does the same for a whole :class:`stnref.nn.Module`:
 its input and every parameter, in one report.
@@ -30,6 +49,9 @@ FD_EPS = 1e-6        # central-difference step; truncation ~eps^2, rounding ~1e-
 FD_ATOL = 1e-6       # absolute tolerance on one gradient entry
 FD_RTOL = 1e-5       # relative tolerance on one gradient entry
 FULL_MAX = 400       # arguments up to this size get every entry checked
+ROUNDING = 16 * np.finfo(np.float64).eps  # relative error allowed in one evaluation of fn
+CURVATURE = 0.25     # |jump(2h) - 2 jump(h)| below this share of |jump(h)|: curvature, not a kink
+KINK_OUTPUTS = 2048  # kinked outputs checked one by one (one vjp call each), at most
 _REAL_KINDS = "fiub"  # dtype kinds accepted in inputs (only float ones can be differentiated)
 
 
@@ -48,14 +70,28 @@ class ArgReport:
     method : str
         ``"full"`` (every entry) or ``"directional"`` (random directions).
     max_abs, max_rel : float
-        Largest absolute error, and largest error relative to
-        ``max(|numeric|, atol)``.
+        Largest absolute error, and largest error relative to ``max(|numeric|, atol)``
+        (``inf`` when a value is not finite).
     index : tuple
-        Worst entry (``"full"``) or direction number (``"directional"``).
+        The entry (``"full"``) or direction number (``"directional"``) reported: the worst
+        failure; when nothing fails, the first entry at a kink, else the worst entry.
     analytic, numeric : float
-        The two values at the worst entry.
+        The two values there.  At a kink ``numeric`` is the value the one-sided
+        differences give when each kinked output takes the side nearest its analytic
+        contribution.
     ok : bool
-        Whether every entry is within ``atol + rtol * |numeric|``.
+        Whether every entry passes and every value is finite.
+    kinks : int
+        Number of entries (or directions) along which some output is at a kink.
+    left, right : float or None
+        At a reported kink, the numeric value with every kinked output taken from the
+        left, and from the right; None elsewhere.
+    kinked, checked : int
+        At a reported kink, how many outputs are at a kink and how many of those were
+        checked one by one.
+    problem : str
+        Why the reported entry fails when the values alone do not say it: what is not
+        finite, or which kinked output takes neither side; "" otherwise.
     """
 
     name: str
@@ -66,6 +102,35 @@ class ArgReport:
     analytic: float
     numeric: float
     ok: bool
+    kinks: int = 0
+    left: float | None = None
+    right: float | None = None
+    kinked: int = 0
+    checked: int = 0
+    problem: str = ""
+
+    @property
+    def verdict(self):
+        """The report's last column: ``ok``, ``ok`` naming the kinks, or ``FAIL`` and why."""
+        if self.left is None:
+            if self.problem:
+                return f"FAIL at {self.index}: {self.problem}"
+            if self.ok and not self.kinks:
+                return "ok"
+        sides = ""
+        if self.left is not None:
+            outputs = f"{self.kinked} output{'s' * (self.kinked != 1)} at a kink"
+            if self.checked < self.kinked:
+                outputs += f", {self.checked} checked one by one"
+            sides = f"one-sided left {self.left + 0.0:.10g}, right {self.right + 0.0:.10g} ({outputs})"
+        if self.ok:
+            noun = (("entry" if self.kinks == 1 else "entries") if self.method == "full"
+                    else "direction" + "s" * (self.kinks != 1))
+            return f"ok; {self.kinks} {noun} at kinks, e.g. {self.index}: analytic {self.analytic + 0.0:.10g}, {sides}"
+        if sides:
+            why = self.problem or f"the nearest value they allow is {self.numeric:.10g}"
+            return f"FAIL at {self.index}, a kink: analytic {self.analytic + 0.0:.10g}, {sides}; {why}"
+        return f"FAIL at {self.index}: analytic {self.analytic + 0.0:.10g}, numeric {self.numeric + 0.0:.10g}"
 
 
 @dataclass
@@ -82,11 +147,8 @@ class GradcheckResult:
         width = max([12] + [len(a.name) for a in self.args])
         lines = [f"{'argument':<{width}} {'method':<12} {'max abs':>10} {'max rel':>10}  result"]
         for a in self.args:
-            verdict = "ok" if a.ok else (
-                f"FAIL at {a.index}: analytic {a.analytic:.10g}, numeric {a.numeric:.10g}"
-            )
             lines.append(f"{a.name:<{width}} {a.method:<12} {a.max_abs:10.3e} {a.max_rel:10.3e}  "
-                         f"{verdict}")
+                         f"{a.verdict}")
         return "\n".join(lines)
 
     def raise_if_failed(self):
@@ -140,13 +202,158 @@ def _check_options(fn, eps, atol, rtol, full_max, n_directions, seed):
     check_int(seed, "seed", fn, minimum=0)
 
 
-def _inner(us, ys):
-    return sum(float(np.vdot(u, np.asarray(y, dtype=np.float64))) for u, y in zip(us, ys))
+class _Outputs:
+    """``fn``'s outputs as one flat float64 vector, and back: the layout of a cotangent."""
+
+    def __init__(self, ys):
+        self.shapes = [np.shape(y) for y in ys]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+
+    @staticmethod
+    def flat(ys):
+        return np.concatenate([np.asarray(y, dtype=np.float64).ravel() for y in ys] + [np.zeros(0)])
+
+    def unflat(self, q_flat):
+        """The cotangent of ``fn``'s structure holding the flat vector ``q_flat``."""
+        parts = np.split(q_flat, np.cumsum(self.sizes)[:-1])
+        arrays = tuple(p.reshape(s) for p, s in zip(parts, self.shapes))
+        return arrays if len(arrays) > 1 else arrays[0]
+
+    def name(self, q):
+        """``"output k at (..)"`` of the flat position ``q``."""
+        for k, (shape, size) in enumerate(zip(self.shapes, self.sizes)):
+            if q < size:
+                return f"output {k} at {tuple(int(c) for c in np.unravel_index(q, shape))}"
+            q -= size
+        raise IndexError(q)
+
+    def non_finite(self, y):
+        """``"nan in output k at (..)"`` for the first non-finite entry of the flat ``y``, or None."""
+        bad = np.flatnonzero(~np.isfinite(y))
+        return None if not bad.size else f"{y[bad[0]]} in {self.name(int(bad[0]))}"
+
+
+def _agrees(value, reference, atol, rtol, rounding=0.0):
+    """``|value - reference| <= atol + rtol |reference| + rounding``: the one comparison of every
+    check (inclusive: a value exactly at the tolerance passes); False wherever one is NaN."""
+    return np.abs(value - reference) <= atol + rtol * np.abs(reference) + rounding
+
+
+@dataclass
+class _Along:
+    """Finite differences along one entry or direction, before the kinked outputs are judged."""
+
+    analytic: float
+    numeric: float = np.nan          # sum of the central differences of every output
+    problem: str = ""                # something not finite: the comparison is a failure
+    kinked: np.ndarray = None        # flat indices of the outputs at a kink (None: none)
+    left: np.ndarray = None          # their one-sided differences, weighted by u
+    right: np.ndarray = None
+    rho: np.ndarray = None           # their rounding bounds
+    smooth: float = 0.0              # sum of the central differences of the other outputs
+    own: dict = field(default_factory=dict)   # kinked output -> its own analytic contribution
+
+
+def _along(at, v, analytic, y0, u, outputs, eps, atol, rtol, what):
+    """``fn`` at ``x +- eps v`` (and ``+- 2 eps v`` where kinks may be) against ``analytic``."""
+    yp, ym = at(eps * v), at(-eps * v)
+    for sign, y in (("+", yp), ("-", ym)):
+        where = outputs.non_finite(y)
+        if where is not None:
+            return _Along(analytic, problem=f"fn gives {where} at {what(sign)}")
+    right = u * (yp - y0) / eps                       # (Q,) one-sided differences per output
+    left = u * (y0 - ym) / eps
+    central = (left + right) / 2
+    numeric = float(np.sum(central))
+    # rounding of the four evaluations a jump is made of, per output
+    rho = ROUNDING * np.abs(u) * (np.abs(yp) + 2 * np.abs(y0) + np.abs(ym)) / eps
+    jump = right - left
+    floor = rtol * np.maximum(np.abs(left), np.abs(right)) + rho
+    candidate = np.abs(jump) > floor
+    smooth_ok = _agrees(analytic, numeric, atol, rtol)
+    # a jump that could change the verdict, or a failure that jumps may explain: look at 2h
+    if candidate.any() and (not smooth_ok or bool(np.any(np.abs(jump) > atol + floor))):
+        ypp, ymm = at(2 * eps * v), at(-2 * eps * v)
+        if np.isfinite(ypp).all() and np.isfinite(ymm).all():
+            jump2 = u * (ypp - y0) / (2 * eps) - u * (y0 - ymm) / (2 * eps)
+            # curvature doubles the jump with the step; a kink keeps it
+            kink = candidate & (np.abs(jump2 - 2 * jump) > CURVATURE * np.abs(jump) + 4 * rho)
+            if kink.any():
+                k = np.flatnonzero(kink)
+                return _Along(analytic, numeric, kinked=k, left=left[k], right=right[k], rho=rho[k],
+                              smooth=float(np.sum(central[~kink])))
+    return _Along(analytic, numeric)
+
+
+def _own_contributions(alongs, vjp, xs, wrt, u, outputs, rng):
+    """Each kinked output's own analytic contribution ``u_q (J_q . v)``: one vjp per output."""
+    kinked = sorted({int(q) for per_arg in alongs.values() for a, _ in per_arg
+                     if a.kinked is not None for q in a.kinked})
+    if len(kinked) > KINK_OUTPUTS:
+        kinked = sorted(rng.choice(kinked, KINK_OUTPUTS, replace=False).tolist())
+    sets = {id(a): set(a.kinked.tolist()) for per_arg in alongs.values() for a, _ in per_arg
+            if a.kinked is not None}
+    for q in kinked:
+        cotangent = np.zeros_like(u)
+        cotangent[q] = u[q]
+        grads = _as_tuple(vjp(outputs.unflat(cotangent), *xs))
+        for i in wrt:
+            g = np.asarray(grads[i], dtype=np.float64)
+            for a, v in alongs[i]:
+                if q in sets.get(id(a), ()):
+                    a.own[q] = float(np.vdot(g, v))
+
+
+def _judge(a, outputs, atol, rtol):
+    """``(err, numeric, ok, left, right, problem)`` of one entry or direction."""
+    if a.problem or not np.isfinite(a.analytic):
+        return np.inf, a.numeric, False, None, None, a.problem or f"analytic gradient is {a.analytic}"
+    if a.kinked is None:
+        err = abs(a.analytic - a.numeric)
+        return err, a.numeric, _agrees(a.analytic, a.numeric, atol, rtol), None, None, ""
+    lo, hi = np.minimum(a.left, a.right), np.maximum(a.left, a.right)
+    checked = np.array([q in a.own for q in a.kinked])
+    own = np.array([a.own.get(q, np.nan) for q in a.kinked])
+    # each output checked one by one takes the side nearest its own contribution ...
+    side = np.where(np.abs(own - a.left) <= np.abs(own - a.right), a.left, a.right)
+    off = ~_agrees(own, side, atol, rtol, a.rho)
+    off |= checked & ~np.isfinite(own)
+    # ... and the rest of the analytic value is the smooth outputs' plus the unchecked sides
+    rest = a.analytic - float(np.sum(own[checked]))
+    low, high = a.smooth + float(lo[~checked].sum()), a.smooth + float(hi[~checked].sum())
+    matched = min(max(rest, low), high)
+    numeric = matched + float(np.sum(side[checked]))
+    err = abs(a.analytic - numeric)
+    ok = bool(_agrees(rest, matched, atol, rtol, float(a.rho.sum()))) and not off[checked].any()
+    problem = ""
+    if (off & checked).any():
+        q = int(np.flatnonzero(off & checked)[0])
+        problem = (f"{outputs.name(int(a.kinked[q]))} contributes {own[q] + 0.0:.10g}, neither its left "
+                   f"{a.left[q] + 0.0:.10g} nor its right {a.right[q] + 0.0:.10g}")
+        err = max(err, float(np.abs(own[q] - side[q])))
+    return (err, numeric, ok, a.smooth + float(a.left.sum()), a.smooth + float(a.right.sum()), problem)
+
+
+def _report(name, method, alongs, index_of, outputs, atol, rtol):
+    """Judge the entries of one argument and summarise them in its :class:`ArgReport`."""
+    if not alongs:
+        return ArgReport(name, method, 0.0, 0.0, (), 0.0, 0.0, True)
+    judged = [_judge(a, outputs, atol, rtol) for a, _ in alongs]
+    err = np.array([j[0] for j in judged])
+    rel = err / np.maximum([max(abs(j[1]), atol) if np.isfinite(j[1]) else atol for j in judged],
+                           np.finfo(np.float64).tiny)
+    failed = [k for k, j in enumerate(judged) if not j[2]]
+    kinks = [k for k, j in enumerate(judged) if j[3] is not None]
+    shown = max(failed, key=lambda k: err[k]) if failed else kinks[0] if kinks else int(np.argmax(err))
+    a, (_, numeric, _, left, right, problem) = alongs[shown][0], judged[shown]
+    kinked = 0 if a.kinked is None else len(a.kinked)
+    return ArgReport(name, method, float(err.max()), float(rel.max()), index_of(shown), a.analytic,
+                     numeric, not failed, len(kinks), left, right, kinked, len(a.own), problem)
 
 
 def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL,
               rtol=FD_RTOL, full_max=FULL_MAX, n_directions=3, seed=0):
-    """Check a vector-Jacobian product against central differences of its forward.
+    """Check a vector-Jacobian product against finite differences of its forward.
 
     Parameters
     ----------
@@ -166,9 +373,11 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
     names : sequence of str, optional
         Names for the report; default ``x0, x1, ...``.
     eps : float
-        Finite-difference step.
+        Finite-difference step ``h``.
     atol, rtol : float
-        Entry ``j`` passes if ``|analytic - numeric| <= atol + rtol * |numeric|``.
+        An entry passes if ``|analytic - numeric| <= atol + rtol * |numeric|``; at a
+        kink each kinked output's contribution must be within ``atol + rtol |side|``
+        (plus rounding) of one of its one-sided values (module docstring).
     full_max : int
         Arguments with at most this many entries are checked entry by entry;
         larger ones along ``n_directions`` random unit directions.
@@ -180,7 +389,19 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
     Returns
     -------
     GradcheckResult
-        ``.ok``, a printable table, and ``.raise_if_failed()``.
+        ``.ok``, a printable table (one line per argument: the errors, then ``ok``, ``ok``
+        with the kinks found, or ``FAIL`` with the entry, the values and, at a kink,
+        both one-sided values), and ``.raise_if_failed()``.
+
+    Notes
+    -----
+    A NaN or infinity -- in the analytic gradient, or in ``fn`` at the point or at a
+    step from it -- fails the argument.  At a kink a one-sided backward passes and the
+    kink is named; to check the smooth pieces alone, move the point off the kinks first
+    (docs/tutorial.md §4).  Along a direction that moves one output across several kinks
+    at once (a sample at a pixel corner moved diagonally), a backward that is one-sided
+    per coordinate need not equal either one-sided difference along that direction:
+    such an output fails, named as a kink.
 
     Examples
     --------
@@ -189,25 +410,26 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
     >>> res = gradcheck(lambda x: np.sin(x), lambda u, x: (u * np.cos(x),), [np.linspace(0, 1, 5)])
     >>> res.ok
     True
+    >>> relu = gradcheck(lambda x: np.maximum(x, 0), lambda u, x: (u * (x >= 0),), [np.zeros(2)])
+    >>> relu.ok, relu.args[0].kinks, relu.args[0].left
+    (True, 2, 0.0)
     """
     xs = _check_inputs(fn, vjp, inputs)
     _check_options("gradcheck", eps, atol, rtol, full_max, n_directions, seed)
     rng = np.random.default_rng(seed)
     names = list(names) if names is not None else [f"x{i}" for i in range(len(xs))]
     ys = _as_tuple(fn(*xs))
+    outputs = _Outputs(ys)
     us = tuple(rng.standard_normal(np.shape(y)) for y in ys)
     grads = _as_tuple(vjp(us if len(us) > 1 else us[0], *xs))
     if len(grads) != len(xs):
         raise ValueError(f"gradcheck(): vjp returned {len(grads)} gradients for {len(xs)} inputs")
     if wrt is None:
         wrt = [i for i, g in enumerate(grads) if g is not None]
+    y0, u = outputs.flat(ys), outputs.flat(us)
+    at_point = outputs.non_finite(y0)
 
-    def loss(i, x_i):
-        args = list(xs)
-        args[i] = x_i
-        return _inner(us, _as_tuple(fn(*args)))
-
-    result = GradcheckResult()
+    alongs, methods, index_ofs = {}, {}, {}
     for i in wrt:
         x = xs[i]
         if np.asarray(x).dtype.kind != "f":
@@ -218,42 +440,41 @@ def gradcheck(fn, vjp, inputs, *, wrt=None, names=None, eps=FD_EPS, atol=FD_ATOL
             raise ValueError(
                 f"gradcheck(): gradient of {names[i]} has shape {g.shape}, expected {x.shape}"
             )
-        if x.size <= full_max:
-            method = "full"
-            numeric = np.empty(x.size)
-            flat = x.reshape(-1)
+        full = x.size <= full_max
+        methods[i] = "full" if full else "directional"
+        bad = np.flatnonzero(~np.isfinite(g))
+        if bad.size or at_point is not None:   # nothing to compare: name what is not finite
+            j = tuple(int(c) for c in np.unravel_index(bad[0], x.shape)) if bad.size else ()
+            problem = (f"analytic gradient is {g.flat[bad[0]]}" if bad.size
+                       else f"fn gives {at_point} at the point itself")
+            alongs[i] = [(_Along(float(g.flat[bad[0]]) if bad.size else np.nan, problem=problem), None)]
+            index_ofs[i] = lambda k, j=j: j
+            continue
+
+        def at(step, i=i, x=x):
+            args = list(xs)
+            args[i] = x + step
+            return outputs.flat(_as_tuple(fn(*args)))
+
+        alongs[i] = []
+        if full:
             for j in range(x.size):
-                step = np.zeros(x.size)
-                step[j] = eps
-                numeric[j] = (loss(i, (flat + step).reshape(x.shape))
-                              - loss(i, (flat - step).reshape(x.shape))) / (2 * eps)
-            analytic = g.reshape(-1)
-            index_of = lambda j: tuple(int(k) for k in np.unravel_index(j, x.shape))  # noqa: E731
+                v = np.zeros(x.shape)
+                v.flat[j] = 1.0
+                index = [int(c) for c in np.unravel_index(j, x.shape)]
+                alongs[i].append((_along(at, v, float(g.flat[j]), y0, u, outputs, eps, atol, rtol,
+                                         lambda sign, index=index: f"{names[i]}{index} {sign} eps"), v))
+            index_ofs[i] = lambda j, shape=x.shape: tuple(int(k) for k in np.unravel_index(j, shape))
         else:
-            method = "directional"
-            numeric = np.empty(n_directions)
-            analytic = np.empty(n_directions)
             for j in range(n_directions):
                 v = rng.standard_normal(x.shape)
                 v /= np.linalg.norm(v)
-                numeric[j] = (loss(i, x + eps * v) - loss(i, x - eps * v)) / (2 * eps)
-                analytic[j] = float(np.vdot(g, v))
-            index_of = lambda j: (int(j),)  # noqa: E731
-        err = np.abs(analytic - numeric)
-        # relative to max(|numeric|, atol): a zero gradient does not blow the ratio up
-        rel = err / np.maximum(np.abs(numeric), max(atol, np.finfo(np.float64).tiny))
-        bad = err > atol + rtol * np.abs(numeric)
-        worst = int(np.argmax(np.where(bad, err, -1.0))) if bad.any() else int(np.argmax(err)) if err.size else 0
-        result.args.append(ArgReport(
-            name=names[i], method=method,
-            max_abs=float(err.max()) if err.size else 0.0,
-            max_rel=float(rel.max()) if rel.size else 0.0,
-            index=index_of(worst) if err.size else (),
-            analytic=float(analytic[worst]) if err.size else 0.0,
-            numeric=float(numeric[worst]) if err.size else 0.0,
-            ok=not bool(bad.any()),
-        ))
-    return result
+                alongs[i].append((_along(at, v, float(np.vdot(g, v)), y0, u, outputs, eps, atol, rtol,
+                                         lambda sign, j=j: f"{names[i]} {sign} eps * direction {j}"), v))
+            index_ofs[i] = lambda j: (int(j),)
+    _own_contributions(alongs, vjp, xs, wrt, u, outputs, rng)
+    return GradcheckResult([_report(names[i], methods[i], alongs[i], index_ofs[i], outputs, atol, rtol)
+                            for i in wrt])
 
 
 def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_max=FULL_MAX,
@@ -290,9 +511,9 @@ def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_
     Returns
     -------
     GradcheckResult
-        One :class:`ArgReport` (max abs / rel error, worst index, the analytic
-        and numeric values there) named ``"input"`` -- left out when the module
-        returns no input gradient and says so, like a ``SpatialTransformer``
+        One :class:`ArgReport` (max abs / rel error, the entry reported, the analytic
+        and numeric values there, the kinks found) named ``"input"`` -- left out when
+        the module returns no input gradient and says so, like a ``SpatialTransformer``
         with ``input_grad=False`` -- then one per entry of ``module.params`` (a
         shared array once), in that order.
 
@@ -304,6 +525,17 @@ def gradcheck_module(module, x, *, eps=FD_EPS, atol=FD_ATOL, rtol=FD_RTOL, full_
         ``module`` in eval mode, an option out of range, or a ``backward`` that
         returns None (no module in it has ``input_grad=False``) or a gradient of the
         wrong shape.
+
+    Notes
+    -----
+    A NaN or infinity in any gradient, or in the output, fails (:func:`gradcheck`).
+    A freshly built :class:`stnref.SpatialTransformer` starts at the identity θ, where
+    every sample sits on a pixel centre (or one ulp beside it): a kink of the bilinear
+    kernel (docs/conventions.md §6.5).  Its check passes with those kinks named on the
+    regression layer's parameters, each entry of which moves one coordinate of every
+    sample.  To check the smooth pieces alone, move θ off the pixel centres first, e.g.
+    translate by a quarter pixel: add ``0.5 / W`` to the bias entry of ``θ_02`` and
+    ``0.5 / H`` to that of ``θ_12`` (docs/tutorial.md §5).
 
     Examples
     --------

@@ -113,6 +113,7 @@ def _check_theta(theta, size, fn, name="theta"):
     return theta, size
 
 
+@_checks.quiet_nonfinite
 def affine_grid(theta, size, align_corners=False):
     """Affine sampling grid, paper eq. (1): ``(x_s, y_s)^T = A_theta (x_t, y_t, 1)^T``.
 
@@ -217,6 +218,7 @@ def _check_dgrid(dgrid, size, fn, k_options=(2, 3)):
 # Backward of grid[n, p, r] = sum_a theta[n, r, a] b[a, p]  with b[:, p] = (x_t, y_t[, z_t], 1)
 #   dtheta[n, r, a] = sum_p dgrid[n, p, r] b[a, p]      one (k + 1, P) @ (P, k) product per sample
 # (docs/derivations/grids.md).
+@_checks.quiet_nonfinite
 def affine_grid_backward(dgrid, theta=None, size=None, align_corners=False):
     """Gradient of :func:`affine_grid` with respect to ``theta``.
 
@@ -287,6 +289,7 @@ def _attention_to_affine(theta):
     return affine
 
 
+@_checks.quiet_nonfinite
 def attention_grid(theta, size, align_corners=False):
     """Attention grid, paper eq. (2): isotropic scale ``s`` and translation ``(t_x, t_y)``.
 
@@ -325,6 +328,7 @@ def attention_grid(theta, size, align_corners=False):
 
 # Backward through A = [[s, 0, t_x], [0, s, t_y]]:
 #   ds = dA[0,0] + dA[1,1],  dt_x = dA[0,2],  dt_y = dA[1,2]
+@_checks.quiet_nonfinite
 def attention_grid_backward(dgrid, theta=None, size=None, align_corners=False):
     """Gradient of :func:`attention_grid` with respect to ``theta = (s, t_x, t_y)``.
 
@@ -395,6 +399,7 @@ def _projective_parts(theta, size, align_corners):
     return src, w, near, b
 
 
+@_checks.quiet_nonfinite
 def projective_grid(theta, size, align_corners=False):
     """Plane-projective grid (paper §3.2, 8 parameters): a homography of the target grid.
 
@@ -458,6 +463,7 @@ def projective_grid(theta, size, align_corners=False):
 # so with g = dgrid / w' per pixel, dtheta = [g_x; g_y; -(g_x x_s + g_y y_s)] @ b, one
 # (3, H*W) @ (H*W, 3) product per sample.  Far points are constants: dividing their
 # dgrid by w' = inf makes g exactly 0 there.
+@_checks.quiet_nonfinite
 def projective_grid_backward(dgrid, theta, size, align_corners=False):
     """Gradient of :func:`projective_grid` with respect to ``theta``.
 
@@ -675,6 +681,7 @@ def tps_matrix(height, width, control_points=None, align_corners=False):
     return _tps_matrix(height, width, align_corners, key, len(points), "float64")
 
 
+@_checks.quiet_nonfinite
 def tps_grid(theta, size, control_points=None, align_corners=False):
     """Thin-plate-spline grid (paper §3.2 and the 16-point TPS of paper §4.1).
 
@@ -730,6 +737,7 @@ def tps_grid(theta, size, control_points=None, align_corners=False):
 
 # Backward of grid[n] = A @ theta[n] with A (H*W, K) fixed by the control points and the
 # output size (docs/derivations/grids.md): the map is linear, so dtheta[n] = A^T @ dgrid[n].
+@_checks.quiet_nonfinite
 def tps_grid_backward(dgrid, theta=None, size=None, control_points=None, align_corners=False):
     """Gradient of :func:`tps_grid` with respect to ``theta``: ``dtheta = A^T @ dgrid``.
 

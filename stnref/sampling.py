@@ -4,27 +4,33 @@ This is the engineered version of :func:`stnref.equations.sample` and
 :func:`stnref.equations.sample_backward` -- eqs. (3)-(7) as plain code, which
 visit every input pixel for every output pixel.  It computes the same numbers
 (tested to 1e-12) and follows PyTorch's ``grid_sample`` to the last rounding
-rule (docs/conventions.md §3-6); ``docs/sampler.md`` derives it from the plain
-version step by step.  One pipeline serves every kernel, padding and dimension:
+rule in every setting PyTorch has (docs/conventions.md §3-6); ``docs/sampler.md``
+derives it from the plain version step by step.  The settings (modes, paddings,
+ranks, where each padding acts) are one table, :mod:`stnref.sampler_settings`.
+One pipeline serves every kernel, padding and dimension:
 
 1. unnormalise each grid coordinate to a pixel coordinate ``ix`` (``iy``, ``iz``)
    with the arithmetic of PyTorch's CPU kernel for that dimension (``_FLAVOURS``);
-2. bilinear / nearest: apply the padding to the continuous coordinate
-   (``_PADDINGS``), keeping its derivative multiplier;
+2. settings that pad the coordinate: apply the padding to the continuous
+   coordinate (``_PADDINGS``), keeping its derivative multiplier;
 3. the kernel (``_KERNELS``) turns the coordinate into the few integer taps where
    ``k(x_s - m)`` is non-zero, with weights ``w(t)`` and derivatives ``dw/dt``;
-   bicubic pads each integer tap instead;
-4. taps index a copy of ``U`` surrounded by a zero ring as wide as the kernel
-   (``_planes``), so every tap is in bounds and an out-of-range tap reads 0;
-   with zeros padding, far-away coordinates are clamped into the ring;
+   settings that pad taps pad each integer tap instead;
+4. taps index a copy of ``U`` surrounded by a ring as wide as the kernel
+   (``_planes``) that holds what an out-of-range tap reads: the fill value (0 unless
+   ``padding_mode="constant"``), or with wrap the image continued periodically; so
+   every tap is in bounds.  With zeros or constant padding far-away coordinates are
+   clamped into the ring, with wrap the base tap is taken modulo the size;
 5. the taps of all axes form a tensor product (4 bilinear taps in 2-D, 8
-   trilinear in 3-D, 16 bicubic): contiguous taps are read as shifted views
+   trilinear, 16 bicubic, 64 tricubic): contiguous taps are read as shifted views
    from one base index per point (``_gather``), and the weighted sum is taken
    one axis at a time (``_contract``).
 
 Points are processed in chunks of ``CHUNK``, so temporaries stay small.  The
 backward re-gathers the taps for ``dgrid`` (eq. 7) and scatters ``dV`` back with
-a sparse product ``dU = S^T dV`` (eq. 6; duplicate points accumulate).
+a sparse product ``dU = S^T dV`` (eq. 6; duplicate points accumulate); what the
+scatter puts in the ring is the gradient of the fill value, or, with wrap, is added
+back to the pixels the ring holds (``_unring``).
 Derivations: ``docs/derivations/sampling.md``.
 """
 from __future__ import annotations
@@ -38,11 +44,13 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
-from . import _checks
+from . import _checks, _keys
+from . import sampler_settings as settings
+from ._keys import keys
+from .sampler_settings import CUBIC_A, FILL_VALUE, TAPS
 
-__all__ = ["grid_sample", "grid_sample_backward", "CUBIC_A"]
+__all__ = ["grid_sample", "grid_sample_backward", "keys", "CUBIC_A"]
 
-CUBIC_A = -0.75  # Keys cubic convolution parameter; PyTorch's value
 CHUNK = 1 << 15  # grid points per chunk: temporaries stay cache-sized, memory bounded
 DIRECT_TAPS = 4  # up to this many taps per point, S's columns are written in place
 
@@ -174,16 +182,50 @@ def _pad_reflection(i, size, align_corners, flavour):
     return res, mult * sign
 
 
+def _each_tap(pad):
+    """The taps map of a coordinate map: each integer tap ``base + o`` padded on its own."""
+    def taps(base, offsets, size, align_corners, flavour):
+        return [pad(base + base.dtype.type(o), size, align_corners, flavour)[0] for o in offsets]
+    return taps
+
+
+def _wrap(base, size):
+    """Pixel index modulo ``size`` of an integer-valued float, exactly; period ``size`` pixels.
+
+    ``base - floor(base / size) size`` is exact below ``2^mantissa`` (the quotient may be
+    one off; one correction each way fixes it) and 2-3x faster than ``np.mod``, which
+    takes over beyond.  The taps around a wrapped base read the ring, which holds the
+    image's opposite edges (:func:`_planes`).  An infinite base (a pixel coordinate
+    overflowed from a finite grid value) has no remainder (NaN; the caller silences the
+    warning): it reads pixel 0, as a reflected NaN does.
+    """
+    S = base.dtype.type(size)
+    r = base - np.floor(base / S) * S
+    r = np.where(r < 0, r + S, r)
+    r = np.where(r >= S, r - S, r)
+    big = np.abs(base) >= 2.0 ** np.finfo(base.dtype).nmant
+    if big.any():
+        r[big] = np.mod(base[big], S)
+    return np.fmax(r, 0)
+
+
 class _Padding(NamedTuple):
-    coord: object         # (i, size, align_corners, flavour) -> (coordinate, multiplier or None)
-    zero_outside: bool    # out-of-range taps read 0, so far-away coordinates may be clamped
+    """A padding's maps, for the two places a padding may act, and what the ring holds."""
+
+    coord: object   # (i, size, align_corners, flavour) -> (padded, multiplier or None), for
+                    # settings that pad the continuous coordinate (sampler_settings.COORDINATE)
+    taps: object    # (base, offsets, size, align_corners, flavour) -> padded integer taps, for
+                    # settings that pad each tap; None: the taps read the ring around U
+    wraps: bool     # the ring holds the image's opposite edges (else the fill value)
 
 
-# Bilinear/nearest apply the coordinate map to the continuous coordinate; bicubic to each tap.
+# Which map a setting uses is a column of stnref.sampler_settings.SETTINGS.
 _PADDINGS = {
-    "zeros": _Padding(_pad_identity, True),
-    "border": _Padding(_pad_border, False),
-    "reflection": _Padding(_pad_reflection, False),
+    "zeros": _Padding(_pad_identity, None, False),
+    "border": _Padding(_pad_border, _each_tap(_pad_border), False),
+    "reflection": _Padding(_pad_reflection, _each_tap(_pad_reflection), False),
+    "constant": _Padding(_pad_identity, None, False),
+    "wrap": _Padding(None, None, True),
 }
 
 
@@ -198,112 +240,85 @@ class _Taps(NamedTuple):
     ddw: list            # d^2 w / d coordinate^2 of each tap (None: zero or order < 2)
 
 
-def _nearest(i, order):
+def _nearest(i, order, cubic_a):
     # np.rint rounds half to even, as PyTorch's nearbyint
     base = np.rint(i)
     return _Taps(base, (0,), [np.ones_like(i)], None, None)
 
 
-def _linear(i, order):
+def _linear(i, order, cubic_a):
     base = np.floor(i)  # at an integer the right-hand cell: right-sided derivative
     t = np.subtract(i, base, out=i)
     one = i.dtype.type(1)
     return _Taps(base, (0, 1), [one - t, t], [-one, one], None)
 
 
-def _cubic(i, order):
+def _cubic(i, order, cubic_a):
     """Keys cubic convolution weights of taps ``floor(i) - 1 .. floor(i) + 2``.
 
-    With ``t = i - floor(i)`` the tap distances are ``1 + t, t, 1 - t, 2 - t``;
-    ``k1(x) = ((A+2) x - (A+3)) x^2 + 1`` for ``|x| <= 1`` and
-    ``k2(x) = ((A x - 5A) x + 8A) x - 4A`` for ``1 < |x| < 2``.
+    With ``t = i - floor(i)`` the tap distances are ``1 + t, t, 1 - t, 2 - t``: the
+    outer two on ``k2``, the inner two on ``k1`` (:mod:`stnref._keys`: PyTorch's Horner forms).
     """
     dt = i.dtype.type
-    A = dt(CUBIC_A)
+    A = dt(cubic_a)
     base = np.floor(i)
     t = i - base
-
-    # Horner steps in place, in the order (and so with the roundings) of
-    # k1(x) = ((A+2) x - (A+3)) x x + 1,  k2(x) = ((A x - 5A) x + 8A) x - 4A
-    # and their derivatives written the same way
-    def k1(x):
-        r = x * (A + dt(2))
-        r -= A + dt(3)
-        r *= x
-        r *= x
-        r += dt(1)
-        return r
-
-    def k2(x):
-        r = x * A
-        r -= dt(5) * A
-        r *= x
-        r += dt(8) * A
-        r *= x
-        r -= dt(4) * A
-        return r
-
-    def dk1(x):  # d k1 / d x = (3 (A+2) x - 2 (A+3)) x
-        r = x * (dt(3) * (A + dt(2)))
-        r -= dt(2) * (A + dt(3))
-        r *= x
-        return r
-
-    def dk2(x):  # (3A x - 10A) x + 8A
-        r = x * (dt(3) * A)
-        r -= dt(10) * A
-        r *= x
-        r += dt(8) * A
-        return r
-
-    def ddk1(x):  # 6 (A+2) x - 2 (A+3)
-        r = x * (dt(6) * (A + dt(2)))
-        r -= dt(2) * (A + dt(3))
-        return r
-
-    def ddk2(x):  # 6A x - 10A
-        r = x * (dt(6) * A)
-        r -= dt(10) * A
-        return r
-
     x0, x1, x2, x3 = t + dt(1), t, dt(1) - t, dt(2) - t
-    w = [k2(x0), k1(x1), k1(x2), k2(x3)]
+    w = [_keys.k2(x0, A), _keys.k1(x1, A), _keys.k1(x2, A), _keys.k2(x3, A)]
     # d/dt of the distances is (+1, +1, -1, -1); derivatives only up to ``order``
-    dw = [dk2(x0), dk1(x1), -dk1(x2), -dk2(x3)] if order >= 1 else None
-    ddw = [ddk2(x0), ddk1(x1), ddk1(x2), ddk2(x3)] if order >= 2 else None
+    dw = ([_keys.dk2(x0, A), _keys.dk1(x1, A), -_keys.dk1(x2, A), -_keys.dk2(x3, A)]
+          if order >= 1 else None)
+    ddw = ([_keys.ddk2(x0, A), _keys.ddk1(x1, A), _keys.ddk1(x2, A), _keys.ddk2(x3, A)]
+           if order >= 2 else None)
     return _Taps(base, (-1, 0, 1, 2), w, dw, ddw)
 
 
 class _Kernel(NamedTuple):
-    taps: object           # (coordinate, a temporary it may overwrite; order) -> _Taps
+    taps: object           # (coordinate, a temporary it may overwrite; order, cubic_a) -> _Taps
     offsets: tuple         # tap offsets from the base, lo .. hi
-    pads_coordinate: bool  # padding on the continuous coordinate (else on each tap)
-    dims: tuple            # supported spatial dimensionalities
 
     @property
     def ring(self):
-        """Zero ring around U wide enough for every tap of a clamped coordinate."""
+        """Ring of fill pixels around U wide enough for every tap of a clamped coordinate."""
         return self.offsets[-1] - self.offsets[0] + 1
 
 
 _KERNELS = {
-    "nearest": _Kernel(_nearest, (0,), True, (2, 3)),
-    "bilinear": _Kernel(_linear, (0, 1), True, (2, 3)),
-    "bicubic": _Kernel(_cubic, (-1, 0, 1, 2), False, (2,)),
+    "nearest": _Kernel(_nearest, (0,)),
+    "bilinear": _Kernel(_linear, (0, 1)),
+    "bicubic": _Kernel(_cubic, (-1, 0, 1, 2)),
 }
 
 
-def _check_inputs(U, grid, mode, padding_mode, align_corners, fn):
+class _Options(NamedTuple):
+    """A validated setting, resolved to the tables above."""
+
+    mode: str
+    kernel: _Kernel
+    padding: _Padding
+    pads_taps: bool       # the padding acts on each integer tap, not on the coordinate
+    align_corners: bool
+    fill: float           # value of the ring around U: what a tap outside the image reads
+    cubic_a: float
+
+
+def _check_inputs(U, grid, mode, padding_mode, align_corners, fn, fill_value=FILL_VALUE,
+                  cubic_a=CUBIC_A, fill_arguments=()):
+    """Validated ``U``, ``grid`` and :class:`_Options` (the rules: stnref.sampler_settings)."""
     U, grid = _checks.check_U_grid(U, grid, fn, (4, 5))
-    _checks.check_choice(mode, "mode", fn, _KERNELS)
-    _checks.check_choice(padding_mode, "padding_mode", fn, _PADDINGS)
+    fill_value, cubic_a = settings.check(mode, padding_mode, fn, k=U.ndim - 2,
+                                         fill_value=fill_value, cubic_a=cubic_a,
+                                         fill_arguments=fill_arguments)
+    _checks.check_representable(fill_value, "fill_value", U.dtype, fn)
+    _checks.check_representable(cubic_a, "cubic_a", U.dtype, fn)
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
-    if U.ndim - 2 not in _KERNELS[mode].dims:
-        raise ValueError(f"{fn}(): mode={mode!r} supports 4-D input only, got {U.ndim}-D U {U.shape}")
     _checks.check_budget((U.shape[0], U.shape[1], *grid.shape[1:-1]), fn, "V")
-    # U may be a broadcast view: its zero-ringed copy (and dU) are real allocations
+    # U may be a broadcast view: its ringed copy (and dU) are real allocations
     _checks.check_budget((U.shape[0], U.shape[1], *_padded_shape(U.shape, mode)), fn, "padded U")
-    return U, grid, align_corners
+    opts = _Options(mode, _KERNELS[mode], _PADDINGS[padding_mode],
+                    settings.SETTINGS[mode, padding_mode].pads == TAPS, align_corners,
+                    fill_value, cubic_a)
+    return U, grid, opts
 
 
 # --------------------------------------------------------------------------- taps
@@ -318,30 +333,34 @@ class _Axis(NamedTuple):
     ddw: list           # per tap d^2 w / d g^2, or None (zero)
 
 
-def _axis(coord, size, stride, kernel, padding, align_corners, order, flavour):
+def _axis(coord, size, stride, opts, order, flavour):
     """Unnormalise, pad and expand one coordinate into kernel taps (steps 1-3 above).
 
     Derivatives with respect to the normalised coordinate ``g`` follow the
     chain rule ``d/dg = s * multiplier * d/di`` through the unnormalisation
     scale ``s`` and the padding multiplier (0 on clip borders, -1 per fold).
-    Offsets exclude the zero ring, which the caller adds once per point.
+    Offsets exclude the ring, which the caller adds once per point.
     """
-    i, s = flavour.unnormalize(coord, size, align_corners)
+    kernel, padding = opts.kernel, opts.padding
+    i, s = flavour.unnormalize(coord, size, opts.align_corners)
     mult = None
-    if kernel.pads_coordinate:
-        i, mult = padding.coord(i, size, align_corners, flavour)
-    if padding.zero_outside:
-        # Beyond this window every tap is out of range: clamping changes nothing
+    if not opts.pads_taps:
+        i, mult = padding.coord(i, size, opts.align_corners, flavour)
+    if padding.taps is None and not padding.wraps:
+        # Beyond this window every tap reads the fill: clamping changes nothing
         # but keeps indices in the ring (and 1e30 from overflowing int64).
         np.clip(i, -(kernel.offsets[-1] + 1), size - kernel.offsets[0], out=i)
-    taps = kernel.taps(i, order)
     first, idx = None, None
-    if kernel.pads_coordinate or padding.zero_outside:
-        first = taps.base + i.dtype.type(taps.offsets[0]) if taps.offsets[0] else taps.base
-    else:  # border / reflection bicubic: each integer tap is padded on its own
-        idx = [padding.coord(taps.base + i.dtype.type(o), size, align_corners, flavour)[0]
-               .astype(np.int64)
-               * stride for o in taps.offsets]
+    # an unclamped pixel coordinate overflowed to +-inf has NaN weights and a padded index of
+    # its own (conventions §5.1, §3.10); clamped ones are finite
+    with np.errstate(invalid="ignore"):
+        taps = kernel.taps(i, order, opts.cubic_a)
+        if opts.pads_taps and padding.taps is not None:   # each integer tap padded on its own
+            idx = [m.astype(np.int64) * stride
+                   for m in padding.taps(taps.base, taps.offsets, size, opts.align_corners, flavour)]
+        else:
+            base = _wrap(taps.base, size) if padding.wraps else taps.base
+            first = base + i.dtype.type(taps.offsets[0]) if taps.offsets[0] else base
     scale = s if mult is None else s * mult
     dw = [d * scale for d in taps.dw] if order >= 1 and taps.dw is not None else None
     ddw = [d * (scale * scale) for d in taps.ddw] if order >= 2 and taps.ddw is not None else None
@@ -397,25 +416,24 @@ class _Chunk(NamedTuple):
     offsets: list       # per tap combination: row offset from base, or the explicit rows
 
 
-def _chunk(coords, start, stop, U_shape, padded, mode, padding_mode, align_corners, order):
+def _chunk(coords, start, stop, U_shape, padded, opts, order):
     """Taps of points ``start:stop`` along every axis, and the rows of their tap product.
 
     ``start:stop`` lies within one image or covers whole images (:func:`_chunks`).
     """
     k = coords.shape[1]
     P = coords.shape[0] // U_shape[0] if U_shape[0] else 0
-    kernel, padding = _KERNELS[mode], _PADDINGS[padding_mode]
     strides = _strides(padded)
-    axes = [_axis(coords[start:stop, a], U_shape[-1 - a], strides[a], kernel, padding,
-                  align_corners, order, _FLAVOURS[k]) for a in range(k)]
+    axes = [_axis(coords[start:stop, a], U_shape[-1 - a], strides[a], opts, order, _FLAVOURS[k])
+            for a in range(k)]
     combos = _combos(axes)
     if axes[0].idx is None:
         base = _add_origins(_rows([ax.first for ax in axes], strides, padded),
-                            start, stop, P, padded, mode)
+                            start, stop, P, padded, opts.mode)
         offsets = [sum(c[a] * strides[a] for a in range(k)) for c in combos]
         return _Chunk(axes, base, offsets)
     rows = [_add_origins(functools.reduce(np.add, (axes[a].idx[c[a]] for a in range(k))),
-                         start, stop, P, padded, mode) for c in combos]
+                         start, stop, P, padded, opts.mode) for c in combos]
     return _Chunk(axes, None, rows)
 
 
@@ -495,24 +513,44 @@ def _contract(axes, vals, order):
     return level[0]
 
 
-def _planes(U, padded):
-    """Copy ``U`` (N, C, *spatial) into a zero ring, channel-major: (C, N * prod(padded)).
+def _planes(U, padded, fill=FILL_VALUE, wrap=False):
+    """Copy ``U`` (N, C, *spatial) into its ring, channel-major: (C, N * prod(padded)).
 
+    The ring holds what a tap outside the image reads: ``fill`` (0, or ``fill_value``
+    with ``padding_mode="constant"``), or with ``wrap`` the image continued periodically.
     For C = 1 the result is 1-D, so tap values and weights are both (m,).
     """
     N, C = U.shape[:2]
     k = U.ndim - 2
     ring = (padded[0] - U.shape[2]) // 2
-    out = np.zeros((C, N, *padded), dtype=U.dtype)
-    out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = U.swapaxes(0, 1)
+    if wrap:
+        out = np.pad(U.swapaxes(0, 1), ((0, 0), (0, 0)) + ((ring, ring),) * k, mode="wrap")
+    else:
+        if fill == 0 and math.copysign(1.0, fill) > 0:
+            out = np.zeros((C, N, *padded), dtype=U.dtype)
+        else:
+            out = np.full((C, N, *padded), fill, dtype=U.dtype)
+        out[(slice(None), slice(None)) + (slice(ring, -ring),) * k] = U.swapaxes(0, 1)
     out = out.reshape(C, N * math.prod(padded))
     return out[0] if C == 1 else out
 
 
-def _padded_rows(U, padded):
-    """:func:`_planes` channels-last, ``(N * prod(padded), C)``: one row per padded pixel."""
-    planes = _planes(U, padded)
-    return np.ascontiguousarray(planes.reshape(U.shape[1], planes.shape[-1]).T)
+def _unring(rows, ring, wrap):
+    """``(N, *padded, C)`` ringed rows (a scatter's result) -> ``(N, *spatial, C)``, the image.
+
+    With ``wrap`` each ring row is added to the pixel it holds (its index modulo the size),
+    axis by axis, so what the taps read there reaches that pixel; otherwise the ring is dropped.
+    """
+    for a in range(1, rows.ndim - 1):
+        x = np.moveaxis(rows, a, 0)
+        size = x.shape[0] - 2 * ring
+        inner = x[ring:ring + size]
+        if wrap:
+            inner = inner.copy()
+            for p in itertools.chain(range(ring), range(ring + size, 2 * ring + size)):
+                inner[(p - ring) % size] += x[p]
+        rows = np.moveaxis(inner, 0, a)
+    return rows
 
 
 def _chunks(N, P):
@@ -524,71 +562,10 @@ def _chunks(N, P):
     return ((start, min(start + step, N * P)) for start in range(0, N * P, step))
 
 
-def _to_channels_first(rows, N, spatial):
-    """(N * P, C) -> (N, C, *spatial), contiguous."""
-    C = rows.shape[1]
-    return np.ascontiguousarray(np.moveaxis(rows.reshape(N, *spatial, C), -1, 1))
-
-
-# --------------------------------------------------------------------------- plan (dense)
-
-class _Plan(NamedTuple):
-    """All taps of all points at once, for second-order work (``stnref.second_order``)."""
-
-    rows: np.ndarray      # (M, T) int64 row of each tap in the padded channels-last U
-    weights: np.ndarray   # (M, T) interpolation weight of each tap (0 at bad points)
-    dweights: list        # per axis (x, y[, z]): (M, T) d weight / d grid coordinate, or None
-    ddweights: dict       # (a, b), a <= b: (M, T) d^2 weight / d g_a d g_b (absent: 0), or None
-    bad: np.ndarray       # (M,) bool, grid point with a non-finite coordinate, or None
-    padded: tuple         # spatial shape of the padded U (see _padded_rows)
-
-
-def _plan(U_shape, grid, mode, padding_mode, align_corners, order):
-    """Dense taps, weights and (``order`` 1, 2) their grid derivatives for every grid point."""
-    k = grid.shape[-1]
-    coords, bad = _flat_coords(grid)
-    M = coords.shape[0]
-    padded = _padded_shape(U_shape, mode)
-    chunk = _chunk(coords, 0, M, U_shape, padded, mode, padding_mode, align_corners, order)
-    axes = chunk.axes
-    combos = _combos(axes)
-    if chunk.base is not None:
-        rows = np.stack([chunk.base + off for off in chunk.offsets], axis=1)
-    else:
-        rows = np.stack(chunk.offsets, axis=1)
-
-    def product(factor):  # factor(a, o) -> per-axis factor; stacked over tap combinations
-        return np.stack([np.broadcast_to(functools.reduce(np.multiply, [factor(a, c[a]) for a in range(k)]), (M,))
-                         for c in combos], axis=1)
-
-    weights = product(lambda a, o: axes[a].w[o])
-    dweights = ddweights = None
-    if order >= 1 and axes[0].dw is not None:
-        # d W / d g_a = dw_a * prod_{b != a} w_b
-        dweights = [product(lambda b, o, a=a: axes[b].dw[o] if b == a else axes[b].w[o])
-                    for a in range(k)]
-    if order >= 2 and axes[0].dw is not None:
-        # d^2 W / d g_a d g_b: ddw_a prod w (a == b), dw_a dw_b prod w (a != b); bilinear has ddw = 0
-        ddweights = {}
-        for a in range(k):
-            for b in range(a, k):
-                if a == b and axes[a].ddw is None:
-                    continue
-
-                def factor(c, o, a=a, b=b):
-                    if c == a == b:
-                        return axes[c].ddw[o]
-                    return axes[c].dw[o] if c in (a, b) else axes[c].w[o]
-
-                ddweights[a, b] = product(factor)
-    if bad is not None:
-        weights = np.where(bad[:, None], 0, weights)
-    return _Plan(rows, weights, dweights, ddweights, bad, padded)
-
-
 # --------------------------------------------------------------------------- public API
 
-def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=False):
+def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=False, *,
+                fill_value=FILL_VALUE, cubic_a=CUBIC_A):
     """Sample ``U`` at the points of ``grid``, paper eq. (3): ``V_i = sum_nm U_nm k(x_i - m) k(y_i - n)``.
 
     Parameters
@@ -600,12 +577,19 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
         and +1 the right/bottom of ``U``.  Same dtype as ``U``.
     mode : {"bilinear", "nearest", "bicubic"}
         Kernel: eq. (5) (trilinear in 3-D), eq. (4) with ties to even, or Keys
-        cubic convolution with ``A = -0.75`` (4-D only).
-    padding_mode : {"zeros", "border", "reflection"}
-        Value of out-of-range points: 0, the nearest edge pixel, or the image
-        reflected about its border.
+        cubic convolution (tricubic in 3-D: 64 taps).
+    padding_mode : {"zeros", "border", "reflection", "constant", "wrap"}
+        What a point outside ``U`` reads: 0, the nearest edge pixel, the image
+        reflected about its border, ``fill_value``, or the image repeated with a
+        period of its size (docs/conventions.md §3).
     align_corners : bool, default False
         True: -1 and +1 are the centres of the corner pixels; False: their outer edges.
+    fill_value : float, default 0.0
+        Finite; the value of every pixel outside ``U`` with ``padding_mode="constant"``
+        (refused with another padding), so ``"zeros"`` is ``"constant"`` with 0.
+    cubic_a : float, default -0.75
+        Finite; Keys' parameter ``A`` of ``mode="bicubic"`` (refused with another mode).
+        PyTorch and OpenCV use -0.75, PIL, scikit-image and MATLAB -0.5.
 
     Returns
     -------
@@ -616,14 +600,18 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     Raises
     ------
     TypeError
-        Non-float ``U`` or ``grid``, or different dtypes.
+        Non-float ``U`` or ``grid``, different dtypes, a non-number ``fill_value``
+        or ``cubic_a``.
     ValueError
-        Wrong ranks or shapes, batch mismatch, unknown mode or padding,
-        bicubic on 5-D input.
+        Wrong ranks or shapes, batch mismatch, unknown mode or padding, a
+        non-finite ``fill_value`` or ``cubic_a``, or one the setting does not have
+        (the rules: :mod:`stnref.sampler_settings`).
 
     Notes
     -----
-    Matches ``torch.nn.functional.grid_sample`` (rules: docs/conventions.md §3-5).
+    Matches ``torch.nn.functional.grid_sample`` in the settings PyTorch has
+    (:func:`stnref.sampler_settings.is_pytorch`; rules: docs/conventions.md §3-5);
+    the others are specified in docs/conventions.md §3.9, §3.10, §4.4 and §4.5.
     The plain version of eq. (3) is :func:`stnref.equations.sample`.
 
     Examples
@@ -634,28 +622,32 @@ def grid_sample(U, grid, mode="bilinear", padding_mode="zeros", align_corners=Fa
     >>> grid = np.array([[[[0.0, 0.0]]]])  # the centre of the image
     >>> grid_sample(U, grid)
     array([[[[1.5]]]])
+    >>> grid_sample(U, grid + 2.0, padding_mode="constant", fill_value=-1.0)  # far outside
+    array([[[[-1.]]]])
     """
-    return _sample(U, grid, mode, padding_mode, align_corners, keep=False)[0]
+    return _sample(U, grid, mode, padding_mode, align_corners, keep=False, fill_value=fill_value,
+                   cubic_a=cubic_a)[0]
 
 
-def _sample(U, grid, mode, padding_mode, align_corners, keep):
+@_checks.quiet_nonfinite
+def _sample(U, grid, mode, padding_mode, align_corners, keep, fill_value=FILL_VALUE,
+            cubic_a=CUBIC_A):
     """:func:`grid_sample`, and with ``keep`` the taps of every chunk for :func:`_sample_backward`.
 
     The kept taps carry their grid derivatives too (order 1), so a backward on
     the same ``U`` and ``grid`` skips recomputing them; they are read-only.
     """
-    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners,
-                                           "grid_sample")
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, "grid_sample",
+                                  fill_value, cubic_a)
     N, C = U.shape[:2]
     padded = _padded_shape(U.shape, mode)
-    planes = _planes(U, padded)                           # (C, R) or (R,) for C = 1
+    planes = _planes(U, padded, opts.fill, opts.padding.wraps)  # (C, R) or (R,) for C = 1
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     V = np.empty(planes.shape[:-1] + (M,), dtype=U.dtype)  # (C, M) or (M,)
     kept = [] if keep else None
     for start, stop in _chunks(N, M // N if N else 0):
-        chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode, align_corners,
-                       order=1 if keep else 0)
+        chunk = _chunk(coords, start, stop, U.shape, padded, opts, order=1 if keep else 0)
         V[..., start:stop] = _contract(chunk.axes, _gather(planes, chunk), order=0)[0]
         if keep:
             kept.append(chunk)
@@ -670,19 +662,26 @@ def _sample(U, grid, mode, padding_mode, align_corners, keep):
 #   dgrid_a[m] = sum_t dW_a[m, t] sum_c dV[m, c] U_rows[rows[m, t], c]
 #   dW_a = (dw_a/di_a) * s_a * padding multiplier * prod_{b != a} w_b; floor gives the
 #   right-sided derivative at integer coordinates, as PyTorch does.
+#   The ring of U_rows holds fill_value, one variable read by every tap outside the image:
+#   d fill_value = sum of dU_rows over the ring (docs/derivations/sampling.md §9); with wrap
+#   it holds the image's opposite edges, so its rows are added back to those pixels (§10).
 def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", align_corners=False,
-                         need_dU=True):
-    """Gradients of :func:`grid_sample` with respect to ``U`` and ``grid``.
+                         need_dU=True, *, fill_value=FILL_VALUE, cubic_a=CUBIC_A,
+                         need_dfill_value=False):
+    """Gradients of :func:`grid_sample` with respect to ``U`` and ``grid`` (and ``fill_value``).
 
     Parameters
     ----------
     dV : ndarray, shape (N, C, H_out, W_out) or (N, C, D_out, H_out, W_out)
         Gradient of the loss with respect to the forward's output.
-    U, grid, mode, padding_mode, align_corners
+    U, grid, mode, padding_mode, align_corners, fill_value, cubic_a
         The forward's arguments.
     need_dU : bool, default True
         If False, skip the scatter and return ``None`` for ``dU`` (a network's
         input data needs no gradient).
+    need_dfill_value : bool, default False
+        Also return the gradient with respect to ``fill_value`` (only with
+        ``padding_mode="constant"``, the padding that reads it).
 
     Returns
     -------
@@ -690,29 +689,48 @@ def grid_sample_backward(dV, U, grid, mode="bilinear", padding_mode="zeros", ali
         Scatter-add of ``w * dV``: sample points sharing a pixel accumulate.
     dgrid : ndarray, shape of ``grid``
         Exactly 0 for ``nearest``; NaN at grid points with a non-finite coordinate.
+    dfill_value : scalar of ``U``'s dtype, only with ``need_dfill_value=True``
+        ``sum dV * w`` over every tap that read ``fill_value`` (all points and channels;
+        none from points with a non-finite coordinate).
 
     Notes
     -----
-    Matches PyTorch's ``grid_sampler_2d_backward`` / ``grid_sampler_3d_backward``,
-    including one-sided derivatives at integer pixel positions and zero
-    multipliers on clip borders (docs/conventions.md §3-4, §6).  Eqs. (6) and (7)
-    as the paper writes them: :func:`stnref.equations.sample_backward`.
+    Matches PyTorch's ``grid_sampler_2d_backward`` / ``grid_sampler_3d_backward``
+    in the settings PyTorch has, including one-sided derivatives at integer pixel
+    positions and zero multipliers on clip borders (docs/conventions.md §3-4, §6).
+    Eqs. (6) and (7) as the paper writes them: :func:`stnref.equations.sample_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> U = np.ones((1, 1, 2, 2))
+    >>> grid = np.array([[[[1.0, 0.0]]]])  # the right edge: half of the taps read fill_value
+    >>> dU, dgrid, dfill = grid_sample_backward(np.ones((1, 1, 1, 1)), U, grid,
+    ...     padding_mode="constant", fill_value=3.0, need_dfill_value=True)
+    >>> float(dfill), dgrid[0, 0, 0].tolist()
+    (0.5, [2.0, 0.0])
     """
-    return _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept=None)
+    return _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, None,
+                            fill_value, cubic_a, need_dfill_value)
 
 
-def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept):
+@_checks.quiet_nonfinite
+def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, kept,
+                     fill_value=FILL_VALUE, cubic_a=CUBIC_A, need_dfill_value=False):
     """:func:`grid_sample_backward`, reusing the taps ``kept`` by :func:`_sample` on the same
     ``U`` and ``grid`` (None: recompute them)."""
     fn = "grid_sample_backward"
-    U, grid, align_corners = _check_inputs(U, grid, mode, padding_mode, align_corners, fn)
+    need_dfill_value = _checks.check_bool(need_dfill_value, "need_dfill_value", fn)
+    U, grid, opts = _check_inputs(U, grid, mode, padding_mode, align_corners, fn, fill_value,
+                                  cubic_a, ["need_dfill_value=True"] if need_dfill_value else [])
     dV = _checks.check_dV(dV, U, grid, fn)
     need_dU = _checks.check_bool(need_dU, "need_dU", fn)
+    scatter = need_dU or need_dfill_value
 
     N, C = U.shape[:2]
     k = U.ndim - 2
     padded = _padded_shape(U.shape, mode)
-    planes = _planes(U, padded)
+    planes = _planes(U, padded, opts.fill, opts.padding.wraps)
     coords, bad = _flat_coords(grid)
     M = coords.shape[0]
     g = dV.swapaxes(0, 1).reshape(C, M)                    # (C, M)
@@ -720,12 +738,12 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
         g = np.where(bad, 0, g)
     if C == 1:
         g = g[0]
-    smooth = _KERNELS[mode].taps is not _nearest
-    T = len(_KERNELS[mode].offsets) ** k
+    smooth = opts.kernel.taps is not _nearest
+    T = len(opts.kernel.offsets) ** k
     R = planes.shape[-1]
     index = np.int32 if max(R, M * T) < INT_MAX else np.int64  # int32: scipy's fast path
     dgrid = np.zeros((M, k), dtype=grid.dtype)
-    if need_dU:
+    if scatter:
         S_rows = np.empty((M, T), dtype=index)
         S_data = np.empty((M, T), dtype=U.dtype)
         if T > DIRECT_TAPS:
@@ -733,11 +751,10 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
             tap_data = np.empty((T, min(CHUNK, M)), dtype=U.dtype)
     for number, (start, stop) in enumerate(_chunks(N, M // N if N else 0)):
         if kept is None:
-            chunk = _chunk(coords, start, stop, U.shape, padded, mode, padding_mode,
-                           align_corners, order=1)
+            chunk = _chunk(coords, start, stop, U.shape, padded, opts, order=1)
         else:
             chunk = kept[number]
-        if need_dU:
+        if scatter:
             # tap t of every point is column t of S's (m, T) block; for wide blocks
             # the columns are filled tap-major and transposed once (T strided passes
             # over the block cost 3x more at T = 16)
@@ -763,17 +780,23 @@ def _sample_backward(dV, U, grid, mode, padding_mode, align_corners, need_dU, ke
                     derivs[a] *= gc
                     derivs[a].sum(axis=0, out=dgrid[start:stop, a])
 
-    dU = None
-    if need_dU:
+    dU = dfill = None
+    if scatter:
         S = scipy.sparse.csr_matrix(
             (S_data.reshape(-1), S_rows.reshape(-1), np.arange(0, M * T + 1, T, dtype=index)),
             shape=(M, R),
         )
         dU_rows = np.asarray(S.T @ (g if C == 1 else g.T), dtype=U.dtype)  # (R,) or (R, C)
         dU_rows = dU_rows.reshape(N, *padded, C)
-        ring = _KERNELS[mode].ring
-        inner = (slice(None),) + (slice(ring, -ring),) * k
-        dU = np.ascontiguousarray(np.moveaxis(dU_rows[inner], -1, 1))
+        if need_dU:
+            dU_inner = _unring(dU_rows, opts.kernel.ring, opts.padding.wraps)
+            dU = np.ascontiguousarray(np.moveaxis(dU_inner, -1, 1))
+        if need_dfill_value:
+            ring = np.ones(padded, dtype=bool)
+            ring[(slice(opts.kernel.ring, -opts.kernel.ring),) * k] = False
+            dfill = U.dtype.type(dU_rows[:, ring].sum())
     if bad is not None:
         dgrid[bad] = np.nan
+    if need_dfill_value:
+        return dU, dgrid.reshape(grid.shape), dfill
     return dU, dgrid.reshape(grid.shape)

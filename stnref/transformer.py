@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from . import _checks
+from . import sampler_settings as settings
 from .nn import Linear, Module, Sequential
 from .nn.module import _Container
 from .registry import _resolve_transform
@@ -25,8 +26,6 @@ from .sampling import _sample, _sample_backward
 
 __all__ = ["Parallel", "SpatialTransformer", "localisation_prefixes", "transformers"]
 
-MODES = ("bilinear", "nearest", "bicubic")
-PADDING_MODES = ("zeros", "border", "reflection")
 
 def _regression_layer(loc, fn):
     """The last ``Linear`` of ``loc`` (descending into trailing ``Sequential`` containers)."""
@@ -57,10 +56,13 @@ class SpatialTransformer(Module):
     out_size : tuple (H_out, W_out), optional
         Output size; ``None`` keeps the input's ``(H, W)``.
     mode, padding_mode, align_corners
-        As in :func:`stnref.grid_sample` (2-D: bicubic allowed).
+        As in :func:`stnref.grid_sample`, for 4-D input.
     input_grad : bool, default True
         Whether :meth:`backward` returns ``dU``.  Set False when the layer sits on
         the data: the sampler's scatter is skipped and ``backward`` returns None.
+    fill_value, cubic_a : float, keyword-only
+        As in :func:`stnref.grid_sample` (``fill_value`` with ``padding_mode="constant"``,
+        ``cubic_a`` with ``mode="bicubic"``); fixed, not learned.
 
     Attributes
     ----------
@@ -95,7 +97,8 @@ class SpatialTransformer(Module):
     """
 
     def __init__(self, loc, transform="affine", out_size=None, mode="bilinear",
-                 padding_mode="zeros", align_corners=False, input_grad=True):
+                 padding_mode="zeros", align_corners=False, input_grad=True, *,
+                 fill_value=settings.FILL_VALUE, cubic_a=settings.CUBIC_A):
         super().__init__()
         fn = "SpatialTransformer"
         if not isinstance(loc, Module):
@@ -104,8 +107,10 @@ class SpatialTransformer(Module):
         self.theta_shape = tuple(self.transform.theta_shape)
         self.theta_size = math.prod(self.theta_shape)
         self.out_size = None if out_size is None else _checks.check_size(out_size, "out_size", fn, (2,))
-        self.mode = _checks.check_choice(mode, "mode", fn, MODES)
-        self.padding_mode = _checks.check_choice(padding_mode, "padding_mode", fn, PADDING_MODES)
+        # the layer samples 4-D input
+        self.fill_value, self.cubic_a = settings.check(mode, padding_mode, fn, k=2,
+                                                       fill_value=fill_value, cubic_a=cubic_a)
+        self.mode, self.padding_mode = mode, padding_mode
         self.align_corners = _checks.check_bool(align_corners, "align_corners", fn)
         self.input_grad = _checks.check_bool(input_grad, "input_grad", fn)
         regression = _regression_layer(loc, fn)
@@ -147,7 +152,7 @@ class SpatialTransformer(Module):
             # in training, the sampler's taps are kept for the backward, which then skips
             # recomputing them (about 32 bytes per output point for bilinear float32)
             V, taps = _sample(U, grid, self.mode, self.padding_mode, self.align_corners,
-                              keep=self.training)
+                              keep=self.training, fill_value=self.fill_value, cubic_a=self.cubic_a)
         self.last_theta = theta.copy()
         # health, one pass over the grid and theta: what fell outside, how much theta varies
         outside = (np.abs(grid[..., 0]) > 1) | (np.abs(grid[..., 1]) > 1)    # (N, H_out, W_out)
@@ -166,6 +171,7 @@ class SpatialTransformer(Module):
         dV, (U, theta, grid, taps) = self.pop_saved(dV, "dV")
         dU_sampler, dgrid = _sample_backward(
             dV, U, grid, self.mode, self.padding_mode, self.align_corners, self.input_grad, taps,
+            self.fill_value, self.cubic_a,
         )
         dtheta = self.transform.backward(dgrid, theta, self._size(U), self.align_corners)
         dU_loc = self.loc.backward(dtheta.reshape(U.shape[0], self.theta_size))

@@ -2,8 +2,8 @@
 
 In the spirit of PyTorch's OpInfo, :func:`sampler_cases` draws a complete call of
 ``grid_sample`` -- dimension (4-D or 5-D), shape (size-1 axes and non-square
-included), kernel, padding and ``align_corners`` (bicubic only in 4-D) -- plus
-``U``, ``grid`` and a cotangent ``dV``.  Arrays are drawn from a
+included), kernel, padding and ``align_corners``, from the settings of
+``stnref.sampler_settings`` -- plus ``U``, ``grid`` and a cotangent ``dV``.  Arrays are drawn from a
 ``numpy.random.Generator`` seeded by hypothesis, so every example is
 reproducible and shrinking acts on the seed and the shape.
 
@@ -22,8 +22,19 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-MODES = ("bilinear", "nearest", "bicubic")
-PADDINGS = ("zeros", "border", "reflection")
+from stnref.sampler_settings import (
+    CUBIC_A,
+    CUBIC_MODES,
+    FILL_PADDINGS,
+    FILL_VALUE,
+    MODES,
+    PADDING_MODES,
+    SETTINGS,
+    TAPS,
+    combinations,
+)
+
+PADDINGS = PADDING_MODES
 MAX_SPATIAL = 6   # every spatial size of U and of the grid is in 1..MAX_SPATIAL
 MAX_NC = 3        # N and C are in 1..MAX_NC
 GRID_RANGE = 3.0  # normalised coordinates uniform in [-GRID_RANGE, GRID_RANGE]: well outside [-1, 1]
@@ -33,12 +44,14 @@ GRID_RANGE = 3.0  # normalised coordinates uniform in [-GRID_RANGE, GRID_RANGE]:
 KINK_MARGIN = 1e-3
 FAR_COORDS = (-1e3, -50.0, -7.25, 7.75, 50.0, 1e3)  # far outside: several reflection periods
 MAX_REDRAWS = 200  # rejection rounds before a grid is declared impossible (never reached in practice)
+CUBIC_AS = (CUBIC_A, -0.5, -1.0, 0.25)  # Keys' A: PyTorch's, PIL's, and two others (finite: any)
+FILL_SCALE = 2.0   # fill values are drawn from N(0, FILL_SCALE^2): off the data's scale
 
 
-def combos(dims=(2, 3)):
-    """Every valid ``(k, mode, padding_mode, align_corners)``; bicubic is 2-D only."""
-    return [(k, m, p, ac) for k in dims for m in MODES for p in PADDINGS for ac in (False, True)
-            if not (m == "bicubic" and k == 3)]
+def combos(dims=(2, 3), pytorch=None):
+    """Every supported ``(k, mode, padding_mode, align_corners)`` (``pytorch``: True, only
+    PyTorch's settings; False, only the others; None, all)."""
+    return [(k, m, p, ac) for k, m, p in combinations(dims, pytorch) for ac in (False, True)]
 
 
 def combo_id(combo):
@@ -100,13 +113,13 @@ def kinks_of(size, mode, padding_mode, align_corners):
         half-pixel bands with ``align_corners=False`` (edge value, zero slope);
         their ends are a fold and a clip border.
 
-    Bicubic pads taps, not the coordinate, so for it the only kinks are the
-    integers (the tap set changes there; the weights are C1 across them, but
-    the padded tap indices are not).
+    A setting that pads taps, not the coordinate (bicubic, wrap), has only the
+    integers as kinks (the tap set changes there; the weights are C1 across
+    them, but the padded tap indices are not).
     """
     info = {"integers": True, "half_integers": mode == "nearest",
             "folds": None, "clip": None, "bands": None}
-    if mode == "bicubic":
+    if SETTINGS[mode, padding_mode].pads == TAPS:
         return info
     if padding_mode in ("border", "reflection"):
         info["clip"] = (0.0, float(size - 1))
@@ -126,7 +139,7 @@ def padded_coordinate(i, size, padding_mode, align_corners):
     ``[low, low + span]`` by a floored modulo of period ``2 span``, then clip.
     """
     i = np.asarray(i, dtype=np.float64)
-    if padding_mode == "zeros":
+    if padding_mode in ("zeros", "constant"):   # taps outside read the fill: no coordinate map
         return i
     if padding_mode == "reflection":
         low, span = _fold_span(size, align_corners)
@@ -157,7 +170,7 @@ def kink_distance(i, size, mode, padding_mode, align_corners):
     if info["folds"] is not None:
         low, span = info["folds"]
         d = np.minimum(d, _dist_to_lattice(i, span, low))
-    if mode == "bicubic":
+    if SETTINGS[mode, padding_mode].pads == TAPS:
         return d
     p = padded_coordinate(i, size, padding_mode, align_corners)
     if info["clip"] is not None:
@@ -238,15 +251,27 @@ class Case(NamedTuple):
     mode: str
     padding_mode: str
     align_corners: bool
+    fill_value: float = FILL_VALUE
+    cubic_a: float = CUBIC_A
 
     @property
     def kwargs(self):
         return {"mode": self.mode, "padding_mode": self.padding_mode,
-                "align_corners": self.align_corners}
+                "align_corners": self.align_corners, "fill_value": self.fill_value,
+                "cubic_a": self.cubic_a}
 
     def __repr__(self):
         return (f"Case(U{self.U.shape}, grid{self.grid.shape}, {self.mode}, {self.padding_mode}, "
-                f"align_corners={self.align_corners})")
+                f"align_corners={self.align_corners}, fill_value={self.fill_value}, "
+                f"cubic_a={self.cubic_a})")
+
+
+def draw_options(rng, mode, padding_mode, defaults=False):
+    """``(fill_value, cubic_a)`` for a setting: drawn where the setting has them, else defaults."""
+    fill = FILL_VALUE if defaults or padding_mode not in FILL_PADDINGS else \
+        float(FILL_SCALE * rng.standard_normal())
+    a = CUBIC_A if defaults or mode not in CUBIC_MODES else float(rng.choice(CUBIC_AS))
+    return fill, a
 
 
 @st.composite
@@ -261,21 +286,24 @@ def shapes(draw, k, max_spatial=MAX_SPATIAL, max_nc=MAX_NC):
 
 @st.composite
 def sampler_cases(draw, dims=(2, 3), modes=MODES, paddings=PADDINGS, align=(False, True),
-                  grids="smooth", max_spatial=MAX_SPATIAL, max_nc=MAX_NC):
+                  grids="smooth", max_spatial=MAX_SPATIAL, max_nc=MAX_NC, defaults=False):
     """Draw a :class:`Case` from the mode product.
 
     Parameters
     ----------
     dims, modes, paddings, align
-        The options to draw from (pass one value each to pin a combination).
-        Bicubic is only drawn with ``k = 2``.
+        The options to draw from (pass one value each to pin a combination); a
+        dimension is drawn among those the setting supports.
     grids : {"smooth", "kinky"}
         ``"smooth"``: :func:`smooth_grid` (for finite differences and oracles);
         ``"kinky"``: :func:`kinky_grid` (exact integers, halves, far points).
+    defaults : bool, default False
+        Keep ``fill_value`` and ``cubic_a`` at their defaults (PyTorch's); otherwise they
+        are drawn where the setting has them (:func:`draw_options`).
     """
     mode = draw(st.sampled_from(modes))
-    k = draw(st.sampled_from([d for d in dims if not (mode == "bicubic" and d == 3)]))
     padding_mode = draw(st.sampled_from(paddings))
+    k = draw(st.sampled_from([d for d in dims if d in SETTINGS[mode, padding_mode].dims]))
     align_corners = draw(st.sampled_from(align))
     u_shape, g_shape = draw(shapes(k, max_spatial, max_nc))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -285,4 +313,5 @@ def sampler_cases(draw, dims=(2, 3), modes=MODES, paddings=PADDINGS, align=(Fals
     else:
         grid = kinky_grid(rng, g_shape, u_shape[2:], align_corners)
     dV = rng.standard_normal((u_shape[0], u_shape[1], *g_shape[1:-1]))
-    return Case(U, grid, dV, mode, padding_mode, align_corners)
+    return Case(U, grid, dV, mode, padding_mode, align_corners,
+                *draw_options(rng, mode, padding_mode, defaults))

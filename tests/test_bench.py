@@ -98,3 +98,38 @@ def test_environment_names_versions_and_torch_kernels():
     else:   # the ratios depend on which of PyTorch's CPU kernels runs
         capability = torch.backends.cpu.get_cpu_capability()
         assert f"torch {torch.__version__} ({capability} kernels, 1 thread)" in line
+
+
+def test_nearest_pytorch_kernel_of_each_setting():
+    from stnref.sampler_settings import combinations, is_pytorch
+    for k, mode, padding in combinations():
+        t_mode, t_padding = bench.nearest_pytorch(mode, padding, k)
+        assert is_pytorch(t_mode, t_padding, k)
+        if is_pytorch(mode, padding, k):
+            assert (t_mode, t_padding) == (mode, padding)
+    assert bench.nearest_pytorch("bicubic", "wrap", 3) == ("bilinear", "zeros")   # trilinear
+    assert bench.nearest_pytorch("bicubic", "wrap", 2) == ("bicubic", "zeros")
+
+
+def test_measure_beyond_names_the_kernels_it_compares(monkeypatch):
+    monkeypatch.setattr(bench, "_torch", lambda: None)
+    r = bench.measure_beyond((1, 1, 4, 4, 4), "bicubic", "constant", rounds=1)
+    name, ours, theirs = r["torch"]
+    assert name == "PyTorch trilinear zeros" and ours > 0 and theirs is None
+    name, ours, theirs = r["scipy"]
+    assert name == "map_coordinates order 3 'grid-constant'" and ours > 0 and theirs > 0
+
+
+def test_the_per_mode_tables_cover_the_chosen_settings(monkeypatch, tmp_path):
+    from stnref.app import cli
+    monkeypatch.setattr(bench, "_torch", lambda: None)
+    monkeypatch.setattr(bench, "SHAPES", ((2, 1, 6, 6),))
+    monkeypatch.setattr(bench, "VOLUME", (1, 1, 4, 4, 4))
+    monkeypatch.setattr(bench, "BEYOND_IMAGE", (1, 1, 6, 6))
+    out = tmp_path / "bench.md"
+    assert cli.main(["bench", "--rounds", "1", "--dtype", "float32", "--mode", "bicubic",
+                     "--padding-mode", "wrap", "zeros", "--markdown", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| bicubic |")]
+    # per mode (2-D): zeros, wrap; PyTorch lacks: 2-D wrap, 3-D (tricubic) zeros and wrap
+    assert [r.split(" | ")[1] for r in rows] == ["zeros", "wrap", "wrap", "zeros", "wrap"]
+    assert "| bilinear |" not in out.read_text()

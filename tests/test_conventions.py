@@ -20,10 +20,14 @@ from stnref import (
     attention_grid,
     grid_sample,
     grid_sample_backward,
+    grid_sample_jvp,
 )
 from stnref.grids import base_coordinates, projective_grid, tps_control_points, tps_grid
 from stnref.registry import get_transform
-from strategies import PADDINGS, combo_id, combos, normalize, unnormalize
+from stnref.sampler_settings import MODES
+from stnref.sampling import keys
+from stnref.second_order import grid_sample_double_backward, grid_sample_jvp
+from strategies import PADDINGS, combo_id, combos, kinky_grid, normalize, unnormalize
 
 IDENTITY_TOL = 1e-12  # identity warp: one multiply-add per coordinate, then weights 1 and 0
 EXACT_SIZE = {True: 5, False: 4}  # s = 2 either way: pixel <-> normalised is exact in binary
@@ -326,6 +330,94 @@ def test_3_no_dropped_last_row_or_column(combo):
     np.testing.assert_allclose(V, expect, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("mode", MODES)
+def test_3_constant_taps_outside_read_the_fill_value(k, mode):
+    # size 4 without align_corners: s = 2, exact.  i_x = 3.5: bilinear blends the last column
+    # and the fill half and half; nearest rounds 3.5 to 4 (even), outside: the fill.  i_x = 50:
+    # every tap outside, exactly the fill.  Inside taps get dV, the fill gets the rest.
+    f = -2.5
+    spatial = (4,) * k
+    U = np.arange(4.0 ** k).reshape(1, 1, *spatial) / 7
+    pix = np.array([[3.5] + [1.0] * (k - 1), [50.0] + [2.0] * (k - 1), [1.0] * k])
+    grid = points_grid(pix, spatial, False)
+    kw = _kw(mode, "constant", False)
+    V = grid_sample(U, grid, fill_value=f, **kw).reshape(-1)
+    edge = U[(0, 0) + (1,) * (k - 1) + (3,)]
+    assert V[1] == f and V[2] == U[(0, 0) + (1,) * k]
+    assert V[0] == {"bilinear": 0.5 * edge + 0.5 * f, "nearest": f}.get(mode, V[0])
+    dV = np.ones(V.shape).reshape(grid.shape[:-1])[:, None]
+    dU, _, dfill = grid_sample_backward(dV, U, grid, fill_value=f, need_dfill_value=True, **kw)
+    share = grid_sample(U, grid, fill_value=1.0, **kw) - grid_sample(U, grid, fill_value=0.0, **kw)
+    assert dfill == pytest.approx(share.sum(), abs=1e-15) and dfill >= 1.0
+    assert dU.sum() + dfill == pytest.approx(3.0, abs=1e-13)   # the weights of each point sum to 1
+
+
+@pytest.mark.parametrize("k, mode", [(k, m) for k in (2, 3) for m in MODES])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_3_zeros_is_constant_with_zero_bit_for_bit(k, mode, dtype):
+    rng = np.random.default_rng(21)
+    spatial = (4, 5, 3)[:k]
+    U = rng.standard_normal((2, 2, *spatial)).astype(dtype)
+    grid = kinky_grid(rng, (2, *(3, 4, 2)[:k], k), spatial, False).astype(dtype)
+    dV = rng.standard_normal((2, 2, *(3, 4, 2)[:k])).astype(dtype)
+    tU, tgrid = rng.standard_normal(U.shape).astype(dtype), rng.standard_normal(grid.shape).astype(dtype)
+    for ac in (False, True):
+        zeros, const = _kw(mode, "zeros", ac), _kw(mode, "constant", ac)
+        pairs = [(grid_sample(U, grid, **zeros), grid_sample(U, grid, **const)),
+                 (grid_sample_jvp(U, grid, tU, tgrid, **zeros), grid_sample_jvp(U, grid, tU, tgrid, **const))]
+        pairs += zip(grid_sample_backward(dV, U, grid, **zeros), grid_sample_backward(dV, U, grid, **const))
+        pairs += zip(grid_sample_double_backward(tU, tgrid, dV, U, grid, **zeros),
+                     grid_sample_double_backward(tU, tgrid, dV, U, grid, **const))
+        for a, b in pairs:
+            assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_3_wrap_pads_each_tap_modulo_size(mode, align_corners):
+    # Taps are pixel indices modulo size (period: size pixels) after PyTorch's unnormalisation.
+    # Pixel coordinates i, i + size and i - 3 size read the same taps with the same weights
+    # (nearest away from its ties: rint rounds 4.5 to 4 but 9.5 to 10, 0 modulo 5).
+    spatial = (EXACT_SIZE[align_corners],) * 2
+    W = spatial[1]
+    rng = np.random.default_rng(22)
+    U = rng.integers(-8, 8, (1, 1, *spatial)).astype(np.float64)
+    i = np.array([-0.25, 0.375, W - 0.5 + (mode == "nearest") * 0.25, W - 0.375, 2.125])
+    pix = np.stack([np.concatenate([i, i + W, i - 3 * W]), np.full(3 * len(i), 1.0)], axis=1)
+    kw = _kw(mode, "wrap", align_corners)
+    V = grid_sample(U, points_grid(pix, spatial, align_corners), **kw).reshape(3, -1)
+    assert (V[0] == V[1]).all() and (V[0] == V[2]).all()
+    row = U[0, 0, 1]
+    if mode == "bilinear":   # i = W - 0.5 blends the last and the first pixel
+        assert V[0, 2] == 0.5 * row[-1] + 0.5 * row[0]
+    if mode == "nearest":    # W - 0.375 rounds to W: pixel 0
+        assert V[0, 3] == row[0]
+    # the normalised period: 2 W / (W - 1) with align_corners, 2 without
+    x = rng.uniform(-1, 1, (1, 1, 6, 2))
+    period = 2 * W / (W - 1) if align_corners else 2.0
+    np.testing.assert_allclose(grid_sample(U, x + [period, 0], **kw), grid_sample(U, x, **kw),
+                               rtol=0, atol=1e-12)
+
+
+def test_3_wrap_nearest_rounds_ties_to_even_before_the_modulo():
+    # with an odd size, i and i + size are not the same tie: 4.5 -> 4, but 9.5 -> 10 = 0 (mod 5)
+    U = np.arange(25.0).reshape(1, 1, 5, 5)
+    grid = points_grid(np.array([[4.5, 1.0], [9.5, 1.0]]), (5, 5), True)
+    V = grid_sample(U, grid, mode="nearest", padding_mode="wrap", align_corners=True)
+    assert V.reshape(-1).tolist() == [U[0, 0, 1, 4], U[0, 0, 1, 0]]
+
+
+def test_3_wrap_grid_gradient_multiplier_is_s_only():
+    # bilinear wrap at i = -0.25 reads taps -1 -> W - 1 and 0: dV/di = U[0] - U[W - 1], times s
+    spatial = (4, 4)
+    U = np.zeros((1, 1, *spatial))
+    U[..., :] = np.array([1.0, 3.0, 4.0, 7.0])
+    grid = points_grid(np.array([[-0.25, 1.5]]), spatial, False)
+    _, dgrid = grid_sample_backward(np.ones((1, 1, 1, 1)), U, grid, padding_mode="wrap")
+    assert dgrid[0, 0, 0, 0] == 2.0 * (1.0 - 7.0)
+
+
 # =========================================================================== §4 kernels
 
 @pytest.mark.parametrize("k", [2, 3])
@@ -371,7 +463,7 @@ def test_4_nearest_gradient_of_grid_is_exactly_zero_and_dU_goes_to_the_rounded_p
     kw = _kw("nearest", padding, ac)
     dU, dgrid = grid_sample_backward(dV, U, grid, **kw)
     assert not dgrid.any()
-    np.testing.assert_allclose(dU, loops.grid_sample_dU_loop(dV, U.shape, grid, **kw), rtol=0,
+    np.testing.assert_allclose(dU, loops.grid_sample_dU_loop(dV, U.shape, grid, **kw)[0], rtol=0,
                                atol=1e-14)
 
 
@@ -419,9 +511,56 @@ def test_4_bicubic_overshoots_the_data_range_not_clamped():
     assert V[0] == 1.09375 and V[1] == -0.09375
 
 
-def test_4_bicubic_on_5d_is_a_value_error():
-    with pytest.raises(ValueError, match=r"mode='bicubic' supports 4-D input only"):
-        grid_sample(np.zeros((1, 1, 2, 2, 2)), np.zeros((1, 1, 1, 1, 3)), mode="bicubic")
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_4_tricubic_on_one_slice_volumes_is_bicubic(padding, align_corners):
+    # 5-D bicubic is tricubic: the z taps of a D = 1 volume at z = 0 weigh (0, 1, 0, 0), and
+    # every other z tap reads the fill (zeros, constant) or the one slice (border, reflection,
+    # wrap).  Exactly the 2-D result at dyadic points; to rounding elsewhere (the 2-D and 3-D
+    # unnormalisations round differently, conventions §3.7).
+    rng = np.random.default_rng(23)
+    U2 = rng.standard_normal((2, 3, 5, 4))
+    grid2 = rng.uniform(-1.6, 1.6, (2, 3, 4, 2))
+    dyadic = np.round(grid2 * 16) / 16
+    kw = _kw("bicubic", padding, align_corners) | {"cubic_a": -0.5}
+    if padding == "constant":
+        kw["fill_value"] = 0.75
+    for g, tol in ((grid2, 1e-13), (dyadic, 0.0)):
+        grid3 = np.concatenate([g, np.zeros(g.shape[:-1] + (1,))], axis=-1)[:, None]
+        V3 = grid_sample(U2[:, :, None], grid3, **kw)[:, :, 0]
+        np.testing.assert_allclose(V3, grid_sample(U2, g, **kw), rtol=tol, atol=tol)
+
+
+def test_4_tricubic_is_the_separable_keys_kernel_over_64_taps():
+    rng = np.random.default_rng(24)
+    U = rng.standard_normal((1, 1, 6, 7, 8))
+    i = np.array([3.3, 2.6, 2.45])                               # (ix, iy, iz), interior
+    grid = points_grid(i[None], U.shape[2:], True, exact=False)
+    i = np.array([unnormalize(grid.reshape(-1)[a], U.shape[4 - a], True) for a in range(3)])
+    taps = [np.floor(i[a]) + np.arange(-1, 3) for a in range(3)]
+    w = [keys(i[a] - taps[a]) for a in range(3)]
+    z, y, x = (t.astype(int) for t in taps[::-1])
+    expect = np.einsum("z,y,x,zyx->", w[2], w[1], w[0], U[0, 0][np.ix_(z, y, x)])
+    V = grid_sample(U, grid, mode="bicubic", align_corners=True)
+    assert V.reshape(()) == pytest.approx(expect, abs=1e-14)
+
+
+@pytest.mark.parametrize("a", [-0.75, -0.5, -1.0, 0.5])
+def test_4_cubic_a_is_keys_parameter(a):
+    # Keys with parameter A: k(0.5) = (4 - A)/8, k(1.5) = A/8, k(integer != 0) = 0 for every A,
+    # so knots read the pixel and half-way points weigh A/8 and (4 - A)/8, exactly
+    U = np.array([[[[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]]]])
+    grid = points_grid(np.array([[2.5, 0.0], [3.0, 0.0]]), (1, 6), False)
+    V = grid_sample(U, grid, mode="bicubic", cubic_a=a).reshape(-1)
+    assert V[0] == a / 8 * (2.0 + 16.0) + (4 - a) / 8 * (4.0 + 8.0)
+    assert V[1] == 8.0
+    # A = -0.5 reproduces quadratics between the pixels (Keys' third-order choice); others do not
+    x = np.arange(9.0)
+    quad = (x ** 2 - 3 * x + 1).reshape(1, 1, 1, 9)
+    i = np.linspace(2, 6, 33)
+    V = grid_sample(quad, points_grid(np.stack([i, np.zeros_like(i)], 1), (1, 9), False),
+                    mode="bicubic", cubic_a=a).reshape(-1)
+    assert (np.abs(V - (i ** 2 - 3 * i + 1)).max() < 1e-12) == (a == -0.5)
 
 
 # =========================================================================== §5 extremes
@@ -520,6 +659,39 @@ def test_6_backward_signature_shapes_and_bit_identical_repeats(combo):
     assert outs[0][1].tobytes() == outs[1][1].tobytes()
 
 
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_6_fill_value_gradient_is_asked_for_and_only_with_constant(padding):
+    rng = np.random.default_rng(25)
+    U, grid = rng.standard_normal((1, 2, 3, 4)), rng.uniform(-2, 2, (1, 5, 2, 2))
+    dV = rng.standard_normal((1, 2, 5, 2))
+    if padding != "constant":
+        with pytest.raises(ValueError, match=r"grid_sample_backward\(\): need_dfill_value=True "
+                                             r"applies only with padding_mode='constant', got "
+                                             rf"padding_mode='{padding}'"):
+            grid_sample_backward(dV, U, grid, padding_mode=padding, need_dfill_value=True)
+        return
+    two = grid_sample_backward(dV, U, grid, padding_mode=padding, fill_value=0.5)
+    dU, dgrid, dfill = grid_sample_backward(dV, U, grid, padding_mode=padding, fill_value=0.5,
+                                            need_dfill_value=True)
+    assert len(two) == 2 and two[0].tobytes() == dU.tobytes() and two[1].tobytes() == dgrid.tobytes()
+    assert isinstance(dfill, np.float64)
+    no_dU, _, dfill_alone = grid_sample_backward(dV, U, grid, need_dU=False, padding_mode=padding,
+                                                 fill_value=0.5, need_dfill_value=True)
+    assert no_dU is None and dfill_alone == dfill
+    # §5.2: a non-finite point is NaN in V and dgrid and gives nothing to dU or dfill_value
+    bad = grid.copy()
+    bad[0, 1, 0, 0] = np.nan
+    kw = {"padding_mode": padding, "fill_value": 0.5}
+    assert np.isnan(grid_sample(U, bad, **kw)[0, :, 1, 0]).all()
+    dU_bad, dgrid_bad, dfill_bad = grid_sample_backward(dV, U, bad, need_dfill_value=True, **kw)
+    quiet = dV.copy()
+    quiet[0, :, 1, 0] = 0
+    dU_ref, _, dfill_ref = grid_sample_backward(quiet, U, np.where(np.isnan(bad), 0.0, bad),
+                                                need_dfill_value=True, **kw)
+    assert np.isnan(dgrid_bad[0, 1, 0]).all() and dfill_bad == pytest.approx(dfill_ref, abs=1e-14)
+    np.testing.assert_allclose(dU_bad, dU_ref, rtol=0, atol=1e-14)
+
+
 @pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
 @pytest.mark.parametrize("dtype, big", [(np.float64, 1e308), (np.float32, 3e38)], ids=["f64", "f32"])
 def test_5_overflowing_finite_coordinates_never_crash(combo, dtype, big):
@@ -541,3 +713,147 @@ def test_5_overflowing_finite_coordinates_never_crash(combo, dtype, big):
         far = grid.copy()
         far[..., 0, 0], far[..., 1, 0] = 1e3, -1e3
         np.testing.assert_allclose(V, grid_sample(U, far, **kw), rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- §6.5 kinks
+
+KINK_PADDINGS = ("zeros", "border", "reflection")
+KINK_U = {True: np.array([1.0, 3.0, 4.0, 8.0, 9.0]), False: np.array([1.0, 3.0, 4.0, 8.0])}
+STEP = 2.0**-20                     # pixels: with s = 2 the normalised step is exact too
+
+
+def _row_sampler(align_corners, padding, mode="bilinear"):
+    """``V(i)``, ``dV/dx(i)`` of the row ``KINK_U[align_corners]`` at exact pixel coordinates."""
+    U = KINK_U[align_corners].reshape(1, 1, 1, -1)
+    W = U.shape[-1]
+
+    def grid(i):
+        g = np.zeros((1, 1, len(i), 2))
+        g[..., 0] = normalize(np.asarray(i, dtype=np.float64), W, align_corners)
+        return g
+
+    def value(i):
+        return grid_sample(U, grid(i), **_kw(mode, padding, align_corners))[0, 0, 0]
+
+    def slope(i):
+        g = grid(i)
+        return grid_sample_backward(np.ones((1, 1, 1, len(i))), U, g, **_kw(mode, padding, align_corners))[1][0, 0, :, 0]
+
+    def tangent(i):                 # forward mode along x (§6.4): the same value as the backward
+        g = grid(i)
+        t = np.zeros_like(g)
+        t[..., 0] = 1.0
+        return grid_sample_jvp(U, g, None, t, **_kw(mode, padding, align_corners))[0, 0, 0]
+
+    slope.tangent = tangent
+    return value, slope
+
+
+def _one_sided(value, i):
+    """``(left, right)`` derivatives in the grid coordinate (s = 2): exact for bilinear."""
+    i = np.asarray(i, dtype=np.float64)
+    s = 2.0
+    left = (value(i) - value(i - STEP)) / STEP * s
+    right = (value(i + STEP) - value(i)) / STEP * s
+    return left, right
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding", KINK_PADDINGS)
+def test_6_kink_rule_right_sided_in_p_times_mu(padding, align_corners):
+    """docs/conventions.md §6.5: dV/dx = s mu d+V/dp at every integer and half-integer pixel
+    coordinate from -3W to 4W, with p and mu as §3.2-3.5 define them."""
+    U = KINK_U[align_corners]
+    W, s = len(U), 2.0
+    i = np.arange(-3 * W, 4 * W + 0.5, 0.5)
+    _, slope = _row_sampler(align_corners, padding)
+    if padding == "zeros":
+        p, mu = i, np.ones_like(i)
+    elif padding == "border":
+        p, mu = np.clip(i, 0, W - 1), ((i > 0) & (i < W - 1)) * 1.0
+    else:
+        low, L = (0.0, W - 1.0) if align_corners else (-0.5, float(W))
+        a = np.abs(i - low)
+        e = np.mod(a, 2 * L)
+        flip = e > L
+        r = np.where(flip, low + 2 * L - e, low + e)
+        sign = np.where(flip != (i < low), -1.0, 1.0)
+        p, mu = np.clip(r, 0, W - 1), sign * ((r > 0) & (r < W - 1))
+    f = np.floor(p).astype(int)
+    ext = lambda m: np.where((m >= 0) & (m < W), U[np.clip(m, 0, W - 1)], 0.0)  # noqa: E731
+    expect = s * mu * (ext(f + 1) - ext(f))
+    np.testing.assert_array_equal(slope(i) + 0.0, expect + 0.0)
+    np.testing.assert_array_equal(slope.tangent(i) + 0.0, expect + 0.0)
+
+
+# (padding, align_corners, i, left, right, returned): the table of §6.5
+KINK_TABLE = [
+    ("zeros", True, 2, 2, 8, 8), ("border", True, 2, 2, 8, 8), ("reflection", False, 2, 2, 8, 8),
+    ("zeros", True, 4, 2, -18, -18),
+    ("zeros", True, -1, 0, 2, 2),
+    ("border", True, 0, 0, 4, 0), ("border", False, 0, 0, 4, 0), ("reflection", False, 0, 0, 4, 0),
+    ("border", False, 3, 8, 0, 0), ("reflection", False, 3, 8, 0, 0),
+    ("reflection", False, -1, -4, 0, 0),
+    ("reflection", True, 0, -4, 4, 0), ("reflection", True, 4, 2, -2, 0),
+    ("reflection", True, 8, -4, 4, 0), ("reflection", True, -4, 2, -2, 0),
+    ("reflection", True, -2, -8, -2, -8), ("reflection", False, -3, -8, -2, -8),
+    ("reflection", False, -0.5, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize("padding, align_corners, i, left, right, returned", KINK_TABLE)
+def test_6_kink_table_examples(padding, align_corners, i, left, right, returned):
+    value, slope = _row_sampler(align_corners, padding)
+    found_left, found_right = _one_sided(value, [i])
+    assert (found_left[0], found_right[0], slope([i])[0]) == (left, right, returned)
+
+
+@pytest.mark.parametrize("padding", KINK_PADDINGS)
+def test_6_kink_table_bicubic_and_nearest_rows(padding):
+    """Bicubic has no kink at integers (both sides equal, and returned); nearest returns 0."""
+    value, slope = _row_sampler(True, padding, "bicubic")
+    i = np.arange(-6.0, 11.0)
+    left, right = _one_sided(value, i)
+    np.testing.assert_allclose(left, right, rtol=0, atol=1e-4)       # O(STEP) curvature only
+    np.testing.assert_allclose(slope(i), (left + right) / 2, rtol=0, atol=1e-4)
+    _, slope = _row_sampler(True, padding, "nearest")
+    assert not np.any(slope(np.arange(-6.0, 11.0, 0.5)))
+
+
+@pytest.mark.parametrize("align_corners, below, above", [
+    (False, [0, 1, 5, 13, 14, 17, 25], [2]), (True, [17, 21, 25], [])])
+def test_6_identity_start_columns_below_their_pixel(align_corners, below, above):
+    """§6.5 "the identity start": at W = 28 in float64 these columns of the identity grid lie a
+    few ulps below (above) their pixel and take the left-sided (right-sided) derivative."""
+    W = 28
+    theta = np.array([[[1.0, 0, 0], [0, 1, 0]]])
+    x = affine_grid(theta, (1, 1, 1, W), align_corners)[0, 0, :, 0]
+    s = (W - 1) / 2 if align_corners else W / 2
+    i = (x + 1) * s - (0.0 if align_corners else 0.5)          # the 4-D expression, §3.7
+    m = np.arange(W)
+    assert np.flatnonzero(i < m).tolist() == below and np.flatnonzero(i > m).tolist() == above
+    assert np.abs(i - m).max() < 4e-15
+    U = np.random.default_rng(5).standard_normal((1, 1, 1, W)) ** 2 + np.arange(W) ** 2
+    grid = np.stack([x, np.zeros(W)], -1)[None, None]
+    dgrid = grid_sample_backward(np.ones((1, 1, 1, W)), U, grid, align_corners=align_corners)[1][0, 0, :, 0]
+    Uz = np.concatenate([[0.0], U[0, 0, 0], [0.0]])                 # zeros padding either side
+    left, right = s * (Uz[1:-1] - Uz[:-2]), s * (Uz[2:] - Uz[1:-1])
+    expect = np.where(i < m, left, right)
+    np.testing.assert_allclose(dgrid, expect, rtol=1e-12, atol=1e-12)
+    assert np.all(np.abs(left - right)[below] > 1)                  # the sides really differ there
+
+
+@pytest.mark.parametrize("size", [5, 28, 224])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_2_affine_identity_is_exact_to_a_few_ulps_of_the_coordinate(size, align_corners):
+    """§2.1: nearest exactly; bilinear and bicubic within 1e-15 max(H, W) max|U|, not zero."""
+    U = np.random.default_rng(6).standard_normal((1, 2, size, size + 3))
+    theta = np.array([[[1.0, 0, 0], [0, 1, 0]]])
+    grid = affine_grid(theta, U.shape, align_corners)
+    worst = 0.0
+    for mode in ("nearest", "bilinear", "bicubic"):
+        for padding in KINK_PADDINGS:
+            err = np.abs(grid_sample(U, grid, **_kw(mode, padding, align_corners)) - U).max()
+            assert err == 0.0 if mode == "nearest" else err <= 1e-15 * (size + 3) * np.abs(U).max()
+            worst = max(worst, err)
+    assert worst > 0 or size == 5

@@ -14,6 +14,7 @@ The fakes are written here, independently of the hypotheses inside ``diagnose``.
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -113,7 +114,13 @@ def test_scipy_map_coordinates_is_identified(order, mode):
     assert d.coordinates == "pixel coordinates, i = x" and d.axis_order == "xy"
     assert d.padding == SCIPY_MODES[mode] and d.fill == 0.0
     assert d.precision == "float64"
-    assert d.nearest_rounding == ("half up" if order == 0 else "n/a")
+    if order == 0:   # scipy pads the coordinate, then rounds half up: only "grid-constant" lets a
+        # negative tie reach the rounding, so elsewhere half away from zero reads the same pixels
+        alternatives = d.nearest_rounding.split(" or ")
+        assert "half up" in alternatives and set(alternatives) <= {"half up", "half away from zero"}
+        assert (mode == "grid-constant") == (alternatives == ["half up"]) or mode == "mirror"
+    else:
+        assert d.nearest_rounding == "n/a"
     assert not d.matches_pytorch
     expected = {"coordinates"}
     expected |= {"nearest ties"} if order == 0 else set()
@@ -139,34 +146,49 @@ def keys(d, a):
                     np.where(d < 2, a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a, 0.0))
 
 
+def mirror(m, s, low, span):
+    """Integer tap ``m`` folded into ``[low, low + span]`` (period ``2 span``), as an index."""
+    e = np.mod(np.abs(m - low), 2 * span)
+    return np.clip(np.where(e <= span, low + e, low + 2 * span - e), 0, s - 1)
+
+
 TAP_READS = {  # padding -> integer tap m of an axis of s pixels -> pixel index, or -1 (fill)
     "zeros": lambda m, s: np.where((m >= 0) & (m < s), m, -1),
     "border": lambda m, s: np.clip(m, 0, s - 1),
     "wrap": lambda m, s: np.mod(m, s),
+    "reflect edges": lambda m, s: mirror(m, s, -0.5, s),
+    "reflect centres": lambda m, s: mirror(m, s, 0.0, s - 1),
 }
 
 
 def fake(U, grid, *, kernel="bilinear", a=-0.75, rounding=np.rint, padding="zeros", fill=0.0,
-         clamp=False, align_corners=False):
+         clamp=False, align_corners=False, step=None, band=None, weights32=False):
     """A small sampler of its own: separable taps, each read through ``TAP_READS[padding]``;
-    ``clamp`` clips the coordinate to the pixels first (as ONNX's reference bicubic does)."""
+    ``clamp`` clips the coordinate to the pixels first (as ONNX's reference bicubic does);
+    ``step`` rounds positions to its multiples (half to even) first; ``band``: points that far or
+    farther outside ``[0, size - 1]`` read ``fill``."""
     N, C, H, W = U.shape
     out = np.empty((N, C) + grid.shape[1:3])
     for n in range(N):
-        taps = []
+        taps, outside = [], np.zeros(grid.shape[1] * grid.shape[2], bool)
         for i, size in ((unnormalise(grid[n, ..., 0].ravel(), W, align_corners), W),
                         (unnormalise(grid[n, ..., 1].ravel(), H, align_corners), H)):
+            if band is not None:
+                outside |= (i <= -band) | (i >= size - 1 + band)
             i = np.clip(i, 0, size - 1) if clamp else i
+            i = np.rint(i / step) * step if step else i
             if kernel == "nearest":
                 m, w = rounding(i)[:, None], np.ones((len(i), 1))
             else:
                 m = np.floor(i)[:, None] + ([0, 1] if kernel == "bilinear" else [-1, 0, 1, 2])
                 w = np.maximum(0, 1 - np.abs(i[:, None] - m)) if kernel == "bilinear" else keys(i[:, None] - m, a)
+            w = w.astype(np.float32).astype(np.float64) if weights32 else w
             taps.append((np.nan_to_num(TAP_READS[padding](m, size), nan=-1).astype(int), w))
         (cx, wx), (cy, wy) = taps
         vals = U[n][:, np.maximum(cy, 0)[:, :, None], np.maximum(cx, 0)[:, None, :]]  # (C, P, Ty, Tx)
         vals = np.where((cy < 0)[:, :, None] | (cx < 0)[:, None, :], fill, vals)
-        out[n] = np.einsum("cpyx,py,px->cp", vals, wy, wx).reshape((C,) + grid.shape[1:3])
+        V = np.where(outside, fill, np.einsum("cpyx,py,px->cp", vals, wy, wx))
+        out[n] = V.reshape((C,) + grid.shape[1:3])
     return out
 
 
@@ -248,6 +270,8 @@ def test_unknown_kernel_is_none_of_these_and_a_difference():
     assert d.kernel == "none of these" and d.padding == "border"
     assert d.coordinates == "align_corners=False" and "kernel" in topics(d)
     assert not d.matches_pytorch
+    # ties belong to a nearest kernel: no "nearest ties: unknown ... DIFFERS" row for this one
+    assert d.nearest_rounding == "n/a" and "nearest ties" not in d.report()
 
 
 @pytest.mark.parametrize("align_corners, mode, padding", [(True, "nearest", "border"),
@@ -264,7 +288,9 @@ def test_a_b_spline_that_does_not_interpolate_is_identified(align_corners, mode,
     d = diagnose(fn)
     assert d.kernel == "cubic B-spline (not interpolating)"
     assert d.coordinates == f"align_corners={align_corners}" and d.axis_order == "xy"
-    assert (d.padding, d.padded) == (padding, "taps")
+    # about pixel centres a symmetric kernel reads the same values whether the coordinate or
+    # each tap is mirrored; clipped (border), the two differ
+    assert (d.padding, d.padded) == (padding, "taps" if mode == "nearest" else "taps or coordinate")
     assert "kernel" in topics(d) and not d.matches_pytorch
 
 
@@ -316,8 +342,9 @@ def bilinear_backward(dV, U, grid, left=False, accumulate=True):
     dU, dgrid = np.zeros_like(U), np.zeros_like(grid)
     for n in range(N):
         ix, iy = unnormalise(grid[n, ..., 0].ravel(), W, False), unnormalise(grid[n, ..., 1].ravel(), H, False)
-        x0 = np.ceil(ix) - 1 if left else np.floor(ix)
-        y0 = np.ceil(iy) - 1 if left else np.floor(iy)
+        left_x, left_y = (left, left) if isinstance(left, bool) else left
+        x0 = np.ceil(ix) - 1 if left_x else np.floor(ix)
+        y0 = np.ceil(iy) - 1 if left_y else np.floor(iy)
         tx, ty = ix - x0, iy - y0
         g = dV[n].reshape(C, -1)
         v = {}
@@ -548,3 +575,143 @@ def test_load_callable():
                           ("stnref.sampling:CUBIC_A", "is a float, not a callable"), (42, "expected")]:
         with pytest.raises(ValueError, match=message):
             load_callable(spec)
+
+
+def test_help_states_the_exit_status_and_the_cli_keeps_it(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["reference", "diagnose", "--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("exit status: 0 if the sampler (and its backward, if given) matches a PyTorch grid_sample "
+            "setting on finite inputs; 1 if it differs") in text
+    assert "2 if MODULE:FUNCTION cannot be loaded" in text and "130 if interrupted" in text
+    (tmp_path / "half_up_sampler_mod.py").write_text(
+        "import numpy as np\nfrom stnref import grid_sample\n"
+        "def same(U, grid):\n    return grid_sample(U, grid)\n"
+        "def shifted(U, grid):\n    return grid_sample(U, grid + 0.01)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "half_up_sampler_mod", raising=False)
+    assert cli.main(["reference", "diagnose", "half_up_sampler_mod:same"]) == 0
+    assert cli.main(["reference", "diagnose", "half_up_sampler_mod:shifted"]) == 1
+    assert cli.main(["reference", "diagnose", "half_up_sampler_mod:missing"]) == 2
+
+
+# ----------------------------------------------------------------------------- settings PyTorch lacks
+
+HALF_AWAY = lambda i: np.copysign(np.floor(np.abs(i) + 0.5), i)   # noqa: E731 (JAX's lax.round)
+
+
+@pytest.mark.parametrize("kernel", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("padding, fill, found", [("zeros", 0.7, "constant"), ("wrap", 0.0, "wrap")])
+def test_a_constant_fill_and_wrap_are_found_for_every_kernel(kernel, padding, fill, found):
+    d = diagnose(lambda U, g: fake(U, g, kernel=kernel, padding=padding, fill=fill))
+    assert (d.kernel, d.padding, d.fill) == (kernel, found, fill), d.report()
+    assert "padding" in topics(d) and not d.matches_pytorch and "matches PyTorch" not in d.verdict
+
+
+@pytest.mark.parametrize("a", [-0.5, -0.6, -1.0])
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflect edges"])
+def test_keys_a_is_estimated_with_any_padding(a, padding):
+    d = diagnose(lambda U, g: fake(U, g, kernel="bicubic", a=a, padding=padding))
+    assert d.kernel == "bicubic" and d.cubic_a == a, d.report()
+    assert "kernel" in topics(d) and not d.matches_pytorch
+    assert any(f"A = {a:g}; PyTorch uses A = -0.75" in line for line in d.differences)
+
+
+@pytest.mark.parametrize("padding, name", [("reflect edges", "reflection about edges"),
+                                           ("reflect centres", "reflection about centres")])
+def test_a_nearest_that_rounds_half_away_then_pads_the_index_is_named(padding, name):
+    """JAX's order 0: lax.round, then the index fixer (the issue's wrong "half up, coordinate")."""
+    d = diagnose(lambda U, g: fake(U, g, kernel="nearest", rounding=HALF_AWAY, padding=padding))
+    assert (d.padding, d.nearest_rounding, d.padded) == (name, "half away from zero", "taps"), d.report()
+    assert {"padding", "nearest ties"} <= topics(d)
+    assert not any("negative ties are not observable" in n for n in d.notes)
+
+
+def test_positions_rounded_to_a_step_are_found_for_any_kernel():
+    for kernel in ("bilinear", "bicubic"):
+        d = diagnose(lambda U, g: fake(U, g, kernel=kernel, step=1 / 32))
+        assert d.kernel == kernel and d.positions.startswith("rounded to multiples of 1/32 px")
+        assert d.precision == "float64" and "positions" in topics(d), d.report()
+    d = diagnose(lambda U, g: fake(U, g, step=1 / 256))
+    assert d.positions.startswith("rounded to multiples of 1/256 px")
+    assert diagnose(grid_sample).positions == "exact"
+    assert diagnose(lambda U, g: grid_sample(U, g, "nearest")).positions == "n/a"
+
+
+@pytest.mark.parametrize("band", [0.05, 0.3])
+def test_an_output_mask_band_is_measured(band):
+    d = diagnose(lambda U, g: fake(U, g, padding="border", band=band))
+    assert d.output_mask == f"points {band:g} px or more outside [0, size - 1] read 0", d.report()
+    assert d.padding in ("border", "border or reflection about edges") and "output mask" in topics(d)
+    assert d.kernel == "bilinear" and not d.matches_pytorch
+
+
+def test_no_band_is_invented_for_a_cut_at_the_edge_pixels():
+    d = diagnose(scipy_box(1, "constant"))
+    assert d.output_mask == "none" and d.padding == "constant beyond the edge pixels"
+
+
+def test_a_backward_right_sided_in_x_and_left_sided_in_y_is_a_difference():
+    """The issue's surviving mutant: each axis is judged on its own probe."""
+    d = diagnose(stnref_box("bilinear", "zeros", False)[0],
+                 lambda *a: bilinear_backward(*a, left=(False, True)))
+    assert d.backward["knots"] == "x: right-sided, y: left-sided"
+    assert not d.matches_pytorch and d.backward["matches_pytorch"] is False
+    assert any("§4.1" in line or "§6.5" in line for line in d.differences if line.startswith("backward at"))
+
+
+def test_float32_weights_with_float64_sums_are_mixed_precision():
+    d = diagnose(lambda U, g: fake(U, g, weights32=True))
+    assert d.precision == "mixed: float32 coordinates or weights" and "precision" in topics(d), d.report()
+    assert (d.kernel, d.padding) == ("bilinear", "zeros")
+
+
+def test_values_a_billionth_off_are_a_difference():
+    """Above the parity tolerance (1e-10 of the scale), below what tells conventions apart."""
+    d = diagnose(lambda U, g: grid_sample(U, g) * (1 + 1e-9))
+    assert d.closest == {"mode": "bilinear", "padding_mode": "zeros", "align_corners": False}
+    assert topics(d) == {next(t for t in topics(d) if t.startswith("values differ"))}, d.differences
+    assert not d.matches_pytorch and d.precision == "float64"
+
+
+def test_a_clip_border_rule_that_differs_between_the_axes_is_a_difference():
+    """x: PyTorch's zero multiplier on the border; y: the slope inside the image (zeros' rule)."""
+    def backward(dV, U, grid):
+        dU, dgrid = grid_sample_backward(dV, U, grid, "bilinear", "border")
+        _, zeros = grid_sample_backward(dV, U, grid, "bilinear", "zeros")
+        iy = unnormalise(grid[..., 1], U.shape[2], False)
+        on = iy == 0
+        dgrid[..., 1] = np.where(on, zeros[..., 1], dgrid[..., 1])
+        return dU, dgrid
+
+    d = diagnose(lambda U, g: grid_sample(U, g, "bilinear", "border"), backward)
+    assert d.backward["clip borders"].startswith("x: zero at and beyond the border, y: "), d.backward
+    assert any(line.startswith("backward on the clip border") for line in d.differences)
+
+
+def test_a_row_whose_alternatives_include_pytorch_s_value_is_ok():
+    report = diagnose(scipy_box(1, "mirror")).report()
+    assert re.search(r"^padded +coordinate or taps +coordinate +ok$", report, re.MULTILINE), report
+
+
+def test_the_models_quantise_ties_to_even_and_mask_from_the_band_on():
+    from stnref.reference._models import beyond, quantise
+    np.testing.assert_array_equal(quantise(np.array([1, 3, 5, -1, -3]) / 64, 1 / 32),
+                                  np.array([0, 2, 2, 0, -2]) / 32)
+    np.testing.assert_array_equal(beyond(np.array([-0.05, -0.0499, 0.0, 3.0, 3.0499, 3.05]), 4, 0.05),
+                                  [True, False, False, False, False, True])
+
+
+def test_a_bicubic_wrong_only_far_outside_is_a_difference():
+    """Keys with A fitted to exactly PyTorch's -0.75 is compared with grid_sample everywhere,
+    far points included (the model alone is not trusted beyond 1e6 pixels)."""
+    rng = np.random.default_rng(0)
+
+    def far_wrong(U, g):   # last-bit noise too: A fits to -0.75 within rounding, snapped to it
+        V = grid_sample(U, g, "bicubic") * (1 + rng.choice([-1.0, 0.0, 1.0], (*U.shape[:2], *g.shape[1:3])) * 2.0**-52)
+        return np.where((np.abs(g).max(-1) > 1e9)[:, None], 0.5, V)   # beyond 1e6 sizes only
+
+    d = diagnose(far_wrong)
+    assert d.kernel == "bicubic" and d.cubic_a == -0.75 and not d.matches_pytorch
+    assert any(line.startswith("values differ") and "far outside" in line for line in d.differences)

@@ -56,13 +56,32 @@ def run_console(block, cwd):
         assert done.returncode == 0, f"{line!r} failed:\n{done.stdout}\n{done.stderr}"
 
 
-def run_document(path, tmp_path, monkeypatch):
+class PrintRecorder:
+    """A ``print`` for executed blocks that keeps what each line of the block printed."""
+
+    def __init__(self):
+        self.lines = {}                       # (block, line number) -> [printed text, ...]
+        self.block = 0
+
+    def __call__(self, *args, sep=" ", end="\n", file=None, flush=False):
+        if file is not None:
+            return print(*args, sep=sep, end=end, file=file, flush=flush)
+        line = sys._getframe(1).f_lineno
+        self.lines.setdefault((self.block, line), []).append(sep.join(str(a) for a in args))
+        return None
+
+
+def run_document(path, tmp_path, monkeypatch, recorder=None):
     """Execute ``path``'s python and console blocks in order; return the namespace."""
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{path.stem}"}
+    if recorder is not None:
+        namespace["print"] = recorder
     ran = 0
     for language, code in fenced_blocks(path):
         if language == "python":
+            if recorder is not None:
+                recorder.block = ran
             with contextlib.redirect_stdout(io.StringIO()):
                 exec(compile(code, f"{path.name} block {ran}", "exec"), namespace)
             ran += 1
@@ -73,8 +92,59 @@ def run_document(path, tmp_path, monkeypatch):
     return namespace
 
 
+STATED = re.compile(r"^[-([{~0-9'\"]|^(True|False|ok)\b")   # a comment that states the output
+
+
+def stated_outputs(path):
+    """``((block, line), expected, approximate)`` for every print whose comment states its output:
+    a comment after ``print(...)`` (up to a ``": "`` that starts an explanation), or the comment
+    lines right below a ``print`` line that has none; ``~1e-16`` is an order of magnitude."""
+    stated, ran = [], 0
+    for language, code in fenced_blocks(path):
+        if language == "console":
+            ran += 1
+        if language != "python":
+            continue
+        lines = code.splitlines()
+        for number, text in enumerate(lines, start=1):
+            if "print(" not in text:
+                continue
+            code_part, _, comment = text.partition("  #")
+            comment = comment.strip()
+            if comment and STATED.match(comment):
+                expected = comment if comment.startswith(("[", "(", "{")) and ": " not in comment \
+                    else comment.split(": ")[0]
+                stated.append(((ran, number), expected, expected.startswith("~")))
+            elif not comment and code_part.rstrip().endswith(")"):
+                below = []
+                for following in lines[number:]:
+                    if not following.lstrip().startswith("# "):
+                        break
+                    below.append(following.lstrip()[2:])
+                stated += [((ran, number), e, False) for e in below]
+        ran += 1
+    return stated
+
+
+def check_stated_outputs(path, recorder):
+    wrong = []
+    for where, expected, approximate in stated_outputs(path):
+        printed = recorder.lines.get(where, [])
+        if approximate:
+            bound = 10 * float(expected[1:])
+            values = [float(v) for text in printed for v in text.split()]
+            if not values or max(values) > bound:
+                wrong.append(f"{path.name} block {where[0]} line {where[1]}: printed {printed}, stated {expected}")
+        elif not any(expected in text for text in printed):
+            wrong.append(f"{path.name} block {where[0]} line {where[1]}: printed {printed}, stated {expected!r}")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_tutorial_runs(tmp_path, monkeypatch):
-    ns = run_document(DOCS / "tutorial.md", tmp_path, monkeypatch)
+    recorder = PrintRecorder()
+    ns = run_document(DOCS / "tutorial.md", tmp_path, monkeypatch, recorder)
+    check_stated_outputs(DOCS / "tutorial.md", recorder)
+    assert len(stated_outputs(DOCS / "tutorial.md")) >= 15   # the checker finds what the page states
     # The claims the text makes about its own output.
     assert tuple(map(int, ns["where"])) == (4, 17)   # +30 degrees in theta: the dot turns CCW
     assert np.abs(ns["V_paper"] - ns["V_fast"]).max() < 1e-12          # eq. (3) as printed
@@ -112,7 +182,8 @@ def test_readme_starts_with_the_setup_block():
 # Modules whose public names docs/api.md lists: ``__all__`` where defined, otherwise every
 # non-underscore function and class defined in the module itself.
 API_MODULES = (
-    "stnref", "stnref.equations", "stnref.grids", "stnref.sampling", "stnref.registry", "stnref.second_order",
+    "stnref", "stnref.equations", "stnref.grids", "stnref.sampling", "stnref.sampler_settings",
+    "stnref.registry", "stnref.second_order",
     "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn", "stnref.training",
     "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
     "stnref.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",
@@ -274,7 +345,7 @@ def test_relative_links_resolve(page):
 
 def test_every_figure_is_shown_and_generated():
     shown = set()
-    for page in (DOCS / "pictures.md", ROOT / "README.md"):
+    for page in (DOCS / "pictures.md", ROOT / "README.md", *sorted((DOCS / "derivations").glob("*.md"))):
         shown |= set(re.findall(r"figures/(\w+\.png)", page.read_text(encoding="utf-8")))
     on_disk = {p.name for p in (DOCS / "figures").glob("*.png")}
     script = (DOCS / "make_figures.py").read_text(encoding="utf-8")

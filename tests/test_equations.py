@@ -36,7 +36,7 @@ def zeros_cases(modes, max_spatial=5, grids="smooth"):
     half-integers); ``"kinky"`` puts points on them on purpose, and far outside.
     """
     return sampler_cases(dims=(2,), modes=modes, paddings=("zeros",), max_spatial=max_spatial,
-                         grids=grids)
+                         grids=grids, defaults=True)
 
 
 # ----------------------------------------------------------------------------- eqs. (1), (2)
@@ -139,6 +139,15 @@ def test_cubic_kernel_is_keys_with_pytorch_a():
 def test_sample_equals_grid_sample(case):
     """Bilinear (eq. 5) and bicubic with zeros padding: the same function, kinks included."""
     V = E.sample(case.U, case.grid, case.mode, case.align_corners)
+    assert_close(V, stnref.grid_sample(case.U, case.grid, **case.kwargs), repr(case))
+
+
+@given(case=st.one_of(*(sampler_cases(dims=(2,), modes=("bilinear", "bicubic"), paddings=("constant",),
+                                      max_spatial=5, grids=g) for g in ("smooth", "kinky"))))
+def test_sample_with_a_fill_value_equals_constant_padding(case):
+    """Eq. (3) with every lattice point outside holding fill_value: padding "constant", any A."""
+    kernel = case.mode if case.mode == "bilinear" else (lambda d: E.cubic_kernel(d, case.cubic_a))
+    V = E.sample(case.U, case.grid, kernel, case.align_corners, fill_value=case.fill_value)
     assert_close(V, stnref.grid_sample(case.U, case.grid, **case.kwargs), repr(case))
 
 
@@ -263,3 +272,29 @@ def test_float32_in_float32_out_and_inputs_untouched():
 def test_bad_input_is_refused_by_name(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_eq_4_and_rint_differ_exactly_at_even_ties_and_one_double_below_a_half():
+    """stnref.equations.integer_kernel's docstring, checked as stated: every tie m + 1/2 with
+    |m| <= 300 and the six doubles either side of it."""
+    differ = []
+    for m in range(-300, 301):
+        x = np.array([m + 0.5])
+        around = [x]
+        for direction in (-np.inf, np.inf):
+            y = x
+            for _ in range(6):
+                y = np.nextafter(y, direction)
+                around.append(y)
+        for y in around:
+            if np.floor(y[0] + 0.5) != np.rint(y[0]):
+                differ.append(float(y[0]))
+    ties = [m + 0.5 for m in range(-300, 301) if m % 2 == 0]
+    assert sorted(differ) == sorted(ties + [0.49999999999999994])
+    # the odd one out, read by both samplers: pixel 1 by eq. (4), pixel 0 by grid_sample
+    U = np.array([[[[10.0, 20.0]]]])
+    x_s = np.nextafter(0.5, 0.0)
+    grid = np.array([[[[np.nextafter(1.0, 0.0) - 1, 0.0]]]])   # align_corners=True, W = 2: i = (x + 1)/2
+    assert E.pixel_coordinate(grid[..., 0], 2, True)[0, 0, 0] == x_s
+    assert E.sample(U, grid, "nearest", align_corners=True)[0, 0, 0, 0] == 20.0
+    assert stnref.grid_sample(U, grid, "nearest", align_corners=True)[0, 0, 0, 0] == 10.0

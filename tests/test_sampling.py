@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stnref import affine_grid, affine_grid_backward, gradcheck, grid_sample, grid_sample_backward
+from stnref.sampler_settings import FILL_PADDINGS, MODES, combinations
 
 import loops
 from strategies import (
@@ -22,6 +23,7 @@ from strategies import (
     MAX_REDRAWS,
     combo_id,
     combos,
+    draw_options,
     grid_kink_distance,
     kink_distance,
     sampler_cases,
@@ -34,6 +36,7 @@ THETA_NOISE = 0.6      # spread of random affine matrices around the identity
 FD_EXAMPLES = 10       # hypothesis examples per combination for the finite-difference checks
 ALL = combos()
 ALL_IDS = [combo_id(c) for c in ALL]
+LOOP_COMBOS = [c for c in ALL if loops.implements(c[1], c[2])]   # the loop oracle's settings
 
 
 def _case(combo, **kw):
@@ -42,11 +45,25 @@ def _case(combo, **kw):
 
 
 def _fd(case, full_max=200):
+    """Central differences of every input the setting has: ``U``, ``grid`` and ``fill_value``."""
     kw = case.kwargs
+    if case.padding_mode not in FILL_PADDINGS:
+        return gradcheck(
+            lambda U, grid: grid_sample(U, grid, **kw),
+            lambda dV, U, grid: grid_sample_backward(dV, U, grid, **kw),
+            [case.U, case.grid], names=["U", "grid"], eps=FD_EPS, full_max=full_max,
+        )
+    kw.pop("fill_value")
+
+    def vjp(dV, U, grid, fill):
+        dU, dgrid, dfill = grid_sample_backward(dV, U, grid, fill_value=float(fill[0]),
+                                                need_dfill_value=True, **kw)
+        return dU, dgrid, np.array([dfill])
+
     return gradcheck(
-        lambda U, grid: grid_sample(U, grid, **kw),
-        lambda dV, U, grid: grid_sample_backward(dV, U, grid, **kw),
-        [case.U, case.grid], names=["U", "grid"], eps=FD_EPS, full_max=full_max,
+        lambda U, grid, fill: grid_sample(U, grid, fill_value=float(fill[0]), **kw), vjp,
+        [case.U, case.grid, np.array([case.fill_value])], names=["U", "grid", "fill_value"],
+        eps=FD_EPS, full_max=full_max,
     )
 
 
@@ -82,7 +99,8 @@ def test_fd_dtheta_through_affine_grid(combo, seed, n, out):
     size = (n, 2, *(out,) * k)
     U = rng.standard_normal((n, 2, *in_spatial))
     theta = _smooth_theta(rng, size, in_spatial, mode, padding, ac)
-    kw = {"mode": mode, "padding_mode": padding, "align_corners": ac}
+    fill, a = draw_options(rng, mode, padding)
+    kw = {"mode": mode, "padding_mode": padding, "align_corners": ac, "fill_value": fill, "cubic_a": a}
 
     def fn(theta):
         return grid_sample(U, affine_grid(theta, size, ac), **kw)
@@ -96,7 +114,7 @@ def test_fd_dtheta_through_affine_grid(combo, seed, n, out):
 
 # --------------------------------------------------------------------------- loop oracle
 
-@pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
+@pytest.mark.parametrize("combo", LOOP_COMBOS, ids=combo_id)
 @settings(max_examples=8)
 @given(data=st.data())
 def test_forward_and_dU_match_loops(combo, data):
@@ -104,10 +122,15 @@ def test_forward_and_dU_match_loops(combo, data):
         case = data.draw(_case(combo, grids=grids, max_spatial=4, max_nc=2))
         V = grid_sample(case.U, case.grid, **case.kwargs)
         np.testing.assert_allclose(V, loops.grid_sample_loop(case.U, case.grid, **case.kwargs),
-                                   rtol=0, atol=LOOP_TOL)
-        dU, _ = grid_sample_backward(case.dV, case.U, case.grid, **case.kwargs)
-        expect = loops.grid_sample_dU_loop(case.dV, case.U.shape, case.grid, **case.kwargs)
+                                   rtol=0, atol=LOOP_TOL * max(1.0, abs(case.fill_value)))
+        need_dfill = case.padding_mode in FILL_PADDINGS
+        dU, _, *dfill = grid_sample_backward(case.dV, case.U, case.grid,
+                                             need_dfill_value=need_dfill, **case.kwargs)
+        expect, expect_dfill = loops.grid_sample_dU_loop(case.dV, case.U.shape, case.grid,
+                                                         **case.kwargs)
         np.testing.assert_allclose(dU, expect, rtol=0, atol=LOOP_TOL)
+        if need_dfill:  # every tap of every point may read the fill: the sum grows with them
+            assert abs(dfill[0] - expect_dfill) <= LOOP_TOL * case.dV.size
 
 
 # --------------------------------------------------------------------------- dtypes
@@ -197,7 +220,7 @@ def test_need_dU_false_skips_dU_only():
     np.testing.assert_array_equal(dg, grid_sample_backward(dV, U, grid)[1])
 
 
-@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("mode", MODES)
 def test_large_float32_image_takes_the_int64_row_path(mode):
     # A float32 image whose padded extent passes 2**23 pixels: tap rows are summed in
     # int64 there, not in float32 (sampling._rows).  Pixel (r, c) holds r * W + c, so a
@@ -236,10 +259,23 @@ def test_tap_rows_are_exact(padded, dtype):
     np.testing.assert_array_equal(_rows(far, strides, padded), want)
 
 
-@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
-@pytest.mark.parametrize("mode, k", [("nearest", 2), ("bilinear", 2), ("bicubic", 2),
-                                     ("nearest", 3), ("bilinear", 3)])
-def test_backward_from_kept_taps_is_the_backward(mode, k, padding):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 128, 2**20 + 1])
+def test_wrapped_base_is_the_exact_remainder(dtype, size):
+    # sampling._wrap replaces np.mod by floor division with a correction below 2^mantissa;
+    # it must be the exact remainder there, at the switch, and beyond (huge coordinates)
+    from stnref.sampling import _wrap
+    rng = np.random.default_rng(6)
+    top = 2.0 ** np.finfo(dtype).nmant
+    base = np.concatenate([np.floor(rng.uniform(-3 * top, 3 * top, 4000)),
+                           np.floor(rng.uniform(-1e4, 1e4, 4000)),
+                           [top - 1, 1 - top, top, -top, 4 * top, 1e30, -1e30, 0, -1, size, -size]])
+    base = base.astype(dtype)
+    np.testing.assert_array_equal(_wrap(base, size), np.mod(base, dtype(size)))
+
+
+@pytest.mark.parametrize("k, mode, padding", combinations())
+def test_backward_from_kept_taps_is_the_backward(k, mode, padding):
     # SpatialTransformer keeps the forward's taps for its backward (sampling._sample with
     # keep=True); that must change nothing, bit for bit, across several chunks
     from stnref import sampling
@@ -251,12 +287,14 @@ def test_backward_from_kept_taps_is_the_backward(mode, k, padding):
     grid.reshape(-1)[::101] = np.round(grid.reshape(-1)[::101] * 8) / 8   # kinks
     grid.reshape(-1)[::997] = np.nan
     dV = rng.standard_normal(shape[:2] + out[1:])
-    V, kept = sampling._sample(U, grid, mode, padding, False, keep=True)
-    assert V.tobytes() == grid_sample(U, grid, mode, padding).tobytes()
+    fill, a = draw_options(rng, mode, padding)
+    V, kept = sampling._sample(U, grid, mode, padding, False, keep=True, fill_value=fill, cubic_a=a)
+    assert V.tobytes() == grid_sample(U, grid, mode, padding, fill_value=fill, cubic_a=a).tobytes()
     assert len(kept) > 1
     for need_dU in (True, False):
-        got = sampling._sample_backward(dV, U, grid, mode, padding, False, need_dU, kept)
-        want = grid_sample_backward(dV, U, grid, mode, padding, need_dU=need_dU)
+        got = sampling._sample_backward(dV, U, grid, mode, padding, False, need_dU, kept, fill, a)
+        want = grid_sample_backward(dV, U, grid, mode, padding, need_dU=need_dU, fill_value=fill,
+                                    cubic_a=a)
         for g, w in zip(got, want):
             assert (g is None and w is None) or g.tobytes() == w.tobytes()
 
@@ -279,10 +317,17 @@ def _ok(k=2):
     ("grid_last_dim", ValueError, r"expected grid of shape \(N, H_out, W_out, 2\).*got \(2, 3, 3, 3\)"),
     ("grid_last_dim_3d", ValueError, r"expected grid of shape \(N, D_out, H_out, W_out, 3\)"),
     ("batch", ValueError, r"expected grid with batch N=2 like U, got 1"),
-    ("mode", ValueError, r"expected mode to be one of 'nearest', 'bilinear', 'bicubic', got 'linear'"),
-    ("padding", ValueError,
-     r"expected padding_mode to be one of 'zeros', 'border', 'reflection', got 'wrap'"),
-    ("bicubic_5d", ValueError, r"mode='bicubic' supports 4-D input only"),
+    ("mode", ValueError, r"expected mode to be one of 'bilinear', 'nearest', 'bicubic', got 'linear'"),
+    ("padding", ValueError, r"expected padding_mode to be one of 'zeros', 'border', 'reflection', "
+                            r"'constant', 'wrap', got 'mirror'"),
+    ("fill", ValueError, r"fill_value=1.5 applies only with padding_mode='constant', "
+                         r"got padding_mode='zeros'"),
+    ("fill_nan", ValueError, r"expected a finite fill_value, got nan"),
+    ("fill_f32", ValueError, r"expected fill_value finite in float32 \(\|fill_value\| <= 3.403e\+38\), "
+                             r"got 1e\+300"),
+    ("fill_str", TypeError, r"expected fill_value to be a real number, got str '1'"),
+    ("cubic_a", ValueError, r"cubic_a=-0.5 applies only with mode='bicubic', got mode='bilinear'"),
+    ("cubic_a_inf", ValueError, r"expected a finite cubic_a, got -inf"),
     ("int_U", TypeError, r"expected U of dtype float32 or float64, got int64"),
     ("complex_grid", TypeError, r"expected grid of dtype float32 or float64, got complex128"),
     ("bool_U", TypeError, r"expected U of dtype float32 or float64, got bool"),
@@ -309,10 +354,20 @@ def test_bad_input_raises_naming_the_argument(fn, bad, exc, match):
     elif bad == "mode":
         kw["mode"] = "linear"
     elif bad == "padding":
-        kw["padding_mode"] = "wrap"
-    elif bad == "bicubic_5d":
-        U, grid, dV = _ok(3)
-        kw["mode"] = "bicubic"
+        kw["padding_mode"] = "mirror"
+    elif bad == "fill":
+        kw["fill_value"] = 1.5
+    elif bad == "fill_nan":
+        kw.update(padding_mode="constant", fill_value=np.nan)
+    elif bad == "fill_f32":
+        U, grid, dV = (a.astype(np.float32) for a in (U, grid, dV))
+        kw.update(padding_mode="constant", fill_value=1e300)
+    elif bad == "fill_str":
+        kw.update(padding_mode="constant", fill_value="1")
+    elif bad == "cubic_a":
+        kw["cubic_a"] = -0.5
+    elif bad == "cubic_a_inf":
+        kw.update(mode="bicubic", cubic_a=-np.inf)
     elif bad == "int_U":
         U = np.ones(U.shape, dtype=np.int64)
     elif bad == "complex_grid":

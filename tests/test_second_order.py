@@ -22,13 +22,15 @@ from stnref.second_order import (
     projective_grid_jvp,
     tps_grid_jvp,
 )
-from strategies import combo_id, combos, kinky_grid, sampler_cases, smooth_grid
+from stnref.sampler_settings import FILL_PADDINGS
+from strategies import combo_id, combos, draw_options, kinky_grid, sampler_cases, smooth_grid
 
 FD_EPS = 1e-6      # central-difference step on every argument (float64)
 FD_ATOL = 1e-6     # truncation ~eps^2 * third derivative, rounding ~1e-16 / eps
 FD_RTOL = 1e-5
 EXACT_RTOL = 1e-12  # transpose identities and symmetries: equal up to summation order
 COMBOS = combos()
+FILL_COMBOS = [c for c in COMBOS if c[2] in FILL_PADDINGS]   # settings with a fill value
 
 
 def _draw(combo, seed, grid_kind="smooth"):
@@ -47,7 +49,9 @@ def _draw(combo, seed, grid_kind="smooth"):
     dV = rng.standard_normal((n, c, *spatial_out))
     extra = (rng.standard_normal(U.shape), rng.standard_normal(grid.shape),
              rng.standard_normal(dV.shape))
-    kwargs = {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+    fill, a = draw_options(rng, mode, padding_mode)
+    kwargs = {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners,
+              "fill_value": fill, "cubic_a": a}
     return U, grid, dV, extra, kwargs, rng
 
 
@@ -67,13 +71,31 @@ def test_jvp_matches_central_differences(combo):
     assert _close(tV, numeric, FD_ATOL, FD_RTOL), np.max(np.abs(tV - numeric))
 
 
+@pytest.mark.parametrize("combo", FILL_COMBOS, ids=combo_id)
+def test_jvp_along_the_fill_value_matches_central_differences(combo):
+    U, grid, _, (tU, tgrid, _), kw, rng = _draw(combo, 11)
+    tfill = float(rng.standard_normal())
+    tV = grid_sample_jvp(U, grid, tU, tgrid, tfill_value=tfill, **kw)
+    f = kw.pop("fill_value")
+    numeric = (grid_sample(U + FD_EPS * tU, grid + FD_EPS * tgrid, fill_value=f + FD_EPS * tfill, **kw)
+               - grid_sample(U - FD_EPS * tU, grid - FD_EPS * tgrid, fill_value=f - FD_EPS * tfill, **kw)
+               ) / (2 * FD_EPS)
+    assert _close(tV, numeric, FD_ATOL, FD_RTOL), np.max(np.abs(tV - numeric))
+
+
 @pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
 def test_jvp_is_transpose_of_backward(combo):
-    # <dV, J (tU, tgrid)> == <J^T dV, (tU, tgrid)> exactly, kinks and far points included
-    U, grid, dV, (tU, tgrid, _), kw, _ = _draw(combo, 2, grid_kind="kinky")
-    dU, dgrid = grid_sample_backward(dV, U, grid, **kw)
-    lhs = np.vdot(dV, grid_sample_jvp(U, grid, tU, tgrid, **kw))
-    rhs = np.vdot(dU, tU) + np.vdot(dgrid, tgrid)
+    # <dV, J (tU, tgrid, tfill)> == <J^T dV, (tU, tgrid, tfill)> exactly, kinks and far points included
+    U, grid, dV, (tU, tgrid, _), kw, rng = _draw(combo, 2, grid_kind="kinky")
+    if combo[2] in FILL_PADDINGS:
+        tfill = float(rng.standard_normal())
+        dU, dgrid, dfill = grid_sample_backward(dV, U, grid, need_dfill_value=True, **kw)
+        lhs = np.vdot(dV, grid_sample_jvp(U, grid, tU, tgrid, tfill_value=tfill, **kw))
+        rhs = np.vdot(dU, tU) + np.vdot(dgrid, tgrid) + dfill * tfill
+    else:
+        dU, dgrid = grid_sample_backward(dV, U, grid, **kw)
+        lhs = np.vdot(dV, grid_sample_jvp(U, grid, tU, tgrid, **kw))
+        rhs = np.vdot(dU, tU) + np.vdot(dgrid, tgrid)
     assert lhs == pytest.approx(rhs, rel=EXACT_RTOL, abs=EXACT_RTOL)
 
 
@@ -112,6 +134,32 @@ def test_double_backward_matches_central_differences(combo):
         assert abs(analytic - numeric) <= FD_ATOL + FD_RTOL * abs(numeric), (name, analytic, numeric)
 
 
+@pytest.mark.parametrize("combo", FILL_COMBOS, ids=combo_id)
+def test_double_backward_with_the_fill_value_matches_central_differences(combo):
+    # L = <g_dU, dU> + <g_dgrid, dgrid> + g_dfill dfill, differentiated along (dV, U, grid, fill)
+    U, grid, dV, (g_dU, g_dgrid, _), kw, rng = _draw(combo, 12)
+    g_dfill = float(rng.standard_normal())
+    f = kw.pop("fill_value")
+
+    def loss(dV, U, grid, fill):
+        dU, dgrid, dfill = grid_sample_backward(dV, U, grid, fill_value=fill, need_dfill_value=True, **kw)
+        return np.vdot(g_dU, dU) + np.vdot(g_dgrid, dgrid) + g_dfill * dfill
+
+    results = grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, fill_value=f, g_dfill_value=g_dfill,
+                                          need_g_fill_value=True, **kw)
+    args = [dV, U, grid, f]
+    for i, (name, result) in enumerate(zip(("dV", "U", "grid", "fill_value"), results)):
+        v = rng.standard_normal(np.shape(args[i]))
+        plus, minus = list(args), list(args)
+        plus[i], minus[i] = args[i] + FD_EPS * v, args[i] - FD_EPS * v
+        numeric = (loss(*plus) - loss(*minus)) / (2 * FD_EPS)
+        analytic = np.vdot(result, v)
+        assert abs(analytic - numeric) <= FD_ATOL + FD_RTOL * abs(numeric), (name, analytic, numeric)
+    # the fill value's cotangent enters g_dV as the JVP's tangent does
+    np.testing.assert_allclose(results[0], grid_sample_jvp(U, grid, g_dU, g_dgrid, fill_value=f,
+                                                           tfill_value=g_dfill, **kw), rtol=1e-13, atol=1e-13)
+
+
 @settings(max_examples=25)
 @given(case=sampler_cases(max_spatial=4, max_nc=2), seed=st.integers(0, 2**32 - 1))
 def test_double_backward_directional_differences_over_the_mode_product(case, seed):
@@ -145,14 +193,13 @@ def test_double_backward_symmetries(combo):
     np.testing.assert_allclose(g_dV, grid_sample_jvp(U, grid, a, v, **kw), rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("k", [2, 3])
-@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("k, padding_mode", [(k, p) for k, m, p, _ in COMBOS if m == "nearest" and _])
 def test_nearest_double_backward_has_zero_grid_terms(k, padding_mode):
     U, grid, dV, (g_dU, g_dgrid, _), kw, _ = _draw((k, "nearest", padding_mode, True), 6)
     g_dV, g_U, g_grid = grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, **kw)
     np.testing.assert_array_equal(g_U, 0)
     np.testing.assert_array_equal(g_grid, 0)
-    np.testing.assert_array_equal(g_dV, grid_sample(g_dU, grid, **kw))
+    np.testing.assert_array_equal(g_dV, grid_sample(g_dU, grid, **(kw | {"fill_value": 0.0})))
 
 
 def test_double_backward_none_cotangents_and_duplicates():
@@ -217,6 +264,24 @@ def test_float32_in_float32_out_and_validation():
         grid_sample_jvp(U, grid, g_dU, g_dgrid, mode="cubic")
     with pytest.raises(TypeError, match="g_dgrid"):
         grid_sample_double_backward(g_dU, g_dgrid.astype(int), dV, U, grid, **kw)
+
+
+def test_fill_value_arguments_only_with_constant_padding():
+    U, grid, dV, (g_dU, g_dgrid, _), kw, _ = _draw((2, "bilinear", "border", False), 13)
+    where = r"applies only with padding_mode='constant', got padding_mode='border'"
+    with pytest.raises(ValueError, match=r"grid_sample_jvp\(\): tfill_value " + where):
+        grid_sample_jvp(U, grid, None, None, tfill_value=1.0, **kw)
+    with pytest.raises(ValueError, match=r"grid_sample_double_backward\(\): g_dfill_value " + where):
+        grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, g_dfill_value=1.0, **kw)
+    with pytest.raises(ValueError, match=r"grid_sample_double_backward\(\): need_g_fill_value=True " + where):
+        grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, need_g_fill_value=True, **kw)
+    kw["padding_mode"] = "constant"
+    with pytest.raises(TypeError, match=r"grid_sample_jvp\(\): expected tfill_value to be a real number"):
+        grid_sample_jvp(U, grid, None, None, tfill_value=np.ones(1), **kw)
+    with pytest.raises(ValueError, match=r"grid_sample_double_backward\(\): expected a finite g_dfill_value"):
+        grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, g_dfill_value=np.nan, **kw)
+    with pytest.raises(TypeError, match=r"expected need_g_fill_value to be a bool"):
+        grid_sample_double_backward(g_dU, g_dgrid, dV, U, grid, need_g_fill_value=1, **kw)
 
 
 # --------------------------------------------------------------------------- grid generator JVPs

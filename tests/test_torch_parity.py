@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stnref import affine_grid, affine_grid_backward, grid_sample, grid_sample_backward
+from stnref.sampler_settings import CUBIC_A, FILL_VALUE, is_pytorch
 from strategies import Case, combo_id, combos, sampler_cases
 
 torch = pytest.importorskip("torch")
@@ -23,12 +24,14 @@ F = torch.nn.functional
 
 PARITY_TOL = 1e-10   # float64, relative to the output's scale (docs/conventions.md §6.3)
 F32_TOL = 1e-5       # float32 forward, relative to the data scale
-ALL = combos()
+ALL = combos(pytorch=True)   # the settings PyTorch has (stnref.sampler_settings)
 ALL_IDS = [combo_id(c) for c in ALL]
 
 
-def torch_grid_sample(U, grid, dV, mode, padding_mode, align_corners):
-    """V, dU, dgrid from torch (float64 unless the arrays are float32)."""
+def torch_grid_sample(U, grid, dV, mode, padding_mode, align_corners, fill_value=FILL_VALUE,
+                      cubic_a=CUBIC_A):
+    """V, dU, dgrid from torch (float64 unless the arrays are float32), in a setting it has."""
+    assert is_pytorch(mode, padding_mode, grid.shape[-1], fill_value, cubic_a)
     Ut = torch.tensor(U, requires_grad=True)
     gt = torch.tensor(grid, requires_grad=True)
     V = F.grid_sample(Ut, gt, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
@@ -57,7 +60,7 @@ def check_parity(case):
 def test_parity_kinky_grids(combo, data):
     k, mode, padding, ac = combo
     check_parity(data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,),
-                                         align=(ac,), grids="kinky")))
+                                         align=(ac,), grids="kinky", defaults=True)))
 
 
 @pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
@@ -66,7 +69,7 @@ def test_parity_kinky_grids(combo, data):
 def test_parity_smooth_grids(combo, data):
     k, mode, padding, ac = combo
     check_parity(data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,),
-                                         align=(ac,))))
+                                         align=(ac,), defaults=True)))
 
 
 @pytest.mark.parametrize("combo", ALL, ids=ALL_IDS)
@@ -97,7 +100,7 @@ def test_parity_float32(combo, data):
     k, mode, padding, ac = combo
     for grids in ("smooth", "kinky"):
         case = data.draw(sampler_cases(dims=(k,), modes=(mode,), paddings=(padding,),
-                                       align=(ac,), grids=grids))
+                                       align=(ac,), grids=grids, defaults=True))
         U, grid, dV = (a.astype(np.float32) for a in (case.U, case.grid, case.dV))
         V, dU, dgrid = torch_grid_sample(U, grid, dV, **case.kwargs)
         mine = grid_sample(U, grid, **case.kwargs)

@@ -142,3 +142,9 @@ def test_twin_of_module_names_a_layer_it_cannot_twin(twin_module):
         twin_module.twin_of_module(Sequential(Mine()))
     with pytest.raises(ValueError, match="torch has no projective or TPS grid"):
         twin_module.twin_of_module(build_model("st-fcn", "tps"))
+    from stnref import SpatialTransformer
+    from stnref.nn import Flatten, Linear, Sequential
+    wrapped = SpatialTransformer(Sequential(Flatten(), Linear(16, 6)), padding_mode="reflection",
+                                 mode="bicubic", cubic_a=-0.5)
+    with pytest.raises(ValueError, match="PyTorch's grid_sample has no mode='bicubic'"):
+        twin_module.twin_of_module(wrapped)

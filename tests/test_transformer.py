@@ -40,13 +40,13 @@ def pixel_distance_to_kinks(st, U):
     return float(min(np.abs(ix - np.rint(ix)).min(), np.abs(iy - np.rint(iy)).min()))
 
 
-def small_st(transform, in_shape=(2, 5, 6), out_size=(4, 3), seed=0, dtype=np.float64):
+def small_st(transform, in_shape=(2, 5, 6), out_size=(4, 3), seed=0, dtype=np.float64, **sampler):
     rng = np.random.default_rng(seed)
     t = get_transform(transform)
     n_in = math.prod(in_shape)
     loc = Sequential(Flatten(), Linear(n_in, 8, rng=rng, dtype=dtype), Tanh(),
                      Linear(8, math.prod(t.theta_shape), rng=rng, dtype=dtype))
-    return SpatialTransformer(loc, transform, out_size=out_size)
+    return SpatialTransformer(loc, transform, out_size=out_size, **sampler)
 
 
 @pytest.mark.parametrize("transform", TRANSFORM_NAMES)
@@ -72,6 +72,22 @@ def test_gradients_match_finite_differences(transform):
     st(U)
     assert pixel_distance_to_kinks(st, U) > KINK_MARGIN
     assert np.abs(st.last_theta - TRANSFORMS[transform].identity()).max() > PERTURB / 10
+    gradcheck_module(st, U).raise_if_failed()
+
+
+@pytest.mark.parametrize("sampler", [
+    {"mode": "bicubic", "padding_mode": "constant", "fill_value": 0.5, "cubic_a": -0.5},
+    {"mode": "bilinear", "padding_mode": "wrap"},
+])
+def test_sampler_options_reach_the_sampler_forward_and_backward(sampler):
+    st = small_st("affine", **sampler)
+    rng = np.random.default_rng(4)
+    perturb_regression(st, rng, scale=0.3)   # points outside the image: the padding matters
+    U = rng.standard_normal((2, 2, 5, 6))
+    V = st(U)
+    grid = affine_grid(st.last_theta, (2, 2, 4, 3))
+    np.testing.assert_array_equal(V, grid_sample(U, grid, **sampler))
+    assert pixel_distance_to_kinks(st, U) > KINK_MARGIN
     gradcheck_module(st, U).raise_if_failed()
 
 
@@ -180,6 +196,11 @@ def test_errors():
         SpatialTransformer(Sequential(Flatten(), Linear(4, 6, rng=rng)), 3)
     with pytest.raises(ValueError, match="mode"):
         SpatialTransformer(Sequential(Flatten(), Linear(4, 6, rng=rng)), mode="cubic")
+    with pytest.raises(ValueError, match=r"SpatialTransformer\(\): fill_value=1.0 applies only with "
+                                         r"padding_mode='constant', got padding_mode='zeros'"):
+        SpatialTransformer(Sequential(Flatten(), Linear(4, 6, rng=rng)), fill_value=1.0)
+    with pytest.raises(ValueError, match=r"SpatialTransformer\(\): cubic_a=-0.5 applies only"):
+        SpatialTransformer(Sequential(Flatten(), Linear(4, 6, rng=rng)), cubic_a=-0.5)
     with pytest.raises(TypeError, match="loc"):
         SpatialTransformer("loc")
     st = SpatialTransformer(Sequential(Flatten(), Linear(4, 6, rng=rng)))

@@ -5,15 +5,17 @@ Usage::
     python docs/examples/conformance.py [--only torch scipy ...] [--no-backward] [--json FILE]
 
 For every library installed here -- PyTorch, JAX, TensorFlow, ONNX Runtime (and ONNX's
-reference evaluator), OpenCV, SciPy -- and every mode and padding it offers, this runs
+reference evaluator), OpenCV, kornia, torch-interpol, dm-pix, scikit-image, MONAI, SciPy --
+and the modes and paddings it offers, this runs
 :func:`stnref.reference.diagnose` on an adapter and prints one markdown table with the
 versions, the date and the machine.  Libraries that are not installed are simply absent.
 
 Each adapter maps stnref's layouts -- ``U`` ``(N, C, H, W)`` float64, ``grid``
 ``(N, H', W', 2)`` holding normalised ``(x, y)`` -- onto the library's call and nothing more:
-libraries whose native coordinates are pixels (SciPy, JAX, OpenCV, TensorFlow) get the grid
-values as their pixel coordinates unchanged, so the table shows what each library does with
-its own coordinates.  Copy an adapter to diagnose your own kernel the same way.
+libraries whose native coordinates are pixels (SciPy, JAX, OpenCV, TensorFlow, kornia's
+``remap``, torch-interpol, dm-pix, scikit-image, MONAI) get the grid values as their pixel
+coordinates unchanged, so the table shows what each library does with its own coordinates.
+The rows hold for the versions printed above the table; another version may differ.  Copy an adapter to diagnose your own kernel the same way.
 
 Each library runs in a child process of its own: a segfault inside a compiled kernel (which
 no Python code can catch) becomes a row of the table, and the next setting goes on in a new
@@ -35,6 +37,7 @@ import numpy as np
 
 import stnref
 from stnref.reference import diagnose
+from stnref.sampler_settings import combinations
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow: no start-up banner
 
@@ -152,6 +155,94 @@ def scipy_sampler(order, mode):
     return fn, None
 
 
+def kornia_sampler(mode, padding_mode, align_corners):
+    """``kornia.geometry.transform.remap`` with the grid as pixel maps
+    (``normalized_coordinates=False``); backward by autograd."""
+    import torch
+    from kornia.geometry.transform import remap
+    kw = {"mode": mode, "padding_mode": padding_mode, "align_corners": align_corners}
+
+    def run(U, grid):
+        return remap(U, grid[..., 0], grid[..., 1], normalized_coordinates=False, **kw)
+
+    def fn(U, grid):
+        with torch.no_grad():
+            return run(torch.from_numpy(U), torch.from_numpy(grid)).numpy()
+
+    def backward(dV, U, grid):
+        U_t, g = torch.from_numpy(U).requires_grad_(), torch.from_numpy(grid).requires_grad_()
+        dU, dgrid = torch.autograd.grad(run(U_t, g), (U_t, g), torch.from_numpy(dV))
+        return dU.numpy(), dgrid.numpy()
+
+    return fn, backward
+
+
+def interpol_sampler(order, bound, extrapolate):
+    """torch-interpol's ``grid_pull``: the grid values as pixel coordinates (row, col) = (y, x)."""
+    import interpol
+    import torch
+
+    def fn(U, grid):
+        g = torch.from_numpy(np.ascontiguousarray(grid[..., ::-1]))
+        with torch.no_grad():
+            return interpol.grid_pull(torch.from_numpy(U), g, interpolation=order, bound=bound,
+                                      extrapolate=extrapolate).numpy()
+
+    return fn, None
+
+
+def dm_pix_sampler(function, cval):
+    """dm-pix's ``flat_nd_linear_interpolate`` (and ``_constant``, with ``cval``) on each plane,
+    pixel coordinates (row, col) = (y, x); float64 (``jax_enable_x64``); backward by ``jax.vjp``."""
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_enable_x64", True)
+    import dm_pix
+    interpolate = getattr(dm_pix, function)
+    kw = {} if cval is None else {"cval": cval}
+
+    def plane(image, g):                      # (H, W), (H', W', 2) -> (H', W')
+        return interpolate(image, jnp.stack([g[..., 1], g[..., 0]]), **kw)
+
+    batch = jax.vmap(jax.vmap(plane, in_axes=(0, None)), in_axes=(0, 0))
+
+    def backward(dV, U, grid):
+        _, vjp = jax.vjp(batch, U, grid)
+        return tuple(np.asarray(x) for x in vjp(dV))
+
+    return (lambda U, grid: np.asarray(batch(U, grid))), backward
+
+
+def skimage_sampler(order, mode):
+    """scikit-image's ``transform.warp`` with an array of pixel coordinates (row, col) = (y, x),
+    ``clip=False`` so that what the kernel computes is seen unclipped."""
+    from skimage.transform import warp
+
+    def fn(U, grid):
+        return np.stack([np.stack([warp(plane, np.stack([g[..., 1], g[..., 0]]), order=order, mode=mode,
+                                        clip=False, preserve_range=True) for plane in image])
+                         for image, g in zip(U, grid)])
+
+    return fn, None
+
+
+def monai_sampler(mode, padding_mode):
+    """MONAI's ``transforms.Resample`` (``norm_coords=True``: pixel coordinates centred on the
+    image), float64; a string mode runs ``grid_sample``, an integer one ``scipy.ndimage``."""
+    import torch
+    from monai.transforms import Resample
+    resample = Resample(mode=mode, padding_mode=padding_mode, norm_coords=True, dtype=torch.float64)
+
+    def fn(U, grid):
+        out = []
+        for image, g in zip(U, grid):
+            rows_cols = np.stack([g[..., 1], g[..., 0], np.ones(g.shape[:2])])   # (3, H', W')
+            out.append(np.asarray(resample(torch.from_numpy(image), torch.from_numpy(rows_cols))))
+        return np.stack(out)
+
+    return fn, None
+
+
 # --------------------------------------------------------------------------- libraries
 
 def _product(*axes):
@@ -161,7 +252,7 @@ def _product(*axes):
     return out
 
 
-TORCH_SETTINGS = _product(("nearest", "bilinear", "bicubic"), ("zeros", "border", "reflection"), (False, True))
+TORCH_SETTINGS = [(m, p, ac) for _, m, p in combinations(dims=(2,), pytorch=True) for ac in (False, True)]
 ONNX_SETTINGS = _product(("nearest", "linear", "cubic"), ("zeros", "border", "reflection"), (False, True))
 
 # name -> (module to import, adapter, settings, how to print a setting)
@@ -182,6 +273,26 @@ LIBRARIES = {
                         ("BORDER_CONSTANT", "BORDER_REPLICATE", "BORDER_REFLECT", "BORDER_REFLECT_101",
                          "BORDER_WRAP")),
                lambda s: f"cv2.remap({s[0]}, {s[1]})"),
+    "kornia": ("kornia", kornia_sampler,
+               [*_product(("nearest", "bilinear", "bicubic"), ("zeros", "border", "reflection"), (True,)),
+                ("bilinear", "zeros", False)],
+               lambda s: f"geometry.transform.remap(mode={s[0]!r}, padding_mode={s[1]!r}, "
+                         f"align_corners={s[2]}, normalized_coordinates=False)"),
+    "torch-interpol": ("interpol", interpol_sampler,
+                       [*_product((1,), ("zero", "replicate", "dct1", "dct2", "dft"), (False, True)),
+                        *_product((0, 3), ("zero",), (False, True))],
+                       lambda s: f"grid_pull(interpolation={s[0]}, bound={s[1]!r}, extrapolate={s[2]})"),
+    "dm-pix": ("dm_pix", dm_pix_sampler,
+               [("flat_nd_linear_interpolate", None), ("flat_nd_linear_interpolate_constant", 0.0),
+                ("flat_nd_linear_interpolate_constant", 0.5)],
+               lambda s: f"{s[0]}({'' if s[1] is None else f'cval={s[1]:g}'})"),
+    "scikit-image": ("skimage", skimage_sampler,
+                     _product((0, 1, 3), ("constant", "edge", "symmetric", "reflect", "wrap")),
+                     lambda s: f"transform.warp(order={s[0]}, mode={s[1]!r})"),
+    "MONAI": ("monai", monai_sampler,
+              [*_product(("nearest", "bilinear"), ("zeros", "border", "reflection")),
+               (1, "zeros"), (3, "reflect")],
+              lambda s: f"transforms.Resample(mode={s[0]!r}, padding_mode={s[1]!r}, norm_coords=True)"),
     "SciPy": ("scipy", scipy_sampler,
               _product((0, 1, 3), ("constant", "grid-constant", "nearest", "mirror", "reflect", "grid-wrap",
                                    "wrap")),
@@ -210,8 +321,13 @@ def row(name, call, d):
     """One markdown row of the table from a Diagnosis."""
     kernel = d.kernel + (f" A={d.cubic_a:g}" if d.cubic_a is not None else "")
     padding = d.padding + (f" {d.fill:g}" if "constant" in d.padding else "")
-    if d.padded not in ("unknown", "coordinate" if "cubic" not in d.kernel else "taps") and d.padding != "zeros":
+    standard = "coordinate" if "cubic" not in d.kernel else "taps"     # PyTorch's place for this kernel
+    if d.padded != "unknown" and standard not in d.padded.split(" or ") and d.padding != "zeros":
         padding += f" ({d.padded} padded)"
+    if d.positions.startswith("rounded"):
+        kernel += f", positions {d.positions.removeprefix('rounded to multiples of ')}"
+    if d.output_mask != "none":
+        padding += f"; {d.output_mask}"
     ties = "" if d.nearest_rounding == "n/a" else d.nearest_rounding
     non_finite = " / ".join(d.non_finite.get(k, "?") for k in ("nan", "+inf", "-inf"))
     topics = "; ".join(dict.fromkeys(line.split(":")[0] for line in d.differences))

@@ -51,7 +51,7 @@ def step1_four_neighbours(U, grid):
     N, C, H, W = U.shape
     x, y = pixels(grid, H, W)
     x0, y0 = np.floor(x), np.floor(y)
-    n = np.arange(N)[:, None]
+    b = np.arange(N)[:, None]                                          # batch index
     V = 0
     for dy in (0, 1):
         for dx in (0, 1):
@@ -59,7 +59,7 @@ def step1_four_neighbours(U, grid):
             w = (1 - np.abs(x - xi)) * (1 - np.abs(y - yi))            # eq. (5) at this tap
             inside = (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)       # zeros padding
             xc, yc = np.clip(xi, 0, W - 1).astype(int), np.clip(yi, 0, H - 1).astype(int)
-            V = V + (w * inside)[..., None] * U[n, :, yc, xc]          # (N, P, C)
+            V = V + (w * inside)[..., None] * U[b, :, yc, xc]          # (N, P, C)
     return to_image(V, grid)
 
 
@@ -70,13 +70,13 @@ def step2_zero_ring(U, grid):
     x, y = pixels(grid, H, W)
     x, y = np.clip(x, -RING, W), np.clip(y, -RING, H)                  # beyond: all taps read 0
     x0, y0 = np.floor(x), np.floor(y)
-    n = np.arange(N)[:, None]
+    b = np.arange(N)[:, None]                                          # batch index
     V = 0
     for dy in (0, 1):
         for dx in (0, 1):
             xi, yi = x0 + dx, y0 + dy
             w = (1 - np.abs(x - xi)) * (1 - np.abs(y - yi))
-            V = V + w[..., None] * Up[n, :, (yi + RING).astype(int), (xi + RING).astype(int)]
+            V = V + w[..., None] * Up[b, :, (yi + RING).astype(int), (xi + RING).astype(int)]
     return to_image(V, grid)
 
 

@@ -48,6 +48,7 @@ import stnref
 from stnref import nn as snn
 from stnref.networks import build_model
 from stnref.nn.losses import cross_entropy
+from stnref.sampler_settings import is_pytorch
 
 try:
     import torch
@@ -131,14 +132,22 @@ def _batchnorm(m, cls):
                track_running_stats=m.track_running_stats)
 
 
+def _transformer(m, twin):
+    """The twin of a SpatialTransformer whose sampler setting PyTorch has (its defaults only)."""
+    if not is_pytorch(m.mode, m.padding_mode, 2, m.fill_value, m.cubic_a):
+        raise ValueError(f"twin_of_module(): PyTorch's grid_sample has no mode={m.mode!r}, "
+                         f"padding_mode={m.padding_mode!r} with fill_value={m.fill_value}, "
+                         f"cubic_a={m.cubic_a} (stnref.sampler_settings lists what it has)")
+    return TorchSpatialTransformer(twin(m.loc), m.transform.name, m.mode, m.padding_mode,
+                                   m.align_corners, m.out_size, identity_init=False)
+
+
 def _twin_table():
     """stnref layer class -> ``make(layer, twin_of_child)`` of its PyTorch twin."""
     return {
         snn.Sequential: lambda m, twin: nn.Sequential(*[twin(c) for c in m]),
         stnref.Parallel: lambda m, twin: TorchParallel(*[twin(c) for c in m]),
-        stnref.SpatialTransformer: lambda m, twin: TorchSpatialTransformer(
-            twin(m.loc), m.transform.name, m.mode, m.padding_mode, m.align_corners, m.out_size,
-            identity_init=False),
+        stnref.SpatialTransformer: lambda m, twin: _transformer(m, twin),
         snn.Linear: lambda m, twin: nn.Linear(m.in_features, m.out_features, bias=m.has_bias),
         snn.Conv2d: lambda m, twin: nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size,
                                               stride=m.stride, padding=m.padding, bias=m.has_bias),

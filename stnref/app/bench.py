@@ -2,9 +2,13 @@
 
 Every case is timed in rounds that alternate stnref and, when it is
 importable, PyTorch on the same inputs (one thread), and the medians are
-compared.  A memory-bandwidth floor -- the time to stream the bytes of
+compared.  Times are the process's CPU time (:data:`CLOCK`): everything runs on one
+thread, and on a shared machine the time other jobs hold the CPU is not counted.  A memory-bandwidth floor -- the time to stream the bytes of
 ``U``, ``grid`` and ``V`` once through ``np.copyto`` -- is always reported, so
-the numbers mean something on a machine without PyTorch too.
+the numbers mean something on a machine without PyTorch too.  The settings
+PyTorch does not have (stnref.sampler_settings) are timed against the nearest
+kernel that exists: PyTorch with the same kernel (trilinear for tricubic) and
+``scipy.ndimage.map_coordinates`` with the same padding.
 """
 
 from __future__ import annotations
@@ -19,12 +23,20 @@ import scipy
 
 from .._io import atomic_write_bytes, read_regular_file
 from ..grids import affine_grid, affine_grid_backward
+from ..sampler_settings import FILL_PADDINGS, SETTINGS, combinations, is_pytorch
 from ..sampling import grid_sample, grid_sample_backward
 
 SHAPES = ((64, 1, 28, 28), (256, 1, 60, 60), (8, 3, 224, 224))
 LARGE_SHAPE = (1, 1, 1024, 1024)
-MODES = tuple((m, p) for m in ("bilinear", "nearest", "bicubic")
-              for p in ("zeros", "border", "reflection"))
+MODES = tuple((m, p) for _, m, p in combinations(dims=(2,)))
+VOLUME = (2, 1, 32, 32, 32)      # the 3-D shape: trilinear, tricubic
+BEYOND_IMAGE = (8, 1, 128, 128)  # the 2-D shape of the settings PyTorch lacks
+FILL = 0.5                       # fill_value timed with padding_mode="constant"
+# stnref padding -> scipy.ndimage mode with the same extension (docs/conventions.md §7.2)
+SCIPY_MODES = {"zeros": "grid-constant", "constant": "grid-constant", "wrap": "grid-wrap",
+               "border": "nearest", "reflection": "reflect"}
+SCIPY_ORDERS = {"nearest": 0, "bilinear": 1, "bicubic": 3}   # 3: cubic B-spline, same 4^k taps
+CLOCK = time.process_time        # CPU seconds of this process (one thread does the work)
 SCALING_SIDES = (28, 60, 128, 256, 512, 1024)
 PAGE_LIMIT = 16 * 2**20  # bytes: the largest --markdown page read (docs/performance.md is ~10 KB)
 
@@ -48,21 +60,22 @@ def _inputs(shape, dtype, seed=0):
 
 def _stnref_cases(U, theta, mode, padding):
     size = U.shape
+    kw = {"fill_value": FILL} if padding in FILL_PADDINGS else {}
 
     def forward():
-        return grid_sample(U, affine_grid(theta, size), mode, padding)
+        return grid_sample(U, affine_grid(theta, size), mode, padding, **kw)
 
     grid = affine_grid(theta, size)
     dV = np.ones((*U.shape[:2], *size[2:]), dtype=U.dtype)
 
     def forward_backward():
         g = affine_grid(theta, size)
-        grid_sample(U, g, mode, padding)
-        _, dgrid = grid_sample_backward(dV, U, g, mode, padding)
+        grid_sample(U, g, mode, padding, **kw)
+        _, dgrid = grid_sample_backward(dV, U, g, mode, padding, **kw)
         affine_grid_backward(dgrid, size)
 
     def sample_only():
-        return grid_sample(U, grid, mode, padding)
+        return grid_sample(U, grid, mode, padding, **kw)
 
     return {"fwd": forward, "fwd+bwd": forward_backward, "sample": sample_only}
 
@@ -92,6 +105,24 @@ def _torch_cases(torch, U, theta, mode, padding):
     return {"fwd": forward, "fwd+bwd": forward_backward, "sample": sample_only}
 
 
+def _scipy_sample(U, theta, mode, padding):
+    """``map_coordinates`` on every (n, c) plane at the grid's pixel coordinates (forward only)."""
+    from scipy import ndimage
+
+    k = U.ndim - 2
+    grid = affine_grid(theta, U.shape)
+    # pixel coordinates (docs/conventions.md §3.1, align_corners=False), array-axis order
+    coords = [np.stack([((grid[n, ..., k - 1 - j] + 1) * U.shape[2 + j] - 1) / 2 for j in range(k)])
+              for n in range(U.shape[0])]
+    order, scipy_mode = SCIPY_ORDERS[mode], SCIPY_MODES[padding]
+
+    def sample_only():
+        return [ndimage.map_coordinates(plane, coords[n], order=order, mode=scipy_mode, cval=FILL,
+                                        prefilter=False) for n in range(U.shape[0]) for plane in U[n]]
+
+    return sample_only
+
+
 def _floor_seconds(U, rounds):
     """Time to stream the bytes of U + grid + V once (read and write), by np.copyto."""
     k = U.ndim - 2
@@ -100,9 +131,9 @@ def _floor_seconds(U, rounds):
     dst = np.empty_like(src)
     times = []
     for _ in range(rounds):
-        t = time.perf_counter()
+        t = CLOCK()
         np.copyto(dst, src)
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return float(np.median(times))
 
 
@@ -113,14 +144,14 @@ def _interleaved(cases, rounds):
     times = {name: [] for name in cases}
     for _ in range(rounds):
         for name, f in cases.items():
-            t = time.perf_counter()
+            t = CLOCK()
             f()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(CLOCK() - t)
     return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 def measure(shape, dtype=np.float32, mode="bilinear", padding="zeros", rounds=7, kinds=None):
-    """Time stnref (and PyTorch if importable) on one shape; returns a dict of rows.
+    """Time stnref (and PyTorch if importable and it has the setting) on one shape.
 
     Parameters
     ----------
@@ -143,7 +174,7 @@ def measure(shape, dtype=np.float32, mode="bilinear", padding="zeros", rounds=7,
     kinds = tuple(kinds or ours)
     cases = {("stnref", k): ours[k] for k in kinds}
     torch = _torch()
-    if torch is not None:
+    if torch is not None and is_pytorch(mode, padding, len(shape) - 2):
         theirs = _torch_cases(torch, U, theta, mode, padding)
         cases.update({("torch", k): theirs[k] for k in kinds})
     medians = _interleaved(cases, rounds)
@@ -156,6 +187,56 @@ def measure(shape, dtype=np.float32, mode="bilinear", padding="zeros", rounds=7,
                    "ratio": None if t_theirs is None else t_ours / t_theirs,
                    "floor": floor}
     return rows
+
+
+def nearest_pytorch(mode, padding, k):
+    """The PyTorch setting nearest to a stnref one: the same kernel (trilinear for tricubic),
+    the same padding where PyTorch has it, else zeros.
+
+    Returns
+    -------
+    tuple of str
+        ``(mode, padding_mode)``.
+    """
+    if not any(is_pytorch(mode, p, k) for m, p in SETTINGS if m == mode):
+        mode = "bilinear"
+    return mode, padding if is_pytorch(mode, padding, k) else "zeros"
+
+
+def measure_beyond(shape, mode, padding, rounds=7, dtype=np.float32):
+    """Time a setting against the nearest existing kernels, interleaved in one run.
+
+    Forward and backward (``affine_grid`` included) against PyTorch's :func:`nearest_pytorch`
+    setting on the same input; the sampling alone against ``scipy.ndimage.map_coordinates``
+    with the same padding and a kernel with as many taps (:data:`SCIPY_ORDERS`).
+
+    Parameters
+    ----------
+    shape : tuple of int
+    mode, padding : str
+    rounds : int
+    dtype : dtype
+
+    Returns
+    -------
+    dict
+        ``{"torch": (name, stnref s, torch s or None), "scipy": (name, stnref s, scipy s)}``.
+    """
+    U, theta = _inputs(shape, dtype)
+    ours = _stnref_cases(U, theta, mode, padding)
+    cases = {"stnref fwd+bwd": ours["fwd+bwd"], "stnref sample": ours["sample"],
+             "scipy sample": _scipy_sample(U, theta, mode, padding)}
+    k = len(shape) - 2
+    t_mode, t_padding = nearest_pytorch(mode, padding, k)
+    torch = _torch()
+    if torch is not None:
+        cases["torch fwd+bwd"] = _torch_cases(torch, U, theta, t_mode, t_padding)["fwd+bwd"]
+    medians = _interleaved(cases, rounds)
+    kernel = {"nearest": "nearest", "bilinear": "trilinear" if k == 3 else "bilinear"}.get(t_mode)
+    return {"torch": (f"PyTorch {kernel or t_mode} {t_padding}", medians["stnref fwd+bwd"],
+                      medians.get("torch fwd+bwd")),
+            "scipy": (f"map_coordinates order {SCIPY_ORDERS[mode]} '{SCIPY_MODES[padding]}'",
+                      medians["stnref sample"], medians["scipy sample"])}
 
 
 def _fmt(seconds):
@@ -188,7 +269,7 @@ def environment():
 
 
 def run(shapes=SHAPES, dtypes=(np.float32, np.float64), rounds=7, modes=True, scaling=False,
-        large=False, print_fn=print):
+        large=False, print_fn=print, settings=None):
     """Run the benchmark suite and return its markdown report (also printed line by line).
 
     Parameters
@@ -199,13 +280,16 @@ def run(shapes=SHAPES, dtypes=(np.float32, np.float64), rounds=7, modes=True, sc
     rounds : int
         Interleaved rounds per case.
     modes : bool
-        Also time forward+backward of every mode x padding on the first shape.
+        Also time forward+backward of every mode x padding on the first shape, and the
+        settings PyTorch lacks against the nearest existing kernels.
     scaling : bool
         Also report time per output pixel from 28^2 to 1024^2.
     large : bool
         Include the (1, 1, 1024, 1024) shape in the main table.
     print_fn : callable
         Receives each line as it is produced.
+    settings : collection of (mode, padding_mode), optional
+        Limit the per-mode tables to these (None: every row of stnref.sampler_settings).
 
     Returns
     -------
@@ -240,11 +324,28 @@ def run(shapes=SHAPES, dtypes=(np.float32, np.float64), rounds=7, modes=True, sc
         emit("| mode | padding | stnref ms | torch ms | ratio |")
         emit("|---|---|---:|---:|---:|")
         for mode, padding in MODES:
+            if settings is not None and (mode, padding) not in settings:
+                continue
             r = measure(shape, np.float32, mode, padding, rounds=rounds, kinds=("fwd+bwd",))["fwd+bwd"]
             emit(f"| {mode} | {padding} | {_fmt(r['stnref'])} | {_fmt(r['torch'])} | {_ratio(r['ratio'])} |")
-        shape3 = (2, 1, 32, 32, 32)
-        r = measure(shape3, np.float32, "bilinear", "zeros", rounds=rounds, kinds=("fwd+bwd",))["fwd+bwd"]
-        emit(f"| trilinear {shape3} | zeros | {_fmt(r['stnref'])} | {_fmt(r['torch'])} | {_ratio(r['ratio'])} |")
+        r = measure(VOLUME, np.float32, "bilinear", "zeros", rounds=rounds, kinds=("fwd+bwd",))["fwd+bwd"]
+        emit(f"| trilinear {VOLUME} | zeros | {_fmt(r['stnref'])} | {_fmt(r['torch'])} | {_ratio(r['ratio'])} |")
+        emit()
+        emit("Settings PyTorch lacks, float32, against the nearest existing kernel in the same run: "
+             f"forward+backward against PyTorch, sampling alone against scipy; {BEYOND_IMAGE} and "
+             f"{VOLUME}; constant with fill_value={FILL}")
+        emit()
+        emit("| mode | padding | k | stnref fwd+bwd ms | nearest in PyTorch | its ms | ratio "
+             "| stnref sample ms | nearest in scipy | its ms | ratio |")
+        emit("|---|---|---:|---:|---|---:|---:|---:|---|---:|---:|")
+        for k, mode, padding in combinations(pytorch=False):
+            if settings is not None and (mode, padding) not in settings:
+                continue
+            r = measure_beyond(BEYOND_IMAGE if k == 2 else VOLUME, mode, padding, rounds=rounds)
+            (tname, ours, theirs), (sname, ours_s, theirs_s) = r["torch"], r["scipy"]
+            emit(f"| {mode} | {padding} | {k} | {_fmt(ours)} | {tname} | {_fmt(theirs)} | "
+                 f"{_ratio(None if theirs is None else ours / theirs)} | {_fmt(ours_s)} | {sname} | "
+                 f"{_fmt(theirs_s)} | {_ratio(ours_s / theirs_s)} |")
     if scaling:
         emit()
         emit("Cost scaling: forward+backward time per output pixel, (1, 1, S, S), float32")

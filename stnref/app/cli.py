@@ -1,24 +1,28 @@
 """The ``stnref`` command line: train, evaluate, demo, experiment, bench, reference.
 
 User errors (bad arguments, unreadable files, invalid values) print one line
-``stnref: error: ...`` and exit with status 2; never a traceback.
+``stnref: error: ...`` and exit with status 2; never a traceback.  Ctrl-C at any
+moment of :func:`main` prints ``stnref: interrupted`` and exits with status 130.
+This module imports only what parsing the first arguments needs, so the command
+starts (and handles Ctrl-C) before NumPy is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
 import os
+import signal
 import sys
 
 from .. import __version__
-from .._io import atomic_write_bytes
+from .._text import shown
 
 EXIT_USAGE = 2
 EXIT_TRAINING = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE, as a shell reports a command its pipe's reader left
+MESSAGE_CHARS = 10_000   # the longest message printed: a user's text in it never floods the terminal
 
 
 class UserError(Exception):
@@ -30,33 +34,62 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message}")
 
 
-def _number(kind, accept, description):
-    """An argparse type: a finite ``kind(text)`` for which ``accept(value)`` holds."""
+def _integer(minimum, description):
+    """An argparse type: an integer from ``minimum`` to ``2**53``, compared as an integer.
+
+    The range is checked before any float arithmetic (:data:`stnref._checks.MAX_INT`), so
+    a 400-digit ``--seed`` is one line, not an ``OverflowError``.
+    """
+
+    def parse(text):
+        from .._checks import MAX_INT, check_int
+
+        try:
+            value = int(text)
+        except ValueError:  # not an integer, or more digits than Python converts
+            raise argparse.ArgumentTypeError(f"expected {description}, got {_quoted(text)}") \
+                from None
+        try:
+            return check_int(value, "value", "parse", minimum=minimum, maximum=MAX_INT)
+        except ValueError:
+            limit = f" of at most 2**53 = {MAX_INT}" if value > MAX_INT else ""
+            raise argparse.ArgumentTypeError(f"expected {description}{limit}, got "
+                                             f"{_quoted(text)}") from None
+
+    return parse
+
+
+def _real(accept, description):
+    """An argparse type: a finite float for which ``accept(value)`` holds."""
 
     def parse(text):
         try:
-            value = kind(text)
+            value = float(text)
         except ValueError:
             value = None
         if value is None or not math.isfinite(value) or not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {description}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {description}, got {_quoted(text)}")
         return value
 
     return parse
 
 
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_nonnegative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-_positive_float = _number(float, lambda v: v > 0, "a positive finite number")
-_nonnegative_float = _number(float, lambda v: v >= 0, "a finite number >= 0")
-_momentum = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+def _quoted(text):
+    """User ``text`` quoted for a message: escaped, and cut if long (:func:`stnref._text.shown`)."""
+    return shown(repr(text))
+
+
+_positive_int = _integer(1, "a positive integer")
+_nonnegative_int = _integer(0, "an integer >= 0")
+_positive_float = _real(lambda v: v > 0, "a positive finite number")
+_momentum = _real(lambda v: 0 <= v < 1, "a number in [0, 1)")
 ALL = "all"
 
 
 def _path(text):
     """An argparse type: a non-empty path (an empty one would silently mean '.')."""
     if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a path, got {_quoted(text)}")
     return text
 
 
@@ -156,7 +189,10 @@ def _add_experiment_options(p):
                    help="cells trained at once, in worker processes with one BLAS thread each; "
                         "results do not depend on it (default: this machine's cores, %(default)s)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the plan and the time estimate, train nothing")
+                   help="print the plan, train nothing")
+    p.add_argument("--estimate", action="store_true",
+                   help="also estimate the wall time, from a few training steps of each kind of "
+                        "cell measured first (seconds to minutes, with progress on stderr)")
 
 
 def _check_output_file(path, option):
@@ -183,6 +219,10 @@ def _check_output_dir(path, option):
 def _write_json(path, payload, option):
     """Write ``payload`` as JSON to ``path`` atomically; a path that cannot be written is a
     :class:`UserError` naming ``option``."""
+    import json
+
+    from .._io import atomic_write_bytes
+
     _check_output_file(path, option)
     try:
         atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
@@ -251,6 +291,8 @@ def _same_schedule(spec, stored):
 def _resumed_config(given, run_dir):
     """The stored config of ``run_dir``, with ``--epochs`` raised if given; every other option
     given must be what the run was trained with (one line naming it otherwise)."""
+    import dataclasses
+
     from ..data import split_sizes
     from .train import read_run
 
@@ -275,7 +317,7 @@ def _resumed_config(given, run_dir):
     if epochs > stored.epochs:
         from ..nn import parse_schedule
 
-        print(f"extending {run_dir} from {stored.epochs} to {epochs} epochs "
+        print(f"extending {shown(run_dir)} from {stored.epochs} to {epochs} epochs "
               f"({state['epoch']} trained)")
         steps = math.ceil(stored.train_size / stored.batch_size)     # as train() counts them
         rate = parse_schedule(stored.schedule, steps, epochs)(stored.epochs * steps)
@@ -317,12 +359,14 @@ def cmd_train(args):
     last = result["epochs"][-1] if result["epochs"] else None
     if last is not None:
         print(f"test error {last['test_error']:.2f}% after {last['epoch']} epochs; "
-              f"run in {args.out}")
+              f"run in {shown(args.out)}")
     return 0
 
 
 def cmd_evaluate(args):
     """Handler of ``stnref evaluate RUN_DIR [--json FILE]``: print (and save) the test error."""
+    import dataclasses
+
     from ..data import load_dataset
     from .train import CHECKPOINT, LOCK, METRICS, evaluate, load_run
 
@@ -373,7 +417,7 @@ def cmd_experiment(args):
     sizes = [None if s == ALL else s for s in (args.train_size, args.test_size)]
     run_experiment(args.models, args.transforms, args.distortions, args.seeds, args.epochs,
                    *sizes, _check_data_option(args.data), args.out, jobs=args.jobs,
-                   dry_run=args.dry_run)
+                   dry_run=args.dry_run, estimate=args.estimate)
     return 0
 
 
@@ -391,8 +435,13 @@ def cmd_bench(args):
         raise UserError(f"--markdown: {err}") from None
     dtypes = {"float32": (np.float32,), "float64": (np.float64,),
               "both": (np.float32, np.float64)}[args.dtype]
+    chosen = None
+    if args.mode or args.padding_mode:
+        from ..sampler_settings import SETTINGS
+        chosen = {(m, p) for m, p in SETTINGS if m in (args.mode or (m,))
+                  and p in (args.padding_mode or (p,))}
     report = run(SHAPES, dtypes, rounds=args.rounds, modes=not args.quick, scaling=args.scaling,
-                 large=args.large)
+                 large=args.large, settings=chosen)
     if args.markdown:
         try:
             write_report(args.markdown, report)
@@ -412,7 +461,7 @@ def cmd_reference(args):
     if args.action == "export":
         _check_output_dir(args.directory, "DIR")
         reference.export(args.directory)
-        print(f"wrote golden cases to {args.directory}")
+        print(f"wrote golden cases to {shown(args.directory)}")
         return 0
     if args.action == "diagnose":
         from ..reference.diagnosis import load_callable
@@ -427,7 +476,7 @@ def cmd_reference(args):
         print(diagnosis.report())
         if args.json:
             _write_json(args.json, diagnosis.to_json(), "--json")
-            print(f"wrote {args.json}")
+            print(f"wrote {shown(args.json)}")
         return 0 if diagnosis.matches_pytorch else 1
     # sys.stdout looked up now, not at import (check's default), so redirections apply
     return 0 if reference.check(args.directory, args.results, out=sys.stdout) else 1
@@ -435,6 +484,7 @@ def cmd_reference(args):
 
 def build_parser():
     """The ``argparse`` parser of the ``stnref`` command (errors raise :class:`UserError`)."""
+    from ..sampler_settings import MODES, PADDING_MODES
     from .demo import DEMO_DIR
     from .train import TrainConfig
 
@@ -477,7 +527,12 @@ def build_parser():
                    help="interleaved rounds per case (default: %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float64", "both"), default="both",
                    help="default: %(default)s")
-    p.add_argument("--quick", action="store_true", help="skip the per-mode table")
+    p.add_argument("--quick", action="store_true", help="skip the per-mode tables")
+    p.add_argument("--mode", nargs="+", choices=MODES, metavar="MODE",
+                   help=f"per-mode tables: only these modes ({', '.join(MODES)}; default: all)")
+    p.add_argument("--padding-mode", nargs="+", choices=PADDING_MODES, metavar="PADDING",
+                   help=f"per-mode tables: only these paddings ({', '.join(PADDING_MODES)}; "
+                        f"default: all)")
     p.add_argument("--scaling", action="store_true", help="add the cost-scaling table")
     p.add_argument("--large", action="store_true", help="add the (1, 1, 1024, 1024) shape")
     p.add_argument("--markdown", type=_path, metavar="FILE",
@@ -493,7 +548,14 @@ def build_parser():
     r.add_argument("directory", type=_path, metavar="DIR")
     r.add_argument("results", type=_path, metavar="RESULTS")
     r = rsub.add_parser("diagnose", help="probe a sampler and say which conventions it follows "
-                        "(exit 0 if it matches a PyTorch setting on finite inputs)")
+                        "(exit 0 if it matches a PyTorch setting on finite inputs)",
+                        description="Probe a 2-D sampler fn(U, grid) -> V with designed inputs and say "
+                        "which of PyTorch's grid_sample conventions it follows, with the evidence "
+                        "(docs/kernel_authors.md).",
+                        epilog="exit status: 0 if the sampler (and its backward, if given) matches a "
+                        "PyTorch grid_sample setting on finite inputs; 1 if it differs, with each "
+                        f"difference in the report; {EXIT_USAGE} if MODULE:FUNCTION cannot be loaded "
+                        f"or an option is wrong; {EXIT_INTERRUPTED} if interrupted.")
     r.add_argument("function", metavar="MODULE:FUNCTION",
                    help="fn(U, grid) -> V on NumPy arrays, importable from the current directory")
     r.add_argument("--backward", metavar="MODULE:FUNCTION",
@@ -504,15 +566,79 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the ``stnref`` console script; returns the exit status."""
-    try:  # Ctrl-C during the imports is an interruption too, not a traceback
-        from .train import TrainingError
+    """Entry point of the ``stnref`` console script; returns the exit status.
 
-        argv = sys.argv[1:] if argv is None else list(argv)
-        parser = build_parser()
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments; None: ``sys.argv[1:]``, as the console script and
+        ``python -m stnref`` call it, ending the process right after.
+
+    Returns
+    -------
+    int
+        0 on success, 1 for a failed check or diagnosis, 2 for a user error, 3 for
+        training stopped on a non-finite value, 130 when interrupted, 141 when the
+        reader of stdout went away.
+
+    Notes
+    -----
+    Ctrl-C at any moment of the call ends it with ``stnref: interrupted`` and 130: the
+    first SIGINT interrupts the command (a ``KeyboardInterrupt``, so files being written
+    are cleaned up) and later ones are ignored while it winds down.  The previous SIGINT
+    handler is restored on return, except when ``argv`` is None: the process then ends
+    with that status whatever Ctrl-C follows.
+    """
+    previous = None
+    try:
+        previous = _interrupt_once()
+        return _run(sys.argv[1:] if argv is None else list(argv))
     except KeyboardInterrupt:
-        print("stnref: interrupted", file=sys.stderr)
+        _say("stnref: interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:     # the reader of stdout left (stnref ... | head): end quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN if argv is None else previous)
+
+
+def _interrupt_once():
+    """Install :func:`_on_interrupt` for SIGINT; returns the previous handler (None where
+    handlers cannot be set: outside the main thread)."""
+    try:
+        return signal.signal(signal.SIGINT, _on_interrupt)
+    except ValueError:
+        return None
+
+
+def _on_interrupt(signum, frame):
+    """The first Ctrl-C interrupts the command; later ones are ignored while it winds down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _silence_stdout():
+    """Point stdout at the null device, so flushing it at exit does not fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):   # no stdout file descriptor: nothing to flush
+        pass
+
+
+def _say(message):
+    """Print ``message`` to stderr on one line (:func:`stnref._text.shown`)."""
+    print(shown(message, MESSAGE_CHARS), file=sys.stderr)
+
+
+def _run(argv):
+    """:func:`main` without the interrupt handling."""
+    from .train import TrainingError
+
+    parser = build_parser()
     if not argv:  # no command: the usage and the list of commands, as a user error
         print(parser.format_help(), file=sys.stderr, end="")
         return EXIT_USAGE
@@ -520,16 +646,14 @@ def main(argv=None):
         args = parser.parse_args(argv)
         return args.func(args)
     except UserError as err:
-        print(f"stnref: error: {err}", file=sys.stderr)
+        _say(f"stnref: error: {err}")
         return EXIT_USAGE
     except TrainingError as err:
-        print(f"stnref: training stopped: {err.problem}; {err.on_disk}; "
-              f"--on-nonfinite skip skips such steps", file=sys.stderr)
+        _say(f"stnref: training stopped: {err.problem}; {err.on_disk}; --on-nonfinite skip skips "
+             f"such steps")
         return EXIT_TRAINING
+    except BrokenPipeError:
+        raise
     except (ValueError, TypeError, OSError) as err:
-        message = str(err) or type(err).__name__
-        print(f"stnref: error: {' '.join(message.split())}", file=sys.stderr)
+        _say(f"stnref: error: {str(err) or type(err).__name__}")
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("stnref: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED

@@ -4,7 +4,6 @@ optimiser it builds (:func:`make_model`, :func:`make_optimizer`)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -113,11 +112,11 @@ class TrainConfig:
         _checks.check_choice(self.optimizer, "optimizer", fn, OPTIMIZERS)
         _checks.check_choice(self.on_nonfinite, "on_nonfinite", fn, ON_NONFINITE)
         for name in ("epochs", "batch_size", "checkpoint_every"):
-            _checks.check_int(getattr(self, name), name, fn, minimum=1)
-        _checks.check_int(self.seed, "seed", fn, minimum=0)
+            _checks.check_int(getattr(self, name), name, fn, minimum=1, maximum=_checks.MAX_INT)
+        _checks.check_int(self.seed, "seed", fn, minimum=0, maximum=_checks.MAX_INT)
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
-                _checks.check_int(getattr(self, name), name, fn, minimum=1)
+                _checks.check_int(getattr(self, name), name, fn, minimum=1, maximum=_checks.MAX_INT)
         resolved = {}
         transformer = self.model.startswith("st-")
         for name, applies, default, why in (
@@ -134,7 +133,7 @@ class TrainConfig:
             value = resolved.get(name, getattr(self, name))
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not _checks.is_finite_number(value) or value < 0:
                 raise ValueError(f"{fn}: expected {name} to be a finite number >= 0, got {value!r}")
         if self.lr == 0:
             raise ValueError(f"{fn}: expected lr > 0, got {self.lr!r}")

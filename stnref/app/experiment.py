@@ -5,9 +5,9 @@ Every (distortion, model, transform, seed) cell is one training run in
 cell's config is compared with what its directory already holds: a cell with the same
 config is skipped when finished and resumed when not (a larger ``--epochs`` extends it),
 and any other difference is refused, naming the cell, the option, what is stored and
-what was asked -- so a results table never mixes budgets.  The plan (cells, budget, and
-a time estimate from a short measured step rate) is printed first; ``dry_run`` stops
-there.  Cells run in ``jobs`` worker processes, each with one BLAS thread, so a cell's
+what was asked -- so a results table never mixes budgets.  The plan (cells and budget)
+is printed first, in about a second, and on request a time estimate from a few
+measured steps of each kind of cell; ``dry_run`` stops there.  Cells run in ``jobs`` worker processes, each with one BLAS thread, so a cell's
 results are bit-identical whatever ``jobs`` is.  ``results.json`` and ``results.md`` hold
 the mean test error over seeds beside the paper's numbers.
 """
@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from .._io import atomic_write_bytes
+from .._text import shown
 from ..data import load_dataset
 from ..data.dataset import _check_digit_budget
 from ..nn import cross_entropy, manual_seed
@@ -136,15 +137,16 @@ def _grid_rows(models, transforms, distortions, seeds):
 
 def _check_data(distortions, n_train, n_test, data):
     """Refuse what loading a cell's data would: the element budget of the built-in digits,
-    and :func:`~stnref.data.load_dataset`'s own checks on two samples per split."""
-    for distortion in distortions:
+    and :func:`~stnref.data.load_dataset`'s own checks on two samples per split.  MNIST
+    files, the same for every distortion, are read (whole) for the first one only."""
+    for n, distortion in enumerate(distortions):
         if data is None:    # generated on demand, as many as asked: budgeted
             try:
                 _check_digit_budget(distortion, n_train, n_test)
             except ValueError as err:
                 raise ValueError(f"--train-size {n_train} --test-size {n_test}: {err}") from None
         try:
-            load_dataset(distortion, data, min(n_train, 2), min(n_test, 2))
+            load_dataset(distortion, data if n == 0 else None, min(n_train, 2), min(n_test, 2))
         except ValueError as err:
             raise ValueError(f"--distortions {distortion} with --train-size {n_train} "
                              f"--test-size {n_test}: {err}") from None
@@ -247,26 +249,39 @@ def step_seconds(config, steps=RATE_STEPS):
     return float(np.median(times[1:]))
 
 
-def estimate_seconds(todo, jobs):
+def estimate_seconds(todo, jobs, progress=None):
     """Estimated wall time of the cells ``todo`` on ``jobs`` processes, from measured step rates.
+
+    Measuring takes :data:`RATE_STEPS` + 1 training steps of each kind of cell (model,
+    transform, distortion): seconds to minutes for a large grid.
 
     Parameters
     ----------
     todo : list of Cell
     jobs : int
+    progress : stnref.app.train.Progress, optional
+        Told which kind of cell is being measured, and when measuring is done.
 
     Returns
     -------
     float
     """
+    kinds = list(dict.fromkeys((c.config.model, c.config.transform, c.config.distortion)
+                               for c in todo))
     rates, total = {}, []
     for cell in todo:
         c = cell.config
         kind = (c.model, c.transform, c.distortion)
         if kind not in rates:
+            if progress is not None:
+                name = c.model if c.transform is None else f"{c.model}-{c.transform}"
+                progress.update(f"measuring step times: kind {len(rates) + 1} of {len(kinds)} "
+                                f"({c.distortion} {name})", force=True)
             rates[kind] = step_seconds(c)
         steps = math.ceil(c.train_size / c.batch_size) + EVAL_SHARE * c.test_size / c.batch_size
         total.append((c.epochs - cell.done_epochs) * steps * rates[kind])
+    if progress is not None and rates:
+        progress.done(f"measured step times of {len(rates)} kinds of cell")
     total.sort(reverse=True)                       # longest first, as the pool would take them
     load = [0.0] * max(1, min(jobs, len(total)))
     for seconds in total:
@@ -296,8 +311,27 @@ def _environment(values):
 
 def _worker_start():
     """Ctrl-C reaches every process of the terminal: a worker then ends at once and quietly
-    (its cell resumes from its last checkpoint), and the parent reports the interruption."""
+    (its cell resumes from its last checkpoint), and the parent reports the interruption.
+    A Ctrl-C that came while the worker was importing (SIGINT blocked, see
+    :func:`_sigint_deferred`) is delivered now, to this handler."""
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """SIGINT blocked in this thread for the block (POSIX): worker processes started in it
+    inherit the mask, so a Ctrl-C during their start-up waits for :func:`_worker_start`
+    instead of printing a traceback from their imports; here it is delivered at the end."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _run_cell(config, run_dir, resume):
@@ -310,7 +344,7 @@ def _run_cell(config, run_dir, resume):
 
 
 def run_experiment(models, transforms, distortions, seeds, epochs, train_size, test_size, data,
-                   out, jobs=None, dry_run=False, print_fn=print):
+                   out, jobs=None, dry_run=False, print_fn=print, estimate=False):
     """Run (or plan) the grid of models x transforms x distortions x seeds.
 
     Parameters
@@ -329,6 +363,9 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     dry_run : bool
         Print the plan and stop.
     print_fn : callable
+    estimate : bool
+        Also print the wall time the cells to train will take, estimated from a few
+        measured steps of each kind of cell (:func:`estimate_seconds`; progress on stderr).
 
     Returns
     -------
@@ -342,18 +379,23 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     todo = [c for c in grid if c.status != "done"]
     counts = {s: sum(c.status == s for c in grid) for s in ("new", "resume", "extend", "done")}
     first = grid[0].config if grid else None
-    print_fn(f"plan: {len(grid)} cells in {out} ({counts['new']} new, {counts['resume']} to resume, "
+    print_fn(f"plan: {len(grid)} cells in {shown(out)} ({counts['new']} new, {counts['resume']} to resume, "
              f"{counts['extend']} to extend, {counts['done']} done); {epochs} epochs on "
              f"{first.train_size if first else '-'} training samples, tested on "
              f"{first.test_size if first else '-'}, {seeds} seed(s), "
              f"{'built-in digits' if data is None else data}")
-    if todo:
+    if todo and estimate:
         width = min(jobs, len(todo))
-        print_fn(f"estimated {_describe_seconds(estimate_seconds(todo, width))} on {width} "
-                 f"process(es) (from {RATE_STEPS} measured steps of each kind of cell)")
+        seconds = estimate_seconds(todo, width, progress=Progress())
+        print_fn(f"estimated {_describe_seconds(seconds)} on {width} process(es) (from "
+                 f"{RATE_STEPS} measured steps of each kind of cell)")
+    elif todo and dry_run:
+        kinds = len({(c.config.model, c.config.transform, c.config.distortion) for c in todo})
+        print_fn(f"time not estimated: --estimate measures {RATE_STEPS + 1} training steps of "
+                 f"each of the {kinds} kinds of cell first")
     if dry_run:
         for cell in grid:
-            print_fn(f"  {cell.status:7s} {cell.run_dir}")
+            print_fn(f"  {cell.status:7s} {shown(cell.run_dir)}")
         return None
     os.makedirs(out, exist_ok=True)
     results = {}
@@ -364,9 +406,10 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
         with _environment(BLAS_ONE_THREAD), concurrent.futures.ProcessPoolExecutor(
                 max_workers=min(jobs, len(todo)), mp_context=context,
                 initializer=_worker_start) as pool:
-            futures = {pool.submit(_run_cell, c.config, c.run_dir, c.status != "new"): c
-                       for c in todo}
             try:
+                with _sigint_deferred():     # the workers start (on submit) with it deferred
+                    futures = {pool.submit(_run_cell, c.config, c.run_dir, c.status != "new"): c
+                               for c in todo}
                 for n, future in enumerate(concurrent.futures.as_completed(futures), 1):
                     cell = futures[future]
                     metrics = future.result()

@@ -19,6 +19,7 @@ try:
 except ImportError:  # not POSIX: runs are not locked
     fcntl = None
 
+from .. import _checks
 from .._io import atomic_write_bytes
 from ..checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, make_model, make_optimizer
@@ -168,7 +169,7 @@ METRIC_KEYS = ("epoch", "train_loss", "train_error", "test_error", "seconds", "s
 
 
 def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, (int, float)) and _checks.is_finite_number(v)
 
 
 def _check_progress(state, metrics, config, path):

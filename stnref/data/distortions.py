@@ -188,6 +188,7 @@ _OUT_SIZES = {"none": MNIST_SIZE, "r": MNIST_SIZE, "rts": RTS_CANVAS, "p": MNIST
               "e": MNIST_SIZE, "tc": TC_CANVAS}
 
 
+@_checks.quiet_nonfinite
 def distort(images, kind, seed=0):
     """Apply one of the paper's §4.1 distortions, with stnref's own grids and sampler.
 

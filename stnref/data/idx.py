@@ -7,6 +7,7 @@ files of a data set, plain or gzip-compressed.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -15,7 +16,8 @@ import zlib
 import numpy as np
 
 from .. import _checks
-from .._io import atomic_open
+from .._text import shown
+from .._io import atomic_open, open_regular_file
 from .digits import NUM_CLASSES
 
 __all__ = ["load_mnist", "read_idx", "write_idx"]
@@ -23,7 +25,10 @@ __all__ = ["load_mnist", "read_idx", "write_idx"]
 # IDX format: docs/conventions.md §9.
 IDX_UINT8 = 0x08
 IDX_NDIMS = (1, 3)            # labels, images
-IDX_READ_CHUNK = 1 << 20      # bytes per read from a .gz stream
+IDX_READ_CHUNK = 1 << 20      # bytes per read of the payload
+# What reading a file can raise besides our own ValueErrors: gzip's BadGzipFile (an OSError)
+# and EOFError, zlib.error, OSError, and MemoryError for the records kept.
+IDX_READ_ERRORS = (OSError, EOFError, zlib.error, MemoryError)
 IDX_DTYPE_NAMES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32",
                    0x0D: "float32", 0x0E: "float64"}
 MNIST_FILES = {
@@ -63,10 +68,10 @@ def _read_header(f, path):
     return tuple(int(d) for d in dims)
 
 
-def _read_gz_payload(f, count, keep, path):
+def _read_payload(f, count, keep, path):
     """Read the ``count`` data bytes in bounded chunks (never trusting ``count`` to allocate),
-    keeping the first ``keep``: the rest is decompressed and dropped, so the stream's length
-    and CRC are checked all the same."""
+    keeping the first ``keep``: the rest is read and dropped, so a ``.gz`` stream's length
+    and CRC are checked all the same, and so is what follows the data."""
     buf = bytearray()
     seen = 0
     while seen < count:
@@ -119,31 +124,42 @@ def _read_idx(path, limit=None):
     shape ``(min(n, limit), ...)``.
     """
     path = os.fspath(path)
-    if path.endswith(".gz"):
-        try:
-            with gzip.open(path, "rb") as f:
-                shape = _read_header(f, path)
-                _check_idx_budget(shape, path)
-                keep = _kept(shape, limit)
-                data = _read_gz_payload(f, math.prod(shape), math.prod(keep), path)
-        except (OSError, EOFError, zlib.error) as err:
-            if isinstance(err, FileNotFoundError):
-                raise
-            raise _idx_error(path, f"bad gzip data ({err})") from err
-        return shape, data.reshape(keep)
-    with open(path, "rb") as f:
+    with _idx_stream(path) as f:
         shape = _read_header(f, path)
-        header = 4 + 4 * len(shape)
         count = math.prod(shape)
-        actual = os.fstat(f.fileno()).st_size - header
-        if actual < count:
-            raise _idx_error(path, f"truncated: header claims {count} data bytes, file has {actual}")
-        if actual > count:
-            raise _idx_error(path, f"oversized: {actual - count} bytes after the {count} data bytes "
-                                   f"the header claims")
+        if not path.endswith(".gz"):    # a plain file's size is known: checked before reading
+            actual = os.fstat(f.fileno()).st_size - (4 + 4 * len(shape))
+            if actual < count:
+                raise _idx_error(path, f"truncated: header claims {count} data bytes, file has "
+                                       f"{actual}")
+            if actual > count:
+                raise _idx_error(path, f"oversized: {actual - count} bytes after the {count} data "
+                                       f"bytes the header claims")
         _check_idx_budget(shape, path)
         keep = _kept(shape, limit)
-        return shape, np.fromfile(f, dtype=np.uint8, count=math.prod(keep)).reshape(keep)
+        data = _read_payload(f, count, math.prod(keep), path)
+    return shape, data.reshape(keep)
+
+
+@contextlib.contextmanager
+def _idx_stream(path):
+    """The bytes of the IDX file ``path``, decompressed if its name ends in ``.gz``.
+
+    ``path`` must be a regular file (:func:`stnref._io.open_regular_file`; a missing one
+    is a ``FileNotFoundError``).  Whatever reading it raises -- gzip's ``BadGzipFile``
+    and ``EOFError``, ``zlib.error``, ``OSError``, ``MemoryError`` -- is a ValueError
+    naming the file.
+    """
+    with open_regular_file(path, "read_idx", "IDX file") as raw:
+        try:
+            if path.endswith(".gz"):
+                with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+                    yield f
+            else:
+                yield raw
+        except IDX_READ_ERRORS as err:
+            what = "bad gzip data" if path.endswith(".gz") else "unreadable"
+            raise _idx_error(path, f"{what} ({shown(f'{type(err).__name__}: {err}')})") from err
 
 
 def _check_idx_budget(shape, path):
@@ -192,11 +208,8 @@ def write_idx(path, array):
 
 def _shape_of(path):
     """The shape an IDX file's header claims (a ``.gz`` one decompressed that far only)."""
-    try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            return _read_header(f, path)
-    except (OSError, EOFError, zlib.error) as err:
-        raise _idx_error(path, f"unreadable header ({err})") from err
+    with _idx_stream(path) as f:
+        return _read_header(f, path)
 
 
 def _find_mnist_file(directory, stem, fn):

@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 import scipy.special
 
-from .._checks import float_array
+from .._checks import float_array, quiet_nonfinite
 from .module import Module, _check_grad_shape
 from .seeding import resolve_rng
 
@@ -20,6 +20,7 @@ def relu(x):
 
 # Backward of y = max(x, 0): dx = 0 where x <= 0, else dy -- 0 at x == 0 and dy at NaN,
 # as PyTorch's threshold_backward.
+@quiet_nonfinite
 def relu_backward(dy, x):
     """Gradient of :func:`relu` with respect to ``x``."""
     x = float_array(x, "x", "relu_backward")
@@ -28,12 +29,14 @@ def relu_backward(dy, x):
     return np.where(x <= 0, 0, dy).astype(x.dtype, copy=False)
 
 
+@quiet_nonfinite
 def tanh(x):
     """Hyperbolic tangent elementwise, dtype of ``x``."""
     return np.tanh(float_array(x, "x", "tanh"))
 
 
 # Backward of y = tanh(x): dx = dy (1 - tanh(x)^2).
+@quiet_nonfinite
 def tanh_backward(dy, x):
     """Gradient of :func:`tanh` with respect to ``x``."""
     x = float_array(x, "x", "tanh_backward")
@@ -43,6 +46,7 @@ def tanh_backward(dy, x):
     return (dy * (1 - y * y)).astype(x.dtype, copy=False)
 
 
+@quiet_nonfinite
 def sigmoid(x):
     """Logistic function ``1 / (1 + exp(-x))`` elementwise, dtype of ``x``, without overflow.
 
@@ -55,6 +59,7 @@ def sigmoid(x):
 
 
 # Backward of y = 1 / (1 + exp(-x)): dy/dx = y (1 - y).
+@quiet_nonfinite
 def sigmoid_backward(dy, x):
     """Gradient of :func:`sigmoid` with respect to ``x``."""
     x = float_array(x, "x", "sigmoid_backward")
@@ -119,6 +124,7 @@ class Dropout(Module):
         self.p = float(p)
         self.rng = resolve_rng(rng, "Dropout")
 
+    @quiet_nonfinite
     def forward(self, x):
         x = float_array(x, "x", "Dropout.forward")
         if not self.training or self.p == 0.0:
@@ -129,6 +135,7 @@ class Dropout(Module):
         return self.save_for_backward(x * scale_mask, scale_mask)
 
     # Backward of y = x * m / (1 - p): dx = dy * m / (1 - p) (the forward's mask).
+    @quiet_nonfinite
     def backward(self, dy):
         dy, (scale_mask,) = self.pop_saved(dy)
         return dy if scale_mask is None else dy * scale_mask

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from .._checks import check_bool, check_int, float_array
+from .._checks import check_bool, check_int, float_array, quiet_nonfinite
 from .module import Module, _check_dtype, _check_grad_shape, _check_input_dtype
 
 BN_EPS = 1e-5        # PyTorch's default eps
@@ -60,6 +60,7 @@ def _normalised(x, mean, var, eps):
     return centred * inv_std, inv_std
 
 
+@quiet_nonfinite
 def batch_norm(x, weight=None, bias=None, mean=None, var=None, eps=BN_EPS):
     """Normalise every channel: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
 
@@ -101,6 +102,7 @@ def batch_norm(x, weight=None, bias=None, mean=None, var=None, eps=BN_EPS):
 #   dw = sum dy x_hat,  db = sum dy,  g = dy w
 #   fixed statistics:  dx = g s
 #   batch statistics (mu and var depend on x):  dx = s (g - mean(g) - x_hat mean(g x_hat))
+@quiet_nonfinite
 def batch_norm_backward(dy, x, weight=None, mean=None, var=None, eps=BN_EPS, bias=True):
     """Gradients of :func:`batch_norm`: ``(dx, dweight, dbias)``.
 
@@ -170,6 +172,7 @@ class _BatchNorm(Module):
             return _check_input_dtype(x, self.running_mean, fn)
         return x
 
+    @quiet_nonfinite
     def _update_running(self, x):
         """PyTorch's update: ``r = (1 - f) r + f s`` with the batch's mean and *unbiased*
         variance, ``f = momentum`` (None: ``1 / batches seen``, a cumulative average)."""

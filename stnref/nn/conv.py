@@ -8,7 +8,7 @@ import math
 import numpy as np
 import scipy.fft
 
-from .._checks import check_bool, check_budget, check_int, float_array
+from .._checks import check_bool, check_budget, check_int, float_array, quiet_nonfinite
 from ._windows import (
     _check_input4,
     _col2im,
@@ -123,6 +123,7 @@ def _planes(spectra, hw):
     return scipy.fft.irfft2(half, s=hw)
 
 
+@quiet_nonfinite
 def conv2d(x, weight, bias=None, stride=1, padding=0):
     """2-D cross-correlation (torch.nn.functional.conv2d, groups=1, dilation=1).
 
@@ -181,6 +182,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 #   FFT route (stride 1; dy zero-padded to the padded input's Hp x Wp, ^ = rfft2 there):
 #   dW = irfft(sum_n conj(dy^) x_pad^) cropped to kh x kw (a correlation),
 #   dx_pad = irfft(sum_o W^ dy^) (a full convolution); neither wraps around the period.
+@quiet_nonfinite
 def conv2d_backward(dy, x, weight, stride=1, padding=0, bias=True):
     """Gradients of :func:`conv2d`: ``(dx, dweight, dbias)`` (``dbias`` None if not ``bias``).
 

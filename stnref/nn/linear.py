@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_bool, check_budget, check_int, check_ndim, float_array
+from .._checks import check_bool, check_budget, check_int, check_ndim, float_array, quiet_nonfinite
 from .module import (
     Module,
     _check_bias,
@@ -32,6 +32,7 @@ def _check_matrix_input(x, weight, fn):
 
 
 
+@quiet_nonfinite
 def linear(x, weight, bias=None):
     """Affine map ``y = x W^T + b`` (torch.nn.functional.linear).
 
@@ -65,6 +66,7 @@ def linear(x, weight, bias=None):
 #   dx = dy W          (N, in)
 #   dW = dy^T x        (out, in)
 #   db = sum_n dy      (out,)
+@quiet_nonfinite
 def linear_backward(dy, x, weight, bias=True):
     """Gradients of :func:`linear`: ``(dx, dweight, dbias)`` (``dbias`` None if not ``bias``).
 

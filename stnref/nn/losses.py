@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import check_int, check_ndim, float_array
+from .._checks import check_int, check_ndim, float_array, quiet_nonfinite
 
 
 def _log_softmax(logits, axis, fn):
@@ -21,6 +21,7 @@ def _log_softmax(logits, axis, fn):
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+@quiet_nonfinite
 def log_softmax(logits, axis=-1):
     """Stable ``log softmax``: ``z - max(z) - log sum exp(z - max(z))``.
 
@@ -43,6 +44,7 @@ def log_softmax(logits, axis=-1):
     return _log_softmax(logits, axis, "log_softmax")
 
 
+@quiet_nonfinite
 def softmax(logits, axis=-1):
     """``exp(log_softmax(logits))``; slices along ``axis`` sum to 1 (arguments as :func:`log_softmax`)."""
     return np.exp(_log_softmax(logits, axis, "softmax"))
@@ -59,6 +61,7 @@ def _check_labels(labels, n, k, fn):
         raise ValueError(f"{fn}(): expected labels in [0, {k}), got {int(bad)}")
 
 
+@quiet_nonfinite
 def cross_entropy(logits, labels):
     """Mean softmax cross-entropy and its gradient (torch.nn.functional.cross_entropy).
 

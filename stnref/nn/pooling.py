@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import float_array
+from .._checks import float_array, quiet_nonfinite
 from ._windows import _check_input4, _col2im, _out_size, _pair, _window_views
 from .module import Module, _check_grad_shape
 
@@ -61,6 +61,7 @@ def _max_routes(parts, y):
     return routes
 
 
+@quiet_nonfinite
 def max_pool2d(x, kernel_size, stride=None):
     """Max over each window (torch.nn.functional.max_pool2d, no padding, floor mode).
 
@@ -91,6 +92,7 @@ def max_pool2d(x, kernel_size, stride=None):
 #   dx[pixel of the window's first maximum] += dy.  Disjoint windows: one strided-view
 #   write per kernel offset, of dy where that offset won.  Overlapping windows (stride <
 #   kernel) may pick the same pixel: a scatter-add in window order by np.bincount.
+@quiet_nonfinite
 def max_pool2d_backward(dy, x, kernel_size, stride=None):
     """Gradient of :func:`max_pool2d` with respect to ``x``.
 
@@ -119,6 +121,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None):
     return dx
 
 
+@quiet_nonfinite
 def avg_pool2d(x, kernel_size, stride=None):
     """Mean over each window (torch.nn.functional.avg_pool2d, no padding, floor mode).
 
@@ -146,6 +149,7 @@ def avg_pool2d(x, kernel_size, stride=None):
 # Backward of y = (1 / (kh kw)) sum_{i,j} x[p s + i, q s + j]
 #   (docs/derivations/layers.md, "Average pooling")
 #   every pixel of a window receives dy / (kh kw): col2im of a broadcast, no copy of the windows.
+@quiet_nonfinite
 def avg_pool2d_backward(dy, x, kernel_size, stride=None):
     """Gradient of :func:`avg_pool2d` with respect to ``x``."""
     fn = "avg_pool2d_backward"

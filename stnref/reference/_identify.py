@@ -1,26 +1,9 @@
-"""Hypotheses about a black-box sampler, and the probes that tell which one it follows.
+"""The probes of :func:`stnref.reference.diagnose`: which hypothesis a black-box sampler follows.
 
-The engine of :func:`stnref.reference.diagnose`.  A hypothesis is a row of small tables;
-PyTorch's settings are one corner of the space, the rest is what other implementations do
-(docs/kernel_authors.md):
-
-===========  ==========================================================================
-coordinates  ``i = a x + b`` on each axis: ``align_corners`` True or False
-             (docs/conventions.md §3.1), pixel coordinates, three other unnormalisations
-kernel       nearest (four tie rules, or rounding down), bilinear, Keys cubic convolution with any ``A``,
-             cubic B-spline (interpolating, as ``scipy.ndimage`` order 3, or not)
-padding      zeros, a constant, a constant beyond the edge pixels without blending,
-             border, reflection about pixel centres or edges, wrap (period ``size`` or
-             ``size - 1``)
-padded       the continuous coordinate (PyTorch's nearest and bilinear) or each integer
-             tap (PyTorch's bicubic, docs/conventions.md §4.3)
-===========  ==========================================================================
-
-:func:`model_sample` evaluates any combination in float64 on pixel coordinates; for
-PyTorch's own settings :func:`predict` uses :func:`stnref.grid_sample` itself.  The probes
+The hypotheses and their model are in :mod:`stnref.reference._models`.  The probes
 (``_probe_*``) call the sampler through :class:`_Box`, which turns every exception or wrong
 shape into a recorded finding, and place their points in pixel space through the
-:class:`_Geometry` found first.
+:class:`_Geometry` found first.  Each probe decides one property on its own evidence.
 """
 
 from __future__ import annotations
@@ -30,7 +13,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..sampling import CUBIC_A, grid_sample
+from ..sampler_settings import CUBIC_A
+from ._models import (
+    CONVENTIONS,
+    KERNELS,
+    PADDINGS,
+    PYTORCH_CONVENTIONS,
+    ROUNDINGS,
+    TIE_RULES,
+    Behaviour,
+    keys_basis,
+    model_sample,
+    predict,
+    quantise,
+    to_grid,
+)
 
 # --------------------------------------------------------------------------- tolerances
 
@@ -40,279 +37,9 @@ TOL_PARITY = 1e-10       # agreement with PyTorch in float64, times max(1, |V|) 
 TOL_FLOAT32 = 1e-5       # the same for a sampler that computes in float32
 EXACT = 1e-13            # a float64 computation that reads a pixel returns it to the last bit
 HALF_GAP = 0.01          # pixels either side of a half-integer: nearest's steps, not its ties
+POSITION_STEPS = 4096    # positions per pixel where a step in the positions is looked for
 FD_STEP = 1e-6           # central differences of fn, in pixels (conventions §7.1)
 UNKNOWN = "unknown"
-
-
-# --------------------------------------------------------------------------- coordinates
-
-# name -> (a, b) of the pixel coordinate i = a x + b along an axis of n pixels
-CONVENTIONS = {
-    "align_corners=False": lambda n: (n / 2, (n - 1) / 2),
-    "align_corners=True": lambda n: ((n - 1) / 2, (n - 1) / 2),
-    "pixel coordinates, i = x": lambda n: (1.0, 0.0),
-    "normalised without the half-pixel shift, i = (x + 1)/2 * size": lambda n: (n / 2, n / 2),
-    "[0, 1] coordinates, i = x * (size - 1)": lambda n: (n - 1.0, 0.0),
-    "[0, 1] coordinates, i = x * size - 1/2": lambda n: (float(n), -0.5),
-}
-PYTORCH_CONVENTIONS = {"align_corners=False": False, "align_corners=True": True}
-
-
-# --------------------------------------------------------------------------- kernels
-
-SQRT3_POLE = np.sqrt(3.0) - 2.0  # pole of the cubic B-spline interpolation filter
-CARDINAL_REACH = 20              # taps each side for the interpolating B-spline: pole^20 ~ 3e-12
-
-
-def tent(d, a=None):
-    """Bilinear kernel ``max(0, 1 - |d|)`` (paper eq. 5)."""
-    return np.maximum(0.0, 1.0 - np.abs(d))
-
-
-def keys(d, a=CUBIC_A):
-    """Keys cubic convolution kernel with parameter ``a`` (docs/conventions.md §4.3)."""
-    d = np.abs(d)
-    near = ((a + 2) * d - (a + 3)) * d * d + 1
-    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
-    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
-
-
-def keys_basis(d):
-    """``(k0, k1)`` with ``keys(d, a) = k0 + a k1``: Keys' kernel is linear in ``a``."""
-    d = np.abs(d)
-    k0 = np.where(d <= 1, (2 * d - 3) * d * d + 1, 0.0)
-    k1 = np.where(d <= 1, (d - 1) * d * d, np.where(d < 2, ((d - 5) * d + 8) * d - 4, 0.0))
-    return k0, k1
-
-
-def bspline3(d, a=None):
-    """Cubic B-spline basis function (support 4, not interpolating: ``bspline3(0) = 2/3``)."""
-    d = np.abs(d)
-    return np.where(d < 1, 2 / 3 - d * d + d ** 3 / 2, np.where(d < 2, (2 - d) ** 3 / 6, 0.0))
-
-
-def cardinal3(d, a=None):
-    """Interpolating cubic B-spline: ``sum_k sqrt(3) z^|k| bspline3(d - k)``, ``z = sqrt(3) - 2``.
-
-    The impulse response of ``scipy.ndimage.map_coordinates(order=3)`` (prefiltered)
-    away from the image border; truncated at ``CARDINAL_REACH`` coefficients each side.
-    """
-    k = np.arange(-CARDINAL_REACH, CARDINAL_REACH + 1)
-    coef = np.sqrt(3.0) * SQRT3_POLE ** np.abs(k)
-    return np.sum(coef * bspline3(np.asarray(d)[..., None] - k), axis=-1)
-
-
-class Kernel(NamedTuple):
-    offsets: tuple       # integer tap offsets from floor(i) (nearest: the rounded i)
-    weight: object       # k(d, a) for a tap at distance d; None for nearest
-    interpolating: bool  # k(0) = 1 and k(m) = 0 at other integers: knots read the pixel
-
-
-KERNELS = {
-    "nearest": Kernel((0,), None, True),
-    "bilinear": Kernel((0, 1), tent, True),
-    "bicubic": Kernel((-1, 0, 1, 2), keys, True),
-    "cubic B-spline": Kernel(tuple(range(1 - CARDINAL_REACH, CARDINAL_REACH + 1)), cardinal3, True),
-    "cubic B-spline (not interpolating)": Kernel((-1, 0, 1, 2), bspline3, False),
-}
-
-# tie rule of nearest -> integer pixel of a coordinate
-ROUNDINGS = {
-    "half to even": np.rint,
-    "half up": lambda i: np.floor(i + 0.5),
-    "half away from zero": lambda i: np.copysign(np.floor(np.abs(i) + 0.5), i),
-    "half down": lambda i: np.ceil(i - 0.5),
-    "down (floor)": np.floor,  # not a tie rule: a nearest that truncates (told by the kernel probe)
-}
-TIE_RULES = tuple(r for r in ROUNDINGS if r.startswith("half"))
-
-
-# --------------------------------------------------------------------------- paddings
-
-def _reflect(i, low, span):
-    """Fold ``i`` into ``[low, low + span]`` (mirrors at ``low + k span``), then clip to the pixels."""
-    if span <= 0:
-        return np.zeros_like(i)
-    e = np.mod(np.abs(i - low), 2 * span)
-    return np.where(e <= span, low + e, low + 2 * span - e)
-
-
-def _inside(m, n):
-    return np.where((m >= 0) & (m <= n - 1), m, -1)
-
-
-def _clip(i, n):
-    return np.clip(i, 0, n - 1)
-
-
-def _centres(i, n):
-    return _clip(_reflect(i, 0.0, n - 1.0), n)
-
-
-def _edges(i, n):
-    return _clip(_reflect(i, -0.5, float(n)), n)
-
-
-def _wrap(i, n):
-    return np.mod(i, n)
-
-
-def _wrap_short(i, n):
-    """Period ``n - 1`` outside ``[0, n - 1]``: from the left a multiple of the period lands
-    on the last pixel, from the right on the first (``scipy.ndimage`` mode 'wrap')."""
-    period = max(n - 1, 1)
-    r = np.mod(i, period)
-    r = np.where((r == 0) & (i < 0), period, r)
-    return np.where((i >= 0) & (i <= n - 1), i, r)
-
-
-class Padding(NamedTuple):
-    coordinate: object  # (i, n) -> the padded continuous coordinate, when the coordinate is padded
-    tap: object         # (m, n) -> pixel index of integer tap m, or -1: it reads the fill value
-    cutoff: bool        # a point outside [0, n - 1] reads the fill value, whole (no blending)
-    picture: str        # the row a b c d extended, as docs/conventions.md §3 draws it
-    places: tuple = ("coordinate", "taps")  # where it may apply (the tap rule alone may be auxiliary)
-
-
-PADDINGS = {
-    "zeros": Padding(lambda i, n: i, _inside, False, "0 0 | a b c d | 0 0"),
-    "constant": Padding(lambda i, n: i, _inside, False, "c c | a b c d | c c"),
-    "border": Padding(_clip, _clip, False, "a a | a b c d | d d"),
-    "reflection about centres": Padding(_centres, _centres, False, "c b | a b c d | c b"),
-    "reflection about edges": Padding(_edges, _edges, False, "b a | a b c d | d c"),
-    "wrap": Padding(_wrap, _wrap, False, "c d | a b c d | a b"),
-    # scipy.ndimage 'wrap': first and last pixel coincide; taps beyond them mirror
-    "wrap with period size - 1": Padding(_wrap_short, _centres, False, "b c | a b c d=a b c", ("coordinate",)),
-    # scipy.ndimage 'constant': c outside [0, size - 1], taps inside mirror
-    "constant beyond the edge pixels": Padding(lambda i, n: i, _centres, True, "c c |a b c d| c c"),
-}
-# padding name -> PyTorch padding_mode and the align_corners it needs (None: either)
-PYTORCH_PADDINGS = {
-    "zeros": ("zeros", None),
-    "border": ("border", None),
-    "reflection about centres": ("reflection", True),
-    "reflection about edges": ("reflection", False),
-}
-
-
-class Behaviour(NamedTuple):
-    """One hypothesis about what a sampler computes, in pixel coordinates."""
-
-    kernel: str = "bilinear"
-    padding: str = "zeros"
-    pads: str = "coordinate"        # or "taps": where the padding applies
-    fill: float = 0.0               # value of the "constant" paddings
-    cubic_a: float = CUBIC_A        # Keys parameter of "bicubic"
-    rounding: str = "half to even"  # tie rule of "nearest"
-
-    def pytorch(self):
-        """``(mode, padding_mode, align_corners or None)`` of PyTorch computing exactly this, or None."""
-        if self.padding not in PYTORCH_PADDINGS or self.kernel not in ("nearest", "bilinear", "bicubic"):
-            return None
-        if self.kernel == "bicubic" and self.cubic_a != CUBIC_A:
-            return None
-        if self.kernel == "nearest" and self.rounding != "half to even":
-            return None
-        standard = "taps" if self.kernel == "bicubic" else "coordinate"
-        if self.pads != standard and self.padding != "zeros":
-            return None
-        mode, needs = PYTORCH_PADDINGS[self.padding]
-        return self.kernel, mode, needs
-
-
-def pytorch_behaviour(mode, padding_mode, align_corners):
-    """The :class:`Behaviour` of PyTorch's ``grid_sample(mode, padding_mode, align_corners)``."""
-    padding = {"zeros": "zeros", "border": "border",
-               "reflection": "reflection about centres" if align_corners else "reflection about edges"}
-    return Behaviour(mode, padding[padding_mode], "taps" if mode == "bicubic" else "coordinate")
-
-
-# --------------------------------------------------------------------------- evaluation
-
-def to_grid(ix, iy, maps, order):
-    """Pixel coordinates -> the normalised grid a sampler reads, ``(..., 2)``.
-
-    ``maps`` is ``((a_x, b_x), (a_y, b_y))`` with ``i = a g + b``; ``order`` "xy"
-    puts ``g_x`` first (PyTorch's layout, docs/conventions.md §1.1), "yx" ``g_y``.
-    """
-    (ax, bx), (ay, by) = maps
-    gx, gy = (np.asarray(ix, dtype=np.float64) - bx) / ax, (np.asarray(iy, dtype=np.float64) - by) / ay
-    return np.stack([gx, gy] if order == "xy" else [gy, gx], axis=-1)
-
-
-def _axis(i, n, behaviour):
-    """Weights ``(..., T)`` and pixel indices ``(..., T)`` (-1: fill) of one axis's taps."""
-    padding, kernel = PADDINGS[behaviour.padding], KERNELS[behaviour.kernel]
-    if behaviour.pads == "coordinate":
-        i = padding.coordinate(i, n)
-    offsets = np.asarray(kernel.offsets, dtype=np.float64)
-    if kernel.weight is None:
-        m = ROUNDINGS[behaviour.rounding](i)[..., None] + offsets
-        w = np.ones(m.shape)
-    else:
-        m = np.floor(i)[..., None] + offsets
-        w = kernel.weight(i[..., None] - m, behaviour.cubic_a)
-    return w, padding.tap(m, n).astype(np.int64)
-
-
-def model_sample(U, ix, iy, behaviour):
-    """Evaluate ``behaviour`` at pixel coordinates: eq. (3) over the padded taps, in float64.
-
-    Parameters
-    ----------
-    U : ndarray, shape (N, C, H, W)
-    ix, iy : ndarray, shape (N, P)
-        Finite pixel coordinates (column, row), ``|i|`` below about ``1e6``.
-    behaviour : Behaviour
-
-    Returns
-    -------
-    V : ndarray, shape (N, C, P)
-
-    Examples
-    --------
-    >>> U = np.arange(4.0).reshape(1, 1, 1, 4)
-    >>> model_sample(U, np.array([[-1.0, 1.5]]), np.zeros((1, 2)), Behaviour(padding="wrap"))
-    array([[[3. , 1.5]]])
-    """
-    U = np.asarray(U, dtype=np.float64)
-    N, _, H, W = U.shape
-    ix, iy = np.asarray(ix, dtype=np.float64), np.asarray(iy, dtype=np.float64)
-    wx, mx = _axis(ix, W, behaviour)                            # (N, P, Tx)
-    wy, my = _axis(iy, H, behaviour)                            # (N, P, Ty)
-    rows, cols = my[..., :, None], mx[..., None, :]             # (N, P, Ty, Tx)
-    batch = np.arange(N)[:, None, None, None]
-    values = U.transpose(0, 2, 3, 1)[batch, np.maximum(rows, 0), np.maximum(cols, 0)]  # (.., C)
-    values = np.where(((rows < 0) | (cols < 0))[..., None], behaviour.fill, values)
-    V = np.einsum("npy,npx,npyxc->ncp", wy, wx, values)
-    if PADDINGS[behaviour.padding].cutoff:
-        out = (ix < 0) | (ix > W - 1) | (iy < 0) | (iy > H - 1)  # (N, P)
-        V = np.where(out[:, None, :], behaviour.fill, V)
-    return V
-
-
-def pytorch_sample(U, ix, iy, setting):
-    """``grid_sample`` in ``setting = (mode, padding_mode, align_corners)`` at pixel coordinates.
-
-    Returns ``(N, C, P)`` for ``ix, iy`` of shape ``(N, P)``.
-    """
-    mode, padding_mode, align_corners = setting
-    name = "align_corners=True" if align_corners else "align_corners=False"
-    H, W = U.shape[2:]
-    maps = (CONVENTIONS[name](W), CONVENTIONS[name](H))
-    grid = to_grid(ix, iy, maps, "xy")[:, None]                 # (N, 1, P, 2)
-    with np.errstate(all="ignore"):
-        V = grid_sample(U, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    return V[:, :, 0]
-
-
-def predict(U, ix, iy, behaviour, align_corners=False):
-    """``behaviour`` at pixel coordinates: stnref itself where PyTorch computes it, else the model."""
-    setting = behaviour.pytorch()
-    if setting is None:
-        return model_sample(U, ix, iy, behaviour)
-    mode, padding_mode, needs = setting
-    return pytorch_sample(U, ix, iy, (mode, padding_mode, align_corners if needs is None else needs))
 
 
 # --------------------------------------------------------------------------- the black box
@@ -421,6 +148,9 @@ class _Run:
         self.geo = None
         self.behaviour = Behaviour()
         self.cubic_fit = None  # Keys' A as fitted, unrounded
+        self.quantum = 0.0     # the step positions are rounded to, 0: none found
+        self.alike = ()        # paddings that give the same value at every point (under a mask)
+        self.alike_pads = ()   # and the places of the one chosen that do
 
     def sample(self, U, ix, iy, probe, geo=None):
         """``fn`` at pixel coordinates ``(N, P)``: ``(N, C, P)``, or None (a recorded failure)."""
@@ -536,8 +266,8 @@ def _ramp_conventions(run):
     """``(geometry, error, other fits)`` of the named convention under which ramp images
     (``U = column``, ``U = row``) read their coordinates at interior points, or None.
 
-    Every kernel that reproduces straight lines does (bilinear, Keys, B-splines, interpolating
-    or not), two pixels away from the border.
+    Every kernel that reproduces straight lines does (bilinear, Keys with ``A = -1/2``, B-splines,
+    interpolating or not), two pixels away from the border.
     """
     H, W = 9, 13
     cols, rows = np.meshgrid(np.arange(W, dtype=float), np.arange(H, dtype=float))
@@ -652,10 +382,12 @@ def _probe_kernel(run):
     dy = np.concatenate([np.zeros_like(d), d, oy.ravel(), rnd[1]])
     V = run.sample(U, c + dx[None], c + dy[None], "kernel")
     if V is None:
-        run.d.kernel = UNKNOWN
+        run.d.kernel, run.d.nearest_rounding = UNKNOWN, "n/a"
         return
     r = V[0, 0]
     tie = (np.abs(np.abs(dx) % 1 - 0.5) < 1e-6) | (np.abs(np.abs(dy) % 1 - 0.5) < 1e-6)
+    if run.quantum:   # the continuous kernels see the positions rounded to the step found
+        dx, dy = quantise(dx, run.quantum), quantise(dy, run.quantum)
     line = (dx == 0) | (dy == 0)
     k0, k1 = keys_basis(np.where(dy == 0, dx, dy)[line])
     a = float(np.sum(k1 * (r[line] - k0)) / np.sum(k1 * k1))
@@ -680,6 +412,7 @@ def _probe_kernel(run):
                                 f"{best}{fitted} fits to {errors[best]:.1e} ({others})")
     if errors[best] > TOL_ID:
         run.d.kernel = "none of these"
+        run.d.nearest_rounding = "n/a"   # ties belong to a nearest kernel, not found here
         run.d.evidence["kernel"] += f"; no kernel fits to {TOL_ID:g}"
         return
     run.d.kernel = best
@@ -687,8 +420,10 @@ def _probe_kernel(run):
         run.cubic_fit, run.d.cubic_a = a, round(a, 6)
     if best != "nearest":
         run.d.nearest_rounding = "n/a"
-    elif run.d.nearest_rounding != "down (floor)":
-        run.d.nearest_rounding = UNKNOWN  # the ties probe tells
+    else:
+        run.d.positions = "n/a"           # a step in the positions is invisible to nearest
+        if run.d.nearest_rounding != "down (floor)":
+            run.d.nearest_rounding = UNKNOWN  # the ties probe tells
 
 
 def _model_kernel(run):
@@ -711,23 +446,29 @@ def _probe_padding(run):
     outside = ((ix < 0) | (ix > W - 1) | (iy < 0) | (iy > H - 1))[0]
     fill = float(np.median(observed[outside]))
     kernel = _model_kernel(run)
-    base = Behaviour(kernel, fill=fill, cubic_a=run.cubic_fit or CUBIC_A,
+    base = Behaviour(kernel, fill=fill, cubic_a=run.cubic_fit or CUBIC_A, quantum=run.quantum,
                      pads="taps" if "cubic" in kernel else "coordinate",
                      rounding=run.d.nearest_rounding if run.d.nearest_rounding in ROUNDINGS
                      else "half to even")
-    errors = {}
+    errors, near_errors = {}, {}
+    near = ((ix > -2 * W) & (ix < 3 * W - 1) & (iy > -2 * H) & (iy < 3 * H - 1))[0]   # within 2 sizes
     for name, padding in PADDINGS.items():
         if name == "constant" and abs(fill) <= TOL_ID:
             continue  # constant 0 is zeros
         f = fill if "constant" in name else 0.0
-        errors[name] = min(float(np.abs(observed - model_sample(U, ix, iy, base._replace(
-            padding=name, fill=f, pads=pads))[0, 0]).max()) for pads in padding.places)
+        diffs = [np.abs(observed - model_sample(U, ix, iy, base._replace(padding=name, fill=f, pads=pads))[0, 0])
+                 for pads in padding.places]
+        errors[name] = min(float(e.max()) for e in diffs)
+        near_errors[name] = min(float(e[near].max()) for e in diffs)
     fits = [k for k, e in errors.items() if e <= TOL_ID]
     ranked = ", ".join(f"{k}: {e:.1e}" for k, e in sorted(errors.items(), key=lambda kv: kv[1])[:4])
     run.d.evidence["padding"] = (f"integer pixels {xs[0]:g}..{xs[-1]:g} along x and {ys[0]:g}..{ys[-1]:g} "
                                  f"along y of a random {H}x{W} image ({ranked})")
+    if not fits:   # far away, a sampler may give up its extension: the parity probe says where
+        fits = [k for k, e in near_errors.items() if e <= TOL_ID]
+        run.d.evidence["padding"] += (f"; within 2 sizes of the image {', '.join(fits)} fits, nothing fits "
+                                      f"beyond" if fits else "; no extension fits")
     if not fits:
-        run.d.evidence["padding"] += "; no extension fits"
         return
     # beside the border: blended or cut off; the coordinate padded or each tap
     edge = np.array([-2.75, -1.5, -1.25, -0.75, -0.5, -0.25, 0.25, 0.5])
@@ -748,8 +489,18 @@ def _probe_padding(run):
         scored.append((float(np.abs(V[0, 0] - model_sample(U, bx[None], by[None], b)[0, 0]).max()), b))
     good = [s for s in scored if s[0] <= TOL_ID]
     err, chosen = good[0] if good else min(scored, key=lambda s: s[0])
+    # nothing fits, or a cut at the edge pixels: is there a band outside that is not cut?
+    if (not good or PADDINGS[chosen.padding].cutoff) and (banded := _probe_band(run, U, base)) is not None:
+        chosen = banded
+        err = float(np.abs(V[0, 0] - model_sample(U, bx[None], by[None], chosen)[0, 0]).max())
+        good = [(err, chosen)] if err <= TOL_ID else []
     run.behaviour = chosen
     run.d.padding, run.d.padded, run.d.fill = chosen.padding, chosen.pads, chosen.fill
+    places = run.alike_pads or [b.pads for e, b in good if b.padding == chosen.padding]
+    if len(places) > 1:      # e.g. bilinear: padding the coordinate or each tap gives the same values
+        run.d.padded = " or ".join(dict.fromkeys(places))
+    if len(run.alike) > 1:   # one model computes them all; the name says they cannot be told apart
+        run.d.padding = " or ".join(run.alike)
     run.d.evidence["padding"] += (f"; {len(bx)} points beside the border fit {chosen.padding}, "
                                   f"{chosen.pads} padded, to {err:.1e}")
     if not good:
@@ -757,35 +508,156 @@ def _probe_padding(run):
 
 
 def _probe_ties(run):
-    """Nearest only: pixel coordinates ``k + 1/2`` inside (and outside) the image."""
+    """Nearest only: every half-integer pixel coordinate from ``-3 size`` to ``4 size`` on each
+    axis decides the tie rule and, for paddings that move points, whether the coordinate is
+    padded before rounding or the rounded index after (JAX, OpenCV, ONNX Runtime)."""
     if run.d.kernel != "nearest" or run.d.nearest_rounding == "down (floor)":
         return
     H, W = run.geo.sizes()
     U = run.image(H, W)
-    hx, hy = np.arange(-2, W + 1) + 0.5, np.arange(-2, H + 1) + 0.5
+    hx, hy = np.arange(-3 * W, 4 * W) + 0.5, np.arange(-3 * H, 4 * H) + 0.5
     ix = np.concatenate([hx, np.full(len(hy), W // 2)])[None]
     iy = np.concatenate([np.full(len(hx), H // 2), hy])[None]
     V = run.sample(U, ix, iy, "nearest ties")
     if V is None:
         return
     inside = ((ix >= 0) & (ix <= W - 1) & (iy >= 0) & (iy <= H - 1))[0]
+    # a constant outside: padding the coordinate or the rounded index reads the same
+    places = ("coordinate",) if run.behaviour.padding in ("zeros", "constant") else \
+        PADDINGS[run.behaviour.padding].places
+    # PyTorch's choice first: among rules that fit equally, no difference is invented
+    rules = sorted(TIE_RULES, key=lambda r: r != "half to even")
+    candidates = [(r, p) for r in rules for p in dict.fromkeys([run.behaviour.pads, *places]) if p in places]
     err_in, err_all = {}, {}
-    for rule in TIE_RULES:
-        diff = np.abs(V[0, 0] - model_sample(U, ix, iy, run.behaviour._replace(rounding=rule))[0, 0])
-        err_in[rule], err_all[rule] = float(diff[inside].max()), float(diff.max())
-    fits = [r for r in TIE_RULES if err_in[r] <= TOL_ID]
-    narrowed = [r for r in fits if err_all[r] <= TOL_ID] or fits
-    run.d.evidence["nearest ties"] = (f"{int(inside.sum())} ties inside the image and {int((~inside).sum())} "
-                                      f"outside: " + ", ".join(f"{r}: {err_in[r]:.1e}/{err_all[r]:.1e}"
-                                                               for r in TIE_RULES))
-    if not narrowed:
-        run.d.nearest_rounding = "none of these"
+    for rule, pads in candidates:
+        guess = model_sample(U, ix, iy, run.behaviour._replace(rounding=rule, pads=pads))[0, 0]
+        diff = np.abs(V[0, 0] - guess)
+        err_in[rule, pads], err_all[rule, pads] = float(diff[inside].max()), float(diff.max())
+    fits = [c for c in candidates if err_all[c] <= TOL_ID]
+    run.d.evidence["nearest ties"] = (
+        f"{int(inside.sum())} ties inside the image and {int((~inside).sum())} outside, "
+        f"inside/all: " + ", ".join(f"{r}{'' if len(places) == 1 else ' (' + p + ' padded)'}: "
+                                    f"{err_in[r, p]:.1e}/{err_all[r, p]:.1e}" for r, p in candidates))
+    if not fits:   # the ties inside tell the rule; what happens outside is the parity probe's finding
+        fits = [c for c in candidates if err_in[c] <= TOL_ID and c[1] == run.behaviour.pads]
+        if not fits:
+            run.d.nearest_rounding = "none of these"
+            return
+        run.d.notes.append(f"nearest ties: {fits[0][0]} fits the ties inside the image; no rule fits "
+                           f"those outside it")
+        fits = fits[:1]
+    (rule, pads), others = fits[0], fits[1:]
+    run.behaviour = run.behaviour._replace(rounding=rule, pads=pads)
+    # rules (and places) that read the same pixel at every tie: each is named, none preferred
+    run.d.nearest_rounding = " or ".join(dict.fromkeys(r for r, _ in fits))
+    run.d.padded = " or ".join(dict.fromkeys(p for _, p in fits))
+    if others:
+        alike = ", ".join(r + ("" if len(places) == 1 else f" with the {p} padded") for r, p in fits)
+        run.d.notes.append(f"nearest ties: {alike} read the same pixel at every tie from {hx[0]:g} to "
+                           f"{hx[-1]:g} with this padding; no probe can tell them apart")
+
+
+def _probe_positions(run):
+    """A random image read at 8192 positions over two pixels along each axis.  An exact sampler
+    changes its value at every position; one that rounds positions to a step first (OpenCV's
+    ``remap``: 1/32 pixel, ``INTER_BITS = 5``) is constant on each step's cell, whatever its
+    kernel.  The step is a power of two coarser than the probe's spacing; its ties go to even
+    or up."""
+    H, W = 9, 13
+    U = run.image(H, W)
+    n = 2 * POSITION_STEPS
+    t = np.arange(n) / POSITION_STEPS                           # 0 .. 2 px
+    ix = np.concatenate([5 + t, np.full(n, 6.25)])[None]
+    iy = np.concatenate([np.full(n, 4.25), 3 + t])[None]
+    V = run.sample(U, ix, iy, "positions")
+    if V is None:
         return
-    run.d.nearest_rounding = narrowed[0]
-    run.behaviour = run.behaviour._replace(rounding=narrowed[0])
-    if len(narrowed) > 1:
-        run.d.notes.append(f"nearest ties: {narrowed[0]} fits, and so do {', '.join(narrowed[1:])} "
-                           f"(negative ties are not observable with this padding)")
+    scans = ((V[0, 0, :n], 5 + t), (V[0, 0, n:], 3 + t))
+    changes = sum(int(np.count_nonzero(np.diff(v))) for v, _ in scans)
+    run.d.evidence["positions"] = (f"a random image read at {2 * n} positions 1/{POSITION_STEPS} px apart: "
+                                   f"the value changes at {changes} of {2 * (n - 1)} steps")
+    if changes >= 0.99 * 2 * (n - 1):
+        run.d.positions = "exact"
+        return
+    for k in range(1, int(np.log2(POSITION_STEPS))):
+        step = 2.0 ** -k
+        cells = [(v, p / step) for v, p in scans]
+        if not all(_constant_on_cells(v, c) for v, c in cells):
+            continue
+        if step == 1.0:                                         # whole pixels: a nearest kernel
+            return
+        # at an exact half step the cell is a tie: even or up, unless the coordinate's own
+        # rounding (a few ulps) moved it
+        rules = [name for name, rule in (("ties to even", np.rint), ("ties up", lambda c: np.floor(c + 0.5)))
+                 if all(_ties_follow(v, c, rule) for v, c in cells)]
+        ties = f" ({rules[0]})" if len(rules) == 1 else ""
+        run.quantum = step
+        run.d.positions = f"rounded to multiples of 1/{2 ** k} px{ties}"
+        run.d.evidence["positions"] += f", and is constant on each 1/{2 ** k} px cell{ties}"
+        return
+
+
+def _constant_on_cells(v, c):
+    """Whether ``v`` is constant on each cell ``rint(c)`` away from ties and changes between cells."""
+    tie = np.abs(c - np.floor(c) - 0.5) < 1e-6
+    cells = np.rint(c)
+    same_cell = (np.diff(cells) == 0) & ~tie[1:] & ~tie[:-1]
+    moved = np.diff(v) != 0
+    new_cell = (np.diff(cells) != 0) & ~tie[1:] & ~tie[:-1]
+    return not np.any(moved & same_cell) and bool(np.all(moved[new_cell]))
+
+
+def _ties_follow(v, c, rule):
+    """Whether each tie reads the value of the cell ``rule`` sends it to (its neighbours' values)."""
+    tie = np.flatnonzero(np.abs(c - np.floor(c) - 0.5) < 1e-6)
+    tie = tie[(tie > 0) & (tie < len(c) - 1)]
+    up = rule(c[tie]) > c[tie]
+    return bool(np.all(v[tie] == np.where(up, v[tie + 1], v[tie - 1])))
+
+
+def _probe_band(run, U, base):
+    """Points 0.001 to 1.5 px outside each border, 1/1000 px apart: is every point from some
+    distance on set to the fill value (an output mask, torch-interpol's ``extrapolate=False``),
+    and which padding reads the points inside that band?  Returns the :class:`Behaviour`, or None."""
+    H, W = U.shape[2:]
+    d = np.arange(1, 1501) / 1000
+    mid_x, mid_y = np.full(len(d), W // 2 + 0.25), np.full(len(d), H // 2 + 0.25)
+    ix = np.concatenate([-d, W - 1 + d, mid_x, mid_x])[None]
+    iy = np.concatenate([mid_y, mid_y, -d, H - 1 + d])[None]
+    dist = np.tile(d, 4)
+    V = run.sample(U, ix, iy, "padding (band)")
+    if V is None:
+        return None
+    observed = V[0, 0]
+    filled = np.abs(observed - base.fill) <= TOL_ID
+    if filled.all() or filled[dist == d[-1]].sum() < 4:       # cut at the edge, or no cut at all
+        return None
+    beyond = float(d[d > dist[~filled].max()][0])               # from here on every point reads fill
+    band = float(dist[filled].min())                            # the first point that does
+    certain = (dist < band) | (dist >= beyond)                  # between: the side's rounding decides
+    found = []
+    for name, padding in PADDINGS.items():
+        if padding.cutoff or (name == "constant" and abs(base.fill) <= TOL_ID):
+            continue
+        for pads in padding.places:
+            b = base._replace(padding=name, pads=pads, band=band,
+                              fill=base.fill if "constant" in name else 0.0)
+            if np.abs(observed - model_sample(U, ix, iy, b)[0, 0])[certain].max() <= TOL_ID:
+                found.append(b)
+    if not found:
+        return None
+    within = f"{band:g} px" if beyond <= band + 0.0015 else f"{band:g} to {beyond:g} px (depending on the side)"
+    run.d.output_mask = f"points {band:g} px or more outside [0, size - 1] read {base.fill:g}"
+    run.d.evidence["output mask"] = (f"{len(dist)} points 0.001 to 1.5 px outside the four borders: the "
+                                     f"fill value from {within} on, the padding's value nearer; inside the "
+                                     f"band {found[0].padding} fits")
+    alike = list(dict.fromkeys(b.padding for b in found))
+    if len(alike) > 1:   # the same value at every point: no probe can tell them apart
+        run.d.notes.append(f"padding: {' and '.join(alike)} give the same value at every point, since "
+                           f"only points less than {band:g} px outside are not masked")
+    run.alike = tuple(alike)
+    run.alike_pads = tuple(dict.fromkeys(b.pads for b in found if b.padding == found[0].padding))
+    return found[0]
 
 
 def _probe_precision(run):
@@ -803,7 +675,7 @@ def _probe_precision(run):
     kernel = KERNELS.get(run.d.kernel)
     e_knots = float(np.abs(knots - U[0, 0].ravel()).max()) if kernel and kernel.interpolating else None
     e_model = None
-    if kernel and run.d.padding in PADDINGS:
+    if kernel and run.d.padding != UNKNOWN:   # the behaviour found models it
         e_model = float(np.abs(general - run.predict(U, ix[:, H * W:], iy[:, H * W:])[0, 0]).max())
     single = bool(np.all(V[0, 0].astype(np.float32) == V[0, 0]))
     returns32 = "float32" in run.box.dtypes

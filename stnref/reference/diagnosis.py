@@ -13,21 +13,28 @@ layout         one call on ``U`` (2, 3, 5, 7)                     the shape of `
 coordinates    every pixel of a random image, read at its knots   which ``i = a x + b`` (and axis
                under each convention and axis order, plus         order) puts every knot on its
                points 0.01 px either side of half-integers        pixel; else a ramp fit (§3.1)
+positions      a random image at 8192 positions 1/4096 px apart   exact, or constant on the cells
+                                                                  of a power-of-two step (§3.7)
 kernel         a one-hot pixel's impulse response, 1-D and 2-D    least squares: nearest, tent,
                                                                   Keys ``A``, cubic B-splines (§4)
 padding        integer pixels from ``-3 size`` to ``4 size``;     the extension pattern, then the
-               non-integer points next to the border              model that fits (§3.2-3.5, §4.3)
-ties           pixel coordinates ``k + 1/2`` (nearest only)       the tie rule that fits (§4.2)
+               non-integer points next to the border; points      model that fits; an output mask
+               0.001 to 1.5 px outside (when nothing else fits)   band and what pads inside it
+                                                                  (§3.2-3.5, §4.3)
+ties           every ``k + 1/2`` from ``-3 size`` to ``4 size``   the tie rule, and whether the
+               (nearest only)                                     rounded index or the coordinate
+                                                                  is padded (§4.2)
 precision      knots and interior points of float64 data          float32 numbers out, or 1e-7 misses
                                                                   of an exact model (§1.4)
 parity         ~150 points per image: general, knots, ties,       agreement with ``grid_sample``
                borders, folds, bands, far outside                 to 1e-10 (§5.1, §6.3)
 non-finite     NaN, +inf, -inf in x, one call each                NaN, 0, an edge pixel, error (§5.2)
 backward       knots, clip borders, duplicate points, general     one-sided rules, scatter-add,
-                                                                  finite differences (§3.3-6.2)
+                                                                  finite differences (§3.3-6.5)
 =============  =================================================  ==============================
 
-Every call is isolated: an exception or a wrong shape in one probe is a finding, and the
+A property no probe can observe is named with its alternatives ("coordinate or taps"), never
+guessed.  Every call is isolated: an exception or a wrong shape in one probe is a finding, and the
 others still run.  A crash of the process itself (a segfault in a compiled kernel) cannot be
 caught from Python.  Inputs are seeded, so the same sampler always gets the same diagnosis.
 Guide: ``docs/kernel_authors.md``.
@@ -42,14 +49,11 @@ import sys
 
 import numpy as np
 
+from .._text import shown
+from ..sampler_settings import PYTORCH_MODES, PYTORCH_PADDING_MODES
 from ..sampling import CUBIC_A, grid_sample_backward
 from ._identify import (
-    CONVENTIONS,
     FD_STEP,
-    KERNELS,
-    PADDINGS,
-    PYTORCH_CONVENTIONS,
-    PYTORCH_PADDINGS,
     TOL_ID,
     UNKNOWN,
     _Box,
@@ -58,9 +62,17 @@ from ._identify import (
     _probe_kernel,
     _probe_layout,
     _probe_padding,
+    _probe_positions,
     _probe_precision,
     _probe_ties,
     _Run,
+)
+from ._models import (
+    CONVENTIONS,
+    KERNELS,
+    PADDINGS,
+    PYTORCH_CONVENTIONS,
+    PYTORCH_PADDINGS,
     pytorch_behaviour,
     pytorch_sample,
     to_grid,
@@ -68,8 +80,8 @@ from ._identify import (
 
 __all__ = ["Diagnosis", "diagnose", "load_callable"]
 
-MODES = ("nearest", "bilinear", "bicubic")
-TORCH_PADDINGS = ("zeros", "border", "reflection")
+MODES = PYTORCH_MODES
+TORCH_PADDINGS = PYTORCH_PADDING_MODES
 # kernel found -> the PyTorch mode to compare with (absent: the closest one is searched)
 _MODE_OF = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic",
             "cubic B-spline": "bicubic", "cubic B-spline (not interpolating)": "bicubic"}
@@ -114,7 +126,14 @@ class Diagnosis:
         Value read outside the image by the constant paddings.
     nearest_rounding : str
         "half to even", "half up", "half away from zero", "half down", "down (floor)" (a
-        nearest that truncates), "n/a" or "unknown".
+        nearest that truncates), "none of these", "n/a" (the kernel found is not nearest)
+        or "unknown".
+    positions : str
+        "exact" (used as given, as PyTorch does), "rounded to multiples of 1/32 px (ties to
+        even)" (fixed-point positions, OpenCV's ``remap``), "n/a" (nearest) or "unknown".
+    output_mask : str
+        "none", or which points are set to the fill value whatever the padding, e.g. "points
+        0.05 px or more outside [0, size - 1] read 0" (torch-interpol's ``extrapolate=False``).
     precision : str
         "float64", "float32", "mixed: float32 coordinates or weights" or "unknown".
     non_finite : dict
@@ -144,6 +163,8 @@ class Diagnosis:
     padded: str = UNKNOWN
     fill: float = 0.0
     nearest_rounding: str = UNKNOWN
+    positions: str = UNKNOWN
+    output_mask: str = "none"
     precision: str = UNKNOWN
     non_finite: dict = dataclasses.field(default_factory=dict)
     closest: dict = dataclasses.field(default_factory=dict)
@@ -181,7 +202,8 @@ class Diagnosis:
         """The findings as text: one table (found vs the closest PyTorch setting), verdict, evidence."""
         rows = [("property", "found", "PyTorch", "")]
         rows += [(name, found, "-" if torch is None else torch,
-                  "" if torch is None else "ok" if found == torch else "DIFFERS")
+                  "" if torch is None else "ok" if torch in found.split(" or ")
+                  else "?" if found == UNKNOWN else "DIFFERS")
                  for name, found, torch in self._rows()
                  if not {found, torch} <= {"-", "n/a"}]  # rows that concern neither side: dropped
         width = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -215,11 +237,13 @@ class Diagnosis:
             ("padding", padding, _torch_padding(t)),
             ("padded", self.padded, "taps" if cubic else "coordinate"),
             ("nearest ties", self.nearest_rounding, "half to even" if mode == "nearest" else "n/a"),
+            ("positions", self.positions, "n/a" if mode == "nearest" else "exact"),
+            ("output mask", self.output_mask, "none"),
             ("precision", self.precision, "float64"),
             ("non-finite x", ", ".join(f"{k} -> {v}" for k, v in self.non_finite.items()) or "-", None),
             ("  PyTorch 2.13", ", ".join(f"{k} -> {v}" for k, v in zip(NON_FINITE, torch_nf)), None),
         ]
-        if self.padding == "zeros":  # nothing to pad: either place is PyTorch's
+        if self.padding in ("zeros", "constant"):  # a constant: either place gives the same
             rows[5] = ("padded", self.padded, self.padded)
         for key, value in (self.backward or {}).items():
             if key != "matches_pytorch":
@@ -335,7 +359,7 @@ def _judge_parity(run):
     err_torch = np.abs(V - T).max(axis=1)                      # (N, P): worst channel
     run.parity_ok = bool(np.all(err_torch <= tol))
     # compare with the behaviour found (the model): what it does not predict is unexplained
-    if run.d.kernel in KERNELS and run.d.padding in PADDINGS:
+    if run.d.kernel in KERNELS and run.d.padding != UNKNOWN:   # the behaviour found models it
         if "B-spline" in run.d.kernel:  # implementations approximate the infinite prefilter
             tol = max(tol, TOL_ID * scale)
         use = np.ones_like(moderate) if run.behaviour.pytorch() else moderate
@@ -382,20 +406,30 @@ def _property_differences(run):
     expected = pytorch_behaviour(mode, pad, ac) if mode else None
     if expected and d.padding != expected.padding:
         detail = f" {d.fill:g}" if "constant" in d.padding else ""
-        diffs.append(f"padding: {d.padding}{detail} ({PADDINGS.get(d.padding, PADDINGS['zeros']).picture}"
+        pictures = " or ".join(PADDINGS[p].picture for p in d.padding.split(" or ") if p in PADDINGS)
+        diffs.append(f"padding: {d.padding}{detail} ({pictures or 'none of the pictures'}"
                      f"); PyTorch's {_torch_padding(d.closest)} is {PADDINGS[expected.padding].picture} "
                      f"(docs/conventions.md §3.2-3.5)")
-    elif expected and d.kernel == mode and d.padded not in (expected.pads, UNKNOWN) and d.padding != "zeros":
+    elif (expected and d.kernel == mode and d.padded != UNKNOWN and d.padding != "zeros"
+          and expected.pads not in d.padded.split(" or ")):
         how = ("pads the coordinate before taking the taps" if d.padded == "coordinate"
-               else "pads each integer tap")
+               else "rounds first, then pads the integer index" if mode == "nearest" else "pads each integer tap")
         diffs.append(f"padding: {how}; PyTorch {'pads each tap' if mode == 'bicubic' else 'pads the coordinate'}"
                      f" for {mode} (docs/conventions.md §3.2, §4.3)")
-    if mode == "nearest" and d.nearest_rounding == "down (floor)":
+    if d.kernel != "nearest":
+        pass              # ties are a property of the nearest kernel: the kernel line says it all
+    elif mode == "nearest" and d.nearest_rounding == "down (floor)":
         diffs.append("nearest rounding: down (floor), pixel m read on [m, m + 1); PyTorch rounds to the "
                      "nearest pixel, [m - 1/2, m + 1/2], half to even (docs/conventions.md §4.2)")
-    elif mode == "nearest" and d.nearest_rounding != "half to even":
+    elif mode == "nearest" and "half to even" not in d.nearest_rounding.split(" or "):
         diffs.append(f"nearest ties: {d.nearest_rounding}; PyTorch rounds half to even "
                      f"(docs/conventions.md §4.2)")
+    if d.positions.startswith("rounded"):
+        diffs.append(f"positions: {d.positions} before the kernel; PyTorch interpolates at the position "
+                     f"as given (docs/conventions.md §3.1, §3.7)")
+    if d.output_mask != "none":
+        diffs.append(f"output mask: {d.output_mask}, whatever the padding; PyTorch's {_torch_padding(d.closest)} "
+                     f"padding has no such cut (docs/conventions.md §3.2-3.5)")
     if d.precision not in ("float64", UNKNOWN):
         diffs.append(f"precision: {d.precision} for float64 input; PyTorch computes in the input's dtype "
                      f"(docs/conventions.md §1.4)")
@@ -407,8 +441,8 @@ def _property_differences(run):
 
 
 # probe -> the section of docs/conventions.md whose rules it checks
-_PROBE_SECTIONS = {"coordinates": "§3.1", "kernel": "§4", "padding (knots)": "§3.2-3.5",
-                   "padding (border)": "§3.2-3.5", "nearest ties": "§4.2", "precision": "§1.4",
+_PROBE_SECTIONS = {"coordinates": "§3.1", "positions": "§3.7", "kernel": "§4", "padding (knots)": "§3.2-3.5",
+                   "padding (border)": "§3.2-3.5", "padding (band)": "§3.2-3.5", "nearest ties": "§4.2", "precision": "§1.4",
                    "parity": "§3-4", "far outside": "§5.1"}
 
 
@@ -602,10 +636,10 @@ def _probe_backward(run):
             diffs.append(f"{probe}: backward {why}")
     if b["knots"] not in ("right-sided", "n/a", UNKNOWN) and run.d.kernel == "bilinear":
         diffs.append(f"backward at integer knots: {b['knots']}; PyTorch takes the right-sided derivative "
-                     f"(docs/conventions.md §4.1)")
+                     f"in the padded coordinate (docs/conventions.md §4.1, §6.5)")
     if b["clip borders"] not in ("zero at and beyond the border", "n/a", UNKNOWN):
         diffs.append(f"backward on the clip border: {b['clip borders']}; PyTorch's multiplier is 0 at the "
-                     f"border itself (docs/conventions.md §3.3)")
+                     f"border itself (docs/conventions.md §3.3, §6.5)")
     if b["duplicates"] not in ("accumulate", UNKNOWN):
         diffs.append(f"backward with duplicate points: dU {b['duplicates']}; it must be a scatter-add "
                      f"(docs/conventions.md §6.2)")
@@ -670,6 +704,7 @@ def diagnose(fn, backward=None):
                             f"got {type(f).__name__} {f!r:.60}")
     run = _Run(_Box(fn, backward), Diagnosis())
     if _probe_layout(run) and _probe_coordinates(run):
+        _probe_positions(run)
         _probe_kernel(run)
         _probe_padding(run)
         _probe_ties(run)
@@ -714,26 +749,44 @@ def load_callable(spec):
     parts = spec.split(":") if isinstance(spec, str) else []
     if len(parts) != 2 or not all(parts):
         raise ValueError(f"{fn}(): expected 'MODULE:FUNCTION', e.g. 'mypackage.sampler:grid_sample', "
-                         f"got {spec!r}")
+                         f"got {shown(repr(spec))}")
     modname, attr = parts
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
+    # the user's module runs here: whatever its import or an attribute lookup raises (even
+    # SystemExit, which would end the CLI with status 0) is reported, only Ctrl-C goes through
     try:
-        obj = importlib.import_module(modname)
+        here = os.getcwd()
+        added = here not in sys.path
+        if added:
+            sys.path.insert(0, here)
+        try:
+            obj = importlib.import_module(modname)
+        finally:
+            if added and here in sys.path:     # the module may have edited sys.path itself
+                sys.path.remove(here)
     except KeyboardInterrupt:
         raise
-    # any import failure, reported the same way; even SystemExit (the CLI would exit 0)
     except BaseException as err:
-        raise ValueError(f"{fn}(): cannot import module {modname!r} of {spec!r}: "
-                         f"{_describe_error(err)}") from err
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
+        raise ValueError(f"{fn}(): cannot import module {shown(repr(modname))} of "
+                         f"{shown(repr(spec))}: {_failure(err)}") from err
     for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{fn}(): {modname!r} has no attribute {attr!r} (from {spec!r})")
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except KeyboardInterrupt:
+            raise
+        except AttributeError:
+            raise ValueError(f"{fn}(): {shown(repr(modname))} has no attribute {shown(repr(attr))} "
+                             f"(from {shown(repr(spec))})") from None
+        except BaseException as err:
+            raise ValueError(f"{fn}(): looking up {shown(repr(part))} of {shown(repr(spec))} "
+                             f"failed: {_failure(err)}") from err
     if not callable(obj):
-        raise ValueError(f"{fn}(): {spec!r} is a {type(obj).__name__}, not a callable")  # noqa: TRY004
+        raise ValueError(f"{fn}(): {shown(repr(spec))} is a {type(obj).__name__}, not a callable")  # noqa: TRY004
     return obj
+
+
+def _failure(err):
+    """What a user module's exception says; its type alone if even that fails."""
+    try:
+        return _describe_error(err)
+    except Exception:    # a hostile __str__
+        return type(err).__name__

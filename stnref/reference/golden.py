@@ -35,6 +35,7 @@ import numpy as np
 from .. import _checks, grids
 from .._io import atomic_write_bytes, read_regular_file
 from ..checkpoint import _check_members, save_checkpoint
+from ..sampler_settings import PYTORCH_MODES, PYTORCH_PADDING_MODES, combinations
 from ..sampling import grid_sample, grid_sample_backward
 from ..second_order import grid_sample_double_backward, grid_sample_jvp
 
@@ -53,8 +54,8 @@ GENERAL_RANGE = 1.4        # general-position grids: normalised coordinates unif
 HUGE_COORDS = (1e30, -1e30, 1e15, -3e9, 2e6, -4.5e4)
 REFLECTION_HUGE = (1e4, -3.3e3, 777.7)   # reflection: large but well-conditioned fold counts
 NONFINITE = (np.nan, np.inf, -np.inf)
-MODES = ("bilinear", "nearest", "bicubic")
-PADDINGS = ("zeros", "border", "reflection")
+MODES = PYTORCH_MODES              # the golden set holds PyTorch's settings (stnref.sampler_settings)
+PADDINGS = PYTORCH_PADDING_MODES
 SAMPLER_OPS = ("grid_sample", "grid_sample_jvp", "grid_sample_double_backward")
 SAMPLER_OPTIONS = ("mode", "padding_mode", "align_corners")
 GRID_OPTIONS = ("size", "align_corners")
@@ -259,8 +260,7 @@ def _sampler_specs():
         specs.append((f"{prefix}-{k}d-{tag}" + ("" if dtype == "float64" else f"-{dtype}"),
                       op, family, k, m, p, ac, dtype))
 
-    full = [(k, m, p, ac) for k in (2, 3) for m in MODES for p in PADDINGS for ac in (False, True)
-            if not (m == "bicubic" and k == 3)]
+    full = [(k, m, p, ac) for k, m, p in combinations(pytorch=True) for ac in (False, True)]
     for op in SAMPLER_OPS:
         for combo in full:
             add(op, "general", *combo)

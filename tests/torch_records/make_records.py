@@ -185,7 +185,7 @@ def options_of(combo):
 
 def sampler_family():
     cases, arrays = [], {}
-    for combo in combos():
+    for combo in combos(pytorch=True):
         for dtype in (np.float64, np.float32):
             for n in range(2):
                 case_id = f"grid_sample-kinky-{tag(combo)}-{np.dtype(dtype).name}-{n}"
@@ -198,7 +198,7 @@ def sampler_family():
 
 def second_order_family():
     cases, arrays = [], {}
-    for combo in combos():
+    for combo in combos(pytorch=True):
         for op, kinds in (("grid_sample_double_backward", ("smooth", "kinky")),
                           ("grid_sample_jvp", ("kinky",))):
             for kind in kinds:
