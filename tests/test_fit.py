@@ -29,6 +29,7 @@ from stnref.nn import (
     parse_schedule,
 )
 from stnref.training import Progress, TrainingError
+from test_train import StopAfter
 
 STEPS = 4          # 64 samples in batches of 16
 
@@ -240,7 +241,7 @@ def test_fit_resumes_bit_identically(tmp_path, stop_after):
         model = small_model()
         opt = Adam(model, lr=0.01)
         scheduler = LambdaLR(opt, Warmup(3) * Cosine(3 * STEPS))
-        progress = quiet() if interrupt is None else Interrupt(interrupt)
+        progress = quiet() if interrupt is None else StopAfter(interrupt)
         kw = dict(epochs=3, batch_size=16, seed=1, checkpoint=path, checkpoint_every=1)
         try:
             fit(model, opt, (x, y), (x, y), scheduler=scheduler, progress=progress, **kw)
@@ -258,19 +259,6 @@ def test_fit_resumes_bit_identically(tmp_path, stop_after):
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
     assert opt_a.state_dict()["lr"] == opt_b.state_dict()["lr"]
-
-
-class Interrupt(Progress):
-    """Interrupts after ``n`` steps (a crash at a known moment)."""
-
-    def __init__(self, n):
-        super().__init__(io.StringIO())
-        self.n = n
-
-    def update(self, text, force=False):
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt
 
 
 def test_fit_with_a_time_budget_stops_saves_and_resumes(tmp_path):
@@ -402,9 +390,8 @@ def test_fit_takes_fresh_data_every_epoch_and_resumes_exactly(tmp_path):
         kw = dict(epochs=3, batch_size=16, seed=1, checkpoint=path,
                   checkpoint_every=1 if path else None)
         try:
-            fit(model, opt, data, epochs=3, batch_size=16, seed=1, checkpoint=path,
-                checkpoint_every=kw["checkpoint_every"],
-                progress=quiet() if interrupt is None else Interrupt(interrupt))
+            fit(model, opt, data, progress=quiet() if interrupt is None else StopAfter(interrupt),
+                **kw)
         except KeyboardInterrupt:
             model = small_model(seed=9)
             opt = Adam(model, lr=0.01)
