@@ -3,6 +3,8 @@
     python docs/make_figures.py                  # the convention figures
     python docs/make_figures.py --run RUN_DIR    # plus the trained-network figures of a run
                                                  # written by `stnref train` (an ST model)
+    python docs/make_figures.py --table1 OUT     # plus per-epoch curves of cells of an
+                                                 # `stnref experiment --preset table1` run
 
 Deterministic: fixed seeds, no timestamps in the PNGs, so re-running it on the same versions
 of stnref and matplotlib rewrites identical files.  The pictures are explained in
@@ -389,6 +391,42 @@ def figs_trained(run_dir, n=12):
     save(fig, "training_curve.png")
 
 
+def fig_table1_curves(out_dir):
+    """Per-epoch evaluation error of the cells of a ``--preset table1`` run, one panel per
+    distortion (every cell found under ``out_dir/<distortion>/``)."""
+    panels = [d for d in ("r", "rts", "p", "e", "tc") if os.path.isdir(os.path.join(out_dir, d))]
+    if not panels:
+        sys.exit(f"{out_dir}: no cell directories (r/, rts/, p/, e/, tc/)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+    for ax, d in zip(axes[0], panels):
+        for cell in sorted(os.listdir(os.path.join(out_dir, d))):
+            path = os.path.join(out_dir, d, cell, "metrics.json")
+            if not os.path.exists(path):
+                continue
+            with open(path) as f:
+                epochs = json.load(f)["epochs"]
+            ax.plot([r["epoch"] for r in epochs], [r["test_error"] for r in epochs],
+                    label=cell.replace("-seed0", ""), lw=1.2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ERROR_TICKS))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(d.upper(), fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
+    axes[0, 0].set_ylabel("error % after each epoch (log scale)")
+    fig.tight_layout()
+    save(fig, "table1_curves.png")
+    # the run's own picture of ours against the paper, from its results.json
+    from stnref.app.table1 import MODELS, TRANSFORMS, save_table1_figure, table_rows
+
+    with open(os.path.join(out_dir, "results.json")) as f:
+        payload = json.load(f)
+    path = os.path.join(OUT, "table1.png")
+    save_table1_figure(path, table_rows(payload, panels, MODELS, TRANSFORMS), panels)
+    print(f"wrote {os.path.relpath(path)} ({os.path.getsize(path) // 1024} KB)")
+
+
 def fig_fill_wrap():
     U = digit()
     grid = stnref.affine_grid(rotation(10, 2.2, 0.15, 0.1), U.shape)    # as fig_padding
@@ -510,6 +548,8 @@ def main(argv=None):
     parser.add_argument("--run", metavar="RUN_DIR",
                         help="a run of `stnref train` with an ST model: adds trained_st.png "
                              "and training_curve.png")
+    parser.add_argument("--table1", metavar="OUT",
+                        help="a run of `stnref experiment --preset table1`: adds table1_curves.png")
     args = parser.parse_args(argv)
     os.makedirs(OUT, exist_ok=True)
     plt.rcParams.update({"font.size": 9, "figure.dpi": DPI})
@@ -517,6 +557,8 @@ def main(argv=None):
         make()
     if args.run:
         figs_trained(args.run)
+    if args.table1:
+        fig_table1_curves(args.table1)
 
 
 if __name__ == "__main__":

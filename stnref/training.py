@@ -246,13 +246,14 @@ class _Health:
 
 def run_epochs(model, optimizer, scheduler, train_data, test_data, *, epochs, batch_size, seed,
                clip_norm, on_nonfinite, checkpoint_every, state, metrics, save, checkpoint,
-               progress, seconds=None):
+               progress, seconds=None, evaluated_on="test"):
     """The loop :func:`fit` and ``stnref train`` share; trains from ``state`` up to ``epochs``.
 
     ``train_data`` is ``(x, y)``, or a function ``epoch -> (x, y)`` (checked, the same
     number of samples every epoch).  ``save(state, metrics, epoch_end)`` (or None) writes a
     checkpoint every ``checkpoint_every`` steps within an epoch and at every epoch's end;
     ``checkpoint`` names it in messages.  ``state`` and ``metrics`` are updated in place.
+    ``evaluated_on`` names ``test_data`` in the progress lines ("test", or "validation").
 
     Returns
     -------
@@ -346,7 +347,7 @@ def run_epochs(model, optimizer, scheduler, train_data, test_data, *, epochs, ba
         })
         trained = (f"train loss {metrics[-1]['train_loss']:.4f}, train error "
                    f"{metrics[-1]['train_error']:.2f}%" if counted else "no step trained")
-        tested = f", test error {test_error:.2f}%" if test_error is not None else ""
+        tested = f", {evaluated_on} error {test_error:.2f}%" if test_error is not None else ""
         progress.done(
             f"epoch {epoch}{of}: {trained}{tested}, "
             f"{seconds_epoch:.1f}s ({metrics[-1]['samples_per_s']:.0f} samples/s)"

@@ -35,7 +35,7 @@ TINY = ["--train-size", "128", "--test-size", "64", "--epochs", "2", "--batch-si
 EPOCH_KEYS = {"epoch", "train_loss", "train_error", "test_error", "seconds", "samples_per_s"}
 CONFIG_KEYS = {"model", "transform", "distortion", "data", "epochs", "batch_size", "lr",
                "loc_lr_scale", "momentum", "optimizer", "train_size", "test_size", "seed",
-               "clip_norm", "checkpoint_every", "on_nonfinite", "schedule"}
+               "clip_norm", "checkpoint_every", "on_nonfinite", "schedule", "redistort", "validation"}
 
 
 def run_cli(*args, cwd):

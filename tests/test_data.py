@@ -218,14 +218,17 @@ def test_distort_p_corner_noise_and_homography():
     x = np.zeros((n, 28, 28))
     _, params = distort(x, "p", seed=1)
     noise, corners, theta, scale = (params[k] for k in ("corner_noise_px", "corners", "theta", "scale"))
+    stretch = params["corner_stretch_px"]
     assert scale.min() >= 0.75 and scale.max() <= 1.0
-    assert abs(noise.std() - 5.0) < 0.15 and abs(noise.mean()) < 0.15
+    assert abs(stretch.std() - 5.0) < 0.15 and abs(stretch.mean()) < 0.15
+    # each corner moves along its diagonal, outward for a positive stretch
+    signs = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)
+    np.testing.assert_allclose(noise, stretch[..., None] * signs / np.sqrt(2), atol=1e-12)
     # folded draws are redrawn: every moved quadrilateral is convex, clockwise on screen
     edges = np.roll(corners, -1, axis=1) - corners
     nxt = np.roll(edges, -1, axis=1)
     assert (edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0] > 0).all()
     # corners (output) are the scaled image corners moved by the noise, in normalised units
-    signs = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=float)
     np.testing.assert_allclose((corners - scale[:, None, None] * signs) / PX, noise, atol=1e-9)
     # the grid's homography maps each moved corner back onto the image corner
     h = np.einsum("nij,nkj->nki", theta, np.concatenate([corners, np.ones((n, 4, 1))], axis=2))

@@ -186,7 +186,7 @@ API_MODULES = (
     "stnref.registry", "stnref.second_order",
     "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn", "stnref.training",
     "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
-    "stnref.checkpoint", "stnref.app.experiment", "stnref.app.demo", "stnref.app.cli",
+    "stnref.checkpoint", "stnref.app.experiment", "stnref.app.table1", "stnref.app.demo", "stnref.app.cli",
     "stnref.gradcheck", "stnref.reference", "stnref.reference.diagnosis", "stnref.app.bench",
     "stnref.app.plotting",
 )

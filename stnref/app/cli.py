@@ -110,6 +110,7 @@ FLAGS = {"model": "--model", "transform": "--transform", "distortion": "--distor
          "data": "--data", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
          "loc_lr_scale": "--loc-lr-scale", "momentum": "--momentum", "optimizer": "--optimizer",
          "schedule": "--schedule", "train_size": "--train-size", "test_size": "--test-size",
+         "redistort": "--redistort", "validation": "--validation",
          "seed": "--seed", "clip_norm": "--clip-norm", "checkpoint_every": "--checkpoint-every",
          "on_nonfinite": "--on-nonfinite"}
 
@@ -154,6 +155,12 @@ def _add_train_options(p, defaults):
                    help=f"training samples used (default: {d.train_size})")
     p.add_argument("--test-size", type=_size, metavar="N|all",
                    help=f"test samples used (default: {d.test_size})")
+    p.add_argument("--redistort", action="store_const", const=True,
+                   help="draw the training images' distortions anew every epoch (default: one "
+                        "fixed draw)")
+    p.add_argument("--validation", action="store_const", const=True,
+                   help="evaluate on the --test-size training digits after the first --train-size "
+                        "instead of the test set, to choose settings (default: the test set)")
     p.add_argument("--seed", type=_nonnegative_int,
                    help=f"seeds data, initialisation and order (default: {d.seed})")
     p.add_argument("--clip-norm", type=_clip, metavar="X|none",
@@ -165,32 +172,53 @@ def _add_train_options(p, defaults):
                         f"checkpoint) or skip the step (default: {d.on_nonfinite})")
 
 
+# stnref experiment's defaults without --preset (options given replace a preset's values)
+EXPERIMENT_DEFAULTS = {"models": ["fcn", "cnn", "st-fcn", "st-cnn"], "transforms": None,
+                       "distortions": ["r", "rts", "p", "e"], "seeds": 1, "epochs": 5,
+                       "train_size": 20_000, "test_size": 5_000, "data": None,
+                       "jobs": os.cpu_count() or 1, "dry_run": False, "estimate": False,
+                       "validation": False}
+
+
 def _add_experiment_options(p):
-    """Options of ``stnref experiment`` (:func:`stnref.app.experiment.run_experiment`)."""
+    """Options of ``stnref experiment`` (:func:`stnref.app.experiment.run_experiment`); the
+    parser keeps only the options given (``argument_default=SUPPRESS``), so a preset can tell
+    them from its own settings."""
+    from .table1 import PRESETS
+
+    d = EXPERIMENT_DEFAULTS
+    p.add_argument("--preset", choices=PRESETS,
+                   help="table1: the paper's Table 1 (R, RTS, P, E, TC) with settings chosen per "
+                        "cell; the options below replace its values (default: none)")
     p.add_argument("--models", nargs="+", choices=("fcn", "cnn", "st-fcn", "st-cnn"),
-                   default=["fcn", "cnn", "st-fcn", "st-cnn"], help="default: %(default)s")
+                   help=f"default: {d['models']}")
     p.add_argument("--transforms", nargs="+", choices=("affine", "projective", "tps"),
                    help="transforms of the ST models; st-fcn and st-cnn only "
                         "(default: ['affine', 'projective', 'tps'])")
     p.add_argument("--distortions", nargs="+", choices=("r", "rts", "p", "e", "tc"),
-                   default=["r", "rts", "p", "e"], help="default: %(default)s")
-    p.add_argument("--seeds", type=_positive_int, default=1,
-                   help="seeds per cell (the paper: 3; default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=5, help="default: %(default)s")
-    p.add_argument("--train-size", type=_size, default=20_000, metavar="N|all",
-                   help="training samples per cell (default: %(default)s)")
-    p.add_argument("--test-size", type=_size, default=5_000, metavar="N|all",
-                   help="test samples per cell (default: %(default)s)")
+                   help=f"default: {d['distortions']}; table1: also tc")
+    p.add_argument("--seeds", type=_positive_int,
+                   help=f"seeds per cell (the paper: 3; default: {d['seeds']})")
+    p.add_argument("--epochs", type=_positive_int,
+                   help=f"epochs of every cell (default: {d['epochs']}; table1: per cell)")
+    p.add_argument("--train-size", type=_size, metavar="N|all",
+                   help=f"training samples per cell (default: {d['train_size']}; table1: all)")
+    p.add_argument("--test-size", type=_size, metavar="N|all",
+                   help=f"test samples per cell (default: {d['test_size']}; table1: all)")
+    p.add_argument("--validation", action="store_const", const=True,
+                   help="evaluate every cell on the --test-size training digits after the first "
+                        "--train-size instead of the test set, to choose settings "
+                        "(default: the test set)")
     p.add_argument("--data", type=_path, metavar="DIR",
                    help="directory with MNIST-format IDX files (default: built-in digits)")
     p.add_argument("--out", type=_path, required=True, metavar="DIR",
                    help="results and one run directory per cell; re-running resumes matching cells")
-    p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1,
+    p.add_argument("--jobs", type=_positive_int,
                    help="cells trained at once, in worker processes with one BLAS thread each; "
-                        "results do not depend on it (default: this machine's cores, %(default)s)")
-    p.add_argument("--dry-run", action="store_true",
+                        f"results do not depend on it (default: this machine's cores, {d['jobs']})")
+    p.add_argument("--dry-run", action="store_const", const=True,
                    help="print the plan, train nothing")
-    p.add_argument("--estimate", action="store_true",
+    p.add_argument("--estimate", action="store_const", const=True,
                    help="also estimate the wall time, from a few training steps of each kind of "
                         "cell measured first (seconds to minutes, with progress on stderr)")
 
@@ -269,7 +297,7 @@ def _new_config(given):
         raise UserError(f"--momentum {given['momentum']}: optimizer {config.optimizer} has no "
                         f"momentum (--momentum is for --optimizer sgd)")
     try:
-        check_sizes(config.train_size, config.test_size, config.data)
+        check_sizes(config.train_size, config.test_size, config.data, config.validation)
         return config.validated()
     except (TypeError, ValueError) as err:
         raise UserError(str(err)) from None
@@ -358,8 +386,8 @@ def cmd_train(args):
         result = train(config, args.out, resume=args.resume, on_nonfinite=config.on_nonfinite)
     last = result["epochs"][-1] if result["epochs"] else None
     if last is not None:
-        print(f"test error {last['test_error']:.2f}% after {last['epoch']} epochs; "
-              f"run in {shown(args.out)}")
+        print(f"{'validation' if config.validation else 'test'} error {last['test_error']:.2f}% "
+              f"after {last['epoch']} epochs; run in {shown(args.out)}")
     return 0
 
 
@@ -411,13 +439,24 @@ def cmd_demo(args):
 
 def cmd_experiment(args):
     """Handler of ``stnref experiment``: the paper's Table 1 grid on a stated budget."""
+    _check_output_dir(args.out, "--out")
+    given = {k: v for k, v in vars(args).items() if k in EXPERIMENT_DEFAULTS}
+    for size in ("train_size", "test_size"):
+        if given.get(size) == ALL:
+            given[size] = None
+    if "data" in given:
+        given["data"] = _check_data_option(given["data"])
+    if getattr(args, "preset", None) == "table1":
+        from .table1 import run_table1
+
+        run_table1(args.out, **given)
+        return 0
     from .experiment import run_experiment
 
-    _check_output_dir(args.out, "--out")
-    sizes = [None if s == ALL else s for s in (args.train_size, args.test_size)]
-    run_experiment(args.models, args.transforms, args.distortions, args.seeds, args.epochs,
-                   *sizes, _check_data_option(args.data), args.out, jobs=args.jobs,
-                   dry_run=args.dry_run, estimate=args.estimate)
+    o = {**EXPERIMENT_DEFAULTS, **given}
+    run_experiment(o["models"], o["transforms"], o["distortions"], o["seeds"], o["epochs"],
+                   o["train_size"], o["test_size"], o["data"], args.out, jobs=o["jobs"],
+                   dry_run=o["dry_run"], estimate=o["estimate"], validation=o["validation"])
     return 0
 
 
@@ -511,14 +550,15 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="FCN vs ST-FCN on built-in RTS digits, with figures "
-                       "(about half a minute)")
+                       "(about a minute)")
     p.add_argument("--out", type=_path, default=DEMO_DIR, metavar="DIR",
                    help="where the two runs and the figures go, replacing an earlier demo's "
                         "(default: %(default)s)")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="default: %(default)s")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("experiment", help="the paper's Table 1 grid on a stated budget")
+    p = sub.add_parser("experiment", help="the paper's Table 1 grid on a stated budget",
+                       argument_default=argparse.SUPPRESS)
     _add_experiment_options(p)
     p.set_defaults(func=cmd_experiment)
 

@@ -70,6 +70,11 @@ class TrainConfig:
         stores the number it used.  Once ``train_size`` is known, the schedule is
         checked over every step of the run: a rate beyond the float range is refused
         (:func:`check_schedule`).
+    redistort : bool
+        Every epoch draws its own distortions of the training digits (epoch 1: the fixed set).
+    validation : bool
+        Evaluate on the ``test_size`` training digits after the first ``train_size``, not
+        the test set (:func:`stnref.data.load_dataset`), to choose settings.
     seed : int
     clip_norm : float or None
         Gradient-norm clipping threshold.
@@ -92,6 +97,8 @@ class TrainConfig:
     schedule: str = "constant"
     train_size: int | None = 20_000
     test_size: int | None = 5_000
+    redistort: bool = False
+    validation: bool = False
     seed: int = 0
     clip_norm: float | None = 10.0
     checkpoint_every: int = 500
@@ -114,6 +121,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             _checks.check_int(getattr(self, name), name, fn, minimum=1, maximum=_checks.MAX_INT)
         _checks.check_int(self.seed, "seed", fn, minimum=0, maximum=_checks.MAX_INT)
+        for name in ("redistort", "validation"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{fn}: expected {name} to be True or False, got {getattr(self, name)!r}")
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 _checks.check_int(getattr(self, name), name, fn, minimum=1, maximum=_checks.MAX_INT)
@@ -218,7 +228,7 @@ def make_optimizer(config, model):
     return SGD(model, lr=config.lr, momentum=config.momentum, lr_scale=scales)
 
 
-def check_sizes(train_size, test_size, data):
+def check_sizes(train_size, test_size, data, validation=False):
     """Refuse more samples than the MNIST files in ``data`` hold, naming the flag and the count.
 
     Parameters
@@ -227,11 +237,13 @@ def check_sizes(train_size, test_size, data):
         None: every sample.
     data : str or None
         MNIST directory; None (the built-in digits, generated on demand) accepts any size.
+    validation : bool
+        The evaluation samples are ``test_size`` (None: 10,000) held-out training digits.
 
     Returns
     -------
     (int, int)
-        The samples available in each split (:func:`stnref.data.split_sizes`).
+        The samples available in each split (:func:`stnref.data.split_sizes`), or not held out and held out.
 
     Raises
     ------
@@ -239,6 +251,13 @@ def check_sizes(train_size, test_size, data):
         ``--train-size N: DIR holds M training images (ask for at most M, or 'all')``.
     """
     available = split_sizes(data)
+    if validation:
+        held_out = split_sizes(None)[1] if test_size is None else test_size
+        if data is not None and (train_size or 1) + held_out > available[0]:
+            raise ValueError(f"--validation holds out --test-size {held_out} of the {available[0]} "
+                             f"training images in {data}: at most {available[0] - held_out} "
+                             f"remain to train on, asked {train_size or 'all'}")
+        return available[0] - held_out, held_out
     if data is not None:
         for flag, asked, have, what in (("--train-size", train_size, available[0], "training"),
                                         ("--test-size", test_size, available[1], "test")):

@@ -135,7 +135,7 @@ def _grid_rows(models, transforms, distortions, seeds):
     return rows
 
 
-def _check_data(distortions, n_train, n_test, data):
+def _check_data(distortions, n_train, n_test, data, validation=False):
     """Refuse what loading a cell's data would: the element budget of the built-in digits,
     and :func:`~stnref.data.load_dataset`'s own checks on two samples per split.  MNIST
     files, the same for every distortion, are read (whole) for the first one only."""
@@ -146,13 +146,15 @@ def _check_data(distortions, n_train, n_test, data):
             except ValueError as err:
                 raise ValueError(f"--train-size {n_train} --test-size {n_test}: {err}") from None
         try:
-            load_dataset(distortion, data if n == 0 else None, min(n_train, 2), min(n_test, 2))
+            load_dataset(distortion, data if n == 0 else None, min(n_train, 2), min(n_test, 2),
+                         validation=validation)
         except ValueError as err:
             raise ValueError(f"--distortions {distortion} with --train-size {n_train} "
                              f"--test-size {n_test}: {err}") from None
 
 
-def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out):
+def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out,
+         settings=None, validation=False):
     """The cells of the grid, each compared with what ``out`` already holds.
 
     Everything a run of the cells would refuse about the grid, the paths and the data is
@@ -167,12 +169,19 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
         an ST model in ``models``, they are refused.
     seeds : int
         Seeds ``0 .. seeds - 1`` per cell.
-    epochs : int
+    epochs : int or None
+        None: each cell's from ``settings``.
     train_size, test_size : int or None
         None: every sample of the source.
     data : str or None
         MNIST directory; None: the built-in digits.
     out : str
+    settings : callable, optional
+        ``settings(distortion, model, transform)``: a dict of :class:`TrainConfig` fields
+        for that cell (over the grid's own), or None to leave the cell out of the grid.
+    validation : bool
+        Evaluate every cell on held-out training digits (:class:`TrainConfig`'s
+        ``validation``) instead of the test set.
 
     Returns
     -------
@@ -187,17 +196,24 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
         the element budget, or data a cell could not load.
     """
     rows = _grid_rows(models, transforms, distortions, seeds)
-    available = check_sizes(train_size, test_size, data)
+    available = check_sizes(train_size, test_size, data, validation)
     n_train = available[0] if train_size is None else train_size
     n_test = available[1] if test_size is None else test_size
-    _check_data(distortions, n_train, n_test, data)
+    _check_data(distortions, n_train, n_test, data, validation)
     out_cells, conflicts = [], []
     for distortion in distortions:
         for seed in range(seeds):
             for model, transform in rows:
-                config = TrainConfig(model=model, transform=transform, distortion=distortion,
-                                     data=data, epochs=epochs, seed=seed,
-                                     train_size=n_train, test_size=n_test).validated()
+                fields = dict(model=model, transform=transform, distortion=distortion, data=data,
+                              epochs=epochs, seed=seed, train_size=n_train, test_size=n_test,
+                              validation=validation)
+                if settings is not None:
+                    extra = settings(distortion, model, transform)
+                    if extra is None:
+                        continue
+                    fields.update(extra)
+                config = TrainConfig(**fields).validated()
+                epochs_asked = config.epochs
                 name = model if transform is None else f"{model}-{transform}"
                 run_dir = os.path.join(out, distortion, f"{name}-seed{seed}")
                 cell = Cell(distortion, model, transform, seed, run_dir, config)
@@ -207,15 +223,15 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
                     stored, state, _, _ = read_run(run_dir)
                     cell.done_epochs = state["epoch"]
                     diffs = _differences(stored, config)
-                    if stored.epochs > epochs:       # as stnref train --resume: epochs only grow
+                    if stored.epochs > epochs_asked:   # as stnref train --resume: epochs only grow
                         diffs.append(f"epochs: stored {stored.epochs} ({cell.done_epochs} trained), "
-                                     f"asked {epochs}")
+                                     f"asked {epochs_asked}")
                     if diffs:
                         conflicts.append(f"{run_dir} holds a run of another config ({'; '.join(diffs)})")
-                    elif cell.done_epochs == epochs and stored.epochs == epochs:
+                    elif cell.done_epochs == epochs_asked and stored.epochs == epochs_asked:
                         cell.status = "done"
                     else:
-                        cell.status = "extend" if epochs > stored.epochs else "resume"
+                        cell.status = "extend" if epochs_asked > stored.epochs else "resume"
                 out_cells.append(cell)
     if conflicts:
         more = f" (and {len(conflicts) - 1} more cells)" if len(conflicts) > 1 else ""
@@ -344,7 +360,8 @@ def _run_cell(config, run_dir, resume):
 
 
 def run_experiment(models, transforms, distortions, seeds, epochs, train_size, test_size, data,
-                   out, jobs=None, dry_run=False, print_fn=print, estimate=False):
+                   out, jobs=None, dry_run=False, print_fn=print, estimate=False, settings=None,
+                   validation=False):
     """Run (or plan) the grid of models x transforms x distortions x seeds.
 
     Parameters
@@ -352,7 +369,9 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     models, distortions : sequence of str
     transforms : sequence of str or None
         None: ``TABLE_TRANSFORMS`` (see :func:`plan`).
-    seeds, epochs : int
+    seeds : int
+    epochs : int or None
+        None: each cell's own, from ``settings``.
     train_size, test_size : int or None
         Samples per split (None: all of the source).
     data : str or None
@@ -366,22 +385,27 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     estimate : bool
         Also print the wall time the cells to train will take, estimated from a few
         measured steps of each kind of cell (:func:`estimate_seconds`; progress on stderr).
+    settings, validation
+        As :func:`plan`: per-cell fields of the config, and held-out evaluation digits.
 
     Returns
     -------
     dict or None
-        ``{"budget": {...}, "cells": {"<model>|<distortion>": {"errors", "seconds_per_epoch"}}}``,
-        also written to ``results.json`` beside ``results.md``; None for a dry run.
+        ``{"budget": {...}, "cells": {"<model>|<distortion>": {"errors", "seconds_per_epoch",
+        "seconds", "run_dirs"}}}``, also written to ``results.json`` beside ``results.md``;
+        None for a dry run.
     """
     jobs = jobs or os.cpu_count() or 1
-    grid = plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out)
+    grid = plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out,
+                settings, validation)
     data = None if data is None else os.path.abspath(data)
     todo = [c for c in grid if c.status != "done"]
     counts = {s: sum(c.status == s for c in grid) for s in ("new", "resume", "extend", "done")}
     first = grid[0].config if grid else None
     print_fn(f"plan: {len(grid)} cells in {shown(out)} ({counts['new']} new, {counts['resume']} to resume, "
-             f"{counts['extend']} to extend, {counts['done']} done); {epochs} epochs on "
-             f"{first.train_size if first else '-'} training samples, tested on "
+             f"{counts['extend']} to extend, {counts['done']} done); {_epochs_text(grid)} on "
+             f"{first.train_size if first else '-'} training samples, "
+             f"{'validated on held-out' if validation else 'tested on'} "
              f"{first.test_size if first else '-'}, {seeds} seed(s), "
              f"{'built-in digits' if data is None else data}")
     if todo and estimate:
@@ -426,11 +450,15 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
         metrics = finished[cell.run_dir]
         if metrics is None:
             metrics = {"epochs": read_run(cell.run_dir)[2]}
-        entry = results.setdefault(f"{cell.name}|{cell.distortion}", {"errors": [], "seconds_per_epoch": []})
+        entry = results.setdefault(f"{cell.name}|{cell.distortion}",
+                                   {"errors": [], "seconds_per_epoch": [], "seconds": [], "run_dirs": []})
         entry["errors"].append(metrics["epochs"][-1]["test_error"])
         entry["seconds_per_epoch"].append(float(np.mean([e["seconds"] for e in metrics["epochs"]])))
-    budget = {"epochs": epochs, "train_size": first.train_size, "test_size": first.test_size,
-              "seeds": seeds, "data": data or "built-in digits"}
+        entry["seconds"].append(float(sum(e["seconds"] for e in metrics["epochs"])))
+        entry["run_dirs"].append(cell.run_dir)
+    budget = {"epochs": _epochs_text(grid), "train_size": first.train_size,
+              "test_size": first.test_size, "seeds": seeds, "data": data or "built-in digits",
+              "evaluated_on": "validation" if validation else "test"}
     payload = {"budget": budget, "cells": results}
     atomic_write_bytes(os.path.join(out, "results.json"),
                        (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
@@ -439,6 +467,14 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     atomic_write_bytes(os.path.join(out, "results.md"), text.encode())
     print_fn(text)
     return payload
+
+
+def _epochs_text(grid):
+    """``"N epochs"``, or ``"A-B epochs (per cell)"`` when the cells differ."""
+    counts = sorted({cell.config.epochs for cell in grid})
+    if len(counts) == 1:
+        return f"{counts[0]} epochs"
+    return f"{counts[0]}-{counts[-1]} epochs (per cell)" if counts else "no epochs"
 
 
 def markdown(results, rows, distortions, budget):
@@ -458,9 +494,11 @@ def markdown(results, rows, distortions, budget):
     str
     """
     lines = [
-        f"Test error % (mean of {budget['seeds']} seed(s)); paper's Table 1 in parentheses.",
-        f"Budget: {budget['epochs']} epochs on {budget['train_size']} training samples "
-        f"({budget['data']}), tested on {budget['test_size']}; the paper trained 150k iterations "
+        f"{budget['evaluated_on'].capitalize()} error % (mean of {budget['seeds']} seed(s)); "
+        f"paper's Table 1 (test error) in parentheses.",
+        f"Budget: {budget['epochs']} on {budget['train_size']} training samples "
+        f"({budget['data']}), {'tested' if budget['evaluated_on'] == 'test' else 'validated'} on "
+        f"{budget['test_size']}; the paper trained 150k iterations "
         f"of batch 256 on 60,000 MNIST digits.",
         "",
         "| model | " + " | ".join(d.upper() for d in distortions) + " | s/epoch |",

@@ -108,6 +108,8 @@ def _stored_config(metadata, path):
         saved = _from_format_1(saved)
     elif metadata.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} has format {metadata.get('format')!r}, expected {RUN_FORMAT}")
+    if isinstance(saved, dict):   # runs from before these options trained without them
+        saved = {"redistort": False, "validation": False, **saved}
     if not isinstance(saved, dict) or set(saved) != fields:
         keys = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
         raise ValueError(f"{path} has config keys {keys}, expected {sorted(fields)}")

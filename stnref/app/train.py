@@ -23,13 +23,14 @@ bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import numpy as np
 
 from .. import _checks
 from .._io import remove_stale
-from ..data import load_dataset
+from ..data.dataset import distort_epoch, load_dataset, load_digits
 from ..nn import LambdaLR
 from ..training import (
     ON_NONFINITE,
@@ -154,11 +155,22 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
         model = make_model(config)
         optimizer = make_optimizer(config, model)
         state, metrics = new_state(), []
+    digits = None   # the undistorted training digits, when each epoch draws its own distortions
     if data is None:
         data = load_dataset(config.distortion, config.data, config.train_size, config.test_size,
-                            config.seed)
+                            config.seed, config.validation)
+        digits = load_digits(config.data, config.train_size, config.test_size, config.seed,
+                             config.validation)[0] if config.redistort else None
+    elif config.redistort:
+        raise ValueError("train(): redistort draws each epoch's distortions itself; it cannot use data=")
     x_train, y_train, x_test, y_test = _check_data(data, config)
     config = _with_sizes(config, len(x_train), len(x_test))
+    train_data = (x_train, y_train)
+    if digits is not None:
+        @functools.lru_cache(maxsize=1)   # asked twice for the epoch a run starts or resumes at
+        def train_data(epoch):   # epoch 1 is the fixed set; a function of the epoch alone
+            x = x_train if epoch == 1 else distort_epoch(digits, config.distortion, config.seed, epoch)
+            return x, y_train
     # the schedule, checked over the whole run before any directory exists; its rate is a pure
     # function of the position in the run, so a resumed run's scheduler is placed there
     steps = steps_per_epoch(config)
@@ -182,11 +194,12 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
 
         try:
             result = run_epochs(
-                model, optimizer, scheduler, (x_train, y_train), (x_test, y_test),
+                model, optimizer, scheduler, train_data, (x_test, y_test),
                 epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                 clip_norm=config.clip_norm, on_nonfinite=config.on_nonfinite,
                 checkpoint_every=config.checkpoint_every, state=state, metrics=metrics, save=save,
-                checkpoint=checkpoint, progress=progress)
+                checkpoint=checkpoint, progress=progress,
+                evaluated_on="validation" if config.validation else "test")
         except TrainingError:
             if created and set(os.listdir(run_dir)) <= {LOCK}:
                 _remove_new_run_dir(run_dir, lock)   # nothing was written

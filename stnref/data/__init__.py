@@ -12,12 +12,12 @@ The same seed gives bit-identical data, and the first ``k`` samples of a set of
 ``n`` equal a set of ``k``.  Details and measurements: ``docs/data.md``.
 """
 
-from .dataset import load_dataset, split_sizes
+from .dataset import distort_epoch, load_dataset, load_digits, split_sizes
 from .digits import synthetic_digits
 from .distortions import DISTORTIONS, distort
 from .idx import load_mnist, read_idx, write_idx
 
 __all__ = [
-    "DISTORTIONS", "distort", "load_dataset", "load_mnist", "read_idx", "split_sizes",
-    "synthetic_digits", "write_idx",
+    "DISTORTIONS", "distort", "distort_epoch", "load_dataset", "load_digits", "load_mnist",
+    "read_idx", "split_sizes", "synthetic_digits", "write_idx",
 ]

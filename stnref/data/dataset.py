@@ -9,12 +9,12 @@ from .digits import MNIST_SIZE, _check_seed, _digits
 from .distortions import _OUT_SIZES, DISTORTIONS, _distort
 from .idx import _load_mnist, _mnist_files, read_idx
 
-__all__ = ["load_dataset", "split_sizes"]
+__all__ = ["distort_epoch", "load_dataset", "load_digits", "split_sizes"]
 
-# Seeds for load_dataset: (seed, split, stage).  Tags are nonzero because SeedSequence
-# pads entropy with zeros, so (seed, 0) would equal (seed,).
+# Seeds for load_dataset: (seed, split, stage[, epoch]).  Tags are nonzero because
+# SeedSequence pads entropy with zeros, so (seed, 0) would equal (seed,).
 TRAIN, TEST = 1, 2
-STAGE_DIGITS, STAGE_DISTORT = 1, 2
+STAGE_DIGITS, STAGE_DISTORT, STAGE_HELD_OUT = 1, 2, 3
 DEFAULT_SIZES = {TRAIN: 60_000, TEST: 10_000}
 
 
@@ -51,7 +51,103 @@ def _check_digit_budget(distortion, train_size, test_size):
             _checks.check_budget((size, side, side), "load_dataset", f"{name} images")
 
 
-def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=None, seed=0):
+def load_digits(data_dir=None, train_size=None, test_size=None, seed=0, validation=False):
+    """The undistorted digits of :func:`load_dataset`: training and evaluation splits.
+
+    Parameters
+    ----------
+    data_dir, train_size, test_size, seed
+        As :func:`load_dataset`.
+    validation : bool, default False
+        Evaluate on held-out training digits: the evaluation split is the ``test_size``
+        training digits after the first ``train_size`` (the test split is not read).
+        The training digits are the same as without ``validation``.
+
+    Returns
+    -------
+    x_train : ndarray, shape (n_train, 28, 28), float32
+    y_train : ndarray, shape (n_train,), int64
+    x_eval : ndarray, shape (n_eval, 28, 28), float32
+    y_eval : ndarray, shape (n_eval,), int64
+    """
+    return _load_digits(data_dir, train_size, test_size, seed, validation, "load_digits")
+
+
+def _load_digits(data_dir, train_size, test_size, seed, validation, fn):
+    seed = _check_seed(seed, fn)
+    sizes = {TRAIN: _split_size(train_size, "train_size", fn),
+             TEST: _split_size(test_size, "test_size", fn)}
+    if not isinstance(validation, bool):
+        raise TypeError(f"{fn}(): expected validation to be a bool, got {validation!r}")
+    if data_dir is not None and not isinstance(data_dir, (str, bytes, os.PathLike)):
+        raise TypeError(f"{fn}(): expected data_dir to be a path (str or os.PathLike) or None, "
+                        f"got {type(data_dir).__name__} {data_dir!r}")
+    if validation:
+        n_eval = DEFAULT_SIZES[TEST] if sizes[TEST] is None else sizes[TEST]
+        n_train = sizes[TRAIN]
+        if n_train is None:   # every training digit but the held-out ones
+            n_train = (DEFAULT_SIZES[TRAIN] if data_dir is None else split_sizes(data_dir)[0]) - n_eval
+            if n_train < 1:
+                raise ValueError(f"{fn}(): validation holds out test_size={n_eval} training digits, "
+                                 f"which leaves none to train on")
+        if data_dir is None:
+            x, y = _digits(n_train + n_eval, (seed, TRAIN, STAGE_DIGITS), MNIST_SIZE)
+        else:
+            x, y = _mnist(data_dir, n_train + n_eval, 1, fn, ("train_size + test_size", "training"))[:2]
+        return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+    if data_dir is None:
+        x_tr, y_tr = _digits(DEFAULT_SIZES[TRAIN] if sizes[TRAIN] is None else sizes[TRAIN],
+                             (seed, TRAIN, STAGE_DIGITS), MNIST_SIZE)
+        x_te, y_te = _digits(DEFAULT_SIZES[TEST] if sizes[TEST] is None else sizes[TEST],
+                             (seed, TEST, STAGE_DIGITS), MNIST_SIZE)
+        return x_tr, y_tr, x_te, y_te
+    return _mnist(data_dir, sizes[TRAIN], sizes[TEST], fn)
+
+
+def _mnist(data_dir, train_size, test_size, fn, train_name=("train_size", "training")):
+    """The first ``train_size`` / ``test_size`` MNIST digits of ``data_dir`` (None: all)."""
+    x_tr, y_tr, x_te, y_te = _load_mnist(data_dir, (train_size, test_size))
+    if x_tr.shape[1:] != (MNIST_SIZE, MNIST_SIZE) or x_te.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
+        raise ValueError(f"{fn}(): expected 28x28 images in {os.fspath(data_dir)!r}, "
+                         f"got {x_tr.shape[1:]} (train) and {x_te.shape[1:]} (test)")
+    for (name, what), size, have in ((train_name, train_size, len(x_tr)),
+                                     (("test_size", "test"), test_size, len(x_te))):
+        if size is not None and size > have:   # then the whole split was kept
+            raise ValueError(f"{fn}(): {name}={size} is more than the {have} {what} images "
+                             f"in {os.fspath(data_dir)!r}")
+    return x_tr, y_tr, x_te, y_te
+
+
+def distort_epoch(images, distortion, seed=0, epoch=1):
+    """The distorted training images of one epoch: epoch 1 those of :func:`load_dataset`,
+    every later epoch a new draw of the distortions of the same digits.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, 28, 28)
+        Undistorted training digits (:func:`load_digits`).
+    distortion : str
+        One of ``DISTORTIONS``.
+    seed : int
+        The dataset's seed.
+    epoch : int, default 1
+        Epochs count from 1; each has its own seeded draw, so an epoch is the same
+        whenever it is computed (a resumed run sees the images it would have seen).
+
+    Returns
+    -------
+    ndarray, shape (n, 1, S, S), float32
+    """
+    fn = "distort_epoch"
+    distortion = _checks.check_choice(distortion, "distortion", fn, DISTORTIONS)
+    seed = _check_seed(seed, fn)
+    epoch = _checks.check_int(epoch, "epoch", fn, minimum=1)
+    entropy = (seed, TRAIN, STAGE_DISTORT) + ((epoch,) if epoch > 1 else ())
+    return _distort(images, distortion, entropy)[0][:, None]
+
+
+def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=None, seed=0,
+                 validation=False):
     """Train and test sets for one distortion of paper §4.1, built-in digits or MNIST files.
 
     Parameters
@@ -69,6 +165,10 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
         built-in digits are generated, so any number can be asked for.
     seed : int, default 0
         Seeds digits and distortions, distinct per split.
+    validation : bool, default False
+        Return held-out training digits in place of the test set: the ``test_size``
+        (default 10,000) training digits after the first ``train_size`` (default: the
+        rest), distorted by a draw of their own (:func:`load_digits`).
 
     Returns
     -------
@@ -81,32 +181,14 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
     fn = "load_dataset"
     distortion = _checks.check_choice(distortion, "distortion", fn, DISTORTIONS)
     seed = _check_seed(seed, fn)
-    sizes = {TRAIN: _split_size(train_size, "train_size", fn),
-             TEST: _split_size(test_size, "test_size", fn)}
-    if data_dir is not None and not isinstance(data_dir, (str, bytes, os.PathLike)):
-        raise TypeError(f"{fn}(): expected data_dir to be a path (str or os.PathLike) or None, "
-                        f"got {type(data_dir).__name__} {data_dir!r}")
+    train_size = _split_size(train_size, "train_size", fn)
+    test_size = _split_size(test_size, "test_size", fn)
     if data_dir is None:
-        _check_digit_budget(distortion, sizes[TRAIN], sizes[TEST])
-        splits = {split: _digits(DEFAULT_SIZES[split] if sizes[split] is None else sizes[split],
-                                 (seed, split, STAGE_DIGITS), MNIST_SIZE)
-                  for split in (TRAIN, TEST)}
-    else:
-        x_tr, y_tr, x_te, y_te = _load_mnist(data_dir, (sizes[TRAIN], sizes[TEST]))
-        if x_tr.shape[1:] != (MNIST_SIZE, MNIST_SIZE) or x_te.shape[1:] != (MNIST_SIZE, MNIST_SIZE):
-            raise ValueError(f"{fn}(): expected 28x28 images in {os.fspath(data_dir)!r}, "
-                             f"got {x_tr.shape[1:]} (train) and {x_te.shape[1:]} (test)")
-        for name, size, have, what in (("train_size", sizes[TRAIN], len(x_tr), "training"),
-                                       ("test_size", sizes[TEST], len(x_te), "test")):
-            if size is not None and size > have:   # then the whole split was kept
-                raise ValueError(f"{fn}(): {name}={size} is more than the {have} {what} images "
-                                 f"in {os.fspath(data_dir)!r}")
-        splits = {TRAIN: (x_tr, y_tr), TEST: (x_te, y_te)}
-    out = []
-    for split in (TRAIN, TEST):
-        images, labels = splits[split]
+        _check_digit_budget(distortion, train_size, test_size)
+    x_tr, y_tr, x_te, y_te = _load_digits(data_dir, train_size, test_size, seed, validation, fn)
+    for images in (x_tr, x_te):
         if distortion == "tc" and len(images) < 2:
             raise ValueError(f"{fn}(): 'tc' needs at least 2 samples per split, got {len(images)}")
-        warped, _ = _distort(images, distortion, (seed, split, STAGE_DISTORT))
-        out += [warped[:, None], labels]
-    return tuple(out)
+    held_out = (seed, TRAIN, STAGE_HELD_OUT) if validation else (seed, TEST, STAGE_DISTORT)
+    return (distort_epoch(x_tr, distortion, seed), y_tr,
+            _distort(x_te, distortion, held_out)[0][:, None], y_te)

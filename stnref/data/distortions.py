@@ -23,8 +23,8 @@ RTS_ANGLE_MAX_DEG = 45.0
 RTS_SCALE_RANGE = (0.7, 1.2)
 RTS_CANVAS = 42
 P_SCALE_RANGE = (0.75, 1.0)
-P_CORNER_STD_PX = 5.0
-P_TRIES = 4                   # corner draws per sample; ~1.3 % of single draws fold the image
+P_CORNER_STD_PX = 5.0         # each corner stretched along its diagonal (outward > 0) by N(0, this)
+P_TRIES = 4                   # corner draws per sample; a draw that folds the image is redrawn
 E_SCALE_RANGE = (0.75, 1.0)
 E_CONTROL_STD_PX = 1.5
 E_CONTROL_POINTS = 16
@@ -63,9 +63,12 @@ def _similarity_theta(angle, scale, shift_px, out_size, in_size):
     return theta
 
 
-def _sample(images, grid):
-    """``grid_sample`` (bilinear, zeros) of ``images (n, H, W)`` in float64 -> (n, H_out, W_out)."""
-    return grid_sample(images[:, None].astype(np.float64), grid, mode="bilinear",
+def _warp(images, grid_fn, theta, side):
+    """``images (m, 28, 28)`` sampled (bilinear, zeros) on the ``grid_fn(theta)`` grid of a
+    ``side x side`` output -> ``(m, side, side)``.  In float32, as the data are stored: the
+    grid's rounding (about 1e-6 pixel) is far below what a pixel shows."""
+    grid = grid_fn(theta.astype(np.float32), (len(images), 1, side, side))
+    return grid_sample(images[:, None].astype(np.float32), grid, mode="bilinear",
                        padding_mode="zeros", align_corners=False)[:, 0]
 
 
@@ -76,7 +79,7 @@ def _distort_r(rng, images):
     m = len(images)
     angle = rng.uniform(-R_ANGLE_MAX_DEG, R_ANGLE_MAX_DEG, size=CHUNK)[:m]
     theta = _similarity_theta(np.deg2rad(angle), np.ones(m), np.zeros((m, 2)), MNIST_SIZE, MNIST_SIZE)
-    out = _sample(images, grids.affine_grid(theta, (m, 1, MNIST_SIZE, MNIST_SIZE)))
+    out = _warp(images, grids.affine_grid, theta, MNIST_SIZE)
     return out, {"angle": angle, "theta": theta}
 
 
@@ -88,7 +91,7 @@ def _distort_rts(rng, images):
     reach = 0.5 * (RTS_CANVAS - MNIST_BOX * scale)
     shift = rng.uniform(-1.0, 1.0, size=(CHUNK, 2))[:m] * reach[:, None]
     theta = _similarity_theta(np.deg2rad(angle), scale, shift, RTS_CANVAS, MNIST_SIZE)
-    out = _sample(images, grids.affine_grid(theta, (m, 1, RTS_CANVAS, RTS_CANVAS)))
+    out = _warp(images, grids.affine_grid, theta, RTS_CANVAS)
     return out, {"angle": angle, "scale": scale, "shift_px": shift, "theta": theta}
 
 
@@ -117,7 +120,9 @@ def _homography(src, dst):
 def _distort_p(rng, images):
     m = len(images)
     scale = rng.uniform(*P_SCALE_RANGE, size=CHUNK)[:m]
-    tries = rng.normal(0.0, P_CORNER_STD_PX, size=(CHUNK, P_TRIES, 4, 2))[:m]
+    # each corner moves along its diagonal, away from the centre for a positive draw
+    stretch = rng.normal(0.0, P_CORNER_STD_PX, size=(CHUNK, P_TRIES, 4))[:m]
+    tries = stretch[..., None] * (_CORNERS / np.sqrt(2.0))       # (m, P_TRIES, 4, 2) pixels
     # where the scaled image's corners land in the output (normalised output coordinates)
     moved = scale[:, None, None, None] * _CORNERS + tries * _px_to_norm(MNIST_SIZE)
     # keep the first draw whose corners form a convex quadrilateral (same orientation as
@@ -127,12 +132,15 @@ def _distort_p(rng, images):
     turn = edges[..., 0] * nxt[..., 1] - edges[..., 1] * nxt[..., 0]
     convex = (turn > 0).all(axis=2)                               # (m, P_TRIES)
     pick = np.argmax(convex, axis=1)
-    noise_px = np.where(convex.any(axis=1)[:, None, None], tries[np.arange(m), pick], 0.0)
+    kept = convex.any(axis=1)
+    stretch_px = np.where(kept[:, None], stretch[np.arange(m), pick], 0.0)
+    noise_px = np.where(kept[:, None, None], tries[np.arange(m), pick], 0.0)
     corners = scale[:, None, None] * _CORNERS + noise_px * _px_to_norm(MNIST_SIZE)
     # the grid maps output to source, so solve for the homography corners -> image corners
     theta = _homography(corners, np.broadcast_to(_CORNERS, corners.shape))
-    out = _sample(images, grids.projective_grid(theta, (m, 1, MNIST_SIZE, MNIST_SIZE)))
-    return out, {"scale": scale, "corner_noise_px": noise_px, "corners": corners, "theta": theta}
+    out = _warp(images, grids.projective_grid, theta, MNIST_SIZE)
+    return out, {"scale": scale, "corner_stretch_px": stretch_px, "corner_noise_px": noise_px,
+                 "corners": corners, "theta": theta}
 
 
 def _distort_e(rng, images):
@@ -142,7 +150,7 @@ def _distort_e(rng, images):
     P = grids.tps_control_points(E_CONTROL_POINTS)
     # control point P_k of the output reads the source at P_k / scale + noise
     theta = P / scale[:, None, None] + noise_px * _px_to_norm(MNIST_SIZE)
-    out = _sample(images, grids.tps_grid(theta, (m, 1, MNIST_SIZE, MNIST_SIZE)))
+    out = _warp(images, grids.tps_grid, theta, MNIST_SIZE)
     return out, {"scale": scale, "control_noise_px": noise_px, "theta": theta}
 
 
@@ -165,7 +173,7 @@ def _distort_tc(rng, images, source, start):
     corner = np.clip(np.floor(reach + shift), 0, TC_CANVAS - TC_WINDOW).astype(np.int64)   # (m, 2)
     frac = reach + shift - corner
     inner = _similarity_theta(np.zeros(m), np.ones(m), frac - 0.5, TC_WINDOW, MNIST_SIZE)
-    window = _sample(images, grids.affine_grid(inner, (m, 1, TC_WINDOW, TC_WINDOW)))
+    window = _warp(images, grids.affine_grid, inner, TC_WINDOW)
     out = np.zeros((m, TC_CANVAS, TC_CANVAS))
     rows = np.arange(m)[:, None, None]
     d = np.arange(TC_WINDOW)
