@@ -16,6 +16,11 @@ Every forward has a hand-derived backward; semantics follow PyTorch's
 - paper §4.1 the paper's networks: :func:`build_model` (:mod:`stnref.networks`); data:
   :mod:`stnref.data`; layers, losses, optimisers: :mod:`stnref.nn`
 
+Prototyping: :func:`manual_seed` seeds every layer and mini-batch order built without an
+``rng``; :func:`fit` trains any classifier built from :mod:`stnref.nn`
+(:mod:`stnref.training`), with a schedule, a time budget, per-epoch evaluation and
+checkpoints that resume exactly.
+
 Tools: :func:`gradcheck` and :func:`gradcheck_module` (finite differences), :mod:`stnref.reference` (golden vectors
 for other implementations), and the ``stnref`` command line with what it runs
 (training, checkpoints, experiments, demo, benchmarks) in :mod:`stnref.app`.
@@ -41,10 +46,11 @@ _SOURCES = {
     **dict.fromkeys(("affine_grid_jvp", "attention_grid_jvp", "grid_sample_double_backward",
                      "grid_sample_jvp", "projective_grid_jvp", "tps_grid_jvp"), "second_order"),
     "Parallel": "transformer", "SpatialTransformer": "transformer",
+    "manual_seed": "nn.seeding", "fit": "training",
 }
 # Subpackages and modules reachable as attributes (``stnref.nn.Linear``) without an import.
 _SUBMODULES = ("checkpoint", "data", "equations", "gradcheck", "grids", "localisation", "networks",
-               "nn", "reference", "registry", "sampling", "second_order", "transformer")
+               "nn", "reference", "registry", "sampling", "second_order", "training", "transformer")
 
 
 def __getattr__(name):
@@ -76,6 +82,7 @@ __all__ = [
     "attention_grid_backward",
     "attention_grid_jvp",
     "build_model",
+    "fit",
     "get_transform",
     "gradcheck",
     "gradcheck_module",
@@ -84,6 +91,7 @@ __all__ = [
     "grid_sample_double_backward",
     "grid_sample_jvp",
     "load_checkpoint",
+    "manual_seed",
     "projective_grid",
     "projective_grid_backward",
     "projective_grid_jvp",

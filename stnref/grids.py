@@ -3,8 +3,14 @@
 Every generator returns a sampling grid ``(N, H_out, W_out, 2)`` of normalised
 source coordinates ``(x_s, y_s)`` (``(N, D, H, W, 3)`` with ``(x_s, y_s, z_s)`` for
 volumes) for :func:`stnref.grid_sample`, and has a ``*_backward`` that turns the
-gradient of that grid into the gradient of ``theta``.  Derivations:
-``docs/derivations/grids.md``.
+gradient of that grid into the gradient of ``theta``.  One protocol for all four:
+``X_grid(theta, size, align_corners)`` and ``X_grid_backward(dgrid, theta, size,
+align_corners)`` -- the backward takes the forward's inputs (the TPS ones with
+``control_points`` before ``align_corners``), as the registry's
+:class:`~stnref.registry.Transform` does.  The affine, attention and TPS grids are
+linear in ``theta``, so their backwards also take the theta-free form
+``X_grid_backward(dgrid, size, ...)`` (PyTorch's ``affine_grid_generator_backward``).
+Derivations: ``docs/derivations/grids.md``.
 """
 
 from __future__ import annotations
@@ -167,6 +173,36 @@ def affine_grid(theta, size, align_corners=False):
     return grid
 
 
+def _is_size(value):
+    """Whether ``value`` is a size (a sequence of ints), which a theta (a float array) never is."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in "iu"
+    return isinstance(value, (tuple, list)) and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value)
+
+
+def _theta_free(theta, size, align_corners, fn):
+    """``(theta or None, size, align_corners)`` of a linear generator's backward.
+
+    Besides ``(dgrid, theta, size, align_corners)``, accepts the theta-free form
+    ``(dgrid, size, align_corners)``: ``theta`` None, or a size in theta's place (the
+    size then sits in ``theta``, and a positional ``align_corners`` in ``size``).
+    """
+    if theta is not None and not _is_size(theta):
+        if size is None:
+            raise TypeError(f"{fn}(): expected (dgrid, theta, size, ...), got theta but no size")
+        return theta, size, align_corners
+    if theta is None:
+        if size is None:
+            raise TypeError(f"{fn}(): expected (dgrid, theta, size, ...) or (dgrid, size, ...), "
+                            f"got no size")
+        return None, size, align_corners
+    if size is not None and not isinstance(size, (bool, np.bool_)):
+        raise TypeError(f"{fn}(): expected (dgrid, theta, size, ...) or (dgrid, size, ...), got "
+                        f"a size {tuple(theta)} where theta goes and {type(size).__name__} after it")
+    return None, theta, align_corners if size is None else size
+
+
 def _check_dgrid(dgrid, size, fn, k_options=(2, 3)):
     dgrid = _checks.float_array(dgrid, "dgrid", fn)
     _checks.check_ndim(dgrid, "dgrid", fn, tuple(k + 2 for k in k_options),
@@ -183,13 +219,20 @@ def _check_dgrid(dgrid, size, fn, k_options=(2, 3)):
 #   dtheta[n, r, a] = sum_p dgrid[n, p, r] b[a, p]      one (k + 1, P) @ (P, k) product per sample
 # (docs/derivations/grids.md).
 @_checks.quiet_nonfinite
-def affine_grid_backward(dgrid, size, align_corners=False):
+def affine_grid_backward(dgrid, theta=None, size=None, align_corners=False):
     """Gradient of :func:`affine_grid` with respect to ``theta``.
+
+    Takes the forward's inputs after ``dgrid``; the gradient does not depend on
+    ``theta`` (the grid is linear in it), which is only checked against ``size``.
+    The theta-free form ``affine_grid_backward(dgrid, size, align_corners)`` (PyTorch's
+    ``affine_grid_generator_backward``) gives the same result.
 
     Parameters
     ----------
     dgrid : ndarray, shape (N, H_out, W_out, 2) or (N, D_out, H_out, W_out, 3)
         Gradient of the loss with respect to the grid.
+    theta : ndarray, shape (N, 2, 3) or (N, 3, 4), or None
+        The ``theta`` given to :func:`affine_grid`.
     size : tuple of int
         The ``size`` given to :func:`affine_grid`.
     align_corners : bool, default False
@@ -204,12 +247,18 @@ def affine_grid_backward(dgrid, size, align_corners=False):
     --------
     >>> import numpy as np
     >>> from stnref import affine_grid_backward
-    >>> affine_grid_backward(np.ones((1, 2, 2, 2)), (1, 1, 2, 2))[0]
+    >>> affine_grid_backward(np.ones((1, 2, 2, 2)), np.eye(2, 3)[None], (1, 1, 2, 2))[0]
     array([[0., 0., 4.],
            [0., 0., 4.]])
     """
     fn = "affine_grid_backward"
+    theta, size, align_corners = _theta_free(theta, size, align_corners, fn)
     dgrid, size = _check_dgrid(dgrid, size, fn)
+    if theta is not None:
+        theta, _ = _check_theta(theta, size, fn)
+        if theta.shape[1] != dgrid.ndim - 2:
+            raise ValueError(f"{fn}(): expected theta of shape (N, {dgrid.ndim - 2}, "
+                             f"{dgrid.ndim - 1}) for dgrid {dgrid.shape}, got {theta.shape}")
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     k = dgrid.ndim - 2
     b = _homogeneous_targets(size[2:], align_corners, dgrid.dtype)      # (k + 1, P)
@@ -280,12 +329,18 @@ def attention_grid(theta, size, align_corners=False):
 # Backward through A = [[s, 0, t_x], [0, s, t_y]]:
 #   ds = dA[0,0] + dA[1,1],  dt_x = dA[0,2],  dt_y = dA[1,2]
 @_checks.quiet_nonfinite
-def attention_grid_backward(dgrid, size, align_corners=False):
+def attention_grid_backward(dgrid, theta=None, size=None, align_corners=False):
     """Gradient of :func:`attention_grid` with respect to ``theta = (s, t_x, t_y)``.
+
+    Takes the forward's inputs after ``dgrid`` (``theta`` is only checked: the grid is
+    linear in it); the theta-free form ``attention_grid_backward(dgrid, size,
+    align_corners)`` gives the same result.
 
     Parameters
     ----------
     dgrid : ndarray, shape (N, H_out, W_out, 2)
+    theta : ndarray, shape (N, 3), or None
+        The forward's ``theta``.
     size : tuple of int
         ``(N, C, H_out, W_out)`` as given to the forward.
     align_corners : bool, default False
@@ -304,12 +359,16 @@ def attention_grid_backward(dgrid, size, align_corners=False):
     --------
     >>> import numpy as np
     >>> from stnref import attention_grid_backward
-    >>> attention_grid_backward(np.ones((1, 1, 3, 2)), (1, 1, 1, 3), align_corners=True)
+    >>> theta = np.array([[1.0, 0.0, 0.0]])
+    >>> attention_grid_backward(np.ones((1, 1, 3, 2)), theta, (1, 1, 1, 3), align_corners=True)
     array([[0., 3., 3.]])
     """
     fn = "attention_grid_backward"
+    theta, size, align_corners = _theta_free(theta, size, align_corners, fn)
     dgrid, size = _check_dgrid(dgrid, size, fn, k_options=(2,))
-    dA = affine_grid_backward(dgrid, size, align_corners)
+    if theta is not None:
+        _check_theta_2d(theta, size, fn, (3,), "(N, 3) = (s, t_x, t_y)")
+    dA = affine_grid_backward(dgrid, None, size, align_corners)
     return np.stack([dA[:, 0, 0] + dA[:, 1, 1], dA[:, 0, 2], dA[:, 1, 2]], axis=1)
 
 
@@ -679,13 +738,19 @@ def tps_grid(theta, size, control_points=None, align_corners=False):
 # Backward of grid[n] = A @ theta[n] with A (H*W, K) fixed by the control points and the
 # output size (docs/derivations/grids.md): the map is linear, so dtheta[n] = A^T @ dgrid[n].
 @_checks.quiet_nonfinite
-def tps_grid_backward(dgrid, size, control_points=None, align_corners=False):
+def tps_grid_backward(dgrid, theta=None, size=None, control_points=None, align_corners=False):
     """Gradient of :func:`tps_grid` with respect to ``theta``: ``dtheta = A^T @ dgrid``.
+
+    Takes the forward's inputs after ``dgrid`` (``theta`` is only checked: the grid is
+    linear in it); the theta-free form ``tps_grid_backward(dgrid, size, control_points,
+    align_corners)`` gives the same result.
 
     Parameters
     ----------
     dgrid : ndarray, shape (N, H_out, W_out, 2)
         Gradient of the loss with respect to the grid.
+    theta : ndarray, shape (N, K, 2), or None
+        The forward's ``theta``.
     size : tuple of int
         The forward's ``(N, C, H_out, W_out)``.
     control_points : ndarray, shape (K, 2), optional
@@ -706,13 +771,28 @@ def tps_grid_backward(dgrid, size, control_points=None, align_corners=False):
     --------
     >>> import numpy as np
     >>> from stnref.grids import tps_grid_backward
-    >>> dtheta = tps_grid_backward(np.ones((1, 3, 3, 2)), (1, 1, 3, 3))
+    >>> theta = tps_control_points()[None]
+    >>> dtheta = tps_grid_backward(np.ones((1, 3, 3, 2)), theta, (1, 1, 3, 3))
     >>> dtheta.shape, bool(np.isclose(dtheta.sum(), 18.0))  # A reproduces constants
     ((1, 16, 2), True)
     """
     fn = "tps_grid_backward"
+    if _is_size(theta):     # theta-free, positionally: (dgrid, size, control_points, align_corners)
+        options = [v for v in (size, control_points) if v is not None]
+        flags = [v for v in options if isinstance(v, (bool, np.bool_))]
+        points = [v for v in options if not isinstance(v, (bool, np.bool_))]
+        if len(flags) > 1 or len(points) > 1 or (flags and align_corners is not False):
+            raise TypeError(f"{fn}(): expected (dgrid, theta, size, control_points, align_corners) "
+                            f"or (dgrid, size, control_points, align_corners), got options {options}")
+        theta, size = None, theta
+        control_points = points[0] if points else None
+        align_corners = flags[0] if flags else align_corners
+    theta, size, align_corners = _theta_free(theta, size, align_corners, fn)
     points, key = _check_control_points(control_points, fn)
     dgrid, size = _check_dgrid(dgrid, size, fn, k_options=(2,))
+    if theta is not None:
+        k = len(points)
+        _check_theta_2d(theta, size, fn, (k, 2), f"(N, K={k}, 2)")
     align_corners = _checks.check_bool(align_corners, "align_corners", fn)
     A = _tps_matrix(*size[2:], align_corners, key, len(points), dgrid.dtype.name)
     return np.einsum("pk,npc->nkc", A, dgrid.reshape(size[0], -1, 2), optimize=True)  # (N, K, 2)

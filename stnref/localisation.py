@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _checks
 from .nn import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .nn.seeding import resolve_rng
 
 __all__ = ["LOCALISATION_DOWNSAMPLE", "conv_localisation", "fc_localisation"]
 
@@ -25,16 +26,6 @@ CONV_FILTERS = 20
 CONV_KERNEL = 5
 CONV_POOL = 2
 CONV_HIDDEN = 20
-
-
-def check_rng(rng, fn):
-    """``rng`` as a ``numpy.random.Generator``; ``None`` gives ``default_rng(0)``."""
-    if rng is None:
-        return np.random.default_rng(0)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"{fn}(): expected rng to be a numpy.random.Generator or None, "
-                        f"got {type(rng).__name__}")
-    return rng
 
 
 def _check_in_shape(in_shape, fn):
@@ -58,7 +49,8 @@ def fc_localisation(in_shape, theta_size, hidden=FC_HIDDEN, downsample=1, rng=No
         If > 1, an ``AvgPool2d(downsample)`` first (the networks of
         :func:`stnref.networks.build_model` use 2 for inputs >= 42).
     rng : numpy.random.Generator, optional
-        Initial weights (``None``: ``default_rng(0)``).
+        Initial weights, drawn layer by layer from the input side (``None``: the
+        process-wide generator, :func:`stnref.manual_seed`).
     dtype : float32 or float64
 
     Returns
@@ -79,7 +71,7 @@ def fc_localisation(in_shape, theta_size, hidden=FC_HIDDEN, downsample=1, rng=No
     downsample = _checks.check_int(downsample, "downsample", fn, minimum=1)
     if H < downsample or W < downsample:
         raise ValueError(f"{fn}(): input {in_shape} is smaller than downsample {downsample}")
-    rng = check_rng(rng, fn)
+    rng = resolve_rng(rng, fn)
     layers = [AvgPool2d(downsample)] if downsample > 1 else []
     n = C * (H // downsample) * (W // downsample)
     layers.append(Flatten())
@@ -109,6 +101,7 @@ def conv_localisation(in_shape, theta_size, rng=None, dtype=np.float64):
         side for which the two unpadded convolutions leave one pixel).
     theta_size : int
     rng : numpy.random.Generator, optional
+        As :func:`fc_localisation`.
     dtype : float32 or float64
 
     Returns
@@ -131,7 +124,7 @@ def conv_localisation(in_shape, theta_size, rng=None, dtype=np.float64):
             f"{fn}(): expected an input of at least 28x28 (two unpadded 5x5 convolutions on "
             f"the 2x-downsampled input), got in_shape {tuple(in_shape)}"
         )
-    rng = check_rng(rng, fn)
+    rng = resolve_rng(rng, fn)
     return Sequential(
         AvgPool2d(LOCALISATION_DOWNSAMPLE),
         Conv2d(C, CONV_FILTERS, CONV_KERNEL, rng=rng, dtype=dtype), ReLU(),

@@ -15,13 +15,9 @@ import math
 import numpy as np
 
 from . import _checks
-from .localisation import (
-    LOCALISATION_DOWNSAMPLE,
-    check_rng,
-    conv_localisation,
-    fc_localisation,
-)
+from .localisation import LOCALISATION_DOWNSAMPLE, conv_localisation, fc_localisation
 from .nn import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential
+from .nn.seeding import resolve_rng
 from .registry import _resolve_transform
 from .transformer import SpatialTransformer
 
@@ -50,11 +46,10 @@ MAX_CNN_FILTERS = 512
 
 
 def count_parameters(module):
-    """Total number of scalar parameters of ``module`` (sum of ``p.size`` over ``params``)."""
+    """Total number of scalar parameters of ``module``: ``module.num_parameters()``."""
     if not isinstance(module, Module):
         raise TypeError(f"count_parameters(): expected a Module, got {type(module).__name__}")
-    return int(sum(p.size for p in module.params.values()))
-
+    return module.num_parameters()
 
 
 # ----------------------------------------------------------------------------- classifiers
@@ -129,8 +124,9 @@ def build_model(name, transform=None, input_size=28, n_classes=10, rng=None,
         at least 28 (its localisation convolutions are unpadded, as in the paper).
     n_classes : int, default 10
     rng : numpy.random.Generator, optional
-        Initial weights, drawn layer by layer from the input side (``None``:
-        ``default_rng(0)``).  The same seed gives bit-identical models.
+        Initial weights, drawn layer by layer from the input side (``None``: the
+        process-wide generator, :func:`stnref.manual_seed`).  The same seed gives
+        bit-identical models.
     dtype : float32 or float64
     in_channels : int, default 1
         Input channels (2 for the MNIST-addition pairs).
@@ -174,7 +170,7 @@ def build_model(name, transform=None, input_size=28, n_classes=10, rng=None,
     input_size = _checks.check_int(input_size, "input_size", fn, minimum=CNN_POOL * CNN_POOL)
     n_classes = _checks.check_int(n_classes, "n_classes", fn, minimum=1)
     in_channels = _checks.check_int(in_channels, "in_channels", fn, minimum=1)
-    rng = check_rng(rng, fn)
+    rng = resolve_rng(rng, fn)
     pooled = input_size >= POOL_INPUT_FROM
     side = input_size // INPUT_POOL if pooled else input_size
     target = target_parameters(input_size, n_classes, in_channels)
@@ -189,7 +185,7 @@ def build_model(name, transform=None, input_size=28, n_classes=10, rng=None,
         else:
             loc = conv_localisation(in_shape, theta_size, rng=rng, dtype=dtype)
         layers.append(SpatialTransformer(loc, transform))
-        target -= count_parameters(loc)
+        target -= loc.num_parameters()
     if pooled:
         layers.append(AvgPool2d(INPUT_POOL))
 

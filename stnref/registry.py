@@ -7,9 +7,13 @@ A layer or a training script picks a transform by name and never branches on it:
     dtheta = t.backward(dgrid, theta, size, align_corners)    # (N, *t.theta_shape)
     bias = t.identity()                                       # theta of the identity warp
 
-Adding a transform means one entry in ``TRANSFORMS`` (plus its grid functions in
-:mod:`stnref.grids`).  The backward always receives ``theta``; only the projective
-one uses it.  The affine entry is 2-D only (3-D affine grids: :func:`stnref.affine_grid`).
+Every entry's ``grid`` and ``backward`` follow the protocol of the public generators in
+:mod:`stnref.grids`: ``grid(theta, size, align_corners)`` and ``backward(dgrid, theta,
+size, align_corners)``, the backward taking the forward's inputs.  Only the projective
+backward depends on ``theta``'s values; the others check it.  A new transform is a
+:class:`Transform` of two such functions and an identity (``docs/prototyping.md``
+builds and checks one); it goes wherever a registry name does.  The affine entry is 2-D
+only (3-D affine grids: :func:`stnref.affine_grid`).
 """
 
 from __future__ import annotations
@@ -58,11 +62,7 @@ def _affine_grid_2d(theta, size, align_corners=False):
 
 def _affine_backward(dgrid, theta, size, align_corners=False):
     _checks.check_size(size, "size", "affine_grid_backward", (4,))
-    return grids.affine_grid_backward(dgrid, size, align_corners)
-
-
-def _attention_backward(dgrid, theta, size, align_corners=False):
-    return grids.attention_grid_backward(dgrid, size, align_corners)
+    return grids.affine_grid_backward(dgrid, theta, size, align_corners)
 
 
 def _affine_identity():
@@ -114,7 +114,7 @@ def tps_transform(control_points):
         return grids.tps_grid(theta, size, points, align_corners)
 
     def backward(dgrid, theta, size, align_corners=False):
-        return grids.tps_grid_backward(dgrid, size, points, align_corners)
+        return grids.tps_grid_backward(dgrid, theta, size, points, align_corners)
 
     def identity():
         return points.copy()
@@ -135,7 +135,7 @@ def _resolve_transform(transform, fn):
 
 TRANSFORMS = {
     "affine": Transform("affine", (2, 3), _affine_grid_2d, _affine_backward, _affine_identity),
-    "attention": Transform("attention", (3,), grids.attention_grid, _attention_backward,
+    "attention": Transform("attention", (3,), grids.attention_grid, grids.attention_grid_backward,
                            _attention_identity),
     "projective": Transform("projective", (3, 3), grids.projective_grid,
                             grids.projective_grid_backward, _projective_identity),

@@ -24,7 +24,7 @@ from .nn.module import _Container
 from .registry import _resolve_transform
 from .sampling import _sample, _sample_backward
 
-__all__ = ["Parallel", "SpatialTransformer", "localisation_prefixes"]
+__all__ = ["Parallel", "SpatialTransformer", "localisation_prefixes", "transformers"]
 
 
 def _regression_layer(loc, fn):
@@ -71,6 +71,14 @@ class SpatialTransformer(Module):
     transform : Transform
     last_theta : ndarray, shape (N, *theta_shape) or None
         A copy of the last forward's ``theta``.
+    last_outside : float or None
+        Health of the last forward: the fraction of its sampling points outside the
+        input, ``max(|x_s|, |y_s|) > 1`` (they read padding: zeros by default).  A
+        transformer that has drifted off the image samples mostly outside.
+    last_theta_spread : float or None
+        Health of the last forward: the largest standard deviation of an entry of
+        ``theta`` over the batch (0 for one sample).  0 means one ``theta`` for every
+        input -- as at the identity start, and in a transformer that has collapsed.
 
     Notes
     -----
@@ -118,6 +126,8 @@ class SpatialTransformer(Module):
                   casting="same_kind")
         self.loc = loc
         self.last_theta = None
+        self.last_outside = None
+        self.last_theta_spread = None
 
     def _size(self, U):
         N, C, H, W = U.shape
@@ -144,6 +154,10 @@ class SpatialTransformer(Module):
             V, taps = _sample(U, grid, self.mode, self.padding_mode, self.align_corners,
                               keep=self.training, fill_value=self.fill_value, cubic_a=self.cubic_a)
         self.last_theta = theta.copy()
+        # health, one pass over the grid and theta: what fell outside, how much theta varies
+        outside = (np.abs(grid[..., 0]) > 1) | (np.abs(grid[..., 1]) > 1)    # (N, H_out, W_out)
+        self.last_outside = np.count_nonzero(outside) / outside.size if outside.size else 0.0
+        self.last_theta_spread = float(theta.reshape(N, -1).std(axis=0).max()) if N else 0.0
         return self.save_for_backward(V, U, theta, grid, taps)
 
     # Backward of V = S(U, G(theta)), theta = f_loc(U)   (docs/derivations/transformer.md)
@@ -227,6 +241,33 @@ class Parallel(_Container):
         return dx
 
 
+def _named_transformers(module, prefix=""):
+    """``(dotted prefix, transformer)`` of every SpatialTransformer in ``module``, depth first
+    (the prefix of its parameters: ``"0."``; ``""`` for ``module`` itself)."""
+    if isinstance(module, SpatialTransformer):
+        yield prefix, module
+    for name, child in module.children():
+        yield from _named_transformers(child, f"{prefix}{name}.")
+
+
+def transformers(module):
+    """Every :class:`SpatialTransformer` inside ``module`` (itself included), depth first.
+
+    Parameters
+    ----------
+    module : stnref.nn.Module
+
+    Returns
+    -------
+    list of SpatialTransformer
+        In the order their forwards run in a ``Sequential`` / ``Parallel``; a transformer
+        registered twice is listed at each place.
+    """
+    if not isinstance(module, Module):
+        raise TypeError(f"transformers(): expected a Module, got {type(module).__name__}")
+    return [st for _, st in _named_transformers(module)]
+
+
 def localisation_prefixes(module):
     """Dotted name prefixes (``"0.loc."``) of every localisation network inside ``module``.
 
@@ -235,13 +276,4 @@ def localisation_prefixes(module):
     """
     if not isinstance(module, Module):
         raise TypeError(f"localisation_prefixes(): expected a Module, got {type(module).__name__}")
-    found = []
-
-    def walk(m, prefix):
-        if isinstance(m, SpatialTransformer):
-            found.append(f"{prefix}loc.")
-        for name, child in m.children():
-            walk(child, f"{prefix}{name}.")
-
-    walk(module, "")
-    return found
+    return [f"{prefix}loc." for prefix, _ in _named_transformers(module)]

@@ -230,7 +230,7 @@ def test_the_demo_replaces_its_own_runs_only(tmp_path, capsys, monkeypatch):
 
 def test_a_directory_another_process_trains_in_is_refused(fcn_run, capsys):
     """The lock is an flock: held by the process that trains, released when it ends or dies."""
-    from stnref.app import train as train_module
+    from stnref.app import runs as train_module
     if train_module.fcntl is None:
         pytest.skip("no fcntl: runs are not locked on this platform")
     fd = train_module._lock(str(fcn_run))                 # as another process training there

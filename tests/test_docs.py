@@ -156,6 +156,17 @@ def test_tutorial_runs(tmp_path, monkeypatch):
     np.testing.assert_array_equal(reflected[:5], [0.43, 0.29, 0.14, 0.0, 0.0])
 
 
+def test_prototyping_page_runs(tmp_path, monkeypatch):
+    ns = run_document(DOCS / "prototyping.md", tmp_path, monkeypatch)
+    # The claims the text makes about its own output.
+    assert ns["model"].num_parameters() == 19600
+    assert ns["check"].ok and len(ns["check"].args) == 13
+    assert ns["result"]["warnings"][0].startswith("warning: spatial transformer 0.0 sampled 100% "
+                                                  "of its points outside the input")
+    assert ns["drifted"].last_outside == 1.0
+    assert ns["st"].transform.name == "similarity"
+
+
 def test_readme_runs(tmp_path, monkeypatch):
     run_document(ROOT / "README.md", tmp_path, monkeypatch)
 
@@ -173,7 +184,7 @@ def test_readme_starts_with_the_setup_block():
 API_MODULES = (
     "stnref", "stnref.equations", "stnref.grids", "stnref.sampling", "stnref.sampler_settings",
     "stnref.registry", "stnref.second_order",
-    "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn",
+    "stnref.localisation", "stnref.transformer", "stnref.networks", "stnref.nn", "stnref.training",
     "stnref.nn.losses", "stnref.nn.optim", "stnref.data", "stnref.app.train",
     "stnref.checkpoint", "stnref.app.experiment", "stnref.app.table1", "stnref.app.demo", "stnref.app.cli",
     "stnref.gradcheck", "stnref.reference", "stnref.reference.diagnosis", "stnref.app.bench",

@@ -24,6 +24,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import io
+import math
 import os
 import time
 import zipfile
@@ -40,6 +42,7 @@ from stnref.checkpoint import load_checkpoint, save_checkpoint
 from stnref.data import distort, read_idx, synthetic_digits, write_idx
 from stnref import nn as L
 from stnref.networks import build_model
+from stnref.training import Progress
 from stnref.transformer import SpatialTransformer
 
 try:
@@ -320,7 +323,29 @@ def _grid_targets():
                {"name": MODE_HOSTILE}),
         Target("set_max_elements", lambda n: stnref.set_max_elements(stnref.set_max_elements(n)),
                lambda: {"n": 2**31}, (), {"n": INT_HOSTILE}),
+        Target("manual_seed", _manual_seed_state, lambda: {"seed": 5}, (), {"seed": INT_HOSTILE}),
+        Target("fit", _fit, lambda: {"epochs": 1, "batch_size": 4, "seed": 0}, (),
+               {"epochs": INT_HOSTILE, "batch_size": INT_HOSTILE, "seed": INT_HOSTILE,
+                "seconds": [0, -1.0, math.nan, math.inf, "1", True],
+                "clip_norm": [-1.0, math.nan, "1", True], "on_nonfinite": MODE_HOSTILE}),
     ]
+
+
+def _manual_seed_state(seed):
+    """The generator's state after ``stnref.manual_seed(seed)``; the state before is restored."""
+    before = stnref.nn.default_generator().bit_generator.state
+    try:
+        return stnref.manual_seed(seed).bit_generator.state
+    finally:
+        stnref.nn.default_generator().bit_generator.state = before
+
+
+def _fit(**options):
+    """``stnref.fit`` of a fresh small model on fixed data: the trained weights."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3, rng=_rng()))
+    x, y = _rng().standard_normal((6, 2, 4)), np.arange(6) % 3
+    stnref.fit(model, nn.SGD(model, lr=0.1), (x, y), progress=Progress(io.StringIO()), **options)
+    return model.state_dict()
 
 
 def _sample_targets():
@@ -485,11 +510,13 @@ def _ctor_targets():
     dtype = {"dtype": [np.int32, "int64", np.complex128, object, 3, np.float16]}
     opt_rel = {"lr_scale": ("prefix", "parameter", "scale")}
     return [
-        Target("Linear()", nn.Linear, lambda: {"in_features": 4, "out_features": 3}, (),
+        Target("Linear()", nn.Linear,
+               lambda: {"in_features": 4, "out_features": 3, "rng": np.random.default_rng(0)}, (),
                {"in_features": INT_HOSTILE, "out_features": INT_HOSTILE, "bias": BOOL_HOSTILE,
                 **rng, **dtype}),
         Target("Conv2d()", nn.Conv2d,
-               lambda: {"in_channels": 2, "out_channels": 3, "kernel_size": 3}, (),
+               lambda: {"in_channels": 2, "out_channels": 3, "kernel_size": 3,
+                        "rng": np.random.default_rng(0)}, (),
                {"in_channels": INT_HOSTILE, "out_channels": INT_HOSTILE,
                 "kernel_size": INT_HOSTILE + [(3, 0), (1, 2, 3)], "stride": INT_HOSTILE,
                 "padding": [-1, 1.5, "1", None], **rng, **dtype}),

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import stnref
 from stnref import gradcheck, gradcheck_module
 from stnref.nn import (
     AvgPool2d,
@@ -259,6 +260,7 @@ def test_init_seeded_and_pytorch_bounds():
     b = Conv2d(3, 16, 5, rng=np.random.default_rng(1))
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
+    stnref.manual_seed(0)       # no rng: the process-wide generator, which manual_seed reseeds
     np.testing.assert_array_equal(Linear(7, 2).weight, Linear(7, 2, rng=np.random.default_rng(0)).weight)
     for layer, fan_in in [(a, 75), (Linear(300, 400), 300)]:
         bound = 1 / np.sqrt(fan_in)
@@ -297,12 +299,16 @@ def test_float32_preserved_and_close_to_float64(index):
         np.testing.assert_allclose(g, layer64.grads[k], atol=F32_TOL)
 
 
-def test_float32_input_through_float64_layer_stays_float32():
-    layer = Conv2d(1, 2, 3)
-    y = layer(np.ones((1, 1, 4, 4), dtype=np.float32))
+@pytest.mark.parametrize("layer, shape", [(lambda: Conv2d(1, 2, 3), (1, 1, 4, 4)),
+                                          (lambda: Linear(3, 2), (2, 3))])
+def test_an_input_of_another_dtype_than_the_parameters_is_refused(layer, shape):
+    """PyTorch refuses the mix; the message says how to make them agree."""
+    with pytest.raises(TypeError, match=r"expected x of dtype float64.*got float32.*model.to"):
+        layer()(np.ones(shape, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"expected x of dtype float32.*got float64"):
+        layer().to(np.float32)(np.ones(shape))
+    y = layer().to(np.float32)(np.ones(shape, dtype=np.float32))
     assert y.dtype == np.float32
-    assert layer.backward(np.ones_like(y)).dtype == np.float32
-    assert layer.grads["weight"].dtype == np.float64
 
 
 @pytest.mark.parametrize("index", range(8))

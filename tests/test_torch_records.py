@@ -26,7 +26,8 @@ from stnref.networks import build_model
 from stnref.reference.golden import _compare, _tolerance
 
 RECORDS = Path(__file__).resolve().parent / "torch_records"
-FAMILIES = ("golden", "sampler", "second_order", "affine_grid", "nn", "optim", "networks")
+FAMILIES = ("golden", "sampler", "second_order", "affine_grid", "nn", "optim", "networks",
+            "batchnorm")
 TOL = {"float64": 1e-10, "float32": 1e-5}   # docs/conventions.md §6.3, relative to the scale
 FORMAT = "stnref-torch-records"
 
@@ -109,6 +110,22 @@ def stnref_network(options, a):
     return {"logits": logits, "loss": np.asarray(loss), "dx": model.backward(dlogits)}
 
 
+def stnref_batchnorm(options, a):
+    """Three training forwards, the backward of the last, then one in eval mode."""
+    layer = getattr(nn, options["layer"])(len(a["weight"]), momentum=options["momentum"],
+                                          dtype=a["x0"].dtype)
+    layer.weight[...] = a["weight"]
+    layer.bias[...] = a["bias"]
+    layer(a["x0"])
+    layer(a["x1"])
+    y = layer(a["x2"])
+    out = {"y": y, "dx": layer.backward(a["dy"]), "dweight": layer.grads["weight"],
+           "dbias": layer.grads["bias"], "running_mean": layer.running_mean,
+           "running_var": layer.running_var}
+    out["y_eval"] = layer.eval()(a["x_eval"])
+    return out
+
+
 def stnref_outputs(case, a):
     op, options = case["op"], case["options"]
     if op in ("grid_sample", "grid_sample_jvp", "grid_sample_double_backward", "affine_grid"):
@@ -117,6 +134,8 @@ def stnref_outputs(case, a):
         return stnref_optim(op, options, a)
     if op == "network":
         return stnref_network(options, a)
+    if op == "batchnorm":
+        return stnref_batchnorm(options, a)
     return stnref_nn(op, options, a)
 
 
@@ -236,7 +255,7 @@ def test_golden_vectors_agree_with_pytorch(case_id):
 # ----------------------------------------------------------------------------- the check can fail
 
 PERTURBED = [("golden", 0), ("sampler", 0), ("sampler", 1), ("second_order", 0), ("affine_grid", 0),
-             ("nn", 0), ("optim", 0), ("networks", 0)]
+             ("nn", 0), ("optim", 0), ("networks", 0), ("batchnorm", 0), ("batchnorm", 1)]
 
 
 @pytest.mark.parametrize("family, index", PERTURBED)

@@ -80,3 +80,71 @@ def test_training_steps_example_runs_both_steps(capsys):
     assert table[0] == "| step | stnref ms | torch ms | ratio |"
     assert [row.split(" | ")[0] for row in table[2:]] == [
         "| ST-FCN 28²", "| ST-FCN 42²", "| ST-CNN 28²", "| ST-CNN 42²"]
+
+
+# ----------------------------------------------------------------------------- any stnref model
+
+def _any_model(rng):
+    """Two transformers side by side on one shared trunk, BatchNorm, every layer with a twin."""
+    from stnref import Parallel, SpatialTransformer
+    from stnref.nn import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Identity,
+                           Linear, MaxPool2d, ReLU, Sequential, Sigmoid, Tanh)
+
+    trunk = Sequential(AvgPool2d(2), Flatten(), Linear(2 * 6 * 6, 16, rng=rng), BatchNorm1d(16), Tanh())
+    sts = [SpatialTransformer(Sequential(trunk, Linear(16, size, rng=rng)), transform,
+                              out_size=(10, 10), mode=mode)
+           for size, transform, mode in ((6, "affine", "bilinear"), (3, "attention", "bicubic"))]
+    for st in sts:
+        st.loc[-1].weight[...] = 0.05 * rng.standard_normal(st.loc[-1].weight.shape)
+    return Sequential(Parallel(*sts), Conv2d(4, 3, 3, padding=1, rng=rng), BatchNorm2d(3), ReLU(),
+                      MaxPool2d(2), Identity(), Flatten(), Dropout(0.0), Linear(3 * 5 * 5, 8, rng=rng),
+                      Sigmoid(), Linear(8, 5, rng=rng))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_twin_of_module_moves_any_model_with_its_weights(twin_module, dtype):
+    rng = np.random.default_rng(21)
+    model = _any_model(rng).to(dtype)
+    x = rng.standard_normal((4, 2, 12, 12)).astype(dtype)
+    model(x)                                   # a training forward: running statistics move
+    model.zero_grad()
+    twin = twin_module.twin_of_module(model)   # strict load of params and buffers
+    assert list(twin.state_dict()) == list(model.state_dict())
+    labels = rng.integers(0, 5, 4)
+    logits = model(x)
+    loss, dlogits = cross_entropy(logits, labels)
+    model.backward(dlogits)
+    xt = torch.from_numpy(x)
+    logits_t = twin(xt)
+    torch.nn.functional.cross_entropy(logits_t, torch.from_numpy(labels)).backward()
+    tol = TWIN_TOL if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(logits, logits_t.detach().numpy(), rtol=0, atol=tol)
+    grads = model.grads
+    for k, p in twin.named_parameters():       # a shared module: once, under its first name
+        np.testing.assert_allclose(grads[k], p.grad.numpy(), rtol=0, atol=tol * 10, err_msg=k)
+    for name in ("2.running_mean", "2.running_var", "0.0.loc.0.3.running_var"):
+        np.testing.assert_allclose(model.state_dict()[name], twin.state_dict()[name].numpy(),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+    model.eval()
+    twin.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model(x), twin(xt).numpy(), rtol=0, atol=tol)
+
+
+def test_twin_of_module_names_a_layer_it_cannot_twin(twin_module):
+    from stnref.nn import Module, Sequential
+
+    class Mine(Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="no PyTorch twin for Mine"):
+        twin_module.twin_of_module(Sequential(Mine()))
+    with pytest.raises(ValueError, match="torch has no projective or TPS grid"):
+        twin_module.twin_of_module(build_model("st-fcn", "tps"))
+    from stnref import SpatialTransformer
+    from stnref.nn import Flatten, Linear, Sequential
+    wrapped = SpatialTransformer(Sequential(Flatten(), Linear(16, 6)), padding_mode="reflection",
+                                 mode="bicubic", cubic_a=-0.5)
+    with pytest.raises(ValueError, match="PyTorch's grid_sample has no mode='bicubic'"):
+        twin_module.twin_of_module(wrapped)

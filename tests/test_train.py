@@ -164,7 +164,9 @@ def test_the_schedule_sets_each_steps_rate(tmp_path, tiny_data):
     config, constant, optimizer, _, _ = run("constant")
     assert optimizer.lr == config.lr
     config, halved, optimizer, _, _ = run("step:1:0.5")
-    assert optimizer.lr == config.lr * 0.5          # the last step (15 of 0-15) is in epoch 2
+    # after the last step (15 of 0-15, in epoch 2) the scheduler set the rate of step 16,
+    # the first of an epoch 3: PyTorch's order, optimizer.step() then scheduler.step()
+    assert optimizer.lr == config.lr * 0.25
     assert config.schedule == "step:1:0.5"
     assert not all(np.array_equal(constant.params[k], halved.params[k]) for k in halved.params)
 

@@ -13,9 +13,12 @@ What a researcher trying an idea on a laptop does with stnref, in one script:
    multi-transformer design), the new transform and the paper's attention (eq. 2), whose
    localisation networks share one trunk: the same ``Sequential`` object in both, so its
    parameters appear once in ``model.params`` and their gradient sums over both uses;
-3. trained a few epochs on built-in rotated digits (``stnref.data.load_dataset("r")``) with
-   ``stnref.nn.Batches``, a warm-up + cosine schedule, and gradients accumulated over two
-   half-batches per step (``backward`` adds to the gradients until ``zero_grad``);
+3. converted to float32 (``model.to(np.float32)``, the dtype of the data) and trained a few
+   epochs on built-in rotated digits (``stnref.data.load_dataset("r")``) with
+   ``stnref.nn.Batches``, a warm-up + cosine schedule attached to the optimiser
+   (``stnref.nn.LambdaLR``), and gradients accumulated over two half-batches per step
+   (``backward`` adds to the gradients until ``zero_grad``) -- a loop of one's own, where
+   :func:`stnref.fit` would do for plain steps;
 4. every module of the trained model checked by ``stnref.gradcheck_module``, each on the
    input it sees in the model's forward.
 
@@ -38,6 +41,7 @@ from stnref.nn import (
     Batches,
     Cosine,
     Flatten,
+    LambdaLR,
     Linear,
     ReLU,
     Sequential,
@@ -140,9 +144,9 @@ def train(model, x, y, epochs, batch_size, lr, rng):
     Returns the mean training loss of each epoch.
     """
     steps = len(Batches(x, batch_size=batch_size, drop_last=True))
-    schedule = Warmup(max(1, steps // 2)) * Cosine(epochs * steps)
     optimizer = Adam(model, lr=lr)
-    losses, t = [], 0
+    scheduler = LambdaLR(optimizer, Warmup(max(1, steps // 2)) * Cosine(epochs * steps))
+    losses = []
     for _ in range(epochs):
         total = 0.0
         for xb, yb in Batches(x, y, batch_size=batch_size, rng=rng, drop_last=True):
@@ -153,9 +157,8 @@ def train(model, x, y, epochs, batch_size, lr, rng):
                 share = len(yb[part]) / len(yb)      # the batch mean = sum of share * half means
                 model.backward(dlogits * share)      # adds to the gradients
                 total += loss * share
-            optimizer.lr = lr * schedule(t)
             optimizer.step()
-            t += 1
+            scheduler.step()
         losses.append(total / steps)
     return losses
 
@@ -216,6 +219,7 @@ def run(epochs=3, train_size=2048, test_size=512, batch_size=64, lr=2e-3, seed=0
 
     rng = np.random.default_rng(seed)
     model, trunk = build_model(rng)
+    model.to(np.float32)                             # the digits are float32
     print_fn(f"{len(model.params)} parameter arrays, {len(model.state_dict())} names: the trunk's "
              f"{len(trunk.params)} appear once in model.params, under "
              f"{[k for k in model.params if k.startswith('0.0.loc.0.')]}")

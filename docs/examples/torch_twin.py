@@ -1,8 +1,18 @@
-"""PyTorch twins of stnref's paper networks: same layers, same parameter names, same numbers.
+"""PyTorch twins of stnref models: same layers, same parameter names, same numbers.
 
 Usage::
 
     python docs/examples/torch_twin.py
+
+As a module (``sys.path.insert(0, "docs/examples")``, or a copy next to a script), it moves
+a prototype to PyTorch with its weights: ``twin_of_module(model)`` builds the PyTorch twin of
+any model made of stnref's layers -- ``Sequential``, ``stnref.Parallel``,
+``stnref.SpatialTransformer`` (affine or attention; torch has no projective or TPS grid),
+``Linear``, ``Conv2d``, ``MaxPool2d``, ``AvgPool2d``, ``BatchNorm1d/2d``, ``ReLU``, ``Tanh``,
+``Sigmoid``, ``Flatten``, ``Identity``, ``Dropout`` -- and loads ``model.state_dict()`` into it
+with ``strict=True``.  It imports without torch; its functions need it.
+
+Run as a script, it checks the paper's networks against twins written by hand:
 
 builds ``stnref.networks.build_model("st-cnn" / "st-fcn", "affine")`` for the
 input sizes 28, 42 and 60, moves the localisation network's regression layer off
@@ -33,29 +43,45 @@ needs numpy and scipy).
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from stnref.nn.losses import cross_entropy
+import stnref
+from stnref import nn as snn
 from stnref.networks import build_model
+from stnref.nn.losses import cross_entropy
+from stnref.sampler_settings import is_pytorch
 
-DTYPE = torch.float64
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError:       # importable without torch: the functions below say what they need
+    torch = None
+
+DTYPE = None if torch is None else torch.float64
+_TorchModule = object if torch is None else nn.Module
 POOL_INPUT_FROM = 42          # inputs this large are 2x average-pooled before the classifier
 LOC_FILTERS, LOC_KERNEL, LOC_HIDDEN, LOC_FC = 20, 5, 20, 32
 CNN_KERNELS = (9, 7)
 THETA_SIZES = {"affine": 6, "attention": 3}   # the transforms torch's affine_grid can express
 
 
-class TorchSpatialTransformer(nn.Module):
+def _need_torch(fn):
+    if torch is None:
+        raise ImportError(f"torch_twin.{fn}() needs PyTorch (pip install torch)")
+
+
+class TorchSpatialTransformer(_TorchModule):
     """``V = grid_sample(U, affine_grid(theta))`` with ``theta = loc(U)`` (affine or attention).
 
     Like :class:`stnref.transformer.SpatialTransformer`, the regression layer (the last
-    module of ``loc``) starts at zero weight and the identity bias.
+    module of ``loc``) starts at zero weight and the identity bias (unless
+    ``identity_init`` is False: weights about to be loaded).  ``out_size`` (H_out, W_out):
+    None keeps the input's.
     """
 
     def __init__(self, loc, transform="affine", mode="bilinear", padding_mode="zeros",
-                 align_corners=False):
+                 align_corners=False, out_size=None, identity_init=True):
+        _need_torch("TorchSpatialTransformer")
         super().__init__()
         if transform not in THETA_SIZES:
             raise ValueError(f"TorchSpatialTransformer(): transform must be one of {sorted(THETA_SIZES)}, "
@@ -63,10 +89,12 @@ class TorchSpatialTransformer(nn.Module):
         self.loc = loc
         self.transform = transform
         self.mode, self.padding_mode, self.align_corners = mode, padding_mode, align_corners
-        identity = {"affine": [1.0, 0, 0, 0, 1, 0], "attention": [1.0, 0, 0]}[transform]
-        with torch.no_grad():
-            loc[-1].weight.zero_()
-            loc[-1].bias.copy_(torch.tensor(identity, dtype=loc[-1].bias.dtype))
+        self.out_size = out_size
+        if identity_init:
+            identity = {"affine": [1.0, 0, 0, 0, 1, 0], "attention": [1.0, 0, 0]}[transform]
+            with torch.no_grad():
+                loc[-1].weight.zero_()
+                loc[-1].bias.copy_(torch.tensor(identity, dtype=loc[-1].bias.dtype))
 
     def forward(self, U):
         out = self.loc(U)
@@ -76,9 +104,97 @@ class TorchSpatialTransformer(nn.Module):
             s, tx, ty = out.unbind(1)
             zero = torch.zeros_like(s)
             theta = torch.stack([torch.stack([s, zero, tx], 1), torch.stack([zero, s, ty], 1)], 1)
-        grid = F.affine_grid(theta, list(U.shape), align_corners=self.align_corners)
+        size = list(U.shape[:2]) + list(self.out_size or U.shape[2:])
+        grid = F.affine_grid(theta, size, align_corners=self.align_corners)
         return F.grid_sample(U, grid, mode=self.mode, padding_mode=self.padding_mode,
                              align_corners=self.align_corners)
+
+
+class TorchParallel(_TorchModule):
+    """:class:`stnref.Parallel`: the children's outputs concatenated along channels (dim 1)."""
+
+    def __init__(self, *modules):
+        _need_torch("TorchParallel")
+        super().__init__()
+        for i, m in enumerate(modules):
+            self.add_module(str(i), m)
+
+    def forward(self, x):
+        return torch.cat([m(x) for m in self._modules.values()], dim=1)
+
+
+def _pooling(m, cls):
+    return cls(m.kernel_size, m.stride)
+
+
+def _batchnorm(m, cls):
+    return cls(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+               track_running_stats=m.track_running_stats)
+
+
+def _transformer(m, twin):
+    """The twin of a SpatialTransformer whose sampler setting PyTorch has (its defaults only)."""
+    if not is_pytorch(m.mode, m.padding_mode, 2, m.fill_value, m.cubic_a):
+        raise ValueError(f"twin_of_module(): PyTorch's grid_sample has no mode={m.mode!r}, "
+                         f"padding_mode={m.padding_mode!r} with fill_value={m.fill_value}, "
+                         f"cubic_a={m.cubic_a} (stnref.sampler_settings lists what it has)")
+    return TorchSpatialTransformer(twin(m.loc), m.transform.name, m.mode, m.padding_mode,
+                                   m.align_corners, m.out_size, identity_init=False)
+
+
+def _twin_table():
+    """stnref layer class -> ``make(layer, twin_of_child)`` of its PyTorch twin."""
+    return {
+        snn.Sequential: lambda m, twin: nn.Sequential(*[twin(c) for c in m]),
+        stnref.Parallel: lambda m, twin: TorchParallel(*[twin(c) for c in m]),
+        stnref.SpatialTransformer: lambda m, twin: _transformer(m, twin),
+        snn.Linear: lambda m, twin: nn.Linear(m.in_features, m.out_features, bias=m.has_bias),
+        snn.Conv2d: lambda m, twin: nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size,
+                                              stride=m.stride, padding=m.padding, bias=m.has_bias),
+        snn.MaxPool2d: lambda m, twin: _pooling(m, nn.MaxPool2d),
+        snn.AvgPool2d: lambda m, twin: _pooling(m, nn.AvgPool2d),
+        snn.BatchNorm1d: lambda m, twin: _batchnorm(m, nn.BatchNorm1d),
+        snn.BatchNorm2d: lambda m, twin: _batchnorm(m, nn.BatchNorm2d),
+        snn.ReLU: lambda m, twin: nn.ReLU(),
+        snn.Tanh: lambda m, twin: nn.Tanh(),
+        snn.Sigmoid: lambda m, twin: nn.Sigmoid(),
+        snn.Flatten: lambda m, twin: nn.Flatten(),
+        snn.Identity: lambda m, twin: nn.Identity(),
+        snn.Dropout: lambda m, twin: nn.Dropout(m.p),
+    }
+
+
+def twin_of_module(model, load=True):
+    """The PyTorch twin of an stnref ``model``, holding its weights (``strict=True``).
+
+    Same structure, parameter and buffer names, dtype (float32 or float64, the model's) and
+    training mode; a module used twice in ``model`` (a shared trunk) is one module used
+    twice in the twin.  A layer without a twin here (a class of one's own) is a
+    ``TypeError`` naming it: add an entry to ``_twin_table``.
+
+    Examples: ``twin = twin_of_module(model)``; ``twin(torch.from_numpy(x))`` gives
+    ``model(x)``'s logits, and training goes on in PyTorch from the same weights.
+    """
+    _need_torch("twin_of_module")
+    table = _twin_table()
+    memo = {}
+
+    def twin(m):
+        if id(m) not in memo:
+            make = table.get(type(m))
+            if make is None:
+                raise TypeError(f"twin_of_module(): no PyTorch twin for {type(m).__name__}; the "
+                                f"layers with one: {', '.join(sorted(c.__name__ for c in table))}")
+            memo[id(m)] = make(m, twin)
+        return memo[id(m)]
+
+    dtypes = {p.dtype for p in model.params.values()}
+    result = twin(model).to(torch.float32 if dtypes == {np.dtype(np.float32)} else torch.float64)
+    result.train(model.training)
+    if load:
+        result.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()},
+                               strict=True)
+    return result
 
 
 def _conv_loc_side(side):
@@ -119,6 +235,7 @@ def _input_pool(input_size):
 
 def st_cnn(input_size=28, filters=32, n_classes=10, in_channels=1, transform="affine"):
     """The ST-CNN in PyTorch (float64), classifier widths ``filters`` and ``2 * filters``."""
+    _need_torch("st_cnn")
     s = _conv_loc_side(input_size)
     loc = nn.Sequential(
         nn.AvgPool2d(2),
@@ -136,6 +253,7 @@ def st_cnn(input_size=28, filters=32, n_classes=10, in_channels=1, transform="af
 
 def st_fcn(input_size=28, hidden=128, n_classes=10, in_channels=1, transform="affine"):
     """The ST-FCN in PyTorch (float64), classifier hidden width ``hidden``."""
+    _need_torch("st_fcn")
     pool, side = _input_pool(input_size)
     n_in = in_channels * side * side
     loc = nn.Sequential(*_input_pool(input_size)[0], *_fcn_classifier(n_in, LOC_FC, THETA_SIZES[transform]))
@@ -145,12 +263,14 @@ def st_fcn(input_size=28, hidden=128, n_classes=10, in_channels=1, transform="af
 
 def cnn(input_size=28, filters=32, n_classes=10, in_channels=1):
     """The baseline CNN in PyTorch (float64)."""
+    _need_torch("cnn")
     pool, side = _input_pool(input_size)
     return nn.Sequential(*pool, *_cnn_classifier(in_channels, side, filters, n_classes))
 
 
 def fcn(input_size=28, hidden=128, n_classes=10, in_channels=1):
     """The baseline FCN in PyTorch (float64)."""
+    _need_torch("fcn")
     pool, side = _input_pool(input_size)
     return nn.Sequential(*pool, *_fcn_classifier(in_channels * side * side, hidden, n_classes))
 

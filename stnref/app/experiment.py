@@ -31,7 +31,7 @@ from .._io import atomic_write_bytes
 from .._text import shown
 from ..data import load_dataset
 from ..data.dataset import _check_digit_budget
-from ..nn import cross_entropy
+from ..nn import cross_entropy, manual_seed
 from .train import (
     CHECKPOINT,
     Progress,
@@ -351,7 +351,11 @@ def _sigint_deferred():
 
 
 def _run_cell(config, run_dir, resume):
-    """Train one cell quietly (in a worker process); its metrics."""
+    """Train one cell quietly (in a worker process); its metrics.
+
+    The worker's process-wide generator is seeded with the cell's seed first: whatever ran
+    in the process before, nothing a cell draws depends on it."""
+    manual_seed(config.seed)
     return train(config, run_dir, resume=resume, progress=Progress(io.StringIO()))
 
 

@@ -1,13 +1,15 @@
-"""Element-wise layers: ReLU, Tanh and Dropout.  Derivations: docs/derivations/layers.md."""
+"""Element-wise layers: ReLU, Tanh, Sigmoid and Dropout.  Derivations: docs/derivations/layers.md."""
 
 from __future__ import annotations
 
 import numbers
 
 import numpy as np
+import scipy.special
 
 from .._checks import float_array, quiet_nonfinite
-from .module import Module, _check_grad_shape, _check_rng
+from .module import Module, _check_grad_shape
+from .seeding import resolve_rng
 
 
 def relu(x):
@@ -44,6 +46,29 @@ def tanh_backward(dy, x):
     return (dy * (1 - y * y)).astype(x.dtype, copy=False)
 
 
+@quiet_nonfinite
+def sigmoid(x):
+    """Logistic function ``1 / (1 + exp(-x))`` elementwise, dtype of ``x``, without overflow.
+
+    Examples
+    --------
+    >>> sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    array([0. , 0.5, 1. ])
+    """
+    return scipy.special.expit(float_array(x, "x", "sigmoid"))
+
+
+# Backward of y = 1 / (1 + exp(-x)): dy/dx = y (1 - y).
+@quiet_nonfinite
+def sigmoid_backward(dy, x):
+    """Gradient of :func:`sigmoid` with respect to ``x``."""
+    x = float_array(x, "x", "sigmoid_backward")
+    dy = float_array(dy, "dy", "sigmoid_backward")
+    _check_grad_shape(dy, x.shape, "sigmoid_backward")
+    y = scipy.special.expit(x)
+    return (dy * (y * (1 - y))).astype(x.dtype, copy=False)
+
+
 class _Elementwise(Module):
     """A parameter-free layer ``y = f(x)`` applied entry by entry; any shape."""
 
@@ -69,6 +94,13 @@ class Tanh(_Elementwise):
     _backward = staticmethod(tanh_backward)
 
 
+class Sigmoid(_Elementwise):
+    """Logistic sigmoid (torch.nn.Sigmoid); any shape."""
+
+    _forward = staticmethod(sigmoid)
+    _backward = staticmethod(sigmoid_backward)
+
+
 class Dropout(Module):
     """Inverted dropout (torch.nn.Dropout): zero each entry with probability ``p``.
 
@@ -79,7 +111,8 @@ class Dropout(Module):
     ----------
     p : float in [0, 1]
     rng : numpy.random.Generator, optional
-        ``None`` means ``default_rng(0)``; the same seed gives the same masks.
+        Source of the masks; ``None``: the process-wide generator
+        (:func:`stnref.manual_seed`), drawn at each forward.  The same seed gives the same masks.
     """
 
     def __init__(self, p=0.5, rng=None):
@@ -89,7 +122,7 @@ class Dropout(Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout(): expected 0 <= p <= 1, got {p}")
         self.p = float(p)
-        self.rng = _check_rng(rng, "Dropout")
+        self.rng = resolve_rng(rng, "Dropout")
 
     @quiet_nonfinite
     def forward(self, x):

@@ -12,18 +12,7 @@ import math
 import numpy as np
 
 from .._checks import check_bool, check_int
-
-
-def _order_rng(rng, fn):
-    """``rng`` as a Generator: a Generator as is, an int as its seed, None as seed 0."""
-    if rng is None:
-        return np.random.default_rng(0)
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (bool, np.bool_)) or not isinstance(rng, (int, np.integer)):
-        raise TypeError(f"{fn}(): expected rng to be a numpy.random.Generator, an int seed or None, "
-                        f"got {type(rng).__name__} {rng!r}")
-    return np.random.default_rng(check_int(rng, "rng", fn, minimum=0))
+from .seeding import resolve_rng
 
 
 class Batches:
@@ -46,7 +35,9 @@ class Batches:
         Source of the order.  A Generator is advanced by the one permutation,
         so passing the same one to each epoch's ``Batches`` gives a new order
         every epoch, reproducibly (DataLoader's ``generator``); an int is a
-        seed; None means seed 0.  Not used when ``shuffle`` is False.
+        seed; None: the process-wide generator (:func:`stnref.manual_seed`), so
+        each epoch's ``Batches`` visits the data in a new order.  Not used when
+        ``shuffle`` is False.
     drop_last : bool, default False
         Leave out the last batch if it has fewer than ``batch_size`` rows;
         by default it is kept, smaller.
@@ -83,7 +74,7 @@ class Batches:
         self.batch_size = check_int(batch_size, "batch_size", fn, minimum=1)
         shuffle = check_bool(shuffle, "shuffle", fn)
         self.drop_last = check_bool(drop_last, "drop_last", fn)
-        rng = _order_rng(rng, fn)
+        rng = resolve_rng(rng, fn, seeds=True)
         n = lengths[0]
         self.order = rng.permutation(n) if shuffle else np.arange(n)
         self._arrays = arrays

@@ -22,11 +22,12 @@ from .module import (
     _check_bias,
     _check_dtype,
     _check_grad_shape,
-    _check_rng,
+    _check_input_dtype,
     _check_weight,
     _init_bound,
     _uniform,
 )
+from .seeding import resolve_rng
 
 
 def _conv_geometry(x, weight, stride, padding, fn):
@@ -231,9 +232,10 @@ class Conv2d(Module):
         Zero padding on both sides.
     bias : bool
     rng : numpy.random.Generator, optional
-        ``None`` means ``default_rng(0)``.
+        Source of the initial weights; ``None``: the process-wide generator
+        (:func:`stnref.manual_seed`).
     dtype : float32 or float64
-        dtype of the parameters.
+        dtype of the parameters (and of the inputs it accepts; see :meth:`Module.to`).
 
     Notes
     -----
@@ -252,7 +254,7 @@ class Conv2d(Module):
         self.stride = _pair(stride, "stride", fn, 1)
         self.padding = _pair(padding, "padding", fn, 0)
         self.has_bias = check_bool(bias, "bias", fn)
-        rng = _check_rng(rng, fn)
+        rng = resolve_rng(rng, fn)
         dt = _check_dtype(dtype, fn)
         bound = _init_bound(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
         shape = (self.out_channels, self.in_channels) + self.kernel_size
@@ -262,7 +264,8 @@ class Conv2d(Module):
             self.register_parameter("bias", _uniform(rng, bound, (self.out_channels,), dt))
 
     def forward(self, x):
-        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``."""
+        """``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``, ``x`` of the parameters' dtype."""
+        x = _check_input_dtype(x, self.weight, "Conv2d.forward")
         y = conv2d(x, self.weight, self.bias if self.has_bias else None, self.stride, self.padding)
         return self.save_for_backward(y, x)
 

@@ -11,11 +11,12 @@ from .module import (
     _check_bias,
     _check_dtype,
     _check_grad_shape,
-    _check_rng,
+    _check_input_dtype,
     _check_weight,
     _init_bound,
     _uniform,
 )
+from .seeding import resolve_rng
 
 
 def _check_matrix_input(x, weight, fn):
@@ -91,9 +92,10 @@ class Linear(Module):
     in_features, out_features : int
     bias : bool
     rng : numpy.random.Generator, optional
-        Source of the initial weights; ``None`` means ``default_rng(0)``.
+        Source of the initial weights; ``None``: the process-wide generator
+        (:func:`stnref.manual_seed`), so every layer starts from its own weights.
     dtype : float32 or float64
-        dtype of the parameters.
+        dtype of the parameters (and of the inputs it accepts; see :meth:`Module.to`).
 
     Notes
     -----
@@ -108,7 +110,7 @@ class Linear(Module):
         self.in_features = check_int(in_features, "in_features", fn, minimum=1)
         self.out_features = check_int(out_features, "out_features", fn, minimum=1)
         self.has_bias = check_bool(bias, "bias", fn)
-        rng = _check_rng(rng, fn)
+        rng = resolve_rng(rng, fn)
         dt = _check_dtype(dtype, fn)
         check_budget((self.out_features, self.in_features), fn, "weight")
         bound = _init_bound(self.in_features)
@@ -117,7 +119,8 @@ class Linear(Module):
             self.register_parameter("bias", _uniform(rng, bound, (self.out_features,), dt))
 
     def forward(self, x):
-        """``(N, in_features) -> (N, out_features)``."""
+        """``(N, in_features) -> (N, out_features)``, ``x`` of the parameters' dtype."""
+        x = _check_input_dtype(x, self.weight, "Linear.forward")
         y = linear(x, self.weight, self.bias if self.has_bias else None)
         return self.save_for_backward(y, x)
 

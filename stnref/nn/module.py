@@ -33,8 +33,12 @@ Layer protocol (shared with :mod:`stnref.transformer`)
   (``self.loc = Sequential(...)``).  A registered parameter is readable as
   an attribute (``layer.weight``).  :meth:`Module.set_grad` replaces a
   gradient (PyTorch's ``p.grad = g``), for gradients computed elsewhere.
-* dtype: outputs follow the input's dtype (float32 in, float32 out);
-  parameters keep the dtype they were created with, and so do their grads.
+* dtype: outputs follow the input's dtype (float32 in, float32 out).  A layer
+  with parameters refuses an input of another float dtype than theirs (a
+  ``TypeError``, as PyTorch); :meth:`Module.to` converts a whole model.
+* Buffers (:meth:`Module.register_buffer`): state that is not a parameter
+  (BatchNorm's running statistics), in ``state_dict()`` after each module's
+  parameters, as PyTorch's.
 """
 
 from __future__ import annotations
@@ -65,17 +69,6 @@ def _init_bound(fan_in):
     return gain * math.sqrt(3.0 / fan_in)
 
 
-def _check_rng(rng, fn):
-    if rng is None:
-        return np.random.default_rng(0)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"{fn}(): expected rng to be a numpy.random.Generator or None, "
-            f"got {type(rng).__name__}"
-        )
-    return rng
-
-
 def _check_dtype(dtype, fn):
     try:
         dt = np.dtype(dtype)
@@ -84,6 +77,17 @@ def _check_dtype(dtype, fn):
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"{fn}(): expected dtype float32 or float64, got {dt}")
     return dt
+
+
+def _check_input_dtype(x, param, fn):
+    """``x`` as a float array of ``param``'s dtype; another float dtype is a ``TypeError``
+    (PyTorch refuses the mix too), naming both ways to make them agree."""
+    x = float_array(x, "x", fn)
+    if x.dtype != param.dtype:
+        raise TypeError(f"{fn}(): expected x of dtype {param.dtype}, the dtype of the layer's "
+                        f"parameters, got {x.dtype}; convert the input (x.astype(np.{param.dtype})) "
+                        f"or the model (model.to(np.{x.dtype}))")
+    return x
 
 
 def _uniform(rng, bound, shape, dtype):
@@ -143,6 +147,7 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_grads", {})
+        object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_pending", collections.deque(maxlen=MAX_PENDING))
         object.__setattr__(self, "_dropped", 0)
@@ -164,6 +169,22 @@ class Module:
             )
         self._parameters[name] = arr
         self._grads[name] = np.zeros_like(arr)
+
+    def register_buffer(self, name, array):
+        """Register a copy of ``array`` as buffer ``name``: state that is not a parameter.
+
+        PyTorch's buffers (BatchNorm's running statistics): in :meth:`state_dict`
+        after this module's parameters, converted by :meth:`to` when floating,
+        never seen by optimisers.  Readable as an attribute; assigning to that
+        attribute registers a new value.
+        """
+        fn = f"{type(self).__name__}.register_buffer"
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{fn}(): expected a non-empty name without '.', got {name!r}")
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+            got = f"array of dtype {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__
+            raise TypeError(f"{fn}(): expected {name} to be a float or integer array, got {got}")
+        self._buffers[name] = np.array(array)
 
     def add_module(self, name, module):
         """Register ``module`` as child ``name`` (names of its params get ``name.``).
@@ -188,6 +209,8 @@ class Module:
             self.add_module(name, value)
         elif name in self.__dict__.get("_parameters", {}):
             self.register_parameter(name, value)
+        elif name in self.__dict__.get("_buffers", {}):
+            self.register_buffer(name, value)
         else:
             object.__setattr__(self, name, value)
 
@@ -196,6 +219,8 @@ class Module:
         d = self.__dict__
         if name in d.get("_parameters", {}):
             return d["_parameters"][name]
+        if name in d.get("_buffers", {}):
+            return d["_buffers"][name]
         if name in d.get("_modules", {}):
             return d["_modules"][name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -246,15 +271,19 @@ class Module:
         return list(found.values())
 
     # -- views --------------------------------------------------------------
-    def _registrations(self, prefix=""):
-        """``(dotted name, owner, own name)`` of every parameter along every path to it.
+    def _registrations(self, prefix="", buffers=False):
+        """``(dotted name, owner, own name)`` of every parameter along every path to it
+        (with ``buffers``, each module's buffers follow its parameters: a state dict's order).
 
         A module registered twice yields its parameters twice (own first, then children).
         """
         for name in self._parameters:
             yield prefix + name, self, name
+        if buffers:
+            for name in self._buffers:
+                yield prefix + name, self, name
         for cname, child in self._modules.items():
-            yield from child._registrations(f"{prefix}{cname}.")
+            yield from child._registrations(f"{prefix}{cname}.", buffers)
 
     def _distinct(self):
         """:meth:`_registrations` without repeats of an array: the first name of each."""
@@ -289,9 +318,26 @@ class Module:
             child.zero_grad()
 
     # -- state --------------------------------------------------------------
+    def num_parameters(self):
+        """Number of scalar parameters, each shared array counted once (``sum(p.size)`` over :attr:`params`).
+
+        Returns
+        -------
+        int
+        """
+        return int(sum(p.size for p in self.params.values()))
+
+    @staticmethod
+    def _state(owner, name):
+        return owner._parameters[name] if name in owner._parameters else owner._buffers[name]
+
     def state_dict(self):
-        """Copies of every parameter under PyTorch-style dotted names (a shared one under each)."""
-        return {dotted: owner._parameters[name].copy() for dotted, owner, name in self._registrations()}
+        """Copies of every parameter and buffer under PyTorch-style dotted names (a shared one under each).
+
+        Each module's parameters, then its buffers, then its children's: PyTorch's order.
+        """
+        return {dotted: self._state(owner, name).copy()
+                for dotted, owner, name in self._registrations(buffers=True)}
 
     def load_state_dict(self, state):
         """Copy ``state`` into the parameters, in place (optimisers keep their references).
@@ -304,11 +350,16 @@ class Module:
         fn = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state, Mapping):
             raise TypeError(f"{fn}(): expected state to be a dict of arrays, got {type(state).__name__}")
-        names = {dotted: owner._parameters[name] for dotted, owner, name in self._registrations()}
+        names = {dotted: self._state(owner, name)
+                 for dotted, owner, name in self._registrations(buffers=True)}
         _check_state_keys(names, state, fn, "module")
         values, first = {}, {}
         for k, p in names.items():
-            v = float_array(np.asarray(state[k]), k, fn)
+            v = np.asarray(state[k])
+            if p.dtype.kind == "f":
+                v = float_array(v, k, fn)
+            elif v.dtype.kind not in "iu":
+                raise TypeError(f"{fn}(): expected {k} to be an integer array, got dtype {v.dtype}")
             if v.shape != p.shape:
                 raise ValueError(f"{fn}(): expected {k} of shape {p.shape}, got {v.shape}")
             other = first.setdefault(id(p), k)
@@ -318,15 +369,46 @@ class Module:
             values[k] = v
         # Validate everything before writing anything: a failed load changes nothing.
         for k, p in names.items():
-            np.copyto(p, values[k], casting="same_kind")
+            np.copyto(p, values[k], casting="same_kind" if p.dtype.kind == "f" else "unsafe")
+
+    def to(self, dtype):
+        """Convert every parameter, gradient and floating buffer to ``dtype``, recursively; returns self.
+
+        PyTorch's ``module.to(dtype)``.  The arrays are replaced (``module.params`` then
+        holds the new ones); an optimiser over the module converts its own state to
+        its parameters' dtype before its next use, so training continues in ``dtype``.
+        Forwards still waiting for a backward are dropped (their inputs have the old dtype).
+
+        Parameters
+        ----------
+        dtype : float32 or float64
+
+        Returns
+        -------
+        Module
+            ``self``.
+
+        Examples
+        --------
+        >>> from stnref.nn import Linear
+        >>> Linear(3, 2).to(np.float32).weight.dtype
+        dtype('float32')
+        """
+        dt = _check_dtype(dtype, f"{type(self).__name__}.to")
+        for m in self.modules():
+            for name, p in m._parameters.items():
+                m._parameters[name] = p.astype(dt)
+                m._grads[name] = m._grads[name].astype(dt)
+            for name, b in m._buffers.items():
+                if b.dtype.kind == "f":
+                    m._buffers[name] = b.astype(dt)
+            m._pending.clear()
+            m._dropped = 0
+        return self
 
     def _to_float64(self):
-        """Cast every parameter and gradient to float64, replacing the arrays (recursively)."""
-        for name, p in self._parameters.items():
-            self._parameters[name] = p.astype(np.float64)
-            self._grads[name] = self._grads[name].astype(np.float64)
-        for child in self._modules.values():
-            child._to_float64()
+        """:meth:`to` float64 (what :func:`stnref.gradcheck_module` checks in)."""
+        self.to(np.float64)
 
     # -- modes --------------------------------------------------------------
     def train(self, mode=True):
@@ -425,6 +507,19 @@ class Flatten(Module):
     def backward(self, dy):
         dy, (shape,) = self.pop_saved(dy)
         return dy.reshape(shape)
+
+
+class Identity(Module):
+    """``y = x``, any shape (torch.nn.Identity): a placeholder where a layer is optional."""
+
+    def forward(self, x):
+        x = float_array(x, "x", "Identity.forward")
+        return self.save_for_backward(x)
+
+    # Backward of the identity: dx = dy.
+    def backward(self, dy):
+        dy, _ = self.pop_saved(dy)
+        return dy
 
 
 class _Container(Module):

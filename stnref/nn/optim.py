@@ -11,7 +11,8 @@ Update rules (docs/derivations/layers.md, "Optimisers"), for each parameter
 Parameters are updated in place, so the arrays in ``module.params`` stay
 the live ones; a shared array is listed there once, so it takes one step per
 ``step()``, with the gradient summed over its uses.  A learning-rate schedule
-sets ``lr`` before each step (:mod:`stnref.nn.schedules`).  State dicts are flat ``{str: ndarray}`` (storable in an
+attached with :class:`stnref.nn.LambdaLR` sets ``lr`` for each step.  After
+``module.to(dtype)`` the buffers follow their parameters' new dtype.  State dicts are flat ``{str: ndarray}`` (storable in an
 ``.npz``): ``"step"``, ``"lr"`` and one buffer per parameter, e.g.
 ``"momentum_buffer.0.weight"`` or ``"exp_avg.loc.0.bias"``.
 """
@@ -87,8 +88,17 @@ class _Optimizer:
         matches = [p for p in self.lr_scale if name.startswith(p)]
         return float(self.lr_scale[max(matches, key=len)]) if matches else 1.0
 
+    def _follow_dtypes(self):
+        """Convert buffers to their parameters' dtype (they differ after ``module.to(dtype)``)."""
+        params = self.module.params
+        for arrays in self._state.values():
+            for k, a in arrays.items():
+                if a.dtype != params[k].dtype:
+                    arrays[k] = a.astype(params[k].dtype)
+
     def step(self):
         """Update every parameter of the module once from ``module.grads`` (shared ones once too)."""
+        self._follow_dtypes()
         self.step_count += 1
         grads = self.module.grads
         for name, p in self.module.params.items():
@@ -97,6 +107,7 @@ class _Optimizer:
 
     def state_dict(self):
         """Flat dict of copies: ``"step"``, ``"lr"`` and ``"<buffer>.<param name>"``."""
+        self._follow_dtypes()
         out = {"step": np.array(self.step_count, dtype=np.int64), "lr": np.array(self.lr)}
         for buf, arrays in self._state.items():
             for k, a in arrays.items():
@@ -106,7 +117,7 @@ class _Optimizer:
     def load_state_dict(self, state):
         """Restore :meth:`state_dict` output exactly (strict on keys and shapes)."""
         fn = f"{type(self).__name__}.load_state_dict"
-        expected = self.state_dict()
+        expected = self.state_dict()            # (buffers now in their parameters' dtypes)
         _check_state_keys(expected, state, fn, "optimiser")
         for k, ref in expected.items():
             if np.shape(state[k]) != ref.shape:
@@ -218,8 +229,9 @@ def clip_grad_norm(module, max_norm):
     """Rescale every gradient so the global L2 norm is at most ``max_norm`` (in place).
 
     As ``torch.nn.utils.clip_grad_norm_``: with ``total = sqrt(sum_i ||g_i||^2)``,
-    if ``total > max_norm`` each gradient is multiplied by
-    ``max_norm / (total + 1e-6)``.
+    each gradient is multiplied by ``min(1, max_norm / (total + 1e-6))`` -- so also,
+    slightly, when ``total`` equals ``max_norm`` -- and a NaN ``total`` makes every
+    gradient NaN, as in PyTorch.
 
     Parameters
     ----------
@@ -237,8 +249,8 @@ def clip_grad_norm(module, max_norm):
     max_norm = _check_real(max_norm, "max_norm", fn)
     grads = module.grads
     total = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
-    if total > max_norm:
-        coef = max_norm / (total + CLIP_EPS)
+    coef = max_norm / (total + CLIP_EPS)
+    if not coef >= 1.0:             # PyTorch's clamp(coef, max=1): NaN multiplies too
         for g in grads.values():
             g *= g.dtype.type(coef)
     return total

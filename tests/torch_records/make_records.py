@@ -2,7 +2,7 @@
 
 Usage (needs torch; writes the ``.npz`` files next to this script)::
 
-    python tests/torch_records/make_records.py
+    python tests/torch_records/make_records.py [FAMILY ...]      (default: every family)
 
 Each family is one ``.npz`` of named arrays plus JSON metadata (written with
 ``stnref.save_checkpoint``: uncompressed, sorted, byte-reproducible for the same PyTorch).
@@ -39,6 +39,11 @@ Families:
     Five steps of SGD (momentum, weight decay) and Adam (betas, eps, weight decay) from the
     same parameters and gradients, with one parameter at a scaled learning rate and the rate
     changed mid-run, and ``clip_grad_norm``.
+``batchnorm``
+    ``BatchNorm1d`` on ``(N, C)`` and ``(N, C, L)``, ``BatchNorm2d``, float64 and float32,
+    ``momentum`` 0.1, 0.3 and None (the cumulative average): three training forwards, the
+    gradients of the last (input, weight, bias), the running statistics after them (PyTorch's
+    update, with the unbiased variance), and an eval-mode forward.
 ``networks``
     One state dict written by the PyTorch twin of each paper network (FCN and CNN at 28x28,
     ST-FCN at 42x42 with its average pools, ST-CNN at 28x28 with the attention transform;
@@ -425,6 +430,49 @@ def optim_family():
     return cases, arrays, []
 
 
+# --------------------------------------------------------------------------- batch norm
+
+BATCHNORM = (("BatchNorm1d", (6, 3), 0.1), ("BatchNorm1d", (4, 3, 5), None),
+             ("BatchNorm2d", (3, 2, 4, 5), 0.1), ("BatchNorm2d", (2, 3, 3, 3), 0.3))
+
+
+def batchnorm_family():
+    cases, arrays = [], {}
+    for layer, shape, momentum in BATCHNORM:
+        for dtype in (np.float64, np.float32):
+            case_id = f"{layer}-{'x'.join(map(str, shape))}-m{momentum}-{np.dtype(dtype).name}"
+            rng = np.random.default_rng(seed_of(case_id))
+            c = shape[1]
+            a = {"weight": rng.uniform(0.5, 2, c), "bias": rng.standard_normal(c),
+                 **{f"x{i}": 2 * rng.standard_normal(shape) + rng.standard_normal((1, c) + (1,) * (len(shape) - 2))
+                    for i in range(3)},
+                 "x_eval": rng.standard_normal(shape), "dy": rng.standard_normal(shape)}
+            a = {k: v.astype(dtype) for k, v in a.items()}
+            m = getattr(torch.nn, layer)(c, momentum=momentum).to(torch.float64 if dtype == np.float64
+                                                                   else torch.float32)
+            with torch.no_grad():
+                m.weight.copy_(t(a["weight"]))
+                m.bias.copy_(t(a["bias"]))
+            m.train()
+            m(t(a["x0"]))
+            m(t(a["x1"]))
+            x = t(a["x2"], True)
+            y = m(x)
+            y.backward(t(a["dy"]))
+            out = {"y": y.detach().numpy(), "dx": x.grad.numpy(), "dweight": m.weight.grad.numpy(),
+                   "dbias": m.bias.grad.numpy(), "running_mean": m.running_mean.numpy().copy(),
+                   "running_var": m.running_var.numpy().copy()}
+            m.eval()
+            with torch.no_grad():
+                out["y_eval"] = m(t(a["x_eval"])).numpy()
+            options = {"layer": layer, "momentum": momentum}
+            cases.append({"id": case_id, "op": "batchnorm", "family": "batchnorm", "options": options,
+                          "inputs": sorted(a), "outputs": sorted(out)})
+            arrays.update({f"{case_id}.{k}": v for k, v in a.items()})
+            arrays.update({f"{case_id}.torch.{k}": v for k, v in out.items()})
+    return cases, arrays, []
+
+
 # --------------------------------------------------------------------------- networks
 
 NETWORKS = (("fcn", 28, None), ("cnn", 28, None), ("st-fcn", 42, "affine"),
@@ -467,7 +515,7 @@ def networks_family():
 FAMILIES = {
     "golden": golden_family, "sampler": sampler_family, "second_order": second_order_family,
     "affine_grid": affine_family, "nn": nn_family, "optim": optim_family,
-    "networks": networks_family,
+    "networks": networks_family, "batchnorm": batchnorm_family,
 }
 
 
@@ -477,9 +525,15 @@ def setup():
     torch.set_default_dtype(torch.float64)
 
 
-def main():
+def main(argv=None):
+    names = sys.argv[1:] if argv is None else list(argv)
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"make_records.py: unknown families {unknown}; known: {list(FAMILIES)}")
     setup()
     for family, build in FAMILIES.items():
+        if names and family not in names:
+            continue
         cases, arrays, excluded = build()
         metadata = {
             "format": FORMAT, "records_version": RECORDS_VERSION, "family": family,
