@@ -745,3 +745,50 @@ def test_the_kernel_authors_walkthrough_runs(tmp_path):
                              exclude=["*constant*", "*wrap*", "*3d-bicubic*", "*-a-0.5-*"], dtype="float32")
     assert pytorch_only.ok and len(pytorch_only.cases) == 247      # as the page says
     assert "--exclude '*constant*' --exclude '*wrap*' --exclude '*3d-bicubic*' --exclude '*-a-0.5-*'" in page
+
+
+def _pull_request_section():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "kernel_authors.md").read_text(encoding="utf-8")
+    return page.split("## 8. ", 1)[1]
+
+
+def test_the_pull_request_selections_select_what_the_page_says(golden, tmp_path):
+    """Section 8's selections: 67 tricubic cases, 64 constant-padding cases, none of them a
+    setting PyTorch has; with no results every selected case is missing and the check fails."""
+    section = " ".join(_pull_request_section().split())
+    (tmp_path / "results").mkdir()
+    pr_excluded = ["*-a-0.5-*", "*non-finite*"]
+    for only, exclude, count in ((["grid_sample-*3d-bicubic-*"], pr_excluded, 67),
+                                 (["grid_sample-*-constant-*"], ["*3d-bicubic*", *pr_excluded], 64)):
+        report = run_check(golden, tmp_path / "results", only=only, exclude=exclude,
+                           outputs=["V", "dU", "dgrid"])
+        assert len(report.cases) == count and not report.ok, only
+        assert f"{count} " in section and f"'{only[0]}'" in section
+        settings = {c["id"]: c for c in read_manifest(golden)["cases"]}
+        assert not any(settings[case.id]["pytorch"] for case in report.cases)
+    assert "--only 'grid_sample-*3d-bicubic-*' --exclude '*-a-0.5-*' --exclude '*non-finite*' " \
+           "--outputs V,dU,dgrid" in section
+
+
+def test_the_pull_request_adapter_runs_on_pytorch(golden, tmp_path):
+    """Section 8's adapter, as written, on the 3-D bilinear sampler of the installed PyTorch:
+    the cases of settings PyTorch lacks are refused (missing), the 41 others of PyTorch's
+    settings pass in V, dU and dgrid but the 6 non-finite ones, which follow stnref's rule."""
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"^```python\n(.*?)^```$", _pull_request_section(), re.MULTILINE | re.DOTALL)
+    (tmp_path / "pr_adapter.py").write_text(blocks[0])
+    pattern = "grid_sample-*3d-bilinear-*"
+    done = subprocess.run([sys.executable, "pr_adapter.py", str(golden), "results", pattern],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "-constant-noac: refused" in done.stdout and "-wrap-noac: refused" in done.stdout
+    selection = {"only": [pattern], "exclude": ["*constant*", "*wrap*"], "outputs": ["V", "dU", "dgrid"]}
+    report = run_check(golden, tmp_path / "results", **selection)
+    failed = [case.id for case in report.cases if case.verdict != "pass"]
+    assert len(report.cases) == 47 and len(failed) == 6
+    assert all("-non-finite-" in case_id for case_id in failed)
+    selection["exclude"].append("*non-finite*")
+    assert run_check(golden, tmp_path / "results", **selection).ok
