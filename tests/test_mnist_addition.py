@@ -3,6 +3,8 @@ against an FCN of the same size (a short version: the full run is the example's 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from examples import load_example
@@ -20,7 +22,7 @@ def example():
 def found(example):
     lines = []
     result = example.run(minutes=1.0, train_size=256, test_size=64, epochs=2, batch_size=32,
-                         print_fn=lines.append, progress=stnref.training.Progress(open("/dev/null", "w")))
+                         print_fn=lines.append, progress=stnref.training.Progress(io.StringIO()))
     result["lines"] = lines
     yield result
     stnref.manual_seed(0)
