@@ -310,11 +310,11 @@ def test_an_estimate_says_it_is_measuring(tmp_path, capsys, monkeypatch):
 
 def test_a_closed_stdout_ends_the_command_quietly(tmp_path):
     """``stnref ... | head -1``: the reader goes away; no error line, no traceback, 141."""
-    proc = subprocess.Popen([sys.executable, "-m", "stnref", *GRID, "--out", str(tmp_path / "e"),
-                             "--dry-run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.close()                       # before the plan is printed (imports come first)
-    err = proc.stderr.read()
-    assert proc.wait(timeout=SUBPROCESS_TIMEOUT) == cli.EXIT_BROKEN_PIPE, err
+    with subprocess.Popen([sys.executable, "-m", "stnref", *GRID, "--out", str(tmp_path / "e"),
+                           "--dry-run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.close()                   # before the plan is printed (imports come first)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=SUBPROCESS_TIMEOUT) == cli.EXIT_BROKEN_PIPE, err
     assert err == b""
 
 
