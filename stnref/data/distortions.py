@@ -32,8 +32,9 @@ TC_CANVAS = 60
 TC_PATCHES = 6
 TC_PATCH = 6
 TC_WINDOW = MNIST_SIZE + 1    # canvas pixels a sub-pixel translated 28x28 frame can touch
-# Clutter crops are taken inside the 20x20 box, where the ink is.
-TC_CROP_RANGE = ((MNIST_SIZE - MNIST_BOX) // 2, (MNIST_SIZE + MNIST_BOX) // 2 - TC_PATCH)
+# Clutter crops are taken anywhere in the 28x28 frame of another digit, and added to the canvas
+# with intensities clipped at 1, as DeepMind's public mnist-cluttered generator does.
+TC_CROP_RANGE = (0, MNIST_SIZE - TC_PATCH)
 
 
 def _px_to_norm(size):
@@ -186,7 +187,7 @@ def _distort_tc(rng, images, source, start):
                        crop[:, k, 1, None, None] + d[:, None],
                        crop[:, k, 0, None, None] + d[None, :]]              # (m, 6, 6)
         at = (rows, place[:, k, 1, None, None] + d[:, None], place[:, k, 0, None, None] + d[None, :])
-        out[at] = np.maximum(out[at], patch)
+        out[at] = np.minimum(out[at] + patch, 1.0)
     return out, {"shift_px": shift, "theta": theta, "clutter_source": other,
                  "clutter_crop": crop, "clutter_position": place}
 
