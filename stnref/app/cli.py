@@ -603,7 +603,7 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="FCN vs ST-FCN on built-in RTS digits, with figures "
-                       "(about a minute)")
+                       "(under a minute on 2 idle cores)")
     p.add_argument("--out", type=_path, default=DEMO_DIR, metavar="DIR",
                    help="where the two runs and the figures go, replacing an earlier demo's "
                         "(default: %(default)s)")

@@ -1,9 +1,9 @@
-"""``stnref demo``: the paper's central effect in about a minute on a laptop CPU.
+"""``stnref demo``: the paper's central effect in under a minute on a laptop CPU.
 
 Trains an FCN and an ST-FCN (affine) with the same budget on built-in RTS
 digits (rotated ±45°, scaled 0.7-1.2, placed at random on a 42x42 canvas),
 prints their test errors side by side, and draws what the transformer learned
-and both training curves (71 s of wall time on the 2-core machine of
+and both training curves (33 s of wall time on the idle 2-core machine of
 ``docs/results.md``).
 """
 
@@ -69,7 +69,7 @@ def run_demo(out_dir, seed=0, print_fn=print):
     os.makedirs(out_dir, exist_ok=True)
     print_fn(f"stnref demo: FCN vs ST-FCN (affine) on built-in RTS digits "
              f"({DEMO_TRAIN} train / {DEMO_TEST} test, {DEMO_EPOCHS} epochs each; "
-             f"about a minute on a 2-core laptop)")
+             f"under a minute on 2 idle cores)")
     data = load_dataset("rts", None, DEMO_TRAIN, DEMO_TEST, seed)
     results = {}
     for name, config in configs.items():
