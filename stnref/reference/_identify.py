@@ -172,12 +172,14 @@ class _Run:
 
 # --------------------------------------------------------------------------- probes: forward
 
-def _call_gap(V, again):
-    """The largest ``|V - again|`` of two calls on the same input: 0 if they agree bitwise
-    (NaN where NaN), inf if NaNs or infinities sit in different places."""
-    same = (V == again) | (np.isnan(V) & np.isnan(again))
-    gap = np.abs(V[~same] - again[~same])
-    return np.max(gap, initial=0.0) if np.isfinite(gap).all() else np.inf
+def _gap(A, B):
+    """Elementwise ``|A - B|``: 0 where they are equal (NaN with NaN, an infinity with itself),
+    inf where a NaN or an infinity meets anything else -- a NaN never agrees with a number
+    (``err > tol`` is False for a NaN)."""
+    same = (A == B) | (np.isnan(A) & np.isnan(B))
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(A - B)
+    return np.where(same, 0.0, np.where(np.isnan(gap), np.inf, gap))
 
 
 def _probe_layout(run):
@@ -189,7 +191,7 @@ def _probe_layout(run):
                                  f"probed")
         return False
     again, _ = run.box.sample(U, grid, "layout")
-    gap = np.inf if again is None else _call_gap(V, again)
+    gap = np.inf if again is None else np.max(_gap(V, again), initial=0.0)
     if gap > TOL_ID * max(1.0, np.max(np.abs(V[np.isfinite(V)]), initial=0.0)):
         change = "fails" if again is None else f"differs by up to {gap:.3g}"
         run.d.differences.append(f"fn is not deterministic: a second call on the same (U, grid) "

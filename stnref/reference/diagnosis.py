@@ -58,6 +58,7 @@ from ._identify import (
     UNKNOWN,
     _Box,
     _describe_error,
+    _gap,
     _probe_coordinates,
     _probe_kernel,
     _probe_layout,
@@ -347,15 +348,6 @@ def _closest_candidates(run):
     # other coordinates: PyTorch's default (conventions §1.5) unless the reflection needs one
     acs = [ac if ac is not None else needs if needs is not None else False]
     return [(m, p, a) for m in modes for p in paddings for a in acs]
-
-
-def _gap(A, B):
-    """``|A - B|``, with NaN on both sides 0 and NaN on one side inf: a NaN never agrees with a
-    number (``err > tol`` is False for a NaN gap)."""
-    with np.errstate(invalid="ignore"):
-        gap = np.abs(A - B)
-    nan_a, nan_b = np.isnan(A), np.isnan(B)
-    return np.where(nan_a & nan_b, 0.0, np.where(nan_a | nan_b, np.inf, gap))
 
 
 def _judge_parity(run):
