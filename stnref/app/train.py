@@ -23,7 +23,6 @@ bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 
 import numpy as np
@@ -36,6 +35,7 @@ from ..training import (
     ON_NONFINITE,
     Progress,
     TrainingError,
+    _EpochData,
     epoch_order,
     evaluate,
     new_state,
@@ -167,10 +167,10 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
     config = _with_sizes(config, len(x_train), len(x_test))
     train_data = (x_train, y_train)
     if digits is not None:
-        @functools.lru_cache(maxsize=1)   # asked twice for the epoch a run starts or resumes at
-        def train_data(epoch):   # epoch 1 is the fixed set; a function of the epoch alone
+        def draw(epoch):   # epoch 1 is the fixed set; a function of the epoch alone
             x = x_train if epoch == 1 else distort_epoch(digits, config.distortion, config.seed, epoch)
             return x, y_train
+        train_data = _EpochData(draw, "train")   # as fit: checked, each epoch drawn once
     # the schedule, checked over the whole run before any directory exists; its rate is a pure
     # function of the position in the run, so a resumed run's scheduler is placed there
     steps = steps_per_epoch(config)
