@@ -28,7 +28,7 @@ import numpy as np
 from . import _checks
 from .checkpoint import load_checkpoint, save_checkpoint
 from .nn import Batches, LambdaLR, Module, clip_grad_norm, cross_entropy
-from .nn.optim import _Optimizer
+from .nn.optim import _Optimizer, _total_norm
 from .nn.seeding import default_generator
 from .transformer import _named_transformers
 
@@ -199,7 +199,7 @@ def _grad_norm(model, clip_norm):
     """Total gradient norm (clipping to ``clip_norm`` when given)."""
     if clip_norm is not None:
         return float(clip_grad_norm(model, clip_norm))
-    return math.sqrt(sum(float(np.vdot(g, g)) for g in model.grads.values()))
+    return _total_norm(model.grads.values())
 
 
 class _Health:

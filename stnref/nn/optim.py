@@ -225,6 +225,11 @@ class Adam(_Optimizer):
         p -= denom
 
 
+def _total_norm(grads):
+    """``sqrt(sum_i ||g_i||^2)`` over the gradient arrays ``grads`` (a dict's values)."""
+    return float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads)))
+
+
 def clip_grad_norm(module, max_norm):
     """Rescale every gradient so the global L2 norm is at most ``max_norm`` (in place).
 
@@ -248,7 +253,7 @@ def clip_grad_norm(module, max_norm):
         raise TypeError(f"{fn}(): expected module to be a stnref.nn.Module, got {type(module).__name__}")
     max_norm = _check_real(max_norm, "max_norm", fn)
     grads = module.grads
-    total = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+    total = _total_norm(grads.values())
     coef = max_norm / (total + CLIP_EPS)
     if not coef >= 1.0:             # PyTorch's clamp(coef, max=1): NaN multiplies too
         for g in grads.values():
