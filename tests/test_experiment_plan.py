@@ -166,3 +166,41 @@ def test_a_cell_resumed_with_another_on_nonfinite_still_counts_as_the_cell(tmp_p
     proc = run_main(capsys, "experiment", "--models", "fcn", "--distortions", "r", "--epochs", "2",
                     *SMALL[2:], "--out", out)
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- the order cells run in
+
+
+def _planned(tmp_path, models, distortions, epochs=None, transforms=None):
+    settings = None if epochs is None else (lambda d, m, t: {"epochs": epochs[m, d]})
+    return experiment.plan(models, transforms, distortions, 1, 2, 64, 32, None, str(tmp_path / "e"),
+                           settings)
+
+
+def test_the_longest_cells_run_first(tmp_path):
+    epochs = {("fcn", "r"): 48, ("fcn", "tc"): 4, ("st-fcn", "r"): 8, ("st-fcn", "tc"): 2}
+    grid = _planned(tmp_path, ("fcn", "st-fcn"), ("r", "tc"), epochs, ("affine",))
+    order = [(c.distortion, c.name) for c in experiment.run_order(grid)]
+    # cost: epochs x pixels (784 or 3600) x weight (1, ST 2): 37632, 14400, 12544, 14400
+    assert order == [("r", "fcn"), ("tc", "fcn"), ("tc", "st-fcn-affine"), ("r", "st-fcn-affine")]
+    assert [c.name for c in grid] == ["fcn", "st-fcn-affine"] * 2   # the grid itself unchanged
+
+
+def test_the_order_counts_only_the_epochs_left(tmp_path):
+    grid = _planned(tmp_path, ("fcn",), ("r", "p"))
+    assert [c.distortion for c in experiment.run_order(grid)] == ["r", "p"]   # a tie: grid order
+    grid[0].done_epochs = 1
+    assert [c.distortion for c in experiment.run_order(grid)] == ["p", "r"]
+
+
+def test_the_estimate_places_the_cells_in_the_order_given(tmp_path, monkeypatch):
+    rates = {"r": 1.0, "p": 2.0, "e": 3.0}
+    monkeypatch.setattr(experiment, "step_seconds", lambda config: rates[config.distortion])
+    grid = _planned(tmp_path, ("fcn",), ("r", "p", "e"))   # 64 samples of 64: 1 step + 1/6 eval
+    per_cell = {c.distortion: 2 * (1 + experiment.EVAL_SHARE * 32 / 64) * rates[c.distortion]
+                for c in grid}
+    # two processes: r and p start; r ends first and e follows it
+    assert experiment.estimate_seconds(grid, 2) == pytest.approx(per_cell["r"] + per_cell["e"])
+    # longest first: e and p start, r follows p
+    order = sorted(grid, key=lambda c: -rates[c.distortion])
+    assert experiment.estimate_seconds(order, 2) == pytest.approx(max(per_cell["e"], per_cell["p"] + per_cell["r"]))

@@ -7,8 +7,9 @@ config is skipped when finished and resumed when not (a larger ``--epochs`` exte
 and any other difference is refused, naming the cell, the option, what is stored and
 what was asked -- so a results table never mixes budgets.  The plan (cells and budget)
 is printed first, in about a second, and on request a time estimate from a few
-measured steps of each kind of cell; ``dry_run`` stops there.  Cells run in ``jobs`` worker processes, each with one BLAS thread, so a cell's
-results are bit-identical whatever ``jobs`` is.  ``results.json`` and ``results.md`` hold
+measured steps of each kind of cell; ``dry_run`` stops there.  Cells run in ``jobs``
+worker processes, longest first (:func:`run_order`), each with one BLAS thread, so a
+cell's results are bit-identical whatever ``jobs`` is and whatever order they run in.  ``results.json`` and ``results.md`` hold
 the mean test error over seeds beside the paper's numbers.
 """
 
@@ -61,6 +62,11 @@ MAX_CELLS = 10_000   # cells of one grid; more is refused before any cell is bui
 BLAS_ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                           "MKL_NUM_THREADS", "BLIS_NUM_THREADS")}
 RATE_STEPS = 3       # timed training steps per kind of cell, after one untimed step
+# Relative cost of a training sample per input pixel, by model, for starting the longest
+# cells first (measured per-epoch times: an ST model about twice its plain model, a
+# convolutional one about thirty times the fully connected one).  Only the order the
+# workers take the cells in depends on it, never a result.
+MODEL_WEIGHT = {"fcn": 1.0, "st-fcn": 2.0, "cnn": 30.0, "st-cnn": 35.0}
 EVAL_SHARE = 1 / 3   # an evaluation forward costs about this much of a training step per sample
 
 
@@ -239,6 +245,30 @@ def plan(models, transforms, distortions, seeds, epochs, train_size, test_size, 
     return out_cells
 
 
+def run_order(todo):
+    """The cells ``todo``, longest first by a rough cost, in the order the workers take them.
+
+    Cost: remaining epochs x training samples x input pixels x :data:`MODEL_WEIGHT`.
+    With a long cell last, one worker would run it alone at the end; started first, it
+    runs beside the short ones (the greedy longest-first schedule).
+
+    Parameters
+    ----------
+    todo : list of Cell
+
+    Returns
+    -------
+    list of Cell
+        Ties keep the grid's order.
+    """
+    def cost(cell):
+        c = cell.config
+        return ((c.epochs - cell.done_epochs) * c.train_size * input_size(c.distortion) ** 2
+                * MODEL_WEIGHT[c.model])
+
+    return sorted(todo, key=cost, reverse=True)
+
+
 def step_seconds(config, steps=RATE_STEPS):
     """Measured seconds of one training step of ``config``'s model on random data.
 
@@ -269,11 +299,13 @@ def estimate_seconds(todo, jobs, progress=None):
     """Estimated wall time of the cells ``todo`` on ``jobs`` processes, from measured step rates.
 
     Measuring takes :data:`RATE_STEPS` + 1 training steps of each kind of cell (model,
-    transform, distortion): seconds to minutes for a large grid.
+    transform, distortion): seconds to minutes for a large grid.  Each cell goes to the
+    first free process, in the order given (:func:`run_order`'s, as the workers take them).
 
     Parameters
     ----------
     todo : list of Cell
+        In the order the workers take them.
     jobs : int
     progress : stnref.app.train.Progress, optional
         Told which kind of cell is being measured, and when measuring is done.
@@ -298,7 +330,6 @@ def estimate_seconds(todo, jobs, progress=None):
         total.append((c.epochs - cell.done_epochs) * steps * rates[kind])
     if progress is not None and rates:
         progress.done(f"measured step times of {len(rates)} kinds of cell")
-    total.sort(reverse=True)                       # longest first, as the pool would take them
     load = [0.0] * max(1, min(jobs, len(total)))
     for seconds in total:
         load[load.index(min(load))] += seconds
@@ -399,7 +430,7 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
     grid = plan(models, transforms, distortions, seeds, epochs, train_size, test_size, data, out,
                 settings, validation)
     data = None if data is None else os.path.abspath(data)
-    todo = [c for c in grid if c.status != "done"]
+    todo = run_order([c for c in grid if c.status != "done"])
     counts = {s: sum(c.status == s for c in grid) for s in ("new", "resume", "extend", "done")}
     first = grid[0].config if grid else None
     print_fn(f"plan: {len(grid)} cells in {shown(out)} ({counts['new']} new, {counts['resume']} to resume, "
