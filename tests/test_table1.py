@@ -18,7 +18,7 @@ from stnref.app.experiment import PAPER_TABLE
 from stnref.app.train import CHECKPOINT, Progress, TrainConfig, read_run, train
 from stnref.checkpoint import load_checkpoint, save_checkpoint
 from stnref.data import load_dataset
-from stnref.data.dataset import distort_epoch, load_digits
+from stnref.data.dataset import _dataset, distort_epoch, load_digits
 from stnref.data.digits import _digits
 
 SMALL = dict(train_size=96, test_size=32, batch_size=32)
@@ -56,6 +56,16 @@ def test_each_epoch_draws_its_own_distortions_of_the_same_digits():
     second = distort_epoch(digits, "p", seed=0, epoch=2)
     assert second.shape == first.shape and not np.array_equal(first, second)
     np.testing.assert_array_equal(second, distort_epoch(digits, "p", seed=0, epoch=2))
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_the_data_of_a_run_come_with_the_digits_later_epochs_are_drawn_from(validation):
+    """``train`` takes both from one ``_dataset`` call (the digits are generated once)."""
+    data, digits = _dataset("rts", None, 40, 8, 3, validation)
+    for got, want in zip(data, load_dataset("rts", None, 40, 8, seed=3, validation=validation)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(digits, load_digits(None, 40, 8, 3, validation)[0])
+    np.testing.assert_array_equal(data[0], distort_epoch(digits, "rts", seed=3, epoch=1))
 
 
 # ----------------------------------------------------------------------------- training

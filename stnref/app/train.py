@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import _checks
 from .._io import remove_stale
-from ..data.dataset import distort_epoch, load_dataset, load_digits
+from ..data.dataset import _dataset, distort_epoch
 from ..nn import LambdaLR
 from ..training import (
     ON_NONFINITE,
@@ -157,10 +157,9 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
         state, metrics = new_state(), []
     digits = None   # the undistorted training digits, when each epoch draws its own distortions
     if data is None:
-        data = load_dataset(config.distortion, config.data, config.train_size, config.test_size,
-                            config.seed, config.validation)
-        digits = load_digits(config.data, config.train_size, config.test_size, config.seed,
-                             config.validation)[0] if config.redistort else None
+        data, digits = _dataset(config.distortion, config.data, config.train_size,
+                                config.test_size, config.seed, config.validation)
+        digits = digits if config.redistort else None
     elif config.redistort:
         raise ValueError("train(): redistort draws each epoch's distortions itself; it cannot use data=")
     x_train, y_train, x_test, y_test = _check_data(data, config)

@@ -178,6 +178,12 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
     y_test : ndarray, shape (n_test,), int64
         ``S`` = 28, 42 (``rts``) or 60 (``tc``).
     """
+    return _dataset(distortion, data_dir, train_size, test_size, seed, validation)[0]
+
+
+def _dataset(distortion, data_dir, train_size, test_size, seed, validation):
+    """:func:`load_dataset`'s ``(x_train, y_train, x_test, y_test)``, and the undistorted
+    training digits they were drawn from (for :func:`distort_epoch`)."""
     fn = "load_dataset"
     distortion = _checks.check_choice(distortion, "distortion", fn, DISTORTIONS)
     seed = _check_seed(seed, fn)
@@ -191,4 +197,4 @@ def load_dataset(distortion="none", data_dir=None, train_size=None, test_size=No
             raise ValueError(f"{fn}(): 'tc' needs at least 2 samples per split, got {len(images)}")
     held_out = (seed, TRAIN, STAGE_HELD_OUT) if validation else (seed, TEST, STAGE_DISTORT)
     return (distort_epoch(x_tr, distortion, seed), y_tr,
-            _distort(x_te, distortion, held_out)[0][:, None], y_te)
+            _distort(x_te, distortion, held_out)[0][:, None], y_te), x_tr
