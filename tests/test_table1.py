@@ -208,4 +208,5 @@ def test_preset_validation_evaluates_on_held_out_digits(tmp_path, capsys):
                     "--validation", "--jobs", "1", "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "Validation error on held-out training digits" in (out / "table1.md").read_text()
+    assert "p fcn seed 0: validation error" in proc.stdout and ": test error" not in proc.stdout
     assert read_run(str(out / "p" / "fcn-seed0"))[0].validation is True

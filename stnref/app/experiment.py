@@ -471,7 +471,7 @@ def run_experiment(models, transforms, distortions, seeds, epochs, train_size, t
                     finished[cell.run_dir] = metrics
                     last = metrics["epochs"][-1]
                     print_fn(f"[{n}/{len(todo)}] {cell.distortion} {cell.name} seed {cell.seed}: "
-                             f"test error {last['test_error']:.2f}% "
+                             f"{'validation' if validation else 'test'} error {last['test_error']:.2f}% "
                              f"({time.perf_counter() - start:.0f} s since start)")
             except KeyboardInterrupt:  # also when only the parent was signalled: end the workers
                 for child in multiprocessing.active_children():
