@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -56,6 +57,37 @@ def test_each_epoch_draws_its_own_distortions_of_the_same_digits():
     second = distort_epoch(digits, "p", seed=0, epoch=2)
     assert second.shape == first.shape and not np.array_equal(first, second)
     np.testing.assert_array_equal(second, distort_epoch(digits, "p", seed=0, epoch=2))
+
+
+
+@pytest.mark.parametrize("distortion", ["r", "tc"])
+def test_an_epoch_drawn_into_a_given_array_is_the_epoch(distortion):
+    digits = _digits(40, (0, 1, 1), 28)[0]
+    want = distort_epoch(digits, distortion, seed=0, epoch=3)
+    out = distort_epoch(digits, distortion, seed=0, epoch=2)       # the previous epoch's
+    got = distort_epoch(digits, distortion, seed=0, epoch=3, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("out, message", [
+    (np.zeros((40, 1, 28, 28)), "float64 (40, 1, 28, 28)"),
+    (np.zeros((40, 1, 42, 42), np.float32), "float32 (40, 1, 42, 42)"),
+    (np.zeros((40, 1, 28, 56), np.float32)[..., ::2], "not C-contiguous"),
+    ([[0.0]], "list"),
+])
+def test_an_array_an_epoch_cannot_be_drawn_into_is_refused(out, message):
+    digits = _digits(40, (0, 1, 1), 28)[0]
+    with pytest.raises(ValueError, match=r"distort_epoch\(\): expected out .*shape \(40, 1, 28, 28\)"
+                                         rf".*got .*{re.escape(message)}"):
+        distort_epoch(digits, "r", epoch=2, out=out)
+    frozen = np.zeros((40, 1, 28, 28), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        distort_epoch(digits, "r", epoch=2, out=frozen)
+    with pytest.raises(ValueError, match="out shares memory with images"):
+        distort_epoch(digits.reshape(40, 1, 28, 28)[:, 0], "r", epoch=2,
+                      out=digits.reshape(40, 1, 28, 28))
 
 
 @pytest.mark.parametrize("validation", [False, True])

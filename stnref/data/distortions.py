@@ -262,10 +262,12 @@ def distort(images, kind, seed=0):
     return _distort(images, kind, seed)
 
 
-def _distort(images, kind, entropy):
+def _distort(images, kind, entropy, out=None):
+    """:func:`distort` of checked arguments, seeded by ``entropy``, into ``out`` if given
+    (``(n, S, S)`` float32)."""
     n = len(images)
     S = _OUT_SIZES[kind]
-    out = np.empty((n, S, S), dtype=np.float32)
+    out = np.empty((n, S, S), dtype=np.float32) if out is None else out
     if kind == "none":
         out[...] = images
         return out, {}
