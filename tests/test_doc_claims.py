@@ -2,12 +2,14 @@
 
 ``tests/test_docs.py`` runs the tutorial and checks links; this file checks what the other
 pages claim in prose: the worked bilinear example, the lines docs/sampler.md quotes, the
-ratios it derives from its own table, and that every derivation page uses the shared notation
-and cites the kink rule.
+ratios it derives from its own table, that every derivation page uses the shared notation
+and cites the kink rule, and that every Table 1 cell docs/results.md quotes is its record
+(``results.json`` under ``docs/results/``, each cell's last epoch in its ``metrics.json``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 import stnref
+from stnref.app.experiment import PAPER_TABLE
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -143,3 +146,65 @@ def test_the_conformance_generator_runs_and_reproduces_its_scipy_rows(capsys):
     for setting in ((0, "grid-constant"), (1, "mirror"), (3, "wrap")):
         fn, _ = adapter(*setting)
         assert conformance.row("SciPy", show(setting), diagnose(fn)) in text, setting
+
+
+# --------------------------------------------------------------------------- results.md
+
+RECORDS = ("table1", "table1_cnn")          # test-set runs of the preset, quoted by the page
+HEADER = "| model | R | RTS | P | E | TC |"
+COLUMNS = ("r", "rts", "p", "e", "tc")
+CELL = re.compile(r"^(\d+\.\d\d) \((\d+(?:\.\d+)?)\) (\d+\.\d\d)$")
+
+
+def _recorded():
+    cells = {}
+    for name in RECORDS:
+        payload = json.loads((DOCS / "results" / name / "results.json").read_text(encoding="utf-8"))
+        for key, cell in payload["cells"].items():
+            assert key not in cells, f"{key} is recorded twice ({name})"
+            cells[key] = (name, cell)
+    return cells
+
+
+def _quoted():
+    """``(row label, column, text)`` of every cell of the page's Table 1 tables."""
+    lines = (DOCS / "results.md").read_text(encoding="utf-8").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if line.strip() != HEADER:
+            continue
+        for row in lines[i + 2:]:
+            if not row.startswith("|"):
+                break
+            label, *texts = [t.strip() for t in row.strip().strip("|").split("|")]
+            out += [(label, col, text) for col, text in zip(COLUMNS, texts) if text]
+    return out
+
+
+def test_the_page_quotes_table_1_cells():
+    assert len(_quoted()) >= 18
+
+
+@pytest.mark.parametrize("label, column, text", _quoted())
+def test_a_quoted_cell_is_its_record(label, column, text):
+    model, _, transform = label.lower().partition(" ")
+    key = f"{model}-{transform}|{column}" if transform else f"{model}|{column}"
+    recorded = _recorded()
+    assert key in recorded, f"results.md quotes {label} on {column.upper()}, which no record holds"
+    errors = recorded[key][1]["errors"]
+    match = CELL.match(text)
+    assert match, f"{label} {column}: {text!r} is not 'ours (paper) ratio'"
+    ours, paper, ratio = match.groups()
+    mean = sum(errors) / len(errors)
+    assert float(paper) == PAPER_TABLE[model, transform or None][column]
+    assert (ours, ratio) == (f"{mean:.2f}", f"{mean / float(paper):.2f}")
+
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_a_record_s_errors_are_its_cells_last_epochs(name):
+    root = DOCS / "results" / name
+    payload = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    for key, cell in payload["cells"].items():
+        last = [json.loads((root / run / "metrics.json").read_text(encoding="utf-8"))["epochs"][-1]
+                for run in cell["run_dirs"]]
+        assert [e["test_error"] for e in last] == cell["errors"], key
