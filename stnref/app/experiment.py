@@ -9,8 +9,9 @@ what was asked -- so a results table never mixes budgets.  The plan (cells and b
 is printed first, in about a second, and on request a time estimate from a few
 measured steps of each kind of cell; ``dry_run`` stops there.  Cells run in ``jobs``
 worker processes, longest first (:func:`run_order`), each with one BLAS thread, so a
-cell's results are bit-identical whatever ``jobs`` is and whatever order they run in.  ``results.json`` and ``results.md`` hold
-the mean test error over seeds beside the paper's numbers.
+cell's results are bit-identical whatever ``jobs`` is and whatever order they run in.
+``results.json`` and ``results.md`` hold the mean test error over seeds beside the
+paper's numbers.
 """
 
 from __future__ import annotations

@@ -137,8 +137,9 @@ def distort_epoch(images, distortion, seed=0, epoch=1, *, out=None):
         whenever it is computed (a resumed run sees the images it would have seen).
     out : ndarray, shape (n, 1, S, S), float32, C-contiguous, optional
         Written with the epoch's images and returned, e.g. the previous epoch's array
-        once it is no longer needed: a new 60,000-image array every epoch costs more in
-        first-touch page faults than drawing 28x28 images does.  Not ``images``.
+        once it is no longer needed: a new array every epoch is paid for again in page
+        faults on first touch (a third to a half of the time of drawing an epoch of
+        60,000 images, measured).  Not ``images``.
 
     Returns
     -------
@@ -152,14 +153,15 @@ def distort_epoch(images, distortion, seed=0, epoch=1, *, out=None):
     entropy = (seed, TRAIN, STAGE_DISTORT) + ((epoch,) if epoch > 1 else ())
     if out is None:
         return _distort(images, distortion, entropy)[0][:, None]
-    S = _OUT_SIZES[distortion]
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous \
-            or not out.flags.writeable or out.shape != (len(images), 1, S, S):
-        got = (f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ', not C-contiguous'}"
-               f"{'' if out.flags.writeable else ', read-only'}" if isinstance(out, np.ndarray)
-               else type(out).__name__)
-        raise ValueError(f"{fn}(): expected out to be a writeable C-contiguous float32 array of "
-                         f"shape {(len(images), 1, S, S)}, got {got}")
+    shape = (len(images), 1, _OUT_SIZES[distortion], _OUT_SIZES[distortion])
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        got = f"{out.dtype} array" if isinstance(out, np.ndarray) else type(out).__name__
+        raise TypeError(f"{fn}(): expected out to be a float32 array of shape {shape}, got {got}")
+    if out.shape != shape or not out.flags.c_contiguous or not out.flags.writeable:
+        got = (f"shape {out.shape}{'' if out.flags.c_contiguous else ', not C-contiguous'}"
+               f"{'' if out.flags.writeable else ', read-only'}")
+        raise ValueError(f"{fn}(): expected out to be a writeable C-contiguous array of shape "
+                         f"{shape}, got {got}")
     if np.shares_memory(out, images):
         raise ValueError(f"{fn}(): out shares memory with images; give another array")
     _distort(images, distortion, entropy, out[:, 0])
