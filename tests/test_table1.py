@@ -59,7 +59,6 @@ def test_each_epoch_draws_its_own_distortions_of_the_same_digits():
     np.testing.assert_array_equal(second, distort_epoch(digits, "p", seed=0, epoch=2))
 
 
-
 @pytest.mark.parametrize("distortion", ["r", "tc"])
 def test_an_epoch_drawn_into_a_given_array_is_the_epoch(distortion):
     digits = _digits(40, (0, 1, 1), 28)[0]

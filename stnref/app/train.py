@@ -166,13 +166,14 @@ def train(config, run_dir, resume=False, progress=None, data=None, on_nonfinite=
     config = _with_sizes(config, len(x_train), len(x_test))
     train_data = (x_train, y_train)
     if digits is not None:
-        drawn = [None]     # the last epoch drawn: done with when the next is asked for
+        drawn = None       # the last epoch drawn: done with when the next is asked for
 
         def draw(epoch):   # epoch 1 is the fixed set; a function of the epoch alone
+            nonlocal drawn
             if epoch == 1:
                 return x_train, y_train
-            drawn[0] = distort_epoch(digits, config.distortion, config.seed, epoch, out=drawn[0])
-            return drawn[0], y_train
+            drawn = distort_epoch(digits, config.distortion, config.seed, epoch, out=drawn)
+            return drawn, y_train
         train_data = _EpochData(draw, "train")   # as fit: checked, each epoch drawn once
     # the schedule, checked over the whole run before any directory exists; its rate is a pure
     # function of the position in the run, so a resumed run's scheduler is placed there
