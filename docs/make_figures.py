@@ -391,6 +391,11 @@ def figs_trained(run_dir, n=12):
     save(fig, "training_curve.png")
 
 
+# one colour per transform (the baselines: none); the convolutional cells dashed
+CURVE_COLOURS = {"none": "tab:gray", "affine": "tab:blue", "projective": "tab:orange",
+                 "tps": "tab:green"}
+
+
 def fig_table1_curves(out_dir):
     """Per-epoch evaluation error of the cells of a ``--preset table1`` run, one panel per
     distortion (every cell found under ``out_dir/<distortion>/``)."""
@@ -405,8 +410,11 @@ def fig_table1_curves(out_dir):
                 continue
             with open(path) as f:
                 epochs = json.load(f)["epochs"]
-            ax.plot([r["epoch"] for r in epochs], [r["test_error"] for r in epochs],
-                    label=cell.replace("-seed0", ""), lw=1.2)
+            name = cell.replace("-seed0", "")
+            family, _, transform = name.removeprefix("st-").partition("-")
+            ax.plot([r["epoch"] for r in epochs], [r["test_error"] for r in epochs], label=name,
+                    lw=1.2, color=CURVE_COLOURS[transform or "none"],
+                    ls="--" if family == "cnn" else "-")
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ERROR_TICKS))
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
