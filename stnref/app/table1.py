@@ -34,7 +34,7 @@ SHARED = {"optimizer": "adam", "lr": 2e-3, "batch_size": 64, "schedule": "cosine
 # Epochs per (model, distortion): the fully connected rows as many as 30 minutes on two
 # cores allow (the FCN on RTS, still improving after 32, gets 48; the ST-FCN on TC, the
 # hardest cell, 36); the convolutional ones 16 (RTS: 30), which keeps the whole table
-# within 8 hours on two cores (about 5.5 hours, summed cell by cell: docs/results.md).
+# within 8 hours on two cores (5 h 33 min measured, summed cell by cell: docs/results.md).
 EPOCHS = {
     "fcn": {"r": 32, "rts": 48, "p": 32, "e": 32, "tc": 32},
     "st-fcn": {"r": 24, "rts": 24, "p": 24, "e": 24, "tc": 36},
