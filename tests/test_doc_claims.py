@@ -152,9 +152,10 @@ def test_the_conformance_generator_runs_and_reproduces_its_scipy_rows(capsys):
 
 # docs/results.md's Table 1 tables, by header: the records (under docs/results/) they quote
 TABLES = {"| model | R | RTS | P | E | TC |": ("table1", "table1_cnn"),             # test digits
+          "| model (3 seeds) | R | RTS | P | E | TC |": ("table1_seeds",),
           "| model (held-out digits) | R | RTS | P | E | TC |": ("table1_validation",)}
 COLUMNS = ("r", "rts", "p", "e", "tc")
-CELL = re.compile(r"^(\d+\.\d\d) \((\d+(?:\.\d+)?)\) (\d+\.\d\d)$")
+CELL = re.compile(r"^(\d+\.\d\d)(?: ± (\d+\.\d\d))? \((\d+(?:\.\d+)?)\) (\d+\.\d\d)$")
 
 
 def _recorded(records):
@@ -196,11 +197,13 @@ def test_a_quoted_cell_is_its_record(records, label, column, text):
     assert key in recorded, f"results.md quotes {label} on {column.upper()}, which {records} do not hold"
     errors = recorded[key]["errors"]
     match = CELL.match(text)
-    assert match, f"{label} {column}: {text!r} is not 'ours (paper) ratio'"
-    ours, paper, ratio = match.groups()
+    assert match, f"{label} {column}: {text!r} is not 'ours [± sd] (paper) ratio'"
+    ours, sd, paper, ratio = match.groups()
     mean = sum(errors) / len(errors)
     assert float(paper) == PAPER_TABLE[model, transform or None][column]
     assert (ours, ratio) == (f"{mean:.2f}", f"{mean / float(paper):.2f}")
+    # several seeds: the sample standard deviation, as OUT/table1.md gives it; one: none
+    assert sd == (f"{np.std(errors, ddof=1):.2f}" if len(errors) > 1 else None)
 
 
 @pytest.mark.parametrize("name", sorted({name for names in TABLES.values() for name in names}))
