@@ -397,24 +397,29 @@ CURVE_COLOURS = {"none": "tab:gray", "affine": "tab:blue", "projective": "tab:or
 
 
 def fig_table1_curves(out_dir):
-    """Per-epoch evaluation error of the cells of a ``--preset table1`` run, one panel per
-    distortion (every cell found under ``out_dir/<distortion>/``)."""
-    panels = [d for d in ("r", "rts", "p", "e", "tc") if os.path.isdir(os.path.join(out_dir, d))]
-    if not panels:
-        sys.exit(f"{out_dir}: no cell directories (r/, rts/, p/, e/, tc/)")
+    """Per-epoch evaluation error of the cells of a ``--preset table1`` run (the cells of its
+    ``results.json``), one panel per distortion; every seed of a cell in the cell's colour."""
+    from stnref.app.table1 import DISTORTIONS, MODELS, TRANSFORMS, save_table1_figure, table_rows
+
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.exists(path):
+        sys.exit(f"{out_dir}: no results.json (not a run of stnref experiment --preset table1)")
+    with open(path) as f:
+        payload = json.load(f)
+    panels = [d for d in DISTORTIONS if any(key.endswith(f"|{d}") for key in payload["cells"])]
+    rows = table_rows(payload, panels, MODELS, TRANSFORMS)
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
     for ax, d in zip(axes[0], panels):
-        for cell in sorted(os.listdir(os.path.join(out_dir, d))):
-            path = os.path.join(out_dir, d, cell, "metrics.json")
-            if not os.path.exists(path):
-                continue
-            with open(path) as f:
-                epochs = json.load(f)["epochs"]
-            name = cell.replace("-seed0", "")
-            family, _, transform = name.removeprefix("st-").partition("-")
-            ax.plot([r["epoch"] for r in epochs], [r["test_error"] for r in epochs], label=name,
-                    lw=1.2, color=CURVE_COLOURS[transform or "none"],
-                    ls="--" if family == "cnn" else "-")
+        cells = {row["model"] if row["transform"] is None else f"{row['model']}-{row['transform']}":
+                 row for row in rows if row["distortion"] == d}
+        for name, row in sorted(cells.items()):
+            for seed, run in enumerate(payload["cells"][f"{name}|{d}"]["run_dirs"]):
+                with open(os.path.join(out_dir, run, "metrics.json")) as f:
+                    epochs = json.load(f)["epochs"]
+                ax.plot([r["epoch"] for r in epochs], [r["test_error"] for r in epochs],
+                        label=name if seed == 0 else None, lw=1.2,
+                        color=CURVE_COLOURS[row["transform"] or "none"],
+                        ls="--" if row["model"].endswith("cnn") else "-")
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ERROR_TICKS))
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -425,13 +430,9 @@ def fig_table1_curves(out_dir):
     axes[0, 0].set_ylabel("error % after each epoch (log scale)")
     fig.tight_layout()
     save(fig, "table1_curves.png")
-    # the run's own picture of ours against the paper, from its results.json
-    from stnref.app.table1 import MODELS, TRANSFORMS, save_table1_figure, table_rows
-
-    with open(os.path.join(out_dir, "results.json")) as f:
-        payload = json.load(f)
+    # the run's own picture of ours against the paper
     path = os.path.join(OUT, "table1.png")
-    save_table1_figure(path, table_rows(payload, panels, MODELS, TRANSFORMS), panels)
+    save_table1_figure(path, rows, panels)
     print(f"wrote {os.path.relpath(path)} ({os.path.getsize(path) // 1024} KB)")
 
 
